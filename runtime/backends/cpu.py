@@ -1,0 +1,199 @@
+"""The numpy CPU reference backend: defines what every op means.
+
+float32 activations and KV cache; weights dequantized exactly (gguf.quants) one tensor at a time,
+kept in an LRU cache under a byte cap so a large model never sits dequantized in RAM at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import ops as O
+from ..quant_types import dequantize_rows
+from .base import Backend, CompiledGraph, OpObserver, WeightSource
+
+DEFAULT_CACHE_BYTES = 4 << 30
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+
+
+def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float, group: int) -> np.ndarray:
+    rows, cols = x.shape
+    v = x.reshape(rows, cols // group, group).astype(np.float32)
+    ms = np.mean(np.square(v, dtype=np.float64), axis=-1, keepdims=True)
+    y = v * (1.0 / np.sqrt(ms + eps)).astype(np.float32)
+    if weight is not None:
+        y = y * weight.reshape(1, 1, group)
+    return y.reshape(rows, cols)
+
+
+def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_factors: Optional[np.ndarray]) -> np.ndarray:
+    inv = base ** (-np.arange(0, n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+    if freq_factors is not None:
+        inv = inv / freq_factors.astype(np.float64)
+    return positions.astype(np.float64)[:, None] * inv[None, :]
+
+
+def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, n_rot: int, base: float,
+         freq_factors: Optional[np.ndarray]) -> np.ndarray:
+    rows, cols = x.shape
+    v = x.reshape(rows, cols // head_dim, head_dim).copy()
+    ang = rope_angles(positions, n_rot, base, freq_factors)
+    cos = np.cos(ang).astype(np.float32)[:, None, :]
+    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    half = n_rot // 2
+    a, b = v[:, :, :half].copy(), v[:, :, half:n_rot].copy()
+    v[:, :, :half] = a * cos - b * sin
+    v[:, :, half:n_rot] = a * sin + b * cos
+    return v.reshape(rows, cols)
+
+
+def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int, head_dim: int,
+              window: int, scale: float) -> np.ndarray:
+    n = q.shape[0]
+    ring = cache_k.shape[0]
+    first = max(0, pos0 - window + 1) if window else 0
+    past = np.arange(first, pos0)
+    keys = np.concatenate([cache_k[past % ring], k], axis=0) if len(past) else k
+    vals = np.concatenate([cache_v[past % ring], v], axis=0) if len(past) else v
+    kpos = np.concatenate([past, pos0 + np.arange(n)])
+    qpos = pos0 + np.arange(n)
+    allowed = kpos[None, :] <= qpos[:, None]
+    if window:
+        allowed &= kpos[None, :] > qpos[:, None] - window
+    T = len(kpos)
+    qh = q.reshape(n, n_head, head_dim).transpose(1, 0, 2)                  # [H, n, D]
+    kh = keys.reshape(T, n_kv_head, head_dim).transpose(1, 0, 2)           # [Hkv, T, D]
+    vh = vals.reshape(T, n_kv_head, head_dim).transpose(1, 0, 2)
+    rep = n_head // n_kv_head
+    kh = np.repeat(kh, rep, axis=0)
+    vh = np.repeat(vh, rep, axis=0)
+    s = np.matmul(qh, kh.transpose(0, 2, 1)) * np.float32(scale)            # [H, n, T]
+    s = np.where(allowed[None], s, -np.inf)
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    out = np.matmul(p, vh)                                                   # [H, n, D]
+    return out.transpose(1, 0, 2).reshape(n, n_head * head_dim).astype(np.float32)
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32"):
+        self.cache_bytes = cache_bytes
+        self.kv_dtype = np.float16 if kv_dtype == "f16" else np.float32
+        self.specs: dict[str, O.WeightSpec] = {}
+        self.source: Optional[WeightSource] = None
+        self._dequant: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._dequant_bytes = 0
+        self.caches: dict[str, np.ndarray] = {}
+
+    @property
+    def device_name(self) -> str:
+        return "numpy (CPU reference)"
+
+    def load_weights(self, specs, source, progress: Optional[Callable[[int], None]] = None) -> None:
+        # Nothing to upload: weights stay memory-mapped and are dequantized on first use.
+        self.specs = dict(specs)
+        self.source = source
+        if progress:
+            progress(sum(source.weight_bytes(n).nbytes for n in specs))
+
+    def allocate_caches(self, caches) -> None:
+        self.caches = {c.name: np.zeros((c.rows, c.cols), self.kv_dtype) for c in caches.values()}
+
+    def weight(self, name: str) -> np.ndarray:
+        w = self._dequant.get(name)
+        if w is not None:
+            self._dequant.move_to_end(name)
+            return w
+        spec = self.specs[name]
+        w = dequantize_rows(self.source.weight_bytes(name), spec.qtype, spec.cols)
+        self._dequant[name] = w
+        self._dequant_bytes += w.nbytes
+        while self._dequant_bytes > self.cache_bytes and len(self._dequant) > 1:
+            _, old = self._dequant.popitem(last=False)
+            self._dequant_bytes -= old.nbytes
+        return w
+
+    def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        spec = self.specs[name]
+        raw = self.source.weight_bytes(name)
+        return dequantize_rows(raw[ids], spec.qtype, spec.cols)
+
+    def compile(self, graph: O.Graph) -> "CpuGraph":
+        return CpuGraph(self, graph)
+
+
+class CpuGraph(CompiledGraph):
+    def __init__(self, backend: CpuBackend, graph: O.Graph):
+        self.backend, self.graph = backend, graph
+
+    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+        be, g = self.backend, self.graph
+        n = g.n_tokens
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        assert len(tokens) == n, (len(tokens), n)
+        bufs: dict[str, np.ndarray] = {}
+        caches = be.caches
+        positions = pos0 + np.arange(n)
+
+        def get(name):
+            return caches[name] if name in caches else bufs[name]
+
+        for idx, op in enumerate(g.ops):
+            if isinstance(op, O.EmbedLookup):
+                res = be.embedding_rows(op.table, tokens) * np.float32(op.scale)
+            elif isinstance(op, O.MatMul):
+                res = get(op.x) @ be.weight(op.weight).T
+            elif isinstance(op, O.RmsNorm):
+                w = be.weight(op.weight).reshape(-1) if op.weight else None
+                res = rms_norm(get(op.x), w, op.eps, op.group)
+            elif isinstance(op, O.Rope):
+                ff = be.weight(op.freq_factors).reshape(-1) if op.freq_factors else None
+                res = rope(get(op.x), positions, op.head_dim, op.n_rot, op.base, ff)
+            elif isinstance(op, O.Attention):
+                res = attention(get(op.q), get(op.k), get(op.v), get(op.cache_k).astype(np.float32),
+                                get(op.cache_v).astype(np.float32), pos0, op.n_head, op.n_kv_head,
+                                op.head_dim, op.window, op.scale)
+            elif isinstance(op, O.KvStore):
+                ck, cv = caches[op.out], caches[op.cache_v]
+                ring = ck.shape[0]
+                keep = range(max(0, n - ring), n)
+                slots = [(pos0 + r) % ring for r in keep]
+                ck[slots] = get(op.k)[list(keep)]
+                cv[slots] = get(op.v)[list(keep)]
+                if observer:
+                    observer(idx, op, ck.copy())
+                continue
+            elif isinstance(op, O.GeluMul):
+                res = gelu_tanh(get(op.gate)) * get(op.up)
+            elif isinstance(op, O.Gelu):
+                res = gelu_tanh(get(op.x))
+            elif isinstance(op, O.Add):
+                res = get(op.a) + get(op.b)
+            elif isinstance(op, O.Mul):
+                res = get(op.a) * get(op.b)
+            elif isinstance(op, O.Scale):
+                res = get(op.x) * np.float32(op.scale)
+                if op.by:
+                    res = res * be.weight(op.by).reshape(-1)[0]
+            elif isinstance(op, O.Softcap):
+                res = np.float32(op.cap) * np.tanh(get(op.x) / np.float32(op.cap))
+            elif isinstance(op, O.Slice):
+                shape = g.buffers[op.out]
+                res = get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
+            else:
+                raise NotImplementedError(f"CPU backend: op {op.kind}")
+            bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
+            if observer:
+                observer(idx, op, bufs[op.out].copy())
+        return bufs[g.output]

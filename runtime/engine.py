@@ -1,0 +1,79 @@
+"""A loaded model bound to a backend: weights on the device, KV caches, recorded graphs, position."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .backends import create_backend
+from .backends.base import Backend, CompiledGraph
+from .errors import ContextOverflowError, G4rtError
+from .gguf_file import GGUFFile
+from .model.config import ModelConfig, load_config
+from .model.graph import build_graph, kv_caches, weight_specs
+
+DEFAULT_CTX = 8192
+DEFAULT_PREFILL_CHUNK = 512
+
+
+class Engine:
+    """Runs a model's op list on one backend. `forward` appends tokens to the sequence."""
+
+    def __init__(self, path, backend: str | Backend = "cpu", ctx: Optional[int] = None,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 progress: Optional[Callable[[int], None]] = None, **backend_options):
+        self.file = GGUFFile(path)
+        self.config: ModelConfig = load_config(self.file)
+        self.ctx = int(ctx or min(self.config.context_length, DEFAULT_CTX))
+        if self.ctx <= 0:
+            raise G4rtError(f"context size must be positive, got {self.ctx}")
+        self.prefill_chunk = max(1, int(prefill_chunk))
+        self.specs = weight_specs(self.file)
+        # The one-token graph names every weight the model uses: validate and upload those.
+        probe = build_graph(self.config, self.specs, 1, self.ctx)
+        self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
+        self.backend.load_weights(probe.weights, self, progress)
+        self.backend.allocate_caches(kv_caches(self.config, self.ctx))
+        self._graphs: dict[tuple[int, bool], CompiledGraph] = {}
+        self.pos = 0
+
+    # WeightSource
+    def weight_bytes(self, name: str) -> np.ndarray:
+        return self.file.tensor(name).raw
+
+    def graph(self, n_tokens: int, all_logits: bool = False) -> CompiledGraph:
+        key = (n_tokens, all_logits and n_tokens > 1)
+        g = self._graphs.get(key)
+        if g is None:
+            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1]))
+            self._graphs[key] = g
+        return g
+
+    def reset(self) -> None:
+        """Start a new sequence (cache rows are overwritten before they are read again)."""
+        self.pos = 0
+
+    def forward(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Feed tokens at the current position; return logits [len(ids) or 1, n_vocab]."""
+        ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        if len(ids) == 0:
+            raise G4rtError("no tokens to process")
+        if self.pos + len(ids) > self.ctx:
+            raise ContextOverflowError(
+                f"{self.pos + len(ids)} tokens do not fit the context of {self.ctx} "
+                f"({self.pos} already used, {len(ids)} new); use a larger --ctx")
+        if ids.min() < 0 or ids.max() >= self.config.n_vocab:
+            raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
+        outs = []
+        for start in range(0, len(ids), self.prefill_chunk):
+            chunk = ids[start:start + self.prefill_chunk]
+            last = start + len(chunk) == len(ids)
+            out = self.graph(len(chunk), all_logits).run(chunk, self.pos)
+            self.pos += len(chunk)
+            if all_logits or last:
+                outs.append(np.array(out, dtype=np.float32, copy=True))
+        return np.concatenate(outs, axis=0)
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,1 @@
+"""Model side: configuration from GGUF metadata and the graph builder. Knows nothing of backends."""

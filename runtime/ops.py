@@ -1,0 +1,223 @@
+"""The op list: the contract between a model's graph builder and the backends.
+
+A `Graph` is a flat list of ops over named 2-D buffers ([rows, cols], row-major, float32 unless
+stated) and named weights (GGUF tensors, kept in their block layout). It is built once per model,
+context and batch size, then replayed: the only per-call inputs are the token ids and `pos0`, the
+position of the first token of the batch. Row r of every activation belongs to position pos0 + r.
+
+Backends execute these ops and know nothing about any model; the model knows nothing about
+backends. Every op's semantics are defined by the CPU reference backend (backends/cpu.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Optional
+
+from gguf import GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    rows: int
+    cols: int
+    dtype: str = "f32"          # "f32" activations, "i32" token ids
+
+
+@dataclass(frozen=True)
+class KvCache:
+    """A persistent key or value cache. Position p lives in row p % rows (a ring when rows < ctx)."""
+    name: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str                   # GGUF tensor name
+    qtype: GGMLQuantizationType
+    rows: int                   # output features
+    cols: int                   # input features (contiguous in the file)
+
+
+# ---- ops --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Op:
+    kind: ClassVar[str] = "op"
+    out: str
+
+    def reads(self) -> list[str]:
+        """Names of buffers and caches this op reads (weights excluded)."""
+        return [getattr(self, f.name) for f in fields(self)
+                if f.name in self._read_fields and getattr(self, f.name) is not None]
+
+    _read_fields: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
+class EmbedLookup(Op):
+    """out[r] = dequant(table[tokens[r]]) * scale."""
+    kind: ClassVar[str] = "embed"
+    table: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class MatMul(Op):
+    """out[r, o] = sum_i x[r, i] * W[o, i]  (W dequantized from its GGUF blocks, f32 accumulate)."""
+    kind: ClassVar[str] = "matmul"
+    x: str
+    weight: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class RmsNorm(Op):
+    """Each run of `group` columns: v / sqrt(mean(v^2) + eps), times weight[group] if given."""
+    kind: ClassVar[str] = "rmsnorm"
+    x: str
+    weight: Optional[str]
+    eps: float
+    group: int
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Rope(Op):
+    """NeoX-style rotary embedding on each head of `head_dim` columns, at position pos0 + row.
+
+    Pair (i, i + n_rot/2) for i < n_rot/2 turns by angle pos * base^(-2i/n_rot) / freq_factors[i];
+    columns past n_rot are left as they are."""
+    kind: ClassVar[str] = "rope"
+    x: str
+    head_dim: int
+    n_rot: int
+    base: float
+    freq_factors: Optional[str]
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Attention(Op):
+    """Causal softmax(scale * q.k) v per head, GQA (q head h reads kv head h // (n_head/n_kv_head)).
+
+    Query row r (position p = pos0 + r) attends to positions max(0, p - window + 1) .. p (window 0:
+    all). Positions >= pos0 come from this batch's k/v rows, earlier ones from the caches."""
+    kind: ClassVar[str] = "attention"
+    q: str
+    k: str
+    v: str
+    cache_k: str
+    cache_v: str
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    window: int
+    scale: float
+    _read_fields: ClassVar = ("q", "k", "v", "cache_k", "cache_v")
+
+
+@dataclass(frozen=True)
+class KvStore(Op):
+    """Write this batch's k/v rows into the caches at rows (pos0 + r) % cache rows. `out` is cache_k."""
+    kind: ClassVar[str] = "kv_store"
+    cache_v: str
+    k: str
+    v: str
+    _read_fields: ClassVar = ("k", "v")
+
+
+@dataclass(frozen=True)
+class GeluMul(Op):
+    """out = gelu_tanh(gate) * up."""
+    kind: ClassVar[str] = "gelu_mul"
+    gate: str
+    up: str
+    _read_fields: ClassVar = ("gate", "up")
+
+
+@dataclass(frozen=True)
+class Gelu(Op):
+    kind: ClassVar[str] = "gelu"
+    x: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Add(Op):
+    kind: ClassVar[str] = "add"
+    a: str
+    b: str
+    _read_fields: ClassVar = ("a", "b")
+
+
+@dataclass(frozen=True)
+class Mul(Op):
+    kind: ClassVar[str] = "mul"
+    a: str
+    b: str
+    _read_fields: ClassVar = ("a", "b")
+
+
+@dataclass(frozen=True)
+class Scale(Op):
+    """out = x * scale, and times the one-element weight `by` when given."""
+    kind: ClassVar[str] = "scale"
+    x: str
+    scale: float
+    by: Optional[str] = None
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Softcap(Op):
+    """out = cap * tanh(x / cap)."""
+    kind: ClassVar[str] = "softcap"
+    x: str
+    cap: float
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Slice(Op):
+    """out = x[row0 : row0 + out.rows, col0 : col0 + out.cols] (a copy)."""
+    kind: ClassVar[str] = "slice"
+    x: str
+    row0: int
+    col0: int
+    _read_fields: ClassVar = ("x",)
+
+
+OP_TYPES = (EmbedLookup, MatMul, RmsNorm, Rope, Attention, KvStore, GeluMul, Gelu, Add, Mul, Scale,
+            Softcap, Slice)
+
+
+def op_weights(op: Op) -> list[str]:
+    """Names of the weights an op reads."""
+    names = []
+    for attr in ("table", "weight", "freq_factors", "by"):
+        v = getattr(op, attr, None)
+        if v is not None:
+            names.append(v)
+    return names
+
+
+@dataclass
+class Graph:
+    """One recorded forward pass for a fixed batch of `n_tokens` tokens."""
+    n_tokens: int
+    buffers: dict[str, Buffer]
+    caches: dict[str, KvCache]
+    weights: dict[str, WeightSpec]
+    ops: list[Op]
+    output: str
+    tokens: str = "tokens"
+    labels: list[str] = field(default_factory=list)   # a human label per op ("blk.3 attn_q")
+
+    def describe(self) -> str:
+        lines = [f"graph: {self.n_tokens} token(s), {len(self.ops)} ops, {len(self.buffers)} buffers, "
+                 f"{len(self.caches)} caches, {len(self.weights)} weights"]
+        for label, op in zip(self.labels, self.ops):
+            lines.append(f"  {label:<28} {op.kind:<10} -> {op.out}")
+        return "\n".join(lines)
