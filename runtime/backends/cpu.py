@@ -196,4 +196,4 @@ class CpuGraph(CompiledGraph):
             bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
             if observer:
                 observer(idx, op, bufs[op.out].copy())
-        return bufs[g.output]
+        return get(g.output)

@@ -93,6 +93,11 @@ def load_config(f: GGUFFile) -> ModelConfig:
             raise MetadataError(f"metadata key {arch}.{name} is missing")
         return default
 
+    n_expert = key("expert_count", 0) or 0
+    if n_expert:
+        raise UnsupportedModelError(
+            f"mixture-of-experts Gemma 4 ({n_expert} experts) is not supported yet; g4rt runs the dense "
+            "and edge (PLE) Gemma 4 models and Gemma 3")
     n_layer = _positive(key("block_count"), "block_count")
     n_embd = _positive(key("embedding_length"), "embedding_length")
     ffn = [_positive(v, "feed_forward_length") for v in _per_layer(key("feed_forward_length"), n_layer, "feed_forward_length")]

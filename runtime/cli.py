@@ -1,0 +1,107 @@
+"""The `g4rt` command line. Errors are one clear line and a non-zero exit; --debug shows tracebacks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import G4rtError, ParityError
+
+BACKEND_CHOICE = click.Choice(["cpu", "vulkan", "cuda"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="g4rt")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def main(ctx, debug):
+    """g4rt: run Gemma 4 GGUF models on Vulkan, CUDA or the CPU."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+def info(model):
+    """Print a GGUF file's header, layers and tensors as Markdown."""
+    from .info import describe
+    click.echo(describe(model), nl=False)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Reference .npz (llama.cpp or exact) to replay and compare against.")
+@click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write g4rt's outputs here (.npz).")
+@click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
+def parity(model, ref_path, backend, out_path, ctx):
+    """Replay a reference teacher-forced, decode greedily, and compare.
+
+    Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
+    from . import parity as P
+    from .engine import Engine
+
+    ref = np.load(ref_path)
+    longest, i = 0, 0
+    while f"ids_{i}" in ref:
+        longest = max(longest, len(ref[f"ids_{i}"]) + len(ref[f"greedy_{i}"]))
+        i += 1
+    if i == 0:
+        raise G4rtError(f"{ref_path}: no ids_0 — not a reference file")
+    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64))
+    out = P.run_reference(engine, ref)
+    if out_path:
+        np.savez(out_path, **out)
+    rows = P.compare(ref, out)
+    click.echo(f"{Path(model).name} on {backend} ({engine.backend.device_name}) vs {Path(ref_path).name}")
+    for r in rows:
+        click.echo(f"prompt {r['prompt']}: n={r['positions']} top1 {r['top1']:.3f} "
+                   f"max|dlogit| {r['max_dlogit']:.5f} greedy {r['greedy']}/{r['greedy_of']}")
+    w = P.worst(rows)
+    click.echo(f"worst: top1 {w['top1']:.3f} max|dlogit| {w['max_dlogit']:.5f} greedy {w['greedy']}/{rows[0]['greedy_of']}")
+    bar = P.find_bar(model, ref_path)
+    if bar is None:
+        click.echo("bar: none (not an .exact reference listed in MANIFEST.json)")
+    elif P.meets(rows, bar):
+        click.echo(f"bar: met (top1 >= {bar.min_top1}, max|dlogit| <= {bar.max_dlogit})")
+    else:
+        raise ParityError(f"bar missed: need top1 >= {bar.min_top1} and max|dlogit| <= {bar.max_dlogit}, "
+                          f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
+
+
+def run(argv=None) -> int:
+    """Entry point that turns G4rtError into one line on stderr and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        main.main(args=argv, prog_name="g4rt", standalone_mode=False)
+    except G4rtError as e:
+        if debug:
+            raise
+        click.echo(f"g4rt: error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("g4rt: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("\ng4rt: interrupted", err=True)
+        return 130
+    except OSError as e:
+        if debug:
+            raise
+        click.echo(f"g4rt: error: {e}", err=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run())

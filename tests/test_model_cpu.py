@@ -1,0 +1,108 @@
+"""The Gemma 4 graph on the CPU reference backend against the fixtures' references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType
+
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, manifest, model_names
+from g4rt import parity
+from g4rt.engine import Engine
+from g4rt.errors import G4rtError, UnsupportedModelError
+from g4rt.gguf_file import GGUFFile
+from g4rt.model.config import load_config
+from gguf_edit import rewrite_gguf
+
+pytestmark = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
+
+
+def exact_refs():
+    out = []
+    for m in model_names():
+        for ref in sorted((FIXTURES / "ref").glob(f"{m}.*exact.npz")):
+            if ref.name.removesuffix(".exact.npz").removeprefix(m) in ("", ".long"):
+                out.append((m, ref.name))
+    return out
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine(model: str) -> Engine:
+    if model not in _engines:
+        _engines[model] = Engine(FIXTURES / "models" / f"{model}.gguf", backend="cpu", ctx=4096)
+    return _engines[model]
+
+
+def test_every_fixture_has_an_exact_reference():
+    names = {m for m, _ in exact_refs()}
+    assert names == set(model_names()) and names
+
+
+@pytest.mark.parametrize("model,ref", exact_refs())
+def test_fixture_meets_bar_vs_exact(model, ref):
+    ref_path = FIXTURES / "ref" / ref
+    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
+    assert bar is not None, f"no bar for {ref} in MANIFEST.json"
+    refd = np.load(ref_path)
+    rows = parity.compare(refd, parity.run_reference(engine(model), refd))
+    w = parity.worst(rows)
+    assert parity.meets(rows, bar), (w, bar)
+    # The reference backend should sit far inside the bar: float32 vs float64 on identical weights.
+    assert w["top1"] == 1.0 and w["max_dlogit"] < 1e-2, w
+
+
+@pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-F32", 7)])
+def test_decode_through_cache_equals_prefill(model, chunk):
+    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:60]
+    e = engine(model)
+    e.reset()
+    full = e.forward(ids, all_logits=True)
+    e.reset()
+    steps = np.concatenate([e.forward([t]) for t in ids])
+    np.testing.assert_allclose(steps, full, atol=2e-4, rtol=0)
+    chunked = Engine(FIXTURES / "models" / f"{model}.gguf", ctx=128, prefill_chunk=chunk)
+    np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=2e-4, rtol=0)
+
+
+def test_edge_config_shares_kv_like_llama_cpp():
+    cfg = load_config(GGUFFile(FIXTURES / "models" / "g4-edge-F32.gguf"))
+    assert cfg.per_layer_dim == 32 and cfg.shared_kv_layers == 3
+    assert [L.kv_source for L in cfg.layers] == [0, 1, 2, 3, 4, 3, 3, 4]
+    assert [L.ffn_dim for L in cfg.layers] == [512] * 5 + [1024] * 3
+    assert [L.window for L in cfg.layers] == [8, 8, 8, 8, 0, 8, 8, 0]
+
+
+def test_keqv_config_has_no_v_projection_on_global_layer():
+    cfg = load_config(GGUFFile(FIXTURES / "models" / "g4-dense-keqv-F32.gguf"))
+    assert [L.has_v_proj for L in cfg.layers] == [True] * 5 + [False]
+    assert [L.n_kv_head for L in cfg.layers] == [2] * 5 + [1]
+    glob = cfg.layers[5]
+    assert (glob.head_dim, glob.rope_base, glob.rope_freq_factors) == (128, 1e6, True)
+
+
+def test_gemma4_unified_alias_gives_same_logits(tmp_path):
+    src = FIXTURES / "models" / "g4-dense-F32.gguf"
+    dst = rewrite_gguf(src, tmp_path / "unified.gguf", arch="gemma4_unified")
+    assert GGUFFile(dst).architecture == "gemma4_unified"
+    ids = [2, 100, 200, 300]
+    a = Engine(src, ctx=16).forward(ids)
+    b = Engine(dst, ctx=16).forward(ids)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_architecture_is_refused_by_name(tmp_path):
+    dst = rewrite_gguf(FIXTURES / "models" / "g4-dense-F32.gguf", tmp_path / "llama.gguf", arch="llama")
+    with pytest.raises(UnsupportedModelError, match="'llama'"):
+        Engine(dst)
+
+
+def test_context_overflow_is_a_clear_error():
+    e = Engine(FIXTURES / "models" / "g4-dense-F32.gguf", ctx=8)
+    with pytest.raises(G4rtError, match="do not fit the context of 8"):
+        e.forward(list(range(2, 12)))
+
+
+def test_manifest_lists_every_model():
+    assert set(manifest()) >= set(model_names())
