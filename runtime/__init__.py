@@ -4,4 +4,11 @@ from .errors import G4rtError
 
 __version__ = "0.1.0"
 
-__all__ = ["G4rtError", "__version__"]
+
+def load(path=None, backend: str = "auto", ctx=None, **options):
+    """Load a Gemma GGUF model; see g4rt.generation.load."""
+    from .generation import load as _load
+    return _load(path, backend=backend, ctx=ctx, **options)
+
+
+__all__ = ["G4rtError", "load", "__version__"]

@@ -105,3 +105,9 @@ def run(argv=None) -> int:
 
 def entry() -> None:
     sys.exit(run())
+
+
+from .cli_generate import chat as _chat_command, run as _run_command  # noqa: E402
+
+main.add_command(_run_command, "run")
+main.add_command(_chat_command, "chat")

@@ -8,6 +8,29 @@ from .base import Backend, CompiledGraph
 BACKEND_NAMES = ("cpu", "vulkan", "cuda")
 
 
+def pick_backend() -> tuple[str, str]:
+    """(name, why) for `--backend auto`: CUDA when a driver and device exist, else Vulkan on a real
+    GPU, else the CPU reference (Vulkan on a CPU driver such as lavapipe is no faster than numpy)."""
+    reasons = []
+    try:
+        from .cuda import cuda_available
+        ok, why = cuda_available()
+        if ok:
+            return "cuda", why
+        reasons.append(f"no CUDA ({why})")
+    except ImportError as e:
+        reasons.append(f"no CUDA ({e})")
+    try:
+        from .vk_device import probe_devices
+        gpus = [(i, n) for i, (n, t) in enumerate(probe_devices()) if t != "CPU"]
+        if gpus:
+            return "vulkan", f"Vulkan GPU {gpus[0][1]!r}"
+        reasons.append("no Vulkan GPU (only CPU drivers)")
+    except (ImportError, BackendUnavailableError) as e:
+        reasons.append(f"no Vulkan ({e})")
+    return "cpu", "; ".join(reasons)
+
+
 def create_backend(name: str, **options) -> Backend:
     """Instantiate a backend by name; raises BackendUnavailableError with the reason if it cannot run."""
     if name == "cpu":
@@ -28,4 +51,4 @@ def create_backend(name: str, **options) -> Backend:
     raise BackendUnavailableError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")
 
 
-__all__ = ["Backend", "CompiledGraph", "create_backend", "BACKEND_NAMES"]
+__all__ = ["Backend", "CompiledGraph", "create_backend", "pick_backend", "BACKEND_NAMES"]

@@ -1,0 +1,150 @@
+"""`g4rt run` and `g4rt chat`: what a user touches."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import G4rtError
+
+BACKENDS = click.Choice(["auto", "cpu", "vulkan", "cuda"])
+
+
+def _sampling_options(f):
+    for opt in reversed([
+        click.option("-n", "--max-tokens", type=click.IntRange(1), default=256, show_default=True,
+                     help="Most tokens to generate."),
+        click.option("--temp", "temperature", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Temperature; 0 = greedy."),
+        click.option("--top-k", type=click.IntRange(0), default=0, help="Top-k (0 = off)."),
+        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Top-p (1 = off)."),
+        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, help="Min-p (0 = off)."),
+        click.option("--repeat-penalty", type=click.FloatRange(0, min_open=True), default=1.0,
+                     help="Repetition penalty over the last 64 tokens (1 = off)."),
+        click.option("--seed", type=int, default=None, help="Seed: same seed, same output (per backend)."),
+        click.option("--ctx", type=click.IntRange(1), default=None, help="Context size in tokens."),
+        click.option("--backend", type=BACKENDS, default="auto", show_default=True),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _load(model_path, backend, ctx, quiet):
+    from .generation import load
+    if model_path is None:
+        from .default_model import default_model_path
+        model_path = default_model_path()
+        if not quiet:
+            click.echo(f"g4rt: no MODEL given, using the bundled default {Path(model_path).name}", err=True)
+    bar = None
+    progress = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(desc="loading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr)
+        progress = bar.update
+    try:
+        model = load(model_path, backend=backend, ctx=ctx, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not quiet:
+        click.echo(f"g4rt: {Path(model_path).name} on {model.backend_name} ({model.device_name}); "
+                   f"{model.backend_reason}", err=True)
+    return model
+
+
+def _summary(model) -> str:
+    s = model.last_stats
+    return (f"[prompt {s.prompt_tokens} tokens ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
+            f"decode {s.decode_tps:.1f} tok/s, {s.generated_tokens} generated, stop: {s.stop_reason}, "
+            f"backend {model.backend_name}, device {model.device_name}]")
+
+
+def _gen_kwargs(kw) -> dict:
+    return dict(max_tokens=kw["max_tokens"], temperature=kw["temperature"], top_k=kw["top_k"],
+                top_p=kw["top_p"], min_p=kw["min_p"], repeat_penalty=kw["repeat_penalty"], seed=kw["seed"])
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("-p", "--prompt", help="Prompt text.")
+@click.option("-f", "--file", "prompt_file", type=click.File("r", encoding="utf-8"), help="Read the prompt from a file.")
+@click.option("--chat/--raw", default=False, show_default=True,
+              help="Wrap the prompt in the model's chat template, or feed it as raw text.")
+@click.option("--system", help="System prompt (implies --chat).")
+@click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel in chat output.")
+@_sampling_options
+def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
+    """Generate text from a prompt, streaming it as it is produced.
+
+    MODEL defaults to the bundled Gemma 3 270M when its package is installed."""
+    if prompt is None and prompt_file is None:
+        raise click.UsageError("give a prompt with -p TEXT or -f FILE")
+    if prompt is not None and prompt_file is not None:
+        raise click.UsageError("give either -p or -f, not both")
+    text = prompt if prompt is not None else prompt_file.read()
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"])
+    chat = chat or system is not None
+    interrupted = False
+    try:
+        for piece in m.generate(text, chat=chat, system=system, show_thinking=show_thinking or not chat,
+                                **_gen_kwargs(kw)):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        interrupted = True
+        m.last_stats.stop_reason = "interrupted"
+    click.echo()
+    if not kw["quiet"]:
+        click.echo(_summary(m), err=True)
+    if interrupted:
+        raise SystemExit(130)
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--system", help="System prompt.")
+@click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel.")
+@_sampling_options
+def chat(model, system, show_thinking, **kw):
+    """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
+    Ctrl-C stops a reply without ending the session."""
+    from .generation import ChatSession
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"])
+    session = ChatSession(m, system=system, show_thinking=show_thinking)
+    if not kw["quiet"]:
+        click.echo("g4rt chat: /reset clears the history, /exit leaves, Ctrl-C stops a reply.", err=True)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo()
+            continue
+        cmd = line.strip()
+        if not cmd:
+            continue
+        if cmd in ("/exit", "/quit"):
+            return
+        if cmd == "/reset":
+            session.reset()
+            click.echo("(history cleared)", err=True)
+            continue
+        try:
+            for piece in session.send(line, **_gen_kwargs(kw)):
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            m.last_stats.stop_reason = "interrupted"
+            click.echo(" [stopped]", nl=False)
+        except G4rtError as e:
+            click.echo(f"\ng4rt: error: {e}", err=True)
+            continue
+        click.echo()
+        if not kw["quiet"]:
+            click.echo(_summary(m), err=True)

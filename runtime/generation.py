@@ -1,0 +1,231 @@
+"""The Python API: `g4rt.load(path)` gives a `Model` that tokenizes, renders chat templates,
+generates text as a stream of pieces, and returns logits.
+
+    model = g4rt.load("gemma-4-12b-it-q4_0.gguf", backend="auto")
+    for piece in model.generate("The capital of France is", max_tokens=32):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from .backends import pick_backend
+from .chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
+from .engine import Engine
+from .errors import ContextOverflowError, G4rtError
+from .sampling import Sampler
+from .tokenizer import StreamDecoder, load_tokenizer
+
+Messages = Sequence[dict]
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0          # prompt tokens already in the KV cache (chat history)
+    prefill_s: float = 0.0
+    generated_tokens: int = 0
+    decode_s: float = 0.0
+    stop_reason: str = ""           # "eog", "max_tokens", "context_full", "interrupted"
+    thinking: str = ""
+
+    @property
+    def prefill_tps(self) -> float:
+        n = self.prompt_tokens - self.reused_tokens
+        return n / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        # The first generated token comes from the prefill's logits; the rest are decode steps.
+        n = max(self.generated_tokens - 1, 0)
+        return n / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class Model:
+    """A model bound to a backend, with its tokenizer and chat template."""
+
+    def __init__(self, engine: Engine, backend_reason: str = ""):
+        self.engine = engine
+        self.backend_reason = backend_reason
+        self.tokenizer = load_tokenizer(engine.file)
+        self._template = None
+        self._cached: list[int] = []      # the token sequence whose KV the engine holds
+        self.last_stats = GenerationStats()
+
+    @property
+    def backend_name(self) -> str:
+        return self.engine.backend.name
+
+    @property
+    def device_name(self) -> str:
+        return self.engine.backend.device_name
+
+    @property
+    def chat_template(self):
+        if self._template is None:
+            self._template = load_chat_template(self.engine.file, self.tokenizer)
+        return self._template
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Union[str, Messages], chat: Optional[bool] = None,
+                      system: Optional[str] = None, **template_opts) -> list[int]:
+        """Token ids of a prompt: raw text (BOS added when the vocabulary wants it), or chat
+        messages rendered through the model's template (chat=True also wraps a string)."""
+        if isinstance(prompt, str) and not chat:
+            return self.tokenizer.encode(prompt, add_bos=self.tokenizer.add_bos, parse_special=True)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system is not None and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": system}] + messages
+        text, add_bos = self.chat_template.render_prompt(messages, add_generation_prompt=True,
+                                                          add_bos=self.tokenizer.add_bos, **template_opts)
+        return self.tokenizer.encode(text, add_bos=add_bos, parse_special=True)
+
+    def _single_token(self, text: str) -> Optional[int]:
+        ids = self.tokenizer.encode(text, add_bos=False, parse_special=True)
+        return ids[0] if len(ids) == 1 and self.tokenizer.is_special(ids[0]) else None
+
+    # ---- low level -------------------------------------------------------------------------
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of `ids` ([len(ids), n_vocab]), from a fresh sequence."""
+        self.engine.reset()
+        self._cached = []
+        out = self.engine.forward(np.asarray(ids, dtype=np.int32), all_logits=True)
+        self._cached = list(ids)
+        return out
+
+    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
+        """Bring the KV cache to `ids`; reuse it when `ids` extends what is cached (chat turns).
+
+        Only a pure extension is reused: rewinding would need sliding-window ring rows that
+        later positions have already overwritten."""
+        if len(ids) > self.engine.ctx:
+            raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds "
+                                       f"{self.engine.ctx}; use a larger --ctx or a shorter prompt")
+        n_cached = len(self._cached)
+        if n_cached and len(ids) > n_cached and ids[:n_cached] == self._cached:
+            new = ids[n_cached:]
+        else:
+            self.engine.reset()
+            self._cached, new, n_cached = [], ids, 0
+        try:
+            logits = self.engine.forward(np.asarray(new, dtype=np.int32))[-1]
+        except BaseException:
+            # Interrupted or failed part way: the cache no longer matches any known sequence.
+            self.engine.reset()
+            self._cached = []
+            raise
+        self._cached = list(ids)
+        return logits, n_cached
+
+    # ---- generation ------------------------------------------------------------------------
+    def generate_ids(self, ids: Sequence[int], max_tokens: int = 256, sampler: Optional[Sampler] = None,
+                     stats: Optional[GenerationStats] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> Iterator[int]:
+        """Yield generated token ids (the end-of-generation token is not yielded)."""
+        sampler = sampler or Sampler()
+        stats = stats if stats is not None else GenerationStats()
+        ids = list(ids)
+        stats.prompt_tokens = len(ids)
+        t0 = time.perf_counter()
+        logits, stats.reused_tokens = self._prefill(ids)
+        stats.prefill_s = time.perf_counter() - t0
+        history = list(ids)
+        t1 = time.perf_counter()
+        try:
+            while True:
+                if stats.generated_tokens >= max_tokens:
+                    stats.stop_reason = "max_tokens"
+                    return
+                tok = sampler.sample(logits, history)
+                if self.tokenizer.is_eog(tok):
+                    stats.stop_reason = "eog"
+                    return
+                history.append(tok)
+                stats.generated_tokens += 1
+                yield tok
+                if should_stop and should_stop():
+                    stats.stop_reason = "interrupted"
+                    return
+                if stats.generated_tokens >= max_tokens:
+                    stats.stop_reason = "max_tokens"
+                    return
+                if self.engine.pos >= self.engine.ctx:
+                    stats.stop_reason = "context_full"
+                    return
+                logits = self.engine.forward([tok])[-1]
+                self._cached.append(tok)
+        finally:
+            stats.decode_s = time.perf_counter() - t1
+
+    def generate(self, prompt: Union[str, Messages], max_tokens: int = 256, *, chat: Optional[bool] = None,
+                 system: Optional[str] = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, repeat_penalty: float = 1.0, seed: Optional[int] = None,
+                 show_special: bool = False, show_thinking: bool = True,
+                 **template_opts) -> Iterator[str]:
+        """Yield text pieces as they are produced (valid UTF-8 only). Stats in `last_stats`.
+
+        show_thinking=False hides the model's thinking channel as it streams."""
+        ids = self.encode_prompt(prompt, chat=chat, system=system, **template_opts)
+        sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
+        self.last_stats = GenerationStats()
+        dec = StreamDecoder(self.tokenizer, skip_special=not show_special)
+        think_open, think_close = self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)
+        thinking = False
+        for tok in self.generate_ids(ids, max_tokens, sampler, self.last_stats):
+            if not show_thinking and think_open is not None:
+                if tok == think_open:
+                    thinking = True
+                if thinking:
+                    thinking = tok != think_close
+                    continue
+            piece = dec.push(tok)
+            if piece:
+                yield piece
+        tail = dec.flush()
+        if tail:
+            yield tail
+
+
+class ChatSession:
+    """Multi-turn chat: keeps the history, re-renders it each turn, reuses the KV cache."""
+
+    def __init__(self, model: Model, system: Optional[str] = None, show_thinking: bool = False):
+        self.model, self.system, self.show_thinking = model, system, show_thinking
+        self.messages: list[dict] = []
+
+    def reset(self) -> None:
+        self.messages = []
+
+    def send(self, text: str, **gen) -> Iterator[str]:
+        """Yield the reply's text pieces; the reply (thinking stripped) joins the history."""
+        self.messages.append({"role": "user", "content": text})
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+        pieces = []
+        try:
+            for piece in self.model.generate(msgs, chat=True, show_thinking=self.show_thinking, **gen):
+                pieces.append(piece)
+                yield piece
+        finally:
+            thinking, answer = split_thinking("".join(pieces))
+            self.model.last_stats.thinking = thinking
+            self.messages.append({"role": "assistant", "content": answer})
+
+
+def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
+         progress: Optional[Callable[[int], None]] = None, **backend_options) -> Model:
+    """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one)."""
+    if path is None:
+        from .default_model import default_model_path
+        path = default_model_path()
+    reason = f"requested {backend}"
+    if backend == "auto":
+        backend, reason = pick_backend()
+    if backend not in ("cpu", "vulkan", "cuda"):
+        raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, vulkan or cuda)")
+    engine = Engine(path, backend=backend, ctx=ctx, progress=progress, **backend_options)
+    return Model(engine, reason)
