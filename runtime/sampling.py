@@ -1,0 +1,122 @@
+"""Token sampling, in llama.cpp's default order: penalties -> top_k -> top_p -> min_p ->
+temperature -> draw.
+
+As in llama.cpp, the truncations (top_k, top_p, min_p) come before the temperature, so top_p and
+min_p judge the untempered distribution. Temperature 0 is greedy: the first highest logit after
+the repetition penalty. numpy only; a seeded Sampler draws the same tokens for the same inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import G4rtError
+
+
+class SamplingError(G4rtError):
+    """Sampling parameters or logits that cannot be sampled from."""
+
+
+class Sampler:
+    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 seed: int | None = None):
+        if not np.isfinite(temperature) or temperature < 0:
+            raise SamplingError(f"temperature must be >= 0, got {temperature}")
+        if top_k < 0:
+            raise SamplingError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        if not 0.0 < top_p <= 1.0:
+            raise SamplingError(f"top_p must be in (0, 1], got {top_p}")
+        if not 0.0 <= min_p <= 1.0:
+            raise SamplingError(f"min_p must be in [0, 1], got {min_p}")
+        if not np.isfinite(repeat_penalty) or repeat_penalty <= 0:
+            raise SamplingError(f"repeat_penalty must be > 0, got {repeat_penalty}")
+        if repeat_last_n < -1:
+            raise SamplingError(f"repeat_last_n must be >= -1 (-1 = whole history), got {repeat_last_n}")
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.min_p = float(min_p)
+        self.repeat_penalty = float(repeat_penalty)
+        self.repeat_last_n = int(repeat_last_n)
+        self.seed = seed
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        """llama.cpp's repeat penalty: every distinct token of the last `repeat_last_n` has its
+        logit divided by the penalty if positive, multiplied by it if not."""
+        if self.repeat_penalty == 1.0 or self.repeat_last_n == 0 or len(history) == 0:
+            return logits
+        recent = history if self.repeat_last_n < 0 else history[-self.repeat_last_n:]
+        ids = np.unique(np.asarray(recent, dtype=np.int64))
+        ids = ids[(ids >= 0) & (ids < logits.shape[0])]
+        if ids.size == 0:
+            return logits
+        out = logits.copy()
+        v = out[ids]
+        out[ids] = np.where(v <= 0, v * self.repeat_penalty, v / self.repeat_penalty)
+        return out
+
+    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """One token id from `logits` (float32[n_vocab]); `history` holds the ids so far."""
+        logits = np.asarray(logits)
+        if logits.ndim != 1 or logits.shape[0] == 0:
+            raise SamplingError(f"logits must be a non-empty vector, got shape {logits.shape}")
+        logits = self._penalize(logits.astype(np.float32, copy=False), history)
+        if np.isnan(logits).any():
+            raise SamplingError("logits contain NaN")
+        if self.temperature == 0.0:
+            return int(np.argmax(logits))  # first of equal maxima
+        if not np.isfinite(logits.max()):
+            raise SamplingError("no finite logit to sample from")
+
+        # candidates, highest logit first; equal logits keep the lower id first
+        n = logits.shape[0]
+        if 0 < self.top_k < n:
+            part = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
+            ids = part[np.lexsort((part, -logits[part]))]
+        else:
+            ids = None  # sorted lazily: top_p only needs the head of the order
+        if self.top_p < 1.0:
+            ids = self._top_p(logits, ids)
+        if ids is None:
+            ids = np.arange(n)
+        cand = logits[ids].astype(np.float64)
+        if self.min_p > 0.0:
+            keep = cand >= cand.max() + np.log(self.min_p)
+            ids, cand = ids[keep], cand[keep]
+
+        cand = cand / self.temperature
+        p = np.exp(cand - cand.max())
+        cdf = np.cumsum(p)
+        r = self.rng.random() * cdf[-1]
+        k = int(np.searchsorted(cdf, r, side="right"))
+        return int(ids[min(k, len(ids) - 1)])
+
+    def _top_p(self, logits: np.ndarray, ids: np.ndarray | None) -> np.ndarray:
+        """The fewest highest-probability candidates whose probabilities sum to >= top_p."""
+        if ids is None:
+            ids = np.arange(logits.shape[0])
+            sorted_ = False
+        else:
+            sorted_ = True
+        x = logits[ids].astype(np.float64)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        n = len(ids)
+        m = n if sorted_ else min(n, 256)
+        while True:
+            # unsorted ids are arange(n), so a stable sort on -x puts equal logits lower id first
+            if sorted_ or m >= n:
+                head = np.arange(n) if sorted_ else np.argsort(-x, kind="stable")
+            else:
+                # the largest m probabilities, in order; grows until they hold top_p of the mass
+                part = np.sort(np.argpartition(-x, m - 1)[:m])
+                head = part[np.argsort(-x[part], kind="stable")]
+            cum = np.cumsum(p[head])
+            if cum[-1] >= self.top_p or len(head) == n:
+                last = int(np.searchsorted(cum, self.top_p, side="left")) + 1
+                return ids[head[: min(last, len(head))]]
+            m *= 8
