@@ -35,18 +35,26 @@ def info(model):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False), required=True,
+@click.option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False),
               help="Reference .npz (llama.cpp or exact) to replay and compare against.")
+@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON list of prompt strings to tokenize (BOS added, specials parsed) and run "
+                   "instead of a reference; needs --out.")
 @click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write g4rt's outputs here (.npz).")
 @click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
-def parity(model, ref_path, backend, out_path, ctx):
+def parity(model, ref_path, prompts_path, backend, out_path, ctx):
     """Replay a reference teacher-forced, decode greedily, and compare.
 
     Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
     from . import parity as P
     from .engine import Engine
 
+    if (ref_path is None) == (prompts_path is None):
+        raise click.UsageError("give --ref REF.npz or --prompts FILE.json")
+    if prompts_path is not None:
+        _parity_prompts(model, prompts_path, backend, out_path, ctx)
+        return
     ref = np.load(ref_path)
     longest, i = 0, 0
     while f"ids_{i}" in ref:
@@ -73,6 +81,30 @@ def parity(model, ref_path, backend, out_path, ctx):
     else:
         raise ParityError(f"bar missed: need top1 >= {bar.min_top1} and max|dlogit| <= {bar.max_dlogit}, "
                           f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
+
+
+def _parity_prompts(model, prompts_path, backend, out_path, ctx):
+    """Tokenize prompt strings and write this backend's own reference-format outputs."""
+    from . import parity as P
+    from .engine import Engine
+    from .tokenizer import load_tokenizer
+
+    if not out_path:
+        raise click.UsageError("--prompts needs --out OUT.npz")
+    prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise G4rtError(f"{prompts_path}: expected a JSON list of strings")
+    engine = Engine(model, backend=backend, ctx=ctx)
+    tok = load_tokenizer(engine.file)
+    out = {}
+    for i, text in enumerate(prompts):
+        ids = np.array(tok.encode(text, add_bos=True, parse_special=True), dtype=np.int32)
+        greedy = P.greedy(engine, ids, 32)
+        out[f"ids_{i}"], out[f"greedy_{i}"] = ids, greedy
+        out[f"topk_ids_{i}"], out[f"topk_val_{i}"] = P.topk(P.teacher_forced(engine, np.concatenate([ids, greedy])))
+        click.echo(f"prompt {i}: {len(ids)} tokens, greedy {greedy[:8].tolist()}...")
+    np.savez(out_path, **out)
+    click.echo(f"wrote {out_path}")
 
 
 def run(argv=None) -> int:
@@ -107,7 +139,8 @@ def entry() -> None:
     sys.exit(run())
 
 
-from .cli_generate import chat as _chat_command, run as _run_command  # noqa: E402
+from .cli_generate import chat as _chat_command, run as _run_command, tokenize as _tokenize_command  # noqa: E402
 
 main.add_command(_run_command, "run")
 main.add_command(_chat_command, "chat")
+main.add_command(_tokenize_command, "tokenize")

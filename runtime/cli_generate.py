@@ -148,3 +148,26 @@ def chat(model, system, show_thinking, **kw):
         click.echo()
         if not kw["quiet"]:
             click.echo(_summary(m), err=True)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("text", required=False)
+@click.option("--json", "json_file", type=click.File("r", encoding="utf-8"),
+              help="A JSON list of strings; prints one JSON list of ids per string.")
+@click.option("--no-special", is_flag=True, help="Do not parse special tokens in the text.")
+@click.option("--bos", is_flag=True, help="Add BOS first.")
+def tokenize(model, text, json_file, no_special, bos):
+    """Print the token ids of TEXT (works on vocabulary-only GGUF files)."""
+    import json
+
+    from .gguf_file import GGUFFile
+    from .tokenizer import load_tokenizer
+    if (text is None) == (json_file is None):
+        raise click.UsageError("give TEXT or --json FILE")
+    tok = load_tokenizer(GGUFFile(model))
+    strings = [text] if json_file is None else json.load(json_file)
+    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        raise G4rtError("--json must hold a list of strings")
+    for s in strings:
+        click.echo(json.dumps(tok.encode(s, add_bos=bos, parse_special=not no_special)))

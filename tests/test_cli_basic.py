@@ -69,3 +69,24 @@ def test_bad_files_give_one_line_errors(tmp_path, make):
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("g4rt: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_tokenize_vocab_only_file(capsys, tmp_path):
+    vocab = str(FIXTURES / "tokenizer" / "ggml-vocab-gemma-4.gguf")
+    assert run(["tokenize", vocab, "Hello <|turn>world"]) == 0
+    assert capsys.readouterr().out.strip() == "[9259, 236743, 105, 12392]"
+    strings = tmp_path / "s.json"
+    strings.write_text('["Hello <|turn>world", "a b"]')
+    assert run(["tokenize", vocab, "--json", str(strings), "--no-special", "--bos"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == "[2, 9259, 655, 236909, 887, 236813, 12392]"
+
+
+def test_parity_from_prompt_strings_matches_reference_ids(tmp_path, capsys):
+    out = tmp_path / "p.npz"
+    assert run(["parity", str(FIXTURES / "models" / "g4-dense-w1024-F32.gguf"), "--prompts",
+                str(FIXTURES / "prompts.json"), "--out", str(out)]) == 0
+    got, ref = np.load(out), np.load(FIXTURES / "ref" / "g4-dense-w1024-F32.llama.npz")
+    for i in range(6):
+        assert np.array_equal(got[f"ids_{i}"], ref[f"ids_{i}"])
+        assert np.array_equal(got[f"greedy_{i}"], ref[f"greedy_{i}"])
