@@ -27,10 +27,56 @@ def main(ctx, debug):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-def info(model):
-    """Print a GGUF file's header, layers and tensors as Markdown."""
-    from .info import describe
-    click.echo(describe(model), nl=False)
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print the memory plan (weights, KV cache, scratch) instead of the header.")
+@click.option("--ctx", "plan_ctx", type=int, default=None,
+              help="[--plan] Context size (default: trained length capped at 8192 and by the budget).")
+@click.option("--backend", "plan_backend", type=BACKEND_CHOICE, default="cpu", show_default=True,
+              help="[--plan] Where the model would run.")
+@click.option("--budget", default=None,
+              help="[--plan] Memory budget, e.g. 12GiB (default: available RAM for cpu; required for vulkan/cuda).")
+@click.option("--kv-dtype", "kv_dtype", type=click.Choice(["f16", "f32"]), default=None,
+              help="[--plan] KV cache type (default: f32 on cpu, f16 on GPUs).")
+@click.option("--batch", type=int, default=512, show_default=True, help="[--plan] Prefill batch size.")
+@click.pass_context
+def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch):
+    """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
+    if not show_plan:
+        given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
+                                   ("kv_dtype", "--kv-dtype"), ("batch", "--batch"))
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise G4rtError(f"{', '.join(given)} only apply with --plan")
+        from .info import describe
+        click.echo(describe(model), nl=False)
+        return
+    from . import memory_plan as M
+    from .gguf_file import GGUFFile
+    from .model.config import load_config
+    from .model.graph import weight_specs
+
+    f = GGUFFile(model)
+    cfg, specs = load_config(f), weight_specs(f)
+    on_cpu = plan_backend == "cpu"
+    if budget is not None:
+        budget_bytes = M.parse_size(budget)
+    elif on_cpu:
+        budget_bytes = M.available_ram()
+        if budget_bytes is None:
+            raise G4rtError("cannot read the available RAM (/proc/meminfo); give --budget, e.g. --budget 16GiB")
+    else:
+        raise G4rtError(f"--backend {plan_backend} needs --budget (the GPU memory to plan for, e.g. --budget 12GiB)")
+    kv_bytes = M.KV_DTYPE_BYTES[kv_dtype or ("f32" if on_cpu else "f16")]
+    if batch <= 0:
+        raise G4rtError(f"--batch must be positive, got {batch}")
+    n_ctx = plan_ctx or M.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
+                                          materialized_attention=on_cpu)
+    plan = M.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
+                       materialized_attention=on_cpu, device="CPU" if on_cpu else f"GPU ({plan_backend})",
+                       model=Path(model).name, check=False)
+    click.echo(plan.markdown())
+    if not plan.fits:
+        raise plan.error()
 
 
 @main.command()

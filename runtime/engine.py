@@ -10,10 +10,11 @@ from .backends import create_backend
 from .backends.base import Backend, CompiledGraph
 from .errors import ContextOverflowError, G4rtError
 from .gguf_file import GGUFFile
+from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
 from .model.graph import build_graph, kv_caches, weight_specs
 
-DEFAULT_CTX = 8192
+DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
 
 
@@ -22,14 +23,22 @@ class Engine:
 
     def __init__(self, path, backend: str | Backend = "cpu", ctx: Optional[int] = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-                 progress: Optional[Callable[[int], None]] = None, **backend_options):
+                 progress: Optional[Callable[[int], None]] = None, memory_budget: Optional[int] = None,
+                 **backend_options):
         self.file = GGUFFile(path)
         self.config: ModelConfig = load_config(self.file)
-        self.ctx = int(ctx or min(self.config.context_length, DEFAULT_CTX))
+        self.specs = weight_specs(self.file)
+        self.prefill_chunk = max(1, int(prefill_chunk))
+        # Default: the trained length capped at DEFAULT_CTX and by the budget when one is given
+        # (never a blind 256K allocation); an explicit ctx over budget is refused with what fits.
+        kv_bytes = KV_DTYPE_BYTES.get(backend_options.get("kv_dtype"), 4)
+        self.ctx = int(ctx or default_context(self.config, self.specs, memory_budget, kv_bytes=kv_bytes,
+                                              batch=self.prefill_chunk))
         if self.ctx <= 0:
             raise G4rtError(f"context size must be positive, got {self.ctx}")
-        self.prefill_chunk = max(1, int(prefill_chunk))
-        self.specs = weight_specs(self.file)
+        if memory_budget is not None:
+            make_plan(self.config, self.specs, self.ctx, kv_bytes=kv_bytes, batch=self.prefill_chunk,
+                      budget=memory_budget, model=self.file.path.name)
         # The one-token graph names every weight the model uses: validate and upload those.
         probe = build_graph(self.config, self.specs, 1, self.ctx)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
@@ -49,6 +58,11 @@ class Engine:
             g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1]))
             self._graphs[key] = g
         return g
+
+    @property
+    def remaining(self) -> int:
+        """Positions left in the context: generation must stop when this reaches 0."""
+        return self.ctx - self.pos
 
     def reset(self) -> None:
         """Start a new sequence (cache rows are overwritten before they are read again)."""

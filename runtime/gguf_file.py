@@ -1,19 +1,22 @@
-"""Read a GGUF file: metadata and memory-mapped tensors, through the `gguf` package.
+"""Read a GGUF file: metadata and memory-mapped tensors, after a hardened header scan.
 
 Nothing here copies weights: `TensorInfo.raw` is a view into the memory-mapped file.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from .errors import MetadataError, ModelFileError, TensorError
+from .errors import (MetadataTypeError, MissingKeyError, MissingTensorError, ModelFileError,
+                     NotGGUFError, TruncatedFileError)
+from .gguf_validate import ARRAY, HEADER_BYTES, MAGIC, TYPE_NAMES, read_array, read_scalar, scan
 from .quant_types import block_geometry
 
 #: Architectures g4rt accepts, mapped to the graph family that runs them.
@@ -46,100 +49,72 @@ class TensorInfo:
         return self.raw[start:stop]
 
 
-def _field_value(field) -> Any:
-    """A metadata field as a plain Python value (str, int, float, bool, or list of those)."""
-    types = field.types
-    if not types:
-        raise MetadataError(f"metadata key {field.name!r} has no type")
-    if types[0] == GGUFValueType.ARRAY:
-        if len(types) < 2:
-            raise MetadataError(f"metadata array {field.name!r} has no element type")
-        sub = types[1]
-        if sub == GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-        if sub == GGUFValueType.ARRAY:
-            raise MetadataError(f"metadata key {field.name!r} is a nested array, which Gemma never uses")
-        vals = [field.parts[i][0] for i in field.data]
-        if sub == GGUFValueType.BOOL:
-            return [bool(v) for v in vals]
-        if sub in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
-            return [float(v) for v in vals]
-        return [int(v) for v in vals]
-    if types[0] == GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
-    v = field.parts[field.data[0]][0]
-    if types[0] == GGUFValueType.BOOL:
-        return bool(v)
-    if types[0] in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
-        return float(v)
-    return int(v)
-
-
 class GGUFFile:
-    """A GGUF file opened read-only and memory-mapped."""
+    """A GGUF file opened read-only and memory-mapped.
+
+    The header is validated by `gguf_validate.scan` (bounded reads, every size checked against the
+    file) before anything is built from it; metadata values are then decoded from the map on
+    first use, so opening costs O(keys + tensors) memory whatever the file declares."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
-        with open(self.path, "rb") as f:
-            magic = f.read(4)
-        if magic != b"GGUF":
-            raise ModelFileError(f"{self.path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
         try:
-            self._reader = GGUFReader(self.path, "r")
-        except (ValueError, IndexError, KeyError, OverflowError, MemoryError, TypeError, UnicodeDecodeError) as e:
-            raise ModelFileError(f"{self.path}: malformed GGUF ({type(e).__name__}: {e})") from None
-        self.file_size = self.path.stat().st_size
+            with open(self.path, "rb") as fh:
+                self.file_size = os.fstat(fh.fileno()).st_size
+                if self.file_size < HEADER_BYTES:
+                    head = fh.read(4)
+                    if head != MAGIC:
+                        raise NotGGUFError(f"{self.path}: not a GGUF file (magic {head!r}, expected {MAGIC!r})")
+                    raise TruncatedFileError(f"{self.path}: {self.file_size} bytes, shorter than a GGUF "
+                                             f"header ({HEADER_BYTES} bytes; truncated)")
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ModelFileError(f"{self.path}: cannot read ({e.strerror or e})") from None
+        self.header = scan(self._map, self.file_size, self.path.name)
         self._values: dict[str, Any] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        for t in self._reader.tensors:
-            try:
-                qtype = GGMLQuantizationType(int(t.tensor_type))
-            except ValueError:
-                raise TensorError(f"tensor {t.name!r} has unknown type id {int(t.tensor_type)}") from None
-            shape = tuple(int(d) for d in t.shape)
-            block, size = block_geometry(qtype)
-            if shape[0] % block:
-                raise TensorError(f"tensor {t.name!r}: {shape[0]} columns is not a multiple of the "
-                                  f"{qtype.name} block size {block}")
+        data = np.frombuffer(self._map, dtype=np.uint8)
+        for t in self.header.tensors:
+            shape = t.dims
+            block, size = block_geometry(t.ggml_type)
             n_rows = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-            raw = np.asarray(t.data).view(np.uint8).reshape(n_rows, (shape[0] // block) * size)
-            self.tensors[t.name] = TensorInfo(t.name, qtype, shape, raw, int(t.data_offset))
+            start = self.header.tensor_start(t)
+            raw = data[start:start + t.nbytes].reshape(n_rows, (shape[0] // block) * size)
+            self.tensors[t.name] = TensorInfo(t.name, t.ggml_type, shape, raw, start)
 
     # metadata ---------------------------------------------------------------------------
     @property
     def keys(self) -> list[str]:
-        return [k for k in self._reader.fields if not k.startswith("GGUF.")]
+        return list(self.header.kv)
 
     def has(self, key: str) -> bool:
-        return key in self._reader.fields
+        return key in self.header.kv
 
     def get(self, key: str, default: Any = _MISSING) -> Any:
         if key in self._values:
             return self._values[key]
-        field = self._reader.fields.get(key)
-        if field is None:
+        e = self.header.kv.get(key)
+        if e is None:
             if default is _MISSING:
-                raise MetadataError(f"{self.path.name}: metadata key {key!r} is missing")
+                raise MissingKeyError(f"{self.path.name}: metadata key {key!r} is missing")
             return default
-        try:
-            value = _field_value(field)
-        except (IndexError, ValueError) as e:
-            raise MetadataError(f"{self.path.name}: metadata key {key!r} is unreadable ({e})") from None
+        value = read_array(self._map, e) if e.vtype == ARRAY else read_scalar(self._map, e)
+        if e.vtype == GGUFValueType.BOOL or e.subtype == GGUFValueType.BOOL:
+            value = [bool(v) for v in value] if isinstance(value, list) else bool(value)
         self._values[key] = value
         return value
 
     def value_type(self, key: str) -> str:
-        field = self._reader.fields[key]
-        names = [t.name for t in field.types]
-        return "[" + names[1] + "]" if names[0] == "ARRAY" and len(names) > 1 else names[0]
+        e = self.header.kv[key]
+        return f"[{TYPE_NAMES[e.subtype]}]" if e.vtype == ARRAY else TYPE_NAMES[e.vtype]
 
     @property
     def architecture(self) -> str:
         arch = self.get("general.architecture")
         if not isinstance(arch, str):
-            raise MetadataError("general.architecture is not a string")
+            raise MetadataTypeError(f"{self.path.name}: general.architecture is not a string")
         return arch
 
     # tensors ----------------------------------------------------------------------------
@@ -147,7 +122,7 @@ class GGUFFile:
         try:
             return self.tensors[name]
         except KeyError:
-            raise TensorError(f"{self.path.name}: tensor {name!r} is missing") from None
+            raise MissingTensorError(f"{self.path.name}: tensor {name!r} is missing") from None
 
     def has_tensor(self, name: str) -> bool:
         return name in self.tensors

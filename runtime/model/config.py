@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..errors import MetadataError, UnsupportedModelError
+from ..errors import MetadataError, MetadataTypeError, MissingKeyError, UnsupportedModelError
 from ..gguf_file import ARCH_ALIASES, GGUFFile
 
 
@@ -60,6 +60,15 @@ class ModelConfig:
         return max((l.window for l in self.layers if l.sliding), default=0)
 
 
+# Value type checks: a hostile or broken file can put any type under any key, so every value is
+# checked before use (a string where a float is due must be a MetadataError, not a ValueError).
+_MAX_LAYERS = 4096   # bounds the per-layer loops below whatever block_count a file declares
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _per_layer(value, n: int, key: str) -> list:
     if isinstance(value, list):
         if len(value) != n:
@@ -69,19 +78,53 @@ def _per_layer(value, n: int, key: str) -> list:
 
 
 def _positive(value, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not _is_int(value):
+        raise MetadataTypeError(f"{key} must be an integer scalar, got {_type_name(value)} {_short(value)}")
+    if value <= 0:
         raise MetadataError(f"{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _non_negative(value, key: str) -> int:
+    if not _is_int(value):
+        raise MetadataTypeError(f"{key} must be an integer scalar, got {_type_name(value)} {_short(value)}")
+    if value < 0:
+        raise MetadataError(f"{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _positives(value, n: int, key: str) -> list[int]:
+    """An integer, or an integer array with one entry per layer (both are legal in Gemma files)."""
+    if not (_is_int(value) or isinstance(value, list)):
+        raise MetadataTypeError(f"{key} must be an integer or an integer array, got {_type_name(value)} {_short(value)}")
+    return [_positive(v, key) for v in _per_layer(value, n, key)]
+
+
+def _float(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetadataTypeError(f"{key} must be a number, got {_type_name(value)} {_short(value)}")
+    return float(value)
+
+
+def _type_name(v) -> str:
+    return "array" if isinstance(v, list) else {str: "string", bool: "bool", float: "float"}.get(type(v), type(v).__name__)
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def load_config(f: GGUFFile) -> ModelConfig:
     arch = f.architecture
     family = ARCH_ALIASES.get(arch)
+    # Projectors first: their architecture is "clip", and "not supported" alone would mislead.
+    if arch == "clip" or f.has_tensor("v.patch_embd.weight") or f.get("general.type", "model") == "mmproj":
+        raise UnsupportedModelError("this is a vision/audio projector (mmproj) file, not a text model; g4rt "
+                                    f"runs the text model GGUF ({', '.join(sorted(ARCH_ALIASES))})")
     if family is None:
         raise UnsupportedModelError(
             f"architecture {arch!r} is not supported (g4rt runs: {', '.join(sorted(ARCH_ALIASES))})")
-    if f.has_tensor("v.patch_embd.weight") or f.get("general.type", "model") == "mmproj":
-        raise UnsupportedModelError("this is a vision/audio projector (mmproj) file, not a text model")
 
     def key(name: str, default=MetadataError):
         # Resolve under the prefix the file uses (gemma4_unified files may use either).
@@ -90,56 +133,64 @@ def load_config(f: GGUFFile) -> ModelConfig:
             if f.has(k):
                 return f.get(k)
         if default is MetadataError:
-            raise MetadataError(f"metadata key {arch}.{name} is missing")
+            raise MissingKeyError(f"metadata key {arch}.{name} is missing")
         return default
 
-    n_expert = key("expert_count", 0) or 0
+    n_expert = _non_negative(key("expert_count", 0), "expert_count")
     if n_expert:
         raise UnsupportedModelError(
             f"mixture-of-experts Gemma 4 ({n_expert} experts) is not supported yet; g4rt runs the dense "
             "and edge (PLE) Gemma 4 models and Gemma 3")
     n_layer = _positive(key("block_count"), "block_count")
+    if n_layer > min(_MAX_LAYERS, len(f.tensors)):
+        raise MetadataError(f"block_count {n_layer} is impossible for a file with {len(f.tensors)} tensors")
     n_embd = _positive(key("embedding_length"), "embedding_length")
-    ffn = [_positive(v, "feed_forward_length") for v in _per_layer(key("feed_forward_length"), n_layer, "feed_forward_length")]
-    n_head = [_positive(v, "attention.head_count") for v in _per_layer(key("attention.head_count"), n_layer, "attention.head_count")]
-    n_kv = [_positive(v, "attention.head_count_kv") for v in _per_layer(key("attention.head_count_kv", None) or n_head, n_layer, "attention.head_count_kv")]
+    ffn = _positives(key("feed_forward_length"), n_layer, "feed_forward_length")
+    n_head = _positives(key("attention.head_count"), n_layer, "attention.head_count")
+    n_kv = _positives(key("attention.head_count_kv", None) or n_head, n_layer, "attention.head_count_kv")
     head_dim = _positive(key("attention.key_length", n_embd // n_head[0]), "attention.key_length")
     head_dim_swa = _positive(key("attention.key_length_swa", head_dim), "attention.key_length_swa")
-    v_dim = key("attention.value_length", head_dim)
-    v_dim_swa = key("attention.value_length_swa", head_dim_swa)
+    v_dim = _positive(key("attention.value_length", head_dim), "attention.value_length")
+    v_dim_swa = _positive(key("attention.value_length_swa", head_dim_swa), "attention.value_length_swa")
     if v_dim != head_dim or v_dim_swa != head_dim_swa:
         raise UnsupportedModelError("key_length != value_length is not supported")
-    eps = float(key("attention.layer_norm_rms_epsilon", 1e-6))
+    eps = _float(key("attention.layer_norm_rms_epsilon", 1e-6), "attention.layer_norm_rms_epsilon")
     ctx_len = _positive(key("context_length", 8192), "context_length")
-    window = key("attention.sliding_window", 0)
-    if not isinstance(window, int) or window < 0:
-        raise MetadataError(f"attention.sliding_window must be a non-negative integer, got {window!r}")
+    window = _non_negative(key("attention.sliding_window", 0), "attention.sliding_window")
 
     pattern = key("attention.sliding_window_pattern", None)
     if isinstance(pattern, list):
+        if not all(isinstance(p, int) for p in pattern):
+            raise MetadataTypeError("attention.sliding_window_pattern must be a bool array or an integer")
         sliding = [bool(p) for p in _per_layer(pattern, n_layer, "attention.sliding_window_pattern")]
     else:
         # An integer n (or none: Gemma 3's fixed 6) means every n-th layer is global.
+        if pattern is not None and not _is_int(pattern):
+            raise MetadataTypeError(f"attention.sliding_window_pattern must be a bool array or an integer, "
+                                    f"got {_type_name(pattern)} {_short(pattern)}")
         period = pattern if isinstance(pattern, int) and pattern > 0 else 6
         sliding = [(i + 1) % period != 0 for i in range(n_layer)]
     if window == 0:
         sliding = [False] * n_layer
 
-    base = float(key("rope.freq_base", 10000.0))
-    base_swa = float(key("rope.freq_base_swa", 10000.0))
-    rope_dims = key("rope.dimension_count", head_dim)
-    rope_dims_swa = key("rope.dimension_count_swa", head_dim_swa)
+    base = _float(key("rope.freq_base", 10000.0), "rope.freq_base")
+    base_swa = _float(key("rope.freq_base_swa", 10000.0), "rope.freq_base_swa")
+    rope_dims = _positive(key("rope.dimension_count", head_dim), "rope.dimension_count")
+    rope_dims_swa = _positive(key("rope.dimension_count_swa", head_dim_swa), "rope.dimension_count_swa")
+    for rd, hd, k in ((rope_dims, head_dim, "rope.dimension_count"), (rope_dims_swa, head_dim_swa, "rope.dimension_count_swa")):
+        if rd % 2 or rd > hd:   # RoPE turns pairs within one head
+            raise MetadataError(f"{k} is {rd}; it must be even and at most the head dimension {hd}")
     has_freqs = f.has_tensor("rope_freqs.weight")
     if has_freqs:
         n_ff = f.tensor("rope_freqs.weight").n_cols
         if n_ff * 2 != rope_dims:
             raise MetadataError(f"rope_freqs.weight has {n_ff} entries; expected rope.dimension_count/2 = {rope_dims // 2}")
 
-    shared = key("attention.shared_kv_layers", 0)
-    if not isinstance(shared, int) or not 0 <= shared < n_layer:
+    shared = _non_negative(key("attention.shared_kv_layers", 0), "attention.shared_kv_layers")
+    if not 0 <= shared < n_layer:
         raise MetadataError(f"attention.shared_kv_layers must be in [0, {n_layer}), got {shared!r}")
     n_kv_from_start = n_layer - shared
-    per_layer_dim = key("embedding_length_per_layer_input", 0) or 0
+    per_layer_dim = _non_negative(key("embedding_length_per_layer_input", 0), "embedding_length_per_layer_input")
 
     layers = []
     for i in range(n_layer):
@@ -162,7 +213,7 @@ def load_config(f: GGUFFile) -> ModelConfig:
     emb = f.tensor("token_embd.weight")
     if emb.n_cols != n_embd:
         raise MetadataError(f"token_embd.weight has {emb.n_cols} columns, embedding_length is {n_embd}")
-    softcap = float(key("final_logit_softcapping", 0.0) or 0.0)
+    softcap = _float(key("final_logit_softcapping", 0.0), "final_logit_softcapping")
     if family == "gemma4":
         attn_scale, v_norm = 1.0, True
     else:  # gemma3: query_pre_attn_scalar = head_dim

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import TensorError
+from ..errors import MissingTensorError, TensorShapeError
 from ..gguf_file import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore,
                    MatMul, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, WeightSpec)
@@ -60,24 +60,27 @@ class _Builder:
     def weight(self, name: str, rows: int | None = None, cols: int | None = None) -> str:
         spec = self.specs.get(name)
         if spec is None:
-            raise TensorError(f"tensor {name!r} is missing")
+            raise MissingTensorError(f"tensor {name!r} is missing")
         if (rows is not None and spec.rows != rows) or (cols is not None and spec.cols != cols):
-            raise TensorError(f"tensor {name!r} has shape [{spec.cols}, {spec.rows}] (GGUF order), "
-                              f"expected [{cols}, {rows}]")
+            raise TensorShapeError(f"tensor {name!r} has shape [{spec.cols}, {spec.rows}] (GGUF order), "
+                                   f"expected [{cols}, {rows}]")
         check_supported(spec.qtype, f"tensor {name!r}")
         self.weights[name] = spec
         return name
+
+    def norm(self, name: str, width: int) -> str:
+        """A norm weight: one row of `width` values."""
+        return self.weight(name, rows=1, cols=width)
 
     def emit(self, label: str, op: Op) -> str:
         self.ops.append(op)
         self.labels.append(label)
         return op.out
 
-    def matmul(self, label: str, out: str, x: str, wname: str) -> str:
+    def matmul(self, label: str, out: str, x: str, wname: str, rows: int | None = None) -> str:
         cols = self.buffers[x].cols
-        spec = self.specs.get(wname)
-        rows = spec.rows if spec else 0
-        w = self.weight(wname, cols=cols)
+        w = self.weight(wname, rows=rows, cols=cols)
+        rows = self.specs[wname].rows
         return self.emit(label, MatMul(self.buf(out, rows), x, w))
 
 
@@ -96,10 +99,10 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
     if cfg.per_layer_dim:
         P, NL = cfg.per_layer_dim, cfg.n_layer
         tok = b.emit("per_layer_token_embd", EmbedLookup(
-            b.buf("ple_tok", P * NL), b.weight("per_layer_token_embd.weight", cols=P * NL), math.sqrt(P)))
-        proj = b.matmul("per_layer_model_proj", "ple", x, "per_layer_model_proj.weight")
+            b.buf("ple_tok", P * NL), b.weight("per_layer_token_embd.weight", cfg.n_vocab, P * NL), math.sqrt(P)))
+        proj = b.matmul("per_layer_model_proj", "ple", x, "per_layer_model_proj.weight", P * NL)
         b.emit("per_layer_model_proj", Scale(proj, proj, 1.0 / math.sqrt(E)))
-        b.emit("per_layer_proj_norm", RmsNorm(proj, proj, b.weight("per_layer_proj_norm.weight", cols=P), eps, P))
+        b.emit("per_layer_proj_norm", RmsNorm(proj, proj, b.norm("per_layer_proj_norm.weight", P), eps, P))
         b.emit("per_layer_inputs", Add(proj, proj, tok))
         ple = b.emit("per_layer_inputs", Scale(proj, proj, 1.0 / math.sqrt(2.0)))
 
@@ -110,16 +113,16 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
         last_reader[L.kv_source] = L.index
     rope_freqs = "rope_freqs.weight" if any(L.rope_freq_factors for L in cfg.layers) else None
     if rope_freqs:
-        b.weight(rope_freqs)
+        b.weight(rope_freqs, rows=1)
 
     for L in cfg.layers:
         i, D = L.index, L.head_dim
         p = f"blk.{i}."
-        h = b.emit(p + "attn_norm", RmsNorm(b.buf("h", E), x, b.weight(p + "attn_norm.weight", cols=E), eps, E))
-        q = b.matmul(p + "attn_q", "q", h, p + "attn_q.weight")
-        if b.buffers[q].cols != L.q_width:
-            raise TensorError(f"{p}attn_q.weight has {b.buffers[q].cols} rows, expected {L.q_width}")
-        b.emit(p + "attn_q_norm", RmsNorm(q, q, b.weight(p + "attn_q_norm.weight", cols=D), eps, D))
+        if L.n_head % L.n_kv_head:   # GQA maps each query head to one KV head
+            raise TensorShapeError(f"layer {i}: {L.n_head} heads are not a multiple of {L.n_kv_head} KV heads")
+        h = b.emit(p + "attn_norm", RmsNorm(b.buf("h", E), x, b.norm(p + "attn_norm.weight", E), eps, E))
+        q = b.matmul(p + "attn_q", "q", h, p + "attn_q.weight", L.q_width)
+        b.emit(p + "attn_q_norm", RmsNorm(q, q, b.norm(p + "attn_q_norm.weight", D), eps, D))
         ff = rope_freqs if L.rope_freq_factors else None
         b.emit(p + "rope_q", Rope(q, q, D, L.rope_dims, L.rope_base, ff))
 
@@ -127,55 +130,53 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
         shared_later = last_reader[src] != src
         kname, vname = (f"k.{src}", f"v.{src}") if shared_later else ("k", "v")
         if L.owns_kv:
-            k = b.matmul(p + "attn_k", kname, h, p + "attn_k.weight")
-            if b.buffers[k].cols != L.kv_width:
-                raise TensorError(f"{p}attn_k.weight has {b.buffers[k].cols} rows, expected {L.kv_width}")
+            k = b.matmul(p + "attn_k", kname, h, p + "attn_k.weight", L.kv_width)
             if L.has_v_proj:
-                v = b.matmul(p + "attn_v", vname, h, p + "attn_v.weight")
+                v = b.matmul(p + "attn_v", vname, h, p + "attn_v.weight", L.kv_width)
             else:   # K = V models: V is the K projection before the norms
                 v = b.emit(p + "attn_v=k", Slice(b.buf(vname, L.kv_width), k, 0, 0))
-            b.emit(p + "attn_k_norm", RmsNorm(k, k, b.weight(p + "attn_k_norm.weight", cols=D), eps, D))
+            b.emit(p + "attn_k_norm", RmsNorm(k, k, b.norm(p + "attn_k_norm.weight", D), eps, D))
             if cfg.v_norm:
                 b.emit(p + "attn_v_norm", RmsNorm(v, v, None, eps, D))
             b.emit(p + "rope_k", Rope(k, k, D, L.rope_dims, L.rope_base, ff))
         else:
             k, v = b.buffers[kname].name, b.buffers[vname].name
             if b.buffers[k].cols != L.kv_width:
-                raise TensorError(f"layer {i} shares the KV of layer {src}, whose width differs")
+                raise TensorShapeError(f"layer {i} shares the KV of layer {src}, whose width differs")
         ck, cv = f"cache_k.{src}", f"cache_v.{src}"
         a = b.emit(p + "attention", Attention(b.buf("attn", L.q_width), q, k, v, ck, cv, L.n_head,
                                                L.n_kv_head, D, L.window, cfg.attn_scale))
         if last_reader[src] == i:
             b.emit(f"blk.{src}.kv_store", KvStore(ck, cv, k, v))
-        o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight")
-        b.emit(p + "post_attention_norm", RmsNorm(o, o, b.weight(p + "post_attention_norm.weight", cols=E), eps, E))
+        o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight", E)
+        b.emit(p + "post_attention_norm", RmsNorm(o, o, b.norm(p + "post_attention_norm.weight", E), eps, E))
         b.emit(p + "attn_residual", Add(x, x, o))
 
-        h = b.emit(p + "ffn_norm", RmsNorm(h, x, b.weight(p + "ffn_norm.weight", cols=E), eps, E))
-        g = b.matmul(p + "ffn_gate", "gate", h, p + "ffn_gate.weight")
-        u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight")
+        h = b.emit(p + "ffn_norm", RmsNorm(h, x, b.norm(p + "ffn_norm.weight", E), eps, E))
+        g = b.matmul(p + "ffn_gate", "gate", h, p + "ffn_gate.weight", L.ffn_dim)
+        u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight", L.ffn_dim)
         b.emit(p + "ffn_act", GeluMul(g, g, u))
-        d = b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight")
+        d = b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight", E)
         if b.specs.get(p + "post_ffw_norm.weight"):
-            b.emit(p + "post_ffw_norm", RmsNorm(d, d, b.weight(p + "post_ffw_norm.weight", cols=E), eps, E))
+            b.emit(p + "post_ffw_norm", RmsNorm(d, d, b.norm(p + "post_ffw_norm.weight", E), eps, E))
         b.emit(p + "ffn_residual", Add(x, x, d))
 
         if ple is not None:
             P = cfg.per_layer_dim
-            pe = b.matmul(p + "inp_gate", "pe", x, p + "inp_gate.weight")
+            pe = b.matmul(p + "inp_gate", "pe", x, p + "inp_gate.weight", P)
             b.emit(p + "inp_gate_act", Gelu(pe, pe))
             sl = b.emit(p + "per_layer_input", Slice(b.buf("pe_in", P), ple, 0, i * P))
             b.emit(p + "per_layer_mul", Mul(pe, pe, sl))
-            pr = b.matmul(p + "proj", "o", pe, p + "proj.weight")
-            b.emit(p + "post_norm", RmsNorm(pr, pr, b.weight(p + "post_norm.weight", cols=E), eps, E))
+            pr = b.matmul(p + "proj", "o", pe, p + "proj.weight", E)
+            b.emit(p + "post_norm", RmsNorm(pr, pr, b.norm(p + "post_norm.weight", E), eps, E))
             b.emit(p + "per_layer_residual", Add(x, x, pr))
         if (p + "layer_output_scale.weight") in b.specs:
-            b.emit(p + "layer_output_scale", Scale(x, x, 1.0, b.weight(p + "layer_output_scale.weight", cols=1)))
+            b.emit(p + "layer_output_scale", Scale(x, x, 1.0, b.norm(p + "layer_output_scale.weight", 1)))
 
     rows = n_tokens if all_logits else 1
     if rows != n_tokens:
         x = b.emit("last_row", Slice(b.buf("x_last", E, rows=1), x, n_tokens - 1, 0))
-    hn = b.emit("output_norm", RmsNorm(b.buf("h_out", E, rows=rows), x, b.weight("output_norm.weight", cols=E), eps, E))
+    hn = b.emit("output_norm", RmsNorm(b.buf("h_out", E, rows=rows), x, b.norm("output_norm.weight", E), eps, E))
     out_w = "token_embd.weight" if cfg.tied_output else "output.weight"
     logits = b.emit("output", MatMul(b.buf("logits", cfg.n_vocab, rows=rows), hn, b.weight(out_w, cfg.n_vocab, E)))
     if cfg.final_softcap:

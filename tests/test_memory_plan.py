@@ -1,0 +1,229 @@
+"""The memory plan (weights, KV cache, scratch; what fits a budget), the default context policy,
+and the run-time context limits of the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
+from g4rt import memory_plan as M
+from g4rt.cli import run
+from g4rt.engine import Engine
+from g4rt.errors import ContextOverflowError, G4rtError, InsufficientMemoryError
+from g4rt.gguf_file import GGUFFile
+from g4rt.model.config import load_config
+from g4rt.model.graph import build_graph, kv_caches, weight_specs
+
+needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
+GiB = 1 << 30
+
+
+def model(name: str):
+    f = GGUFFile(FIXTURES / "models" / f"{name}.gguf")
+    return f, load_config(f), weight_specs(f)
+
+
+# ---- arithmetic ---------------------------------------------------------------------------------------
+@needs_fixtures
+@pytest.mark.parametrize("name", ["g4-dense-Q4_0-pure", "g4-edge-Q4_K_M", "g4-dense-keqv-F32"])
+@pytest.mark.parametrize("ctx", [1, 7, 16, 300])
+def test_parts_match_the_file_and_the_graph(name, ctx):
+    f, cfg, specs = model(name)
+    plan = M.make_plan(cfg, specs, ctx, kv_bytes=2, batch=5)
+    # weights: exactly the tensor bytes in the file
+    assert plan.weights_device == sum(t.nbytes for t in f.tensors.values()) and plan.weights_host == 0
+    # KV: exactly the caches the graph allocates, at 2 bytes a value
+    assert plan.kv_device == 2 * sum(c.rows * c.cols for c in kv_caches(cfg, ctx).values())
+    assert plan.kv_sliding + plan.kv_global == plan.kv_device
+    # scratch: the buffers of the largest graph (batch capped by ctx)
+    g = build_graph(cfg, specs, min(5, ctx), ctx)
+    assert plan.scratch_device == sum(b.rows * b.cols * 4 for b in g.buffers.values())
+
+
+@needs_fixtures
+def test_kv_by_layer_kind():
+    _, cfg, _ = model("g4-edge-Q4_0-pure")     # window 8; layers 5-7 share the caches of 3 and 4
+    per = M.kv_bytes_per_layer(cfg, 100, 2)
+    sliding = 2 * 8 * 128 * 2                   # K and V, min(ctx, window) rows, width 2 heads x 64
+    glob = 2 * 100 * 256 * 2                    # ctx rows, width 2 heads x 128
+    assert per == [sliding] * 4 + [glob] + [0, 0, 0]
+    assert M.kv_bytes_per_layer(cfg, 5, 4) == [2 * 5 * 128 * 4] * 4 + [2 * 5 * 256 * 4] + [0] * 3
+
+
+@needs_fixtures
+def test_hybrid_split_conserves_bytes():
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    full = M.make_plan(cfg, specs, 512)
+    for k in range(cfg.n_layer + 1):
+        p = M.make_plan(cfg, specs, 512, gpu_layers=k)
+        assert p.weights_device + p.weights_host == full.weights_device
+        assert p.kv_device + p.kv_host == full.kv_device
+        assert p.hybrid == (k < cfg.n_layer)
+    half = M.make_plan(cfg, specs, 512, gpu_layers=3)
+    layer_w, other = M.layer_weight_bytes(cfg, specs)
+    assert half.weights_device == sum(layer_w[:3]) and half.weights_host == sum(layer_w[3:]) + other
+    with pytest.raises(G4rtError):
+        M.make_plan(cfg, specs, 512, gpu_layers=cfg.n_layer + 1)
+
+
+# ---- what fits a budget ------------------------------------------------------------------------------
+@needs_fixtures
+@pytest.mark.parametrize("kv_bytes,materialized", [(2, False), (4, True)])
+def test_max_context_is_the_largest_that_fits(kv_bytes, materialized):
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+
+    def total(ctx):
+        return M.make_plan(cfg, specs, ctx, kv_bytes=kv_bytes, materialized_attention=materialized).device_total
+    for budget in (total(100), total(3000) + 1234, total(cfg.context_length) - 1):
+        fit = M.max_context(cfg, specs, budget, kv_bytes=kv_bytes, materialized_attention=materialized)
+        assert total(fit) <= budget < total(fit + 1)
+    assert M.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes) == cfg.context_length
+    assert M.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes, limit=777) == 777
+    assert M.max_context(cfg, specs, 1000) == 0        # less than the weights
+
+
+@needs_fixtures
+def test_max_gpu_layers_is_the_most_that_fit():
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    ctx = 4096
+    totals = [M.make_plan(cfg, specs, ctx, gpu_layers=k).device_total for k in range(cfg.n_layer + 1)]
+    assert totals == sorted(totals)
+    for k in range(cfg.n_layer):
+        assert M.max_gpu_layers(cfg, specs, ctx, totals[k]) == k
+    assert M.max_gpu_layers(cfg, specs, ctx, totals[-1]) == cfg.n_layer
+
+
+@needs_fixtures
+def test_over_budget_is_refused_with_what_fits():
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    budget = M.make_plan(cfg, specs, 1000).device_total
+    with pytest.raises(InsufficientMemoryError) as ei:
+        M.make_plan(cfg, specs, 8000, budget=budget, model="m.gguf", device="GPU")
+    msg = str(ei.value)
+    fit = M.max_context(cfg, specs, budget)
+    assert 1000 <= fit < 8000 and f"--ctx {fit}" in msg and "m.gguf at context 8000" in msg
+    layers = M.max_gpu_layers(cfg, specs, 8000, budget)
+    assert f"{layers} of 6 layers on the GPU" in msg
+    plan = M.make_plan(cfg, specs, 8000, budget=budget, check=False)
+    assert not plan.fits and plan.fit_ctx == fit and "does NOT fit" in plan.markdown()
+    with pytest.raises(InsufficientMemoryError, match="weights alone"):
+        M.make_plan(cfg, specs, 16, budget=1000)
+
+
+@needs_fixtures
+def test_default_context_policy():
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    assert M.default_context(cfg, specs) == min(cfg.context_length, 8192)
+    huge = dataclasses.replace(cfg, context_length=262144)
+    assert M.default_context(huge, specs) == 8192          # never the trained 256K blindly
+    budget = M.make_plan(cfg, specs, 3000, kv_bytes=4).device_total
+    ctx = M.default_context(cfg, specs, budget)
+    assert ctx % 256 == 0 and 3000 - 256 < ctx <= 3000
+    with pytest.raises(InsufficientMemoryError):
+        M.default_context(cfg, specs, 1000)
+
+
+@pytest.mark.parametrize("text,value", [("12GiB", 12 * GiB), ("12G", 12 * GiB), ("12GB", 12 * 10**9),
+                                        ("11.5 GiB", int(11.5 * GiB)), ("512MiB", 512 << 20), ("4096", 4096),
+                                        ("1t", 1 << 40)])
+def test_parse_size(text, value):
+    assert M.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "twelve", "12XB", "-1G", "1..5G"])
+def test_parse_size_refuses(text):
+    with pytest.raises(G4rtError):
+        M.parse_size(text)
+
+
+# ---- the 12B on a 12 GB card ----------------------------------------------------------------------------
+def test_12b_shape_and_fit():
+    cfg, specs = M.gemma4_12b_shape()
+    E, F, V = 3840, 15360, 262144
+    q4 = lambda n: n // 32 * 18                                         # noqa: E731 (Q4_0 bytes)
+    sliding = E * (4096 + 2048 + 2048) + 4096 * E + 3 * E * F           # q, k, v, o, ffn
+    glob = E * (8192 + 2048 + 2048) + 8192 * E + 3 * E * F
+    matrices = q4(40 * sliding + 8 * glob + V * E)
+    norms = 4 * (40 * (4 * E + 2 * 256 + 1) + 8 * (4 * E + 2 * 512 + 1) + E + 256)   # F32, + rope_freqs
+    plan8k = M.make_plan(cfg, specs, 8192, kv_bytes=2)
+    assert plan8k.weights_device == matrices + norms
+    assert 6.2 * GiB < plan8k.weights_device < 6.4 * GiB
+    # KV: 40 sliding layers hold 1024 positions of K+V (2048 wide), 8 global layers ctx positions
+    assert plan8k.kv_sliding == 40 * 2 * 1024 * 2048 * 2
+    assert plan8k.kv_global == 8 * 2 * 8192 * 2048 * 2
+    budget = 12 * GiB - 512 * (1 << 20)
+    for ctx in (8192, 16384, 32768):
+        assert M.make_plan(cfg, specs, ctx, kv_bytes=2, budget=budget).fits
+    fit = M.max_context(cfg, specs, budget, kv_bytes=2)
+    assert 65536 < fit < 98304
+    with pytest.raises(InsufficientMemoryError, match=f"--ctx {fit}"):
+        M.make_plan(cfg, specs, 131072, kv_bytes=2, budget=budget)
+
+
+def test_memory_table_doc_is_current():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("memory_table", M.__file__.replace("runtime/memory_plan.py", "scripts/memory_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = M.__file__.replace("runtime/memory_plan.py", "docs/memory-plan.md")
+    assert open(doc).read() == mod.build(12 * GiB, 512 << 20), "rerun scripts/memory_table.py"
+
+
+# ---- engine: default ctx, budget, run-time limits ------------------------------------------------------
+@needs_fixtures
+def test_engine_default_context_and_budget():
+    path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
+    assert Engine(path).ctx == 8192
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
+    e = Engine(path, memory_budget=budget)
+    assert 768 <= e.ctx <= 1000 and e.ctx % 256 == 0
+    with pytest.raises(InsufficientMemoryError, match="--ctx"):
+        Engine(path, ctx=8000, memory_budget=budget)
+
+
+@needs_fixtures
+def test_context_end_stops_cleanly():
+    e = Engine(FIXTURES / "models" / "g4-dense-F32.gguf", ctx=8)
+    assert e.remaining == 8
+    e.forward([2, 10, 11, 12, 13])
+    assert (e.pos, e.remaining) == (5, 3)
+    with pytest.raises(ContextOverflowError, match="9 tokens do not fit the context of 8"):
+        e.forward([14, 15, 16, 17])
+    assert (e.pos, e.remaining) == (5, 3)          # a refused batch changes nothing
+    out = e.forward([14, 15, 16])
+    assert out.shape[0] == 1 and np.isfinite(out).all() and e.remaining == 0
+    with pytest.raises(ContextOverflowError):
+        e.forward([17])
+    e.reset()
+    assert e.remaining == 8
+
+
+@needs_fixtures
+def test_prompt_longer_than_context():
+    e = Engine(FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf", ctx=16)
+    with pytest.raises(ContextOverflowError, match="17 tokens do not fit the context of 16"):
+        e.forward(list(range(2, 19)))
+    assert e.pos == 0
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------
+@needs_fixtures
+def test_cli_plan(capsys):
+    path = str(FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf")
+    assert run(["info", path, "--plan", "--backend", "vulkan", "--budget", "1GiB", "--ctx", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "## Memory plan: g4-dense-Q4_0-pure.gguf" in out and "KV cache f16" in out and "fits" in out
+    assert run(["info", path, "--plan"]) == 0          # cpu: budget from MemAvailable
+    assert "KV cache f32" in capsys.readouterr().out
+    assert run(["info", path, "--plan", "--backend", "cuda"]) == 1
+    assert "needs --budget" in capsys.readouterr().err
+    assert run(["info", path, "--plan", "--backend", "cuda", "--budget", "3MiB", "--ctx", "8192"]) == 1
+    cap = capsys.readouterr()
+    assert "does NOT fit" in cap.out and cap.err.startswith("g4rt: error: ") and "--ctx" in cap.err
+    assert cap.err.count("\n") == 1
+    assert run(["info", path, "--ctx", "64"]) == 1
+    assert "only apply with --plan" in capsys.readouterr().err
