@@ -1,0 +1,405 @@
+"""A CPU stand-in for the slice of the CUDA driver API that the CUDA backend uses, with numpy
+versions of every kernel in shaders/cuda. For tests only: `CudaBackend(driver=EmulatedDriver())`
+runs the backend's whole host side (op lowering, kernel argument packing through
+cuLaunchKernel's kernelParams, the activation arena, the parameters buffer, pinned host
+buffers, stream capture and graph replay, hybrid inputs) on machines without a GPU, so CI checks
+that code against the CPU reference. It does NOT run the CUDA C++ kernels: the numpy kernels
+here follow each kernel's contract (the .cu comments), and the real kernels are checked against
+the CPU reference by tests/test_cuda_ops.py on a GPU.
+
+Device memory is a set of numpy byte arrays at fake addresses; host pinned memory is real
+(ctypes buffers), so copies go through the same addresses the backend computes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..quant_types import dequantize_rows
+from . import cuda_kernels as K
+
+OK = 0
+
+
+class _Err(int):
+    @property
+    def name(self):
+        return {0: "CUDA_SUCCESS", 2: "CUDA_ERROR_OUT_OF_MEMORY", 1: "CUDA_ERROR_INVALID_VALUE",
+                700: "CUDA_ERROR_ILLEGAL_ADDRESS"}.get(int(self), f"CUresult {int(self)}")
+
+
+class EmulatedFault(AssertionError):
+    """A kernel touched memory outside an allocation (a host-side bug the emulator caught)."""
+
+
+class _Fn:
+    def __init__(self, name):
+        self.name = name
+
+
+class EmulatedDriver:
+    """Drop-in for `cuda.bindings.driver` in CudaBackend(driver=...)."""
+
+    EMULATED = True
+
+    def __init__(self, total_memory: int = 80 << 30, sm_count: int = 132, cc=(9, 0)):
+        self.total = int(total_memory)
+        self.sm_count, self.cc = sm_count, cc
+        self._bases: list[int] = []
+        self._arrays: dict[int, np.ndarray] = {}
+        self._next = 1 << 32
+        self._host: dict[int, ctypes.Array] = {}
+        self._capture = None
+        self.launches = 0
+        self.graph_launches = 0
+        self.CUdevice_attribute = SimpleNamespace(
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR="ccmajor",
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR="ccminor",
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT="sms")
+        self.CUstreamCaptureMode = SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL="thread_local")
+
+    # ---- memory -------------------------------------------------------------------------------
+    @property
+    def used(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def _find(self, ptr: int, nbytes: int) -> np.ndarray:
+        ptr = int(ptr)
+        i = bisect.bisect_right(self._bases, ptr) - 1
+        if i < 0:
+            raise EmulatedFault(f"address {ptr:#x} is not in any allocation")
+        base = self._bases[i]
+        arr = self._arrays[base]
+        off = ptr - base
+        if off + nbytes > arr.nbytes or nbytes < 0:
+            raise EmulatedFault(f"access [{ptr:#x}, +{nbytes}) overruns the allocation at {base:#x} "
+                                f"of {arr.nbytes} bytes (offset {off})")
+        return arr[off:off + nbytes]
+
+    def view(self, ptr: int, count: int, dtype=np.float32) -> np.ndarray:
+        dt = np.dtype(dtype)
+        return self._find(ptr, count * dt.itemsize).view(dt)
+
+    def cuMemAlloc(self, n):
+        n = int(n)
+        if self.used + n > self.total:
+            return (_Err(2), None)
+        base = self._next
+        self._next += (n + 4095) // 4096 * 4096 + 4096
+        arr = np.full(n, 0xCD, np.uint8)          # garbage, like real device memory
+        self._arrays[base] = arr
+        bisect.insort(self._bases, base)
+        return (_Err(OK), base)
+
+    def cuMemFree(self, ptr):
+        ptr = int(ptr)
+        if ptr in self._arrays:
+            del self._arrays[ptr]
+            self._bases.remove(ptr)
+        return (_Err(OK),)
+
+    def cuMemGetInfo(self):
+        return (_Err(OK), self.total - self.used, self.total)
+
+    def cuMemHostAlloc(self, n, flags):
+        buf = ctypes.create_string_buffer(max(1, int(n)))
+        addr = ctypes.addressof(buf)
+        self._host[addr] = buf
+        return (_Err(OK), addr)
+
+    def cuMemFreeHost(self, addr):
+        self._host.pop(int(addr), None)
+        return (_Err(OK),)
+
+    def cuMemcpyHtoDAsync(self, dst, src, n, stream):
+        self._no_capture("cuMemcpyHtoDAsync")
+        d = self._find(dst, int(n))
+        ctypes.memmove(d.ctypes.data, int(src), int(n))
+        return (_Err(OK),)
+
+    def cuMemcpyDtoHAsync(self, dst, src, n, stream):
+        self._no_capture("cuMemcpyDtoHAsync")
+        s = self._find(src, int(n))
+        ctypes.memmove(int(dst), s.ctypes.data, int(n))
+        return (_Err(OK),)
+
+    def cuMemsetD8Async(self, dst, value, n, stream):
+        self._no_capture("cuMemsetD8Async")
+        self._find(dst, int(n))[:] = int(value)
+        return (_Err(OK),)
+
+    def _no_capture(self, what):
+        if self._capture is not None:
+            raise EmulatedFault(f"{what} during stream capture (it would be recorded, not run)")
+
+    # ---- device, context, stream --------------------------------------------------------------
+    def cuInit(self, flags):
+        return (_Err(OK),)
+
+    def cuDeviceGetCount(self):
+        return (_Err(OK), 1)
+
+    def cuDeviceGet(self, i):
+        return (_Err(OK), int(i))
+
+    def cuDeviceGetName(self, n, dev):
+        return (_Err(OK), b"Emulated CUDA device\0")
+
+    def cuDeviceTotalMem(self, dev):
+        return (_Err(OK), self.total)
+
+    def cuDeviceGetAttribute(self, attr, dev):
+        return (_Err(OK), {"ccmajor": self.cc[0], "ccminor": self.cc[1], "sms": self.sm_count}[attr])
+
+    def cuDevicePrimaryCtxRetain(self, dev):
+        return (_Err(OK), "ctx")
+
+    def cuDevicePrimaryCtxRelease(self, dev):
+        return (_Err(OK),)
+
+    def cuCtxSetCurrent(self, ctx):
+        return (_Err(OK),)
+
+    def cuStreamCreate(self, flags):
+        return (_Err(OK), "stream")
+
+    def cuStreamDestroy(self, s):
+        return (_Err(OK),)
+
+    def cuStreamSynchronize(self, s):
+        self._no_capture("cuStreamSynchronize")
+        return (_Err(OK),)
+
+    def cuGetErrorString(self, err):
+        return (_Err(OK), _Err(err).name.encode())
+
+    # ---- modules and launches -----------------------------------------------------------------
+    def cuModuleLoadData(self, image):
+        return (_Err(OK), "module")
+
+    def cuModuleUnload(self, m):
+        return (_Err(OK),)
+
+    def cuModuleGetFunction(self, mod, name):
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        K.signature(name)                                  # KeyError for an unknown kernel
+        return (_Err(OK), _Fn(name))
+
+    def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
+        sig = K.signature(fn.name)
+        args = []
+        for i, code in enumerate(sig):
+            slot = ctypes.c_uint64.from_address(int(params) + 8 * i).value
+            if code == "P":
+                args.append(ctypes.c_uint64.from_address(slot).value)
+            elif code == "i":
+                args.append(ctypes.c_int32.from_address(slot).value)
+            elif code == "f":
+                args.append(ctypes.c_float.from_address(slot).value)
+            elif code == "d":
+                args.append(ctypes.c_double.from_address(slot).value)
+        if min(gx, gy, gz, bx, by, bz) < 1 or bx * by * bz > 1024 or gy > 65535 or gz > 65535:
+            return (_Err(1),)
+        rec = (fn.name, (int(gx), int(gy), int(gz)), int(bx), args)
+        if self._capture is not None:
+            self._capture.append(rec)       # parameters are copied at capture, as CUDA does
+        else:
+            self._run(rec)
+        return (_Err(OK),)
+
+    def cuStreamBeginCapture(self, stream, mode):
+        if self._capture is not None:
+            return (_Err(1),)
+        self._capture = []
+        return (_Err(OK),)
+
+    def cuStreamEndCapture(self, stream):
+        g, self._capture = self._capture, None
+        return (_Err(OK), list(g or []))
+
+    def cuGraphInstantiate(self, graph, flags):
+        return (_Err(OK), list(graph))
+
+    def cuGraphDestroy(self, g):
+        return (_Err(OK),)
+
+    def cuGraphExecDestroy(self, g):
+        return (_Err(OK),)
+
+    def cuGraphLaunch(self, exe, stream):
+        self.graph_launches += 1
+        for rec in exe:
+            self._run(rec)
+        return (_Err(OK),)
+
+    # ---- the kernels, in numpy ----------------------------------------------------------------
+    def _run(self, rec):
+        name, grid, block, args = rec
+        self.launches += 1
+        fam, _, sfx = name.partition("_")
+        if fam in ("matvec", "matmul"):
+            return self._matmul(name, grid, args)
+        if fam == "embed":
+            return self._embed(name, grid, args)
+        if name.startswith("attn_partial_"):
+            return self._attn_partial(name, grid, args)
+        getattr(self, "_k_" + name)(grid, *args)
+
+    def _qtype(self, name):
+        return K.kernel_file(name)[1]
+
+    def _matmul(self, name, grid, args):
+        W, row_bytes, x, y, rows, Kc, n = args
+        if name.startswith("matvec") and n > K.MV_MAXN:
+            raise EmulatedFault(f"{name} launched for {n} rows (max {K.MV_MAXN})")
+        qt = self._qtype(name)
+        # the matvec reads whole aligned 16-byte chunks: the weight needs >= 16 bytes of padding
+        raw = self._find(W, rows * row_bytes + (16 if name.startswith("matvec") else 0))
+        wd = dequantize_rows(raw[:rows * row_bytes].reshape(rows, row_bytes), qt, Kc)
+        X = self.view(x, n * Kc).reshape(n, Kc)
+        res = X.astype(np.float32) @ wd.T
+        self.view(y, n * rows).reshape(n, rows)[...] = res
+
+    def _embed(self, name, grid, args):
+        table, row_bytes, n_table, params, out, Kc, scale = args
+        rows = grid[1]
+        toks = self.view(params + 4 * 2, rows, np.int32).astype(np.int64)
+        toks = np.clip(toks, 0, n_table - 1)
+        raw = self._find(table, n_table * row_bytes).reshape(n_table, row_bytes)
+        vals = dequantize_rows(raw[toks], self._qtype(name), Kc) * np.float32(scale)
+        self.view(out, rows * Kc).reshape(rows, Kc)[...] = vals
+
+    def _kv(self, name):
+        return np.float16 if "_f16" in name else np.float32
+
+    def _attn_partial(self, name, grid, args):
+        q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns = args
+        dmax = int(name.rsplit("_d", 1)[1])
+        if D > dmax:
+            raise EmulatedFault(f"{name} launched for head dim {D}")
+        if grid != (ns, H, grid[2]):
+            raise EmulatedFault(f"{name}: grid {grid} does not match n_split {ns} / heads {H}")
+        R = grid[2]
+        kvt = self._kv(name)
+        pos0 = int(self.view(params, 1, np.int32)[0])
+        Q = self.view(q, R * H * D).reshape(R, H, D)
+        Kb = self.view(k, R * Hkv * D).reshape(R, Hkv, D)
+        Vb = self.view(v, R * Hkv * D).reshape(R, Hkv, D)
+        CK = self.view(ck, ring * Hkv * D, kvt).reshape(ring, Hkv, D)
+        CV = self.view(cv, ring * Hkv * D, kvt).reshape(ring, Hkv, D)
+        P = self.view(part, R * H * ns * (D + 2)).reshape(R, H, ns, D + 2)
+        rep = H // Hkv
+        for r in range(R):
+            p = pos0 + r
+            lo = max(0, p - window + 1) if window > 0 else 0
+            L = p - lo + 1
+            chunk = (L + ns - 1) // ns
+            for h in range(H):
+                kvh = h // rep
+                for s in range(ns):
+                    c0 = lo + s * chunk
+                    c1 = min(p + 1, c0 + chunk)
+                    if c1 <= c0:
+                        P[r, h, s, 0], P[r, h, s, 1], P[r, h, s, 2:] = -np.inf, 0.0, 0.0
+                        continue
+                    kp = np.arange(c0, c1)
+                    fresh = kp >= pos0
+                    keys = np.where(fresh[:, None], Kb[np.clip(kp - pos0, 0, R - 1), kvh],
+                                    CK[kp % ring, kvh].astype(np.float32))
+                    vals = np.where(fresh[:, None], Vb[np.clip(kp - pos0, 0, R - 1), kvh],
+                                    CV[kp % ring, kvh].astype(np.float32))
+                    sc = (keys @ Q[r, h]) * np.float32(scale)
+                    m = sc.max()
+                    e = np.exp(sc - m)
+                    P[r, h, s, 0], P[r, h, s, 1], P[r, h, s, 2:] = m, e.sum(), e @ vals
+
+    def _k_attn_combine(self, grid, part, out, H, D, ns):
+        R = grid[1]
+        P = self.view(part, R * H * ns * (D + 2)).reshape(R, H, ns, D + 2)
+        O = self.view(out, R * H * D).reshape(R, H, D)
+        m = P[..., 0]
+        M = m.max(axis=-1, keepdims=True)
+        f = np.where(np.isneginf(m), 0.0, np.exp(m - M)).astype(np.float32)
+        S = (P[..., 1] * f).sum(-1)
+        O[...] = (P[..., 2:] * f[..., None]).sum(-2) / S[..., None]
+
+    def _k_kv_store(self, grid, k, v, ck, cv, params, n, cols, ring, dtype):
+        pos0 = int(self.view(params, 1, np.int32)[0])
+        Kb = self.view(k, n * cols).reshape(n, cols)
+        Vb = self.view(v, n * cols).reshape(n, cols)
+        CK = self.view(ck, ring * cols, dtype).reshape(ring, cols)
+        CV = self.view(cv, ring * cols, dtype).reshape(ring, cols)
+        for r in range(max(0, n - ring), n):
+            CK[(pos0 + r) % ring] = Kb[r]
+            CV[(pos0 + r) % ring] = Vb[r]
+
+    def _k_kv_store_f16(self, grid, *a):
+        self._k_kv_store(grid, *a, np.float16)
+
+    def _k_kv_store_f32(self, grid, *a):
+        self._k_kv_store(grid, *a, np.float32)
+
+    def _k_rmsnorm(self, grid, x, out, w, cols, group, eps):
+        rows = grid[1]
+        if grid[0] != cols // group:
+            raise EmulatedFault(f"rmsnorm grid {grid} for {cols} columns in groups of {group}")
+        X = self.view(x, rows * cols).reshape(rows, cols // group, group)
+        ms = np.mean(np.square(X, dtype=np.float64), axis=-1, keepdims=True)
+        Y = X * (1.0 / np.sqrt(ms + eps)).astype(np.float32)
+        if w:
+            Y = Y * self.view(w, group)
+        self.view(out, rows * cols).reshape(rows, cols // group, group)[...] = Y
+
+    def _k_rope(self, grid, x, ff, params, rows, cols, head_dim, n_rot, base):
+        pos0 = int(self.view(params, 1, np.int32)[0])
+        X = self.view(x, rows * cols).reshape(rows, cols // head_dim, head_dim)
+        half = n_rot // 2
+        inv = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / n_rot)
+        if ff:
+            inv = inv / self.view(ff, half).astype(np.float64)
+        ang = (pos0 + np.arange(rows, dtype=np.float64))[:, None] * inv[None, :]
+        c = np.cos(ang).astype(np.float32)[:, None, :]
+        s = np.sin(ang).astype(np.float32)[:, None, :]
+        a, b = X[:, :, :half].copy(), X[:, :, half:n_rot].copy()
+        X[:, :, :half] = a * c - b * s
+        X[:, :, half:n_rot] = a * s + b * c
+
+    def _ew2(self, a, b, out, n, f):
+        res = f(self.view(a, n), self.view(b, n))
+        self.view(out, n)[...] = res
+
+    def _k_add(self, grid, a, b, out, n):
+        self._ew2(a, b, out, n, lambda p, q: p + q)
+
+    def _k_mul(self, grid, a, b, out, n):
+        self._ew2(a, b, out, n, lambda p, q: p * q)
+
+    @staticmethod
+    def _gelu(x):
+        return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + 0.044715 * x * x * x)))
+
+    def _k_gelu_mul(self, grid, a, b, out, n):
+        self._ew2(a, b, out, n, lambda p, q: self._gelu(p) * q)
+
+    def _k_gelu(self, grid, x, out, n):
+        self.view(out, n)[...] = self._gelu(self.view(x, n))
+
+    def _k_scale(self, grid, x, out, n, s, by):
+        y = self.view(x, n) * np.float32(s)
+        if by:
+            y = y * self.view(by, 1)[0]
+        self.view(out, n)[...] = y
+
+    def _k_softcap(self, grid, x, out, n, cap):
+        cap = np.float32(cap)
+        self.view(out, n)[...] = cap * np.tanh(self.view(x, n) / cap)
+
+    def _k_slice(self, grid, x, out, rows, cols, xcols, row0, col0):
+        X = self.view(x, (row0 + rows) * xcols)
+        X = X.reshape(row0 + rows, xcols)
+        self.view(out, rows * cols).reshape(rows, cols)[...] = X[row0:row0 + rows, col0:col0 + cols]

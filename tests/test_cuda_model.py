@@ -1,0 +1,119 @@
+"""The fixture models on the CUDA backend: every exact reference meets its bar, a hybrid split
+(first layers on the GPU, the rest on the CPU) agrees with the full GPU run, and decoding
+through the KV cache agrees with prefill. Runs only where a CUDA device is present."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names
+from g4rt import parity
+from g4rt.backends.cuda_driver import cuda_available
+from g4rt.engine import Engine
+
+HAVE_CUDA, CUDA_REASON = cuda_available()
+pytestmark = [pytest.mark.skipif(not HAVE_CUDA, reason=f"no CUDA device: {CUDA_REASON}"),
+              pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)]
+
+
+def exact_refs():
+    out = []
+    for m in model_names():
+        for ref in sorted((FIXTURES / "ref").glob(f"{m}.*exact.npz")):
+            if ref.name.removesuffix(".exact.npz").removeprefix(m) in ("", ".long"):
+                out.append((m, ref.name))
+    return out
+
+
+_engines: dict = {}
+
+
+def model_path(model: str):
+    p = FIXTURES / "models" / f"{model}.gguf"
+    if not p.is_file():
+        pytest.skip(f"{p.name} is not in this fixtures folder")
+    return p
+
+
+def engine(model: str, **kw) -> Engine:
+    key = (model, tuple(sorted(kw.items())))
+    if key not in _engines:
+        _engines[key] = Engine(model_path(model), backend="cuda", ctx=4096, **kw)
+    return _engines[key]
+
+
+@pytest.mark.parametrize("model,ref", exact_refs())
+def test_fixture_meets_bar_vs_exact(model, ref):
+    ref_path = FIXTURES / "ref" / ref
+    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
+    assert bar is not None, f"no bar for {ref} in MANIFEST.json"
+    refd = np.load(ref_path)
+    rows = parity.compare(refd, parity.run_reference(engine(model), refd))
+    assert parity.meets(rows, bar), (parity.worst(rows), bar)
+
+
+def _hybrid(model, layers, kv_dtype="f16"):
+    from g4rt.backends.cpu import CpuBackend
+    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.hybrid import HybridBackend, layers_split
+    hb = HybridBackend(CudaBackend(kv_dtype=kv_dtype), CpuBackend(kv_dtype=kv_dtype), layers_split(layers))
+    return Engine(model_path(model), backend=hb, ctx=4096), hb
+
+
+@pytest.mark.parametrize("model,layers", [("g4-dense-Q4_0-pure", 3), ("g4-edge-Q4_K_M", 4),
+                                          ("g4-dense-untied-Q8_0", 5)])
+def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
+    refd = np.load(FIXTURES / "ref" / f"{model}.exact.npz")
+    ids = refd["ids_0"]
+    e, hb = _hybrid(model, layers)
+    try:
+        full = engine(model)
+        full.reset()
+        a = full.forward(ids, all_logits=True)
+        b = e.forward(ids, all_logits=True)
+        assert hb.last_partition.split > 0 and hb.last_partition.transfers
+        assert np.abs(a - b).max() < 0.1, np.abs(a - b).max()
+        assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
+        bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", FIXTURES / "ref" / f"{model}.exact.npz")
+        rows = parity.compare(refd, parity.run_reference(e, refd))
+        assert parity.meets(rows, bar), (parity.worst(rows), bar)
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-Q4_K_M", 7),
+                                         ("g4-dense-Q6_K", 64)])
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
+def test_decode_through_cache_equals_prefill(model, chunk, kv_dtype):
+    path = model_path(model)
+    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:60]
+    e = Engine(path, backend="cuda", ctx=128, kv_dtype=kv_dtype)
+    # f32 caches: the paths differ only in summation order; f16: decode reads rounded K/V
+    tol = 2e-3 if kv_dtype == "f32" else 5e-2
+    try:
+        full = e.forward(ids, all_logits=True)
+        e.reset()
+        steps = np.concatenate([e.forward([t]) for t in ids])
+        np.testing.assert_allclose(steps, full, atol=tol, rtol=0)
+        chunked = Engine(path, backend="cuda", ctx=128,
+                         prefill_chunk=chunk, kv_dtype=kv_dtype)
+        try:
+            np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=tol, rtol=0)
+        finally:
+            chunked.close()
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("model", ["g4-dense-untied-Q8_0", "g4-dense-Q4_K_M", "g4-dense-F16"])
+def test_gpu_matches_cpu_logits_closely(model):
+    path = model_path(model)
+    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_1"]
+    cpu = Engine(path, ctx=256)
+    gpu = Engine(path, backend="cuda", ctx=256, kv_dtype="f32")
+    try:
+        np.testing.assert_allclose(gpu.forward(ids, all_logits=True), cpu.forward(ids, all_logits=True),
+                                   atol=2e-2, rtol=0)
+    finally:
+        gpu.close()
