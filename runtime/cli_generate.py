@@ -26,29 +26,36 @@ def _sampling_options(f):
         click.option("--seed", type=int, default=None, help="Seed: same seed, same output (per backend)."),
         click.option("--ctx", type=click.IntRange(1), default=None, help="Context size in tokens."),
         click.option("--backend", type=BACKENDS, default="auto", show_default=True),
+        click.option("--gpu-layers", type=click.IntRange(0), default=None,
+                     help="Only the first N layers on the GPU backend, the rest on the CPU."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
     ]):
         f = opt(f)
     return f
 
 
-def _load(model_path, backend, ctx, quiet):
+def _load(model_path, backend, ctx, quiet, gpu_layers=None):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
         model_path = default_model_path()
         if not quiet:
             click.echo(f"g4rt: no MODEL given, using the bundled default {Path(model_path).name}", err=True)
-    bar = None
-    progress = None
-    if not quiet:
-        from tqdm import tqdm
-        bar = tqdm(desc="loading", unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr)
-        progress = bar.update
+    bars = []
+
+    def progress(nbytes: int) -> None:
+        # The bar appears with the first uploaded bytes, so early errors print alone.
+        if not bars:
+            from tqdm import tqdm
+            bars.append(tqdm(desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
+                             leave=False, file=sys.stderr))
+        bars[0].update(nbytes)
+
     try:
-        model = load(model_path, backend=backend, ctx=ctx, progress=progress)
+        model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
+                     gpu_layers=gpu_layers)
     finally:
-        if bar is not None:
+        for bar in bars:
             bar.close()
     if not quiet:
         click.echo(f"g4rt: {Path(model_path).name} on {model.backend_name} ({model.device_name}); "
@@ -86,7 +93,7 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
     if prompt is not None and prompt_file is not None:
         raise click.UsageError("give either -p or -f, not both")
     text = prompt if prompt is not None else prompt_file.read()
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"])
     chat = chat or system is not None
     interrupted = False
     try:
@@ -113,7 +120,7 @@ def chat(model, system, show_thinking, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session."""
     from .generation import ChatSession
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"])
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     if not kw["quiet"]:
         click.echo("g4rt chat: /reset clears the history, /exit leaves, Ctrl-C stops a reply.", err=True)

@@ -217,8 +217,12 @@ class ChatSession:
 
 
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
-         progress: Optional[Callable[[int], None]] = None, **backend_options) -> Model:
-    """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one)."""
+         progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
+         **backend_options) -> Model:
+    """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
+
+    gpu_layers: put only the first N layers on the GPU backend and the rest on the CPU reference
+    (for models that do not fit in device memory)."""
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
@@ -227,5 +231,13 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         backend, reason = pick_backend()
     if backend not in ("cpu", "vulkan", "cuda"):
         raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, vulkan or cuda)")
-    engine = Engine(path, backend=backend, ctx=ctx, progress=progress, **backend_options)
+    if gpu_layers is not None:
+        if backend == "cpu":
+            raise G4rtError("--gpu-layers needs a GPU backend (--backend cuda or vulkan)")
+        from .backends.hybrid import create_hybrid
+        backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options)
+        reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
+        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress)
+    else:
+        engine = Engine(path, backend=backend, ctx=ctx, progress=progress, **backend_options)
     return Model(engine, reason)
