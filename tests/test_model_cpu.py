@@ -106,3 +106,20 @@ def test_context_overflow_is_a_clear_error():
 
 def test_manifest_lists_every_model():
     assert set(manifest()) >= set(model_names())
+
+
+def test_linear_rope_scaling_divides_global_layer_angles(tmp_path):
+    src = FIXTURES / "models" / "g4-dense-F32.gguf"
+    dst = rewrite_gguf(src, tmp_path / "scaled.gguf", set_keys={
+        "gemma4.rope.scaling.type": ("linear", GGUFValueType.STRING),
+        "gemma4.rope.scaling.factor": (4.0, GGUFValueType.FLOAT32)})
+    scaled, plain = Engine(dst, ctx=64), Engine(src, ctx=64)
+    assert scaled.config.rope_linear_factor == 4.0
+    ff = scaled.derived["rope_freqs.linear_scaled"]
+    np.testing.assert_array_equal(ff, plain.backend.weight("rope_freqs.weight") * 4.0)
+    g = scaled.graph(3).graph
+    ropes = {lab: op for lab, op in zip(g.labels, g.ops) if op.kind == "rope"}
+    assert ropes["blk.5.rope_q"].freq_factors == "rope_freqs.linear_scaled"   # global layer
+    assert ropes["blk.0.rope_q"].freq_factors is None                          # sliding: unscaled
+    ids = [2, 100, 200, 300, 400, 500]
+    assert not np.allclose(scaled.forward(ids), plain.forward(ids), atol=1e-3)

@@ -54,6 +54,13 @@ class ModelConfig:
     shared_kv_layers: int
     tied_output: bool
     layers: tuple[LayerConfig, ...] = field(repr=False)
+    rope_linear_factor: float = 1.0   # rope.scaling linear factor on global layers (Gemma 3 4B+)
+
+    @property
+    def rope_freqs_name(self) -> str:
+        """The frequency-factor weight global layers use: the file's rope_freqs, or one derived
+        from it (or from ones) times the linear scaling factor (see graph.derived_weights)."""
+        return "rope_freqs.weight" if self.rope_linear_factor == 1.0 else "rope_freqs.linear_scaled"
 
     @property
     def sliding_window(self) -> int:
@@ -181,6 +188,16 @@ def load_config(f: GGUFFile) -> ModelConfig:
         if rd % 2 or rd > hd:   # RoPE turns pairs within one head
             raise MetadataError(f"{k} is {rd}; it must be even and at most the head dimension {hd}")
     has_freqs = f.has_tensor("rope_freqs.weight")
+    # Linear RoPE scaling (positions divided by the factor) applies to global layers only, as in
+    # llama.cpp; it is expressed as frequency factors so backends need nothing new.
+    scaling = key("rope.scaling.type", "none")
+    linear = 1.0
+    if scaling == "linear":
+        linear = _float(key("rope.scaling.factor", 1.0), "rope.scaling.factor")
+        if not linear > 0:
+            raise MetadataError(f"rope.scaling.factor must be positive, got {linear}")
+    elif scaling not in ("none", None):
+        raise UnsupportedModelError(f"RoPE scaling {scaling!r} is not supported (none, linear)")
     if has_freqs:
         n_ff = f.tensor("rope_freqs.weight").n_cols
         if n_ff * 2 != rope_dims:
@@ -207,7 +224,7 @@ def load_config(f: GGUFFile) -> ModelConfig:
             index=i, sliding=sl, n_head=n_head[i], n_kv_head=n_kv[i],
             head_dim=head_dim_swa if sl else head_dim, ffn_dim=ffn[i],
             rope_base=base_swa if sl else base, rope_dims=rope_dims_swa if sl else rope_dims,
-            rope_freq_factors=(not sl) and has_freqs, window=window if sl else 0,
+            rope_freq_factors=(not sl) and (has_freqs or linear != 1.0), window=window if sl else 0,
             kv_source=src, has_v_proj=has_v))
 
     emb = f.tensor("token_embd.weight")
@@ -216,10 +233,12 @@ def load_config(f: GGUFFile) -> ModelConfig:
     softcap = _float(key("final_logit_softcapping", 0.0), "final_logit_softcapping")
     if family == "gemma4":
         attn_scale, v_norm = 1.0, True
-    else:  # gemma3: query_pre_attn_scalar = head_dim
-        attn_scale, v_norm = 1.0 / math.sqrt(head_dim), False
+    else:  # gemma3: query_pre_attn_scalar = head_dim, except the 62-layer 27B (hidden / heads)
+        scalar = n_embd // n_head[0] if n_layer == 62 else head_dim
+        attn_scale, v_norm = 1.0 / math.sqrt(scalar), False
     return ModelConfig(
         architecture=arch, family=family, n_layer=n_layer, n_embd=n_embd, n_vocab=emb.n_rows,
         context_length=ctx_len, rms_eps=eps, final_softcap=softcap, attn_scale=attn_scale,
         v_norm=v_norm, embed_scale=math.sqrt(n_embd), per_layer_dim=int(per_layer_dim),
-        shared_kv_layers=shared, tied_output=not f.has_tensor("output.weight"), layers=tuple(layers))
+        shared_kv_layers=shared, tied_output=not f.has_tensor("output.weight"), layers=tuple(layers),
+        rope_linear_factor=linear)

@@ -12,12 +12,27 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import MissingTensorError, TensorShapeError
 from ..gguf_file import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore,
                    MatMul, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, WeightSpec)
-from ..quant_types import check_supported
+from ..quant_types import check_supported, dequantize_rows
 from .config import ModelConfig
+
+
+def derived_weights(cfg: ModelConfig, f: GGUFFile) -> dict[str, np.ndarray]:
+    """Small f32 weights the graph needs that the file does not hold (as [1, n] arrays)."""
+    out = {}
+    if cfg.rope_linear_factor != 1.0:
+        glob = [L for L in cfg.layers if not L.sliding]
+        if glob:
+            n = glob[0].rope_dims // 2
+            base = (dequantize_rows(f.tensor("rope_freqs.weight").raw, f.tensor("rope_freqs.weight").qtype, n)
+                    if f.has_tensor("rope_freqs.weight") else np.ones((1, n), np.float32))
+            out[cfg.rope_freqs_name] = (base * np.float32(cfg.rope_linear_factor)).astype(np.float32)
+    return out
 
 
 def weight_specs(f: GGUFFile) -> dict[str, WeightSpec]:
@@ -111,7 +126,7 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
     last_reader = {}
     for L in cfg.layers:
         last_reader[L.kv_source] = L.index
-    rope_freqs = "rope_freqs.weight" if any(L.rope_freq_factors for L in cfg.layers) else None
+    rope_freqs = cfg.rope_freqs_name if any(L.rope_freq_factors for L in cfg.layers) else None
     if rope_freqs:
         b.weight(rope_freqs, rows=1)
 
