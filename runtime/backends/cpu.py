@@ -6,11 +6,13 @@ kept in an LRU cache under a byte cap so a large model never sits dequantized in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import ops as O
 from ..quant_types import dequantize_rows
@@ -138,6 +140,14 @@ class CpuGraph(CompiledGraph):
         self.backend, self.graph = backend, graph
 
     def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+        # One-row products are memory-bound: BLAS threads only add wake-up and spin costs there
+        # (measured 665 ms vs 89 ms per Gemma 3 270M decode step on 2 cores), so decode runs the
+        # BLAS single-threaded; batched prefill keeps all threads for its GEMMs.
+        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens == 1 else contextlib.nullcontext()
+        with limit:
+            return self._run(tokens, pos0, observer)
+
+    def _run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
         be, g = self.backend, self.graph
         n = g.n_tokens
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
