@@ -190,3 +190,12 @@ from .cli_generate import chat as _chat_command, run as _run_command, tokenize a
 main.add_command(_run_command, "run")
 main.add_command(_chat_command, "chat")
 main.add_command(_tokenize_command, "tokenize")
+
+# Tools: kernel/model benchmarks, synthetic 12B-shaped models, backend-vs-backend conformance.
+from .bench import bench_command as _bench_command  # noqa: E402
+from .conformance import conformance_command as _conformance_command  # noqa: E402
+from .synth import synth_command as _synth_command  # noqa: E402
+
+main.add_command(_bench_command, "bench")
+main.add_command(_synth_command, "synth")
+main.add_command(_conformance_command, "conformance")

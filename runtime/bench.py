@@ -1,0 +1,303 @@
+"""`g4rt bench MODEL --backend B [--prompt 512] [--gen 128] [--json]` and `g4rt bench --ops`.
+
+Model mode: prefill tokens/s on a prompt of random ids, greedy decode tokens/s, decode weight
+traffic (bytes of every weight a decode step reads / time per token), Python overhead per decoded
+token (wall time of a step minus the time spent inside the backend's replay: the Vulkan graph's
+sequence evaluation, or the whole `run()` on backends without that measurement), device name.
+The first prefill and the first decode step build the graphs' pipelines; they are run and
+reported separately, not counted in the rates.
+
+`--ops` times each kernel alone at the Gemma 4 12B's shapes on random weights: matrix-vector and
+512-token matrix-matrix products for Q4_0 and Q4_K at 3840->15360 and 15360->3840, attention over
+1K (sliding layer) and 8K (global layer) of cache, RMSNorm and RoPE. A kernel's time is the run
+time of a graph [inputs, kernel, 1-row slice] minus that of [inputs, 1-row slice].
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Optional
+
+import click
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from . import ops as O
+from .quant_types import block_geometry, row_bytes
+
+
+# ---- model benchmark --------------------------------------------------------------------------
+def decode_weight_bytes(graph: O.Graph) -> int:
+    """Weight bytes a one-token graph reads: every matrix of every MatMul, one embedding row per
+    EmbedLookup, the small vectors."""
+    total = 0
+    seen = set()
+    for op in graph.ops:
+        for name in O.op_weights(op):
+            spec = graph.weights[name]
+            rb = row_bytes(spec.qtype, spec.cols)
+            if isinstance(op, O.EmbedLookup):
+                total += rb * graph.n_tokens
+            elif name not in seen or isinstance(op, O.MatMul):
+                total += rb * spec.rows
+            seen.add(name)
+    return total
+
+
+class _Timed:
+    """Wraps a compiled graph's run() to measure the time inside it and inside its replay."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.run_s = 0.0
+        self.replay_s = 0.0
+        self._orig = graph.run
+
+        def run(tokens, pos0, observer=None):
+            t0 = time.perf_counter()
+            out = self._orig(tokens, pos0, observer)
+            dt = time.perf_counter() - t0
+            self.run_s += dt
+            self.replay_s += getattr(graph, "last_replay_s", None) or dt
+            return out
+        graph.run = run
+
+
+def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_options: dict,
+                warmup: bool = True, echo=None) -> dict:
+    from .engine import Engine
+    t0 = time.perf_counter()
+    eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 2, **backend_options)
+    load_s = time.perf_counter() - t0
+    try:
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, eng.config.n_vocab, n_prompt).astype(np.int32)
+        res = dict(model=str(model), backend=backend, device=eng.backend.device_name,
+                   prompt_tokens=n_prompt, gen_tokens=n_gen, load_s=round(load_s, 3))
+        if echo:
+            echo(f"{model}: {backend} on {eng.backend.device_name}; loaded in {load_s:.1f} s")
+        first = None
+        if warmup:
+            t0 = time.perf_counter()
+            eng.reset()
+            logits = eng.forward(ids)
+            first = time.perf_counter() - t0
+            res["first_prefill_s"] = round(first, 3)
+            if echo:
+                echo(f"  first prefill (builds pipelines): {first:.2f} s")
+        eng.reset()
+        t0 = time.perf_counter()
+        logits = eng.forward(ids)
+        prefill_s = time.perf_counter() - t0
+        res["prefill_s"] = round(prefill_s, 3)
+        res["prefill_tok_s"] = round(n_prompt / prefill_s, 2)
+        if echo:
+            echo(f"  prefill {n_prompt} tokens: {prefill_s:.2f} s = {n_prompt / prefill_s:.2f} tokens/s")
+
+        tok = int(np.argmax(logits[-1]))
+        t0 = time.perf_counter()
+        logits = eng.forward([tok])        # builds the one-token graph
+        res["first_decode_s"] = round(time.perf_counter() - t0, 3)
+        g1 = eng.graph(1)
+        timer = _Timed(g1)
+        steps = []
+        for _ in range(n_gen):
+            t0 = time.perf_counter()
+            tok = int(np.argmax(logits[-1]))
+            logits = eng.forward([tok])
+            steps.append(time.perf_counter() - t0)
+        total = sum(steps)
+        per_tok = total / n_gen
+        wbytes = decode_weight_bytes(g1.graph)
+        overhead = (total - timer.replay_s) / n_gen
+        res.update(decode_s=round(total, 3), decode_tok_s=round(n_gen / total, 3),
+                   ms_per_token=round(per_tok * 1e3, 2), decode_weight_bytes=wbytes,
+                   decode_weight_gb_s=round(wbytes / per_tok / 1e9, 3),
+                   python_overhead_ms_per_token=round(overhead * 1e3, 3),
+                   replay_ms_per_token=round(timer.replay_s / n_gen * 1e3, 2))
+        if echo:
+            echo(f"  decode {n_gen} tokens: {total:.2f} s = {n_gen / total:.3f} tokens/s "
+                 f"({per_tok * 1e3:.1f} ms/token)")
+            echo(f"  decode weight traffic: {wbytes / 2**20:.0f} MiB/token -> {wbytes / per_tok / 1e9:.2f} GB/s")
+            echo(f"  Python overhead per decoded token: {overhead * 1e3:.2f} ms "
+                 f"(backend replay {timer.replay_s / n_gen * 1e3:.1f} ms)")
+        return res
+    finally:
+        eng.close()
+
+
+# ---- kernel benchmark -------------------------------------------------------------------------
+E, F = 3840, 15360
+
+
+class _MemSource:
+    def __init__(self):
+        self.raw: dict[str, np.ndarray] = {}
+        self.specs: dict[str, O.WeightSpec] = {}
+
+    def add(self, name, qtype, raw, cols):
+        self.raw[name] = raw
+        self.specs[name] = O.WeightSpec(name, qtype, raw.shape[0], cols)
+
+    def weight_bytes(self, name):
+        return self.raw[name]
+
+
+def _random_matrix(qtype: QT, rows: int, cols: int, rng) -> np.ndarray:
+    from .synth import random_blocks
+    block, size = block_geometry(qtype)
+    return random_blocks(qtype, rows * cols // block, rng).reshape(rows, -1)
+
+
+def _f32(values) -> np.ndarray:
+    v = np.ascontiguousarray(values, np.float32)
+    return v.view(np.uint8).reshape(v.shape[0], -1)
+
+
+class OpBench:
+    """One kernel: a graph [inputs -> kernel -> 1-row slice] and its baseline without the kernel."""
+
+    def __init__(self, label, n, inputs, op_fn, out_cols, flops, nbytes, weights=None, caches=None, pos0=0):
+        self.label, self.n, self.inputs, self.op_fn = label, n, inputs, op_fn
+        self.out_cols, self.flops, self.nbytes = out_cols, flops, nbytes
+        self.weights = weights or {}
+        self.caches = caches or {}
+        self.pos0 = pos0
+
+    def graphs(self, src: _MemSource):
+        n = self.n
+        bufs = {"tokens": O.Buffer("tokens", n, 1, "i32")}
+        ops, labels = [], []
+        for name, cols in self.inputs.items():
+            bufs[name] = O.Buffer(name, n, cols)
+            ops.append(O.EmbedLookup(name, f"table.{name}", 1.0))
+            labels.append(f"input {name}")
+        base_ops = list(ops) + [O.Slice("probe", next(iter(self.inputs)), 0, 0)]
+        bufs_base = dict(bufs, probe=O.Buffer("probe", 1, next(iter(self.inputs.values()))))
+        op = self.op_fn()
+        bufs[op.out] = O.Buffer(op.out, n, self.out_cols)
+        full_ops = list(ops) + [op, O.Slice("probe", op.out, 0, 0)]
+        bufs_full = dict(bufs, probe=O.Buffer("probe", 1, self.out_cols))
+        mk = lambda b, o: O.Graph(n_tokens=n, buffers=b, caches=self.caches, weights=dict(src.specs), ops=o,
+                                  output="probe", labels=[f"op{i}" for i in range(len(o))])
+        return mk(bufs_base, base_ops), mk(bufs_full, full_ops)
+
+
+def kernel_benches(rng) -> tuple[_MemSource, list[OpBench]]:
+    src = _MemSource()
+    P = 512
+    for name, cols in (("x", E), ("xf", F)):
+        src.add(f"table.{name}", QT.F32, _f32(rng.standard_normal((P, cols)) * 0.5), cols)
+    benches = []
+    for qt in (QT.Q4_0, QT.Q4_K):
+        up, down = f"{qt.name}.up", f"{qt.name}.down"
+        src.add(up, qt, _random_matrix(qt, F, E, rng), E)
+        src.add(down, qt, _random_matrix(qt, E, F, rng), F)
+        wb_up, wb_down = src.raw[up].nbytes, src.raw[down].nbytes
+        for n in (1, P):
+            kind = "matvec" if n == 1 else f"matmul n={n}"
+            benches.append(OpBench(f"{kind} {qt.name} {E}->{F}", n, {"x": E}, lambda up=up: O.MatMul("y", "x", up),
+                                   F, 2 * n * E * F, wb_up + 4 * n * (E + F)))
+            benches.append(OpBench(f"{kind} {qt.name} {F}->{E}", n, {"xf": F}, lambda down=down: O.MatMul("y", "xf", down),
+                                   E, 2 * n * E * F, wb_down + 4 * n * (E + F)))
+    # attention: the 12B's sliding layer (16 heads, 8 KV heads of 256, window 1024) and global
+    # layer (16 heads, 4 KV heads of 512) at the end of an 8K context, one decode step
+    for label, H, KV, D, window, ring, pos0 in (("attention 1K ctx (sliding, D=256)", 16, 8, 256, 1024, 1024, 1023),
+                                                 ("attention 8K ctx (global, D=512)", 16, 4, 512, 0, 8192, 8191)):
+        qc, kc = H * D, KV * D
+        for name, cols in (("q", qc), ("k", kc), ("v", kc)):
+            if f"table.{name}{D}" not in src.raw:
+                src.add(f"table.{name}{D}", QT.F32, _f32(rng.standard_normal((P, cols))), cols)
+        caches = {"ck": O.KvCache("ck", ring, kc), "cv": O.KvCache("cv", ring, kc)}
+        T = min(window, pos0 + 1) if window else pos0 + 1
+        benches.append(OpBench(
+            label, 1, {f"q{D}": qc, f"k{D}": kc, f"v{D}": kc},
+            lambda H=H, KV=KV, D=D, window=window: O.Attention("o", f"q{D}", f"k{D}", f"v{D}", "ck", "cv", H, KV, D,
+                                                             window, 1.0),
+            qc, 4 * H * T * D, 2 * T * kc * 2 + 8 * qc, caches=caches, pos0=pos0))
+    src.add("norm.w", QT.F32, _f32(np.ones((1, E))), E)
+    for n in (1, P):
+        benches.append(OpBench(f"rmsnorm n={n} x {E}", n, {"x": E}, lambda: O.RmsNorm("y", "x", "norm.w", 1e-6, E),
+                               E, 4 * n * E, 8 * n * E + 4 * E))
+    src.add("table.x4096", QT.F32, _f32(rng.standard_normal((P, 4096))), 4096)
+    for n in (1, P):   # the sliding layers' queries: 16 heads of 256
+        benches.append(OpBench(f"rope n={n} x 16 heads x 256", n, {"x4096": 4096},
+                               lambda: O.Rope("y", "x4096", 256, 256, 1e4, None), 4096, 6 * n * 4096, 8 * n * 4096))
+    return src, benches
+
+
+def _time_graph(cg, n, pos0, reps) -> float:
+    toks = np.arange(n, dtype=np.int32) % 512
+    cg.run(toks, pos0)     # warm: pipelines
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        cg.run(toks, pos0)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str] = None, echo=None) -> dict:
+    from .backends import create_backend
+    rng = np.random.default_rng(0)
+    src, benches = kernel_benches(rng)
+    if only:
+        benches = [b for b in benches if only.lower() in b.label.lower()]
+    be = create_backend(backend, **backend_options)
+    res = dict(backend=backend, device=be.device_name, kernels=[])
+    try:
+        be.load_weights(src.specs, src)
+        if echo:
+            echo(f"kernels on {be.device_name} (median of {reps}; graph with the kernel minus graph without)")
+            echo(f"  {'kernel':<40} {'ms':>10} {'GB/s':>8} {'GFLOP/s':>9}")
+        for b in benches:
+            be.allocate_caches(b.caches)
+            base, full = b.graphs(src)
+            cb, cf = be.compile(base), be.compile(full)
+            t_base = _time_graph(cb, b.n, b.pos0, reps)
+            t_full = _time_graph(cf, b.n, b.pos0, reps)
+            dt = max(t_full - t_base, 1e-9)
+            row = dict(kernel=b.label, ms=round(dt * 1e3, 3), gb_s=round(b.nbytes / dt / 1e9, 3),
+                       gflop_s=round(b.flops / dt / 1e9, 3), bytes=b.nbytes, flops=b.flops)
+            res["kernels"].append(row)
+            if echo:
+                echo(f"  {b.label:<40} {dt * 1e3:>10.3f} {row['gb_s']:>8.2f} {row['gflop_s']:>9.2f}")
+    finally:
+        be.close()
+    return res
+
+
+@click.command("bench")
+@click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--backend", default="cpu", show_default=True)
+@click.option("--prompt", "n_prompt", default=512, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--gen", "n_gen", default=128, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
+@click.option("--ops", "ops_mode", is_flag=True, help="time each kernel alone at the 12B's shapes instead")
+@click.option("--only", default=None, help="with --ops: only kernels whose label contains this")
+@click.option("--reps", default=3, show_default=True, help="with --ops: timed repetitions per kernel")
+@click.option("--no-warmup", is_flag=True, help="skip the untimed first prefill")
+@click.option("--device", default=None, help="device index or name (GPU backends)")
+@click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None)
+def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype):
+    """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
+    from .errors import G4rtError
+    opts = {}
+    if kv_dtype:
+        opts["kv_dtype"] = kv_dtype
+    if device is not None and backend != "cpu":
+        opts["device"] = int(device) if str(device).isdigit() else device
+    echo = None if as_json else click.echo
+    try:
+        if ops_mode:
+            res = bench_ops(backend, opts, reps, only, echo)
+        else:
+            if model is None:
+                raise click.UsageError("MODEL is required (or pass --ops)")
+            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo)
+    except G4rtError as e:
+        raise click.ClickException(str(e))
+    if as_json:
+        click.echo(json.dumps(res, indent=1))

@@ -1,0 +1,133 @@
+#version 450
+// Causal softmax(scale * q.k) v per (query row, head), GQA, sliding window, over the ring KV
+// cache (positions < pos0) and this batch's k/v rows (positions >= pos0).
+// One workgroup per (row, head): keys are streamed in blocks of WG, one key per thread for the
+// scores, an online softmax (running max / sum) rescales the output, whose head_dim columns are
+// owned by the threads (at most MAXD / WG each). Per block of WG keys an invocation runs about
+// D/8 + 2*WG/8 loop iterations, which keeps a 8K-token context far below llvmpipe's 65535-iteration
+// loop limit (see common.glsl); the runtime refuses spans where it would not.
+// Define KV_F16: the caches hold IEEE halfs packed two per 32-bit word (else f32).
+#extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
+#define WG 64
+#define MAXD 512
+layout(local_size_x = WG) in;
+layout(set = 0, binding = 0) readonly buffer PBuf { uint params[]; };
+layout(set = 0, binding = 1) readonly buffer QBuf { float qs[]; };
+layout(set = 0, binding = 2) readonly buffer KBuf { float ks[]; };
+layout(set = 0, binding = 3) readonly buffer VBuf { float vs[]; };
+#ifdef KV_F16
+layout(set = 0, binding = 4) readonly buffer CKBuf { uint ck[]; };
+layout(set = 0, binding = 5) readonly buffer CVBuf { uint cv[]; };
+#else
+layout(set = 0, binding = 4) readonly buffer CKBuf { float ck[]; };
+layout(set = 0, binding = 5) readonly buffer CVBuf { float cv[]; };
+#endif
+layout(set = 0, binding = 6) buffer OBuf { float os[]; };
+layout(push_constant) uniform PC {
+    uint q_off, q_stride, k_off, k_stride, v_off, v_stride, o_off, o_stride;
+    uint rows, row_base, n_head, n_kv_head, head_dim, window, ring, kv_cols;
+    float scale;
+    uint ck_off, cv_off;   // word offsets of the caches in their buffers
+} pc;
+#include "common.glsl"
+
+shared float q_s[MAXD];
+shared float p_s[WG];
+
+// Element d of cache row `slot` (kv_cols values per row).
+float cache_k(uint slot, uint d) {
+#ifdef KV_F16
+    uint i = slot * pc.kv_cols + d;
+    return unpackHalf2x16(ck[pc.ck_off + (i >> 1)])[i & 1u];
+#else
+    return ck[pc.ck_off + slot * pc.kv_cols + d];
+#endif
+}
+float cache_v(uint slot, uint d) {
+#ifdef KV_F16
+    uint i = slot * pc.kv_cols + d;
+    return unpackHalf2x16(cv[pc.cv_off + (i >> 1)])[i & 1u];
+#else
+    return cv[pc.cv_off + slot * pc.kv_cols + d];
+#endif
+}
+
+void main() {
+    uint tid = gl_LocalInvocationID.x;
+    uint D = pc.head_dim;
+    uint rep = pc.n_head / pc.n_kv_head;
+    uint pos0 = params[0];
+    for (uint it = G4_WG_ID; it < pc.rows * pc.n_head; it += G4_WG_STRIDE) {
+        uint r = it / pc.n_head, h = it % pc.n_head;
+        uint kvh = h / rep;
+        uint p = pos0 + pc.row_base + r;
+        uint first = (pc.window > 0u && p + 1u > pc.window) ? p + 1u - pc.window : 0u;
+        uint n_keys = p - first + 1u;
+        barrier();   // q_s / p_s of the previous item are no longer read
+        for (uint d = tid; d < D; d += WG) q_s[d] = qs[pc.q_off + r * pc.q_stride + h * D + d];
+        barrier();
+        float m = -3.0e38, l = 0.0;
+        float acc[MAXD / WG];
+        [[unroll]] for (uint j = 0u; j < MAXD / WG; j++) acc[j] = 0.0;
+        for (uint k0 = 0u; k0 < n_keys; k0 += WG) {
+            // scores, one key per thread
+            uint kp = first + k0 + tid;
+            bool valid = k0 + tid < n_keys;
+            float s = -3.0e38;
+            if (valid) {
+                // D is a multiple of 8: loops of D/8 iterations with unrolled bodies
+                float dotv = 0.0;
+                if (kp >= pos0) {
+                    uint kb = pc.k_off + (kp - pos0) * pc.k_stride + kvh * D;
+                    for (uint d = 0u; d < D; d += 8u) {
+                        [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * ks[kb + d + u];
+                    }
+                } else {
+                    uint slot = kp % pc.ring;
+                    for (uint d = 0u; d < D; d += 8u) {
+                        [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * cache_k(slot, kvh * D + d + u);
+                    }
+                }
+                s = dotv * pc.scale;
+            }
+            p_s[tid] = s;
+            barrier();
+            uint nb = min(uint(WG), n_keys - k0);
+            float bm = m;
+            [[unroll]] for (uint i = 0u; i < WG; i++) bm = max(bm, p_s[i]);   // masked entries hold -3e38
+            barrier();
+            p_s[tid] = valid ? exp(s - bm) : 0.0;
+            barrier();
+            float corr = exp(m - bm);
+            m = bm;
+            float bsum = 0.0;
+            [[unroll]] for (uint i = 0u; i < WG; i++) bsum += p_s[i];
+            l = l * corr + bsum;
+            [[unroll]] for (uint j = 0u; j < MAXD / WG; j++) {
+                uint d = j * WG + tid;
+                if (d >= D) break;
+                float a = acc[j] * corr;
+                uint i = 0u;
+                for (; i + 8u <= nb; i += 8u) {
+                    [[unroll]] for (uint u = 0u; u < 8u; u++) {
+                        uint vp = first + k0 + i + u;
+                        a += p_s[i + u] * (vp >= pos0 ? vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d]
+                                                       : cache_v(vp % pc.ring, kvh * D + d));
+                    }
+                }
+                for (; i < nb; i++) {
+                    uint vp = first + k0 + i;
+                    a += p_s[i] * (vp >= pos0 ? vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d]
+                                              : cache_v(vp % pc.ring, kvh * D + d));
+                }
+                acc[j] = a;
+            }
+            barrier();   // p_s is rewritten by the next block
+        }
+        [[unroll]] for (uint j = 0u; j < MAXD / WG; j++) {
+            uint d = j * WG + tid;
+            if (d < D) os[pc.o_off + r * pc.o_stride + h * D + d] = acc[j] / l;
+        }
+    }
+}
