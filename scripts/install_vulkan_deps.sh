@@ -33,6 +33,8 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
 VENV="${1:-$REPO_ROOT/.venv}"
+# Absolute: kp's CMake runs in a temporary build folder, where a relative interpreter path fails.
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
 KP_VERSION="0.9.0"
 # sha256 of PyPI's kp-0.9.0.tar.gz: the patch only applies to that exact tree.
 KP_SDIST_SHA256="98e583dc6e9731ff6d7a3e3317817e4d93f7b2945929619e29a56325db279949"
