@@ -234,7 +234,10 @@ def _nvrtc_check(result, what: str):
 def _program_log(nvrtc, prog) -> str:
     try:
         n = _nvrtc_check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
-        buf = b" " * int(n)
+        # NVRTC writes into this buffer. Never let it be 1 byte long: CPython shares one cached
+        # object per 1-byte bytes value, and an empty log (just the NUL) written into b" " turned
+        # every b" " in the process into b"\0" (found by a clean-clone CI run).
+        buf = b" " * max(int(n), 2)
         _nvrtc_check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
         return buf.split(b"\0", 1)[0].decode(errors="replace").strip()
     except NvrtcError as e:
