@@ -20,6 +20,17 @@ def model_names() -> list[str]:
     return sorted(p.name.removesuffix(".gguf") for p in (FIXTURES / "models").glob("*.gguf"))
 
 
+def exact_refs() -> list[tuple[str, str]]:
+    """(model, exact reference file) for every fixture: its prompts.json reference and, where
+    present, the long-prompt one."""
+    out = []
+    for m in model_names():
+        for ref in sorted((FIXTURES / "ref").glob(f"{m}.*exact.npz")):
+            if ref.name.removesuffix(".exact.npz").removeprefix(m) in ("", ".long"):
+                out.append((m, ref.name))
+    return out
+
+
 def manifest() -> dict:
     return json.loads((FIXTURES / "MANIFEST.json").read_text())
 

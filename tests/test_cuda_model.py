@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names, exact_refs
 from g4rt import parity
 from g4rt.backends.cuda_driver import cuda_available
 from g4rt.engine import Engine
@@ -15,15 +15,6 @@ from g4rt.engine import Engine
 HAVE_CUDA, CUDA_REASON = cuda_available()
 pytestmark = [pytest.mark.skipif(not HAVE_CUDA, reason=f"no CUDA device: {CUDA_REASON}"),
               pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)]
-
-
-def exact_refs():
-    out = []
-    for m in model_names():
-        for ref in sorted((FIXTURES / "ref").glob(f"{m}.*exact.npz")):
-            if ref.name.removesuffix(".exact.npz").removeprefix(m) in ("", ".long"):
-                out.append((m, ref.name))
-    return out
 
 
 _engines: dict = {}

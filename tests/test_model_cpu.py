@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, manifest, model_names
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, manifest, model_names, exact_refs
 from g4rt import parity
 from g4rt.engine import Engine
 from g4rt.errors import G4rtError, UnsupportedModelError
@@ -15,15 +15,6 @@ from g4rt.model.config import load_config
 from gguf_edit import rewrite_gguf
 
 pytestmark = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
-
-
-def exact_refs():
-    out = []
-    for m in model_names():
-        for ref in sorted((FIXTURES / "ref").glob(f"{m}.*exact.npz")):
-            if ref.name.removesuffix(".exact.npz").removeprefix(m) in ("", ".long"):
-                out.append((m, ref.name))
-    return out
 
 
 _engines: dict[str, Engine] = {}
