@@ -23,21 +23,22 @@ from typing import Callable, Iterable
 SPACE = "\u2581"  # '▁', what SentencePiece-style vocabularies write for a space
 
 
-def bpe_merge(word: str, ranks: dict[str, int]) -> list[str]:
-    """Merge the characters of `word` by rank; `ranks` maps "left right" to the merge's rank."""
-    n = len(word)
+def _heap_merge(text: str, priority: Callable[[str, str], object]) -> list[str]:
+    """Merge adjacent symbols of `text`, smallest `priority(left, right)` first (ties: leftmost);
+    a pair whose priority is None never merges. A doubly linked list over the symbols and a heap
+    of candidate pairs, invalidated lazily, as llama.cpp does."""
+    n = len(text)
     if n < 2:
-        return [word] if n else []
-    syms = list(word)
+        return [text] if n else []
+    syms = list(text)
     nxt = list(range(1, n + 1))
     nxt[-1] = -1
     prv = list(range(-1, n - 1))
-    get = ranks.get
     heap = []
     for i in range(n - 1):
-        r = get(syms[i] + " " + syms[i + 1])
-        if r is not None:
-            heap.append((r, i, i + 1, syms[i] + syms[i + 1]))
+        p = priority(syms[i], syms[i + 1])
+        if p is not None:
+            heap.append((p, i, i + 1, syms[i] + syms[i + 1]))
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
     while heap:
@@ -55,59 +56,30 @@ def bpe_merge(word: str, ranks: dict[str, int]) -> list[str]:
             prv[after] = left
         before = prv[left]
         if before >= 0:
-            r = get(syms[before] + " " + merged)
-            if r is not None:
-                push(heap, (r, before, left, syms[before] + merged))
+            p = priority(syms[before], merged)
+            if p is not None:
+                push(heap, (p, before, left, syms[before] + merged))
         if after >= 0:
-            r = get(merged + " " + syms[after])
-            if r is not None:
-                push(heap, (r, left, after, merged + syms[after]))
+            p = priority(merged, syms[after])
+            if p is not None:
+                push(heap, (p, left, after, merged + syms[after]))
     return [s for s in syms if s]
+
+
+def bpe_merge(word: str, ranks: dict[str, int]) -> list[str]:
+    """Merge the characters of `word` by rank; `ranks` maps "left right" to the merge's rank."""
+    get = ranks.get
+    return _heap_merge(word, lambda a, b: get(a + " " + b))
 
 
 def spm_merge(text: str, token_to_id: dict[str, int], scores: list[float]) -> list[str]:
     """Merge the characters of `text` greedily by the score of the token each pair would form."""
-    n = len(text)
-    if n < 2:
-        return [text] if n else []
-    syms = list(text)
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
     get = token_to_id.get
-    heap = []
-    for i in range(n - 1):
-        m = syms[i] + syms[i + 1]
-        t = get(m)
-        if t is not None:
-            # min-heap on (-score, left): highest score first, then the leftmost pair
-            heap.append((-scores[t], i, i + 1, m))
-    heapq.heapify(heap)
-    pop, push = heapq.heappop, heapq.heappush
-    while heap:
-        _, left, right, merged = pop(heap)
-        a = syms[left]
-        b = syms[right]
-        if not a or not b or a + b != merged:
-            continue
-        syms[left] = merged
-        syms[right] = ""
-        after = nxt[right]
-        nxt[left] = after
-        if after >= 0:
-            prv[after] = left
-        before = prv[left]
-        if before >= 0:
-            m = syms[before] + merged
-            t = get(m)
-            if t is not None:
-                push(heap, (-scores[t], before, left, m))
-        if after >= 0:
-            m = merged + syms[after]
-            t = get(m)
-            if t is not None:
-                push(heap, (-scores[t], left, after, m))
-    return [s for s in syms if s]
+
+    def priority(a: str, b: str):
+        t = get(a + b)
+        return None if t is None else -scores[t]   # highest score first
+    return _heap_merge(text, priority)
 
 
 def word_splitter(joining_chars: Iterable[str]) -> Callable[[str], list[str]]:

@@ -8,6 +8,7 @@ generates text as a stream of pieces, and returns logits.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -88,6 +89,11 @@ class Model:
     def _single_token(self, text: str) -> Optional[int]:
         ids = self.tokenizer.encode(text, add_bos=False, parse_special=True)
         return ids[0] if len(ids) == 1 and self.tokenizer.is_special(ids[0]) else None
+
+    @functools.cached_property
+    def _think_ids(self) -> tuple[Optional[int], Optional[int]]:
+        """The thinking channel's open/close token ids (None when the vocabulary has none)."""
+        return self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)
 
     # ---- low level -------------------------------------------------------------------------
     def logits(self, ids: Sequence[int]) -> np.ndarray:
@@ -174,7 +180,7 @@ class Model:
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
         self.last_stats = GenerationStats()
         dec = StreamDecoder(self.tokenizer, skip_special=not show_special)
-        think_open, think_close = self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)
+        think_open, think_close = self._think_ids
         thinking = False
         for tok in self.generate_ids(ids, max_tokens, sampler, self.last_stats):
             if not show_thinking and think_open is not None:

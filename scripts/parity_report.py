@@ -6,7 +6,6 @@ usage: python scripts/parity_report.py [--backend cpu|vulkan|cuda] [--fixtures D
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ def main() -> None:
             ref_name = exact.name.removesuffix(".exact.npz")
             if ref_name not in (stem, stem + ".long"):
                 continue
-            t = time.time()
             ref = np.load(exact)
             ours = parity.run_reference(engine, ref)
             we = parity.worst(parity.compare(ref, ours))
@@ -43,7 +41,6 @@ def main() -> None:
                   f"{bar.min_top1} / {bar.max_dlogit} | {'yes' if met else 'NO'} | "
                   + (f"{wl['top1']:.4f} | {wl['max_dlogit']:.4f} | {wl['greedy']}/32 |" if wl else "- | - | - |"),
                   flush=True)
-            del t
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -33,6 +34,23 @@ def exact_refs() -> list[tuple[str, str]]:
 
 def manifest() -> dict:
     return json.loads((FIXTURES / "MANIFEST.json").read_text())
+
+
+@functools.lru_cache(maxsize=1)
+def vulkan_skip_reason():
+    """None when the Vulkan tests can run here, else why not (no kp, driver, device or compiler)."""
+    from g4rt.errors import BackendUnavailableError
+    try:
+        from g4rt.backends.vulkan import VulkanBackend
+        VulkanBackend().close()
+    except (ImportError, BackendUnavailableError) as e:
+        return f"Vulkan backend unavailable: {e}"
+    from g4rt.shader_build import ShaderCompilerMissingError, compiler_path
+    try:
+        compiler_path()
+    except ShaderCompilerMissingError as e:
+        return str(e)
+    return None
 
 
 @pytest.fixture

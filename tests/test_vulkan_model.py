@@ -13,21 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names
-from g4rt.errors import BackendUnavailableError
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names, vulkan_skip_reason
 
-try:
-    from g4rt.backends.vulkan import VulkanBackend
-    VulkanBackend().close()
-    _SKIP = None
-except (ImportError, BackendUnavailableError) as e:
-    _SKIP = f"Vulkan backend unavailable: {e}"
-if _SKIP is None:
-    from g4rt.shader_build import ShaderCompilerMissingError, compiler_path
-    try:
-        compiler_path()
-    except ShaderCompilerMissingError as e:
-        _SKIP = str(e)
+_SKIP = vulkan_skip_reason()
 
 pytestmark = [pytest.mark.skipif(_SKIP is not None, reason=_SKIP or ""),
               pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)]

@@ -16,21 +16,12 @@ from gguf import GGMLQuantizationType as QT
 from g4rt import ops as O
 from g4rt.backends.cpu import CpuBackend
 from g4rt.errors import BackendUnavailableError
+from conftest import vulkan_skip_reason
 from g4rt.quant_types import block_geometry, quantize_rows
 
-try:
-    from g4rt.backends.vulkan import VulkanBackend
-    _probe = VulkanBackend()
-    _probe.close()
-    _SKIP = None
-except (ImportError, BackendUnavailableError) as e:   # no kp, no driver, no device
-    _SKIP = f"Vulkan backend unavailable: {e}"
+_SKIP = vulkan_skip_reason()
 if _SKIP is None:
-    from g4rt.shader_build import ShaderCompilerMissingError, compiler_path
-    try:
-        compiler_path()
-    except ShaderCompilerMissingError as e:
-        _SKIP = str(e)
+    from g4rt.backends.vulkan import VulkanBackend
 
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
