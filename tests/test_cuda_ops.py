@@ -253,6 +253,26 @@ def check_replay(make_backend, seed=7):
         be.close()
 
 
+# ---- the cases (shared with tests/test_cuda_sim.py, which runs them on the CPU simulator) -----
+MATMUL_BATCHES = [1, 3, 4, 5, 70]
+LONG_ROW_TYPES = [QT.Q4_0, QT.Q4_K, QT.Q6_K, QT.Q8_0]
+ATTN_CASES = [
+    (4, 2, 64, 0, 64, 1, 37),          # decode, GQA, global
+    (4, 4, 64, 0, 64, 1, 0),           # first token
+    (4, 1, 128, 16, 16, 5, 30),        # sliding window, ring wrapped, batch of 5
+    (4, 2, 64, 16, 16, 40, 3),         # prefill batch longer than the window
+    (2, 2, 256, 0, 3000, 1, 2900),     # long context: split-K
+    (8, 2, 512, 0, 600, 3, 590),       # head dim 512
+    (2, 1, 80, 8, 8, 1, 100),          # head dim not a power of two
+    (4, 2, 64, 1024, 1024, 12, 2000),  # window 1024, positions past it
+]
+KV_CASES = [(1, 16, 0), (5, 16, 14), (40, 16, 3), (3, 64, 63)]
+RMSNORM_CASES = [(3, 256, 256, True), (5, 512, 64, True), (1, 3840, 3840, True),
+                 (7, 256, 128, False), (2, 96, 32, True)]
+ROPE_CASES = [(3, 64, 64, 4, 0, False, True), (5, 128, 64, 2, 1000, True, True),
+              (1, 256, 256, 8, 8191, True, True), (4, 64, 32, 2, 17, False, False)]
+
+
 # ---- the GPU tests -------------------------------------------------------------------------
 def _cuda(kv_dtype):
     from g4rt.backends.cuda import CudaBackend
@@ -260,12 +280,12 @@ def _cuda(kv_dtype):
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n", [1, 3, 4, 5, 70])
+@pytest.mark.parametrize("n", MATMUL_BATCHES)
 def test_matmul_every_type(qtype, n):
     check_matmul(_cuda, qtype, n, rows=37, cols=768)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_K, QT.Q6_K, QT.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", LONG_ROW_TYPES, ids=lambda t: t.name)
 def test_matvec_long_rows_many_tiles(qtype):
     # 4608 values = 2.25 tiles of 2048 (a partial last tile), 129 rows (a partial last block)
     check_matmul(_cuda, qtype, 1, rows=129, cols=4608)
@@ -284,36 +304,24 @@ def test_embedding_every_type(qtype):
     check_embed(_cuda, qtype)
 
 
-@pytest.mark.parametrize("H,Hkv,D,window,ring,n,pos0", [
-    (4, 2, 64, 0, 64, 1, 37),          # decode, GQA, global
-    (4, 4, 64, 0, 64, 1, 0),           # first token
-    (4, 1, 128, 16, 16, 5, 30),        # sliding window, ring wrapped, batch of 5
-    (4, 2, 64, 16, 16, 40, 3),         # prefill batch longer than the window
-    (2, 2, 256, 0, 3000, 1, 2900),     # long context: split-K
-    (8, 2, 512, 0, 600, 3, 590),       # head dim 512
-    (2, 1, 80, 8, 8, 1, 100),          # head dim not a power of two
-    (4, 2, 64, 1024, 1024, 12, 2000),  # window 1024, positions past it
-])
+@pytest.mark.parametrize("H,Hkv,D,window,ring,n,pos0", ATTN_CASES)
 @pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
 def test_attention(H, Hkv, D, window, ring, n, pos0, kv_dtype):
     check_attention(_cuda, H, Hkv, D, window, ring, n, pos0, kv_dtype)
 
 
-@pytest.mark.parametrize("n,ring,pos0", [(1, 16, 0), (5, 16, 14), (40, 16, 3), (3, 64, 63)])
+@pytest.mark.parametrize("n,ring,pos0", KV_CASES)
 @pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
 def test_kv_store(n, ring, pos0, kv_dtype):
     check_kv_store(_cuda, n, ring, pos0, kv_dtype)
 
 
-@pytest.mark.parametrize("rows,cols,group,w", [(3, 256, 256, True), (5, 512, 64, True), (1, 3840, 3840, True),
-                                               (7, 256, 128, False), (2, 96, 32, True)])
+@pytest.mark.parametrize("rows,cols,group,w", RMSNORM_CASES)
 def test_rmsnorm(rows, cols, group, w):
     check_rmsnorm(_cuda, rows, cols, group, w)
 
 
-@pytest.mark.parametrize("rows,head_dim,n_rot,heads,pos0,ff,inplace", [
-    (3, 64, 64, 4, 0, False, True), (5, 128, 64, 2, 1000, True, True), (1, 256, 256, 8, 8191, True, True),
-    (4, 64, 32, 2, 17, False, False)])
+@pytest.mark.parametrize("rows,head_dim,n_rot,heads,pos0,ff,inplace", ROPE_CASES)
 def test_rope(rows, head_dim, n_rot, heads, pos0, ff, inplace):
     check_rope(_cuda, rows, head_dim, n_rot, heads, pos0, ff, inplace)
 

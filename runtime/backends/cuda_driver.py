@@ -126,10 +126,12 @@ def open_driver(device: int = 0, driver=None):
     """cuInit + pick the device; BackendUnavailableError with the reason when that is impossible.
     Returns (driver module, CUdevice, device count). `driver` replaces cuda-python's driver
     module (tests pass cuda_emu.EmulatedDriver)."""
-    if driver is None and os.environ.get("G4RT_CUDA_EMULATE") == "1":
-        # testing knob: the numpy emulation of the driver and kernels (cuda_emu.py)
+    emulate = os.environ.get("G4RT_CUDA_EMULATE", "").strip().lower()
+    if driver is None and emulate in ("1", "numpy", "sim"):
+        # testing knobs, no GPU: the emulated driver (cuda_emu.py) with numpy kernels ("1"), or
+        # with the real kernel sources on the CPU simulator ("sim", cuda_sim.py)
         from .cuda_emu import EmulatedDriver
-        driver = EmulatedDriver()
+        driver = EmulatedDriver(kernels="sim" if emulate == "sim" else "numpy")
     if driver is None:
         driver, _ = bindings()
     try:

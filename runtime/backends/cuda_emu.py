@@ -1,14 +1,19 @@
-"""A CPU stand-in for the slice of the CUDA driver API that the CUDA backend uses, with numpy
-versions of every kernel in shaders/cuda. For tests only: `CudaBackend(driver=EmulatedDriver())`
-runs the backend's whole host side (op lowering, kernel argument packing through
-cuLaunchKernel's kernelParams, the activation arena, the parameters buffer, pinned host
-buffers, stream capture and graph replay, hybrid inputs) on machines without a GPU, so CI checks
-that code against the CPU reference. It does NOT run the CUDA C++ kernels: the numpy kernels
-here follow each kernel's contract (the .cu comments), and the real kernels are checked against
-the CPU reference by tests/test_cuda_ops.py on a GPU.
+"""A CPU stand-in for the slice of the CUDA driver API that the CUDA backend uses. For tests
+and the conformance tool: `CudaBackend(driver=EmulatedDriver())` runs the backend's whole host
+side (op lowering, kernel argument packing through cuLaunchKernel's kernelParams, the activation
+arena, the parameters buffer, pinned host buffers, stream capture and graph replay, hybrid
+inputs) on machines without a GPU.
 
-Device memory is a set of numpy byte arrays at fake addresses; host pinned memory is real
-(ctypes buffers), so copies go through the same addresses the backend computes.
+Two kinds of kernels:
+- kernels="numpy" (default): numpy versions of every kernel, written from each kernel's contract
+  (the .cu comments); fast, checks the host code.
+- kernels="sim": the real CUDA sources of shaders/cuda, compiled for the CPU simulator
+  (cuda_sim.py, sim/cuda_sim.h: fibers for threads, real barriers and warp shuffles); slow,
+  checks the kernels themselves against the CPU reference.
+
+Device memory is numpy byte arrays at their real host addresses (256-byte aligned, filled with
+garbage like fresh device memory); every access of a numpy kernel and every pointer argument of
+a simulated launch is checked against the allocations.
 """
 
 from __future__ import annotations
@@ -47,12 +52,18 @@ class EmulatedDriver:
 
     EMULATED = True
 
-    def __init__(self, total_memory: int = 80 << 30, sm_count: int = 132, cc=(9, 0)):
+    def __init__(self, total_memory: int = 80 << 30, sm_count: int = 132, cc=(9, 0),
+                 kernels: str = "numpy"):
+        if kernels not in ("numpy", "sim"):
+            raise ValueError(f"kernels must be 'numpy' or 'sim', got {kernels!r}")
+        self.sim = None
+        if kernels == "sim":
+            from .cuda_sim import shared_kernels
+            self.sim = shared_kernels()
         self.total = int(total_memory)
         self.sm_count, self.cc = sm_count, cc
         self._bases: list[int] = []
         self._arrays: dict[int, np.ndarray] = {}
-        self._next = 1 << 32
         self._host: dict[int, ctypes.Array] = {}
         self._capture = None
         self.launches = 0
@@ -89,9 +100,10 @@ class EmulatedDriver:
         n = int(n)
         if self.used + n > self.total:
             return (_Err(2), None)
-        base = self._next
-        self._next += (n + 4095) // 4096 * 4096 + 4096
-        arr = np.full(n, 0xCD, np.uint8)          # garbage, like real device memory
+        raw = np.full(n + 256, 0xCD, np.uint8)    # garbage, like real device memory
+        off = -raw.ctypes.data % 256              # cuMemAlloc's alignment
+        arr = raw[off:off + n]                    # (keeps `raw` alive)
+        base = arr.ctypes.data
         self._arrays[base] = arr
         bisect.insort(self._bases, base)
         return (_Err(OK), base)
@@ -148,7 +160,7 @@ class EmulatedDriver:
         return (_Err(OK), int(i))
 
     def cuDeviceGetName(self, n, dev):
-        return (_Err(OK), b"Emulated CUDA device\0")
+        return (_Err(OK), b"Simulated CUDA device (CPU)\0" if self.sim else b"Emulated CUDA device\0")
 
     def cuDeviceTotalMem(self, dev):
         return (_Err(OK), self.total)
@@ -205,7 +217,7 @@ class EmulatedDriver:
                 args.append(ctypes.c_double.from_address(slot).value)
         if min(gx, gy, gz, bx, by, bz) < 1 or bx * by * bz > 1024 or gy > 65535 or gz > 65535:
             return (_Err(1),)
-        rec = (fn.name, (int(gx), int(gy), int(gz)), int(bx), args)
+        rec = (fn.name, (int(gx), int(gy), int(gz)), (int(bx), int(by), int(bz)), args)
         if self._capture is not None:
             self._capture.append(rec)       # parameters are copied at capture, as CUDA does
         else:
@@ -241,6 +253,11 @@ class EmulatedDriver:
     def _run(self, rec):
         name, grid, block, args = rec
         self.launches += 1
+        if self.sim is not None:
+            for code, a in zip(K.signature(name), args):
+                if code == "P" and a:
+                    self._find(a, 1)              # a pointer argument outside every allocation
+            return self.sim.launch(name, grid, block, args)
         fam, _, sfx = name.partition("_")
         if fam in ("matvec", "matmul"):
             return self._matmul(name, grid, args)

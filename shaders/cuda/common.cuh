@@ -27,11 +27,15 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     return h;
 }
 #else
-// A host (C++) build of the block decoders, for the CPU-side decoder test
-// (tests/test_cuda_compile.py): plain functions instead of the device intrinsics.
+// Plain C++: the host build of the block decoders (the CPU-side decoder test,
+// tests/test_cuda_compile.py) and the CPU simulator (sim/cuda_sim.h, force-included, supplies
+// the CUDA builtins). Plain functions instead of the device intrinsics.
+#include <cmath>
 #include <cstring>
+#ifndef G4RT_CPU_SIM
 #define __device__
 #define __forceinline__ inline
+#endif
 static inline float __uint_as_float(u32 u) { float f; std::memcpy(&f, &u, 4); return f; }
 static inline float f16_to_f32(u16 h) {
     const u32 s = (u32)(h >> 15) << 31, e = (h >> 10) & 31u, m = h & 1023u;
@@ -52,11 +56,29 @@ static inline float f16_to_f32(u16 h) {
     }
     return __uint_as_float(bits);
 }
+
+// Round to nearest even, as cvt.rn.f16.f32 and numpy do.
+static inline u16 f32_to_f16(float f) {
+    u32 x;
+    std::memcpy(&x, &f, 4);
+    const u32 sign = (x >> 16) & 0x8000u, ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x7F800000u) return (u16)(sign | 0x7C00u | (ax > 0x7F800000u ? 0x200u : 0u));
+    if (ax >= 0x477FF000u) return (u16)(sign | 0x7C00u);          // rounds past 65504: inf
+    if (ax < 0x38800000u) {                                        // below 2^-14: subnormal
+        float a;
+        std::memcpy(&a, &ax, 4);
+        return (u16)(sign | (u32)nearbyintf(a * 16777216.0f));     // exact scaling, RNE
+    }
+    u32 h = ((((ax >> 23) - 112u) << 10) | ((ax >> 13) & 1023u));
+    const u32 rem = ax & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;       // a carry bumps the exponent
+    return (u16)(sign | h);
+}
 #endif
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__) || defined(G4RT_CPU_SIM)
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -23,10 +23,14 @@ template <int QT> struct MvTile {
 };
 
 __device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
+#ifdef G4RT_CPU_SIM
+    return *p;
+#else
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
+#endif
 }
 
 template <int QT>

@@ -28,7 +28,7 @@
 //        qh[32*(j/4) + l] >> 2*(j%4); scale scales[2j + l/16]               v = d*sc*(q-32)
 #pragma once
 #include "common.cuh"
-#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__) && !defined(G4RT_CPU_SIM)
 struct float4 { float x, y, z, w; };       // host build (decoder test)
 #endif
 
