@@ -20,6 +20,23 @@ DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
 
 
+def kv_value_bytes(backend, kv_dtype=None) -> int:
+    """Bytes per cached K/V value for memory planning: the kv_dtype asked for, else the backend's
+    own (a backend object's `kv_dtype`, a hybrid's front's; by name: the CPU reference keeps f32,
+    the GPU backends f16; an unknown choice such as "auto" plans for f32, the larger)."""
+    if kv_dtype is None:
+        if isinstance(backend, str):
+            kv_dtype = {"cpu": "f32", "vulkan": "f16", "cuda": "f16"}.get(backend, "f32")
+        else:
+            kv_dtype = getattr(getattr(backend, "front", backend), "kv_dtype", "f32")
+    if isinstance(kv_dtype, str):
+        return KV_DTYPE_BYTES.get(kv_dtype, 4)
+    try:
+        return int(np.dtype(kv_dtype).itemsize)          # the CPU backend keeps a numpy dtype
+    except TypeError:
+        return 4
+
+
 class Engine:
     """Runs a model's op list on one backend. `forward` appends tokens to the sequence."""
 
@@ -36,7 +53,7 @@ class Engine:
         self.prefill_chunk = max(1, int(prefill_chunk))
         # Default: the trained length capped at DEFAULT_CTX and by the budget when one is given
         # (never a blind 256K allocation); an explicit ctx over budget is refused with what fits.
-        kv_bytes = KV_DTYPE_BYTES.get(backend_options.get("kv_dtype"), 4)
+        kv_bytes = kv_value_bytes(backend, backend_options.get("kv_dtype"))
         self.ctx = int(ctx or default_context(self.config, self.specs, memory_budget, kv_bytes=kv_bytes,
                                               batch=self.prefill_chunk))
         if self.ctx <= 0:

@@ -186,6 +186,23 @@ def test_engine_default_context_and_budget():
 
 
 @needs_fixtures
+def test_engine_plans_the_kv_cache_in_the_backends_own_precision():
+    """An f16 cache takes half the bytes of f32: with the same budget a backend that keeps f16
+    (the GPU backends' default, or kv_dtype="f16") gets about twice the context."""
+    from g4rt.backends.cpu import CpuBackend
+    from g4rt.engine import kv_value_bytes
+    path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
+    f32 = Engine(path, memory_budget=budget).ctx
+    f16 = Engine(path, backend=CpuBackend(kv_dtype="f16"), memory_budget=budget).ctx
+    assert f16 >= 1.5 * f32, (f16, f32)
+    assert Engine(path, kv_dtype="f16", memory_budget=budget).ctx == f16
+    assert [kv_value_bytes(b) for b in ("cpu", "vulkan", "cuda", "auto")] == [4, 2, 2, 4]
+    assert kv_value_bytes("vulkan", "f32") == 4
+
+
+@needs_fixtures
 def test_context_end_stops_cleanly():
     e = Engine(FIXTURES / "models" / "g4-dense-F32.gguf", ctx=8)
     assert e.remaining == 8
