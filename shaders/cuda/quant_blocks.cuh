@@ -292,18 +292,46 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q8_0>(const u8* b, in
 // nibble k (0..3 bytes) of word w: low (sh = 0) or high (sh = 4) half of byte k
 #define QB_NIB(w, k, sh) ((float)(((w) >> (8 * (k) + (sh))) & 0xFu))
 
+// Integer -> float without a conversion instruction: the bits 0x4B000000 | m are the float
+// 2^23 + m exactly for any m below 2^23. So a 4- or 6-bit field that already sits within bits
+// 0..22 of a word becomes (2^23 + field * 2^pos) with ONE mask-and-or (LOP3), and one exact FADD
+// removes 2^23 and the bias (times 2^pos). Products are summed per position and scaled back by
+// 2^-pos at the end (exact). This replaces shift + mask + I2F per value, which left the 4- and
+// 6-bit decoders issue-bound (scripts/sass_stats.py, docs/benchmarks/cuda-sass.md).
+#define QB_MAGIC 8388608.0f
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+// (w & mask) | 0x4B000000 as ONE lop3 (left to itself the compiler emits an AND and an OR, each
+// with an immediate)
+__device__ __forceinline__ u32 qb_mag_bits(u32 w, u32 mask) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(w), "r"(mask), "r"(0x4B000000u));
+    return d;
+}
+#else
+__device__ __forceinline__ u32 qb_mag_bits(u32 w, u32 mask) { return (w & mask) | 0x4B000000u; }
+#endif
+#define QB_MAG(w, mask) __uint_as_float(qb_mag_bits((w), (mask)))
+
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q4_0>(const u8* b, int j, const float* x) {
     const float d = f16_to_f32((u16)ld_u16(b));
-    float s = 0.0f, sx = 0.0f;
+    // value 4c+k: low nibble of byte k; value 16+4c+k: its high nibble. Byte 3 and the high
+    // nibble of byte 2 reach bit 23, so they are read from w >> 16.
+    float s0 = 0.0f, s4 = 0.0f, s8 = 0.0f, s12 = 0.0f, s16 = 0.0f;   // sums per 2^pos
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         const u32 w = ld_u32_a2(b + 2 + 4 * c);        // qs[4c .. 4c+3]
+        const u32 u = w >> 16;
         const float4 lo = QB_X4(c), hi = QB_X4(c + 4);  // values 4c.., 16+4c..
-        s += QB_NIB(w, 0, 0) * lo.x + QB_NIB(w, 1, 0) * lo.y + QB_NIB(w, 2, 0) * lo.z + QB_NIB(w, 3, 0) * lo.w;
-        s += QB_NIB(w, 0, 4) * hi.x + QB_NIB(w, 1, 4) * hi.y + QB_NIB(w, 2, 4) * hi.z + QB_NIB(w, 3, 4) * hi.w;
-        sx += (lo.x + lo.y) + (lo.z + lo.w) + (hi.x + hi.y) + (hi.z + hi.w);
+        s0 = fmaf(QB_MAG(w, 0xFu) - (QB_MAGIC + 8.0f), lo.x, s0);
+        s8 = fmaf(QB_MAG(w, 0xF00u) - (QB_MAGIC + 2048.0f), lo.y, s8);
+        s16 = fmaf(QB_MAG(w, 0xF0000u) - (QB_MAGIC + 524288.0f), lo.z, s16);
+        s8 = fmaf(QB_MAG(u, 0xF00u) - (QB_MAGIC + 2048.0f), lo.w, s8);
+        s4 = fmaf(QB_MAG(w, 0xF0u) - (QB_MAGIC + 128.0f), hi.x, s4);
+        s12 = fmaf(QB_MAG(w, 0xF000u) - (QB_MAGIC + 32768.0f), hi.y, s12);
+        s4 = fmaf(QB_MAG(u, 0xF0u) - (QB_MAGIC + 128.0f), hi.z, s4);
+        s12 = fmaf(QB_MAG(u, 0xF000u) - (QB_MAGIC + 32768.0f), hi.w, s12);
     }
-    return d * (s - 8.0f * sx);
+    return d * fmaf(s16, 1.0f / 65536.0f, fmaf(s12, 1.0f / 4096.0f, fmaf(s8, 1.0f / 256.0f, fmaf(s4, 0.0625f, s0))));
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q4_1>(const u8* b, int j, const float* x) {
@@ -361,22 +389,36 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_1>(const u8* b, in
     return d * s + m * sx;
 }
 
+// Q4_K sub-block of 32 values: nibble HIGH of the 32 bytes at qs, value i from byte i. Nibbles
+// sit at bits 0|4, 8|12, 16 (low only) of each word; byte 3 (and byte 2's high nibble, which
+// reaches bit 23) are read from w >> 16.
+template <bool HIGH>
+__device__ __forceinline__ float qb_q4k_dot(const u8* qs, float d, float m, const float* x) {
+    const u32 m0 = HIGH ? 0xF0u : 0xFu, m1 = m0 << 8;
+    float sa = 0.0f, sb = 0.0f, sc = 0.0f, sx = 0.0f;   // sums per position 0|4, 8|12, 16
+#pragma unroll
+    for (int c = 0; c < 8; c++) {
+        const u32 w = ld_u32_a2(qs + 4 * c);
+        const u32 u = w >> 16;
+        const float4 xv = QB_X4(c);
+        sa = fmaf(QB_MAG(w, m0) - QB_MAGIC, xv.x, sa);
+        sb = fmaf(QB_MAG(w, m1) - QB_MAGIC, xv.y, sb);
+        if (HIGH) sa = fmaf(QB_MAG(u, m0) - QB_MAGIC, xv.z, sa);
+        else sc = fmaf(QB_MAG(w, 0xF0000u) - QB_MAGIC, xv.z, sc);
+        sb = fmaf(QB_MAG(u, m1) - QB_MAGIC, xv.w, sb);
+        sx += (xv.x + xv.y) + (xv.z + xv.w);
+    }
+    const float s = fmaf(sc, 1.0f / 65536.0f, fmaf(sb, 1.0f / 256.0f, sa));
+    return d * (HIGH ? 0.0625f * s : s) - m * sx;
+}
+
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q4_K>(const u8* b, int j, const float* x) {
     float sc, mn;
     qb_k_scale_min(b + 4, j, sc, mn);
     const float d = f16_to_f32((u16)ld_u16(b)) * sc;
     const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
     const u8* qs = b + 16 + 32 * (j >> 1);
-    const int sh = 4 * (j & 1);
-    float s = 0.0f, sx = 0.0f;
-#pragma unroll
-    for (int c = 0; c < 8; c++) {
-        const u32 w = ld_u32_a2(qs + 4 * c);
-        const float4 xv = QB_X4(c);
-        s += QB_NIB(w, 0, sh) * xv.x + QB_NIB(w, 1, sh) * xv.y + QB_NIB(w, 2, sh) * xv.z + QB_NIB(w, 3, sh) * xv.w;
-        sx += (xv.x + xv.y) + (xv.z + xv.w);
-    }
-    return d * s - m * sx;
+    return (j & 1) ? qb_q4k_dot<true>(qs, d, m, x) : qb_q4k_dot<false>(qs, d, m, x);
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_K>(const u8* b, int j, const float* x) {
@@ -407,20 +449,33 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q6_K>(const u8* b, in
     const int ls = 4 * ((j & 3) >> 1);
     const int hs = 2 * (j & 3);
     const u32 sw = ld_u16(b + 192 + 2 * j);
-    float s0 = 0.0f, s1 = 0.0f;
+    // sums per position (bits 0, 8, 16) for values 0..15 (a) and 16..31 (b)
+    float a0 = 0.0f, a8 = 0.0f, a16 = 0.0f, b0 = 0.0f, b8 = 0.0f, b16 = 0.0f;
 #pragma unroll
     for (int c = 0; c < 8; c++) {
         const u32 wl = ld_u32_a2(ql + 4 * c);
         const u32 wh = ld_u32_a2(qh + 4 * c);
+        // the 4 six-bit codes of this word, one per byte (low 4 bits from ql, high 2 from qh)
+        const u32 q = ((wl >> ls) & 0x0F0F0F0Fu) | (((wh >> hs) & 0x03030303u) << 4);
+        const u32 u = q >> 16;
         const float4 xv = QB_X4(c);
-        float t = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int q = (int)(((wl >> (8 * k + ls)) & 0xFu) | (((wh >> (8 * k + hs)) & 3u) << 4)) - 32;
-            const float xk = k == 0 ? xv.x : (k == 1 ? xv.y : (k == 2 ? xv.z : xv.w));
-            t += (float)q * xk;
+        const float v0 = QB_MAG(q, 0x3Fu) - (QB_MAGIC + 32.0f);              // q - 32
+        const float v1 = QB_MAG(q, 0x3F00u) - (QB_MAGIC + 8192.0f);          // (q - 32) * 2^8
+        const float v2 = QB_MAG(q, 0x3F0000u) - (QB_MAGIC + 2097152.0f);     // (q - 32) * 2^16
+        const float v3 = QB_MAG(u, 0x3F00u) - (QB_MAGIC + 8192.0f);          // (q - 32) * 2^8
+        if (c < 4) {
+            a0 = fmaf(v0, xv.x, a0);
+            a8 = fmaf(v1, xv.y, a8);
+            a16 = fmaf(v2, xv.z, a16);
+            a8 = fmaf(v3, xv.w, a8);
+        } else {
+            b0 = fmaf(v0, xv.x, b0);
+            b8 = fmaf(v1, xv.y, b8);
+            b16 = fmaf(v2, xv.z, b16);
+            b8 = fmaf(v3, xv.w, b8);
         }
-        if (c < 4) s0 += t; else s1 += t;
     }
+    const float s0 = fmaf(a16, 1.0f / 65536.0f, fmaf(a8, 1.0f / 256.0f, a0));
+    const float s1 = fmaf(b16, 1.0f / 65536.0f, fmaf(b8, 1.0f / 256.0f, b0));
     return d * ((float)(int)(i8)(sw & 0xFFu) * s0 + (float)(int)(i8)(sw >> 8) * s1);
 }
