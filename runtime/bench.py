@@ -281,12 +281,19 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
 @click.option("--no-warmup", is_flag=True, help="skip the untimed first prefill")
 @click.option("--device", default=None, help="device index or name (GPU backends)")
 @click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None)
-def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype):
+@click.option("--int8", "int8", is_flag=True,
+              help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
+def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
+                  int8):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
     opts = {}
     if kv_dtype:
         opts["kv_dtype"] = kv_dtype
+    if int8:
+        if backend != "cuda":
+            raise click.UsageError("--int8 is a CUDA option (--backend cuda)")
+        opts["int8_matvec"] = True
     if device is not None and backend != "cpu":
         opts["device"] = int(device) if str(device).isdigit() else device
     echo = None if as_json else click.echo

@@ -254,6 +254,8 @@ bench_synth() {
         local f=/tmp/g4rt_synth12b_6l_$q.gguf
         [ -f "$f" ] || continue
         "$PY" /tmp/g4rt_bench.py "$f" "synth-12B-6L-$q" 512 32 4096 || rc=1
+        # the opt-in int8 decode path (matvec8.cu: 8-bit activations + dp4a)
+        G4RT_CUDA_INT8=1 "$PY" /tmp/g4rt_bench.py "$f" "synth-12B-6L-$q-int8" 512 32 4096 || rc=1
     done
     # the team's bench command (runtime/bench.py), when it exists
     if "$PY" -c "import g4rt.bench" >/dev/null 2>&1 && [ -f /tmp/g4rt_synth12b_6l_Q4_0.gguf ]; then

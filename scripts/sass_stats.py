@@ -62,8 +62,35 @@ extern "C" __global__ void baseline(const u8* W, const float* x, float* y, int j
     y[t] = x[32 * t + (j & 31)] + (float)W[(size_t)t * BYTES];
 }
 '''
+# the opt-in int8 path (matvec8.cu): the same group with 8 words of int8 activations (two
+# 16-byte loads, as the kernel does) and dp4a
+PROBE8 = r'''
+#include "matvec8.cu"
+#define VALS8 QB<G4RT_QTYPE_ID>::VALS
+#define BYTES8 QB<G4RT_QTYPE_ID>::BYTES
+__device__ __forceinline__ float probe8(const u8* W, const uint4* xq, const float2* xd, int j) {
+    const int t = threadIdx.x;
+    const uint4 a = xq[2 * t], b = xq[2 * t + 1];
+    const int xw[8] = {(int)a.x, (int)a.y, (int)a.z, (int)a.w, (int)b.x, (int)b.y, (int)b.z, (int)b.w};
+    return qb_dot8<G4RT_QTYPE_ID>(W + (size_t)t * BYTES8, j, xw, xd[t]);
+}
+extern "C" __global__ void probe_even(const u8* W, const uint4* xq, const float2* xd, float* y, int j) {
+    y[threadIdx.x] = probe8(W, xq, xd, j & (VALS8 / 32 - 1) & ~1);
+}
+extern "C" __global__ void probe_odd(const u8* W, const uint4* xq, const float2* xd, float* y, int j) {
+    y[threadIdx.x] = probe8(W, xq, xd, (j & (VALS8 / 32 - 1)) | (VALS8 > 32 ? 1 : 0));
+}
+extern "C" __global__ void baseline(const u8* W, const uint4* xq, const float2* xd, float* y, int j) {
+    const int t = threadIdx.x;
+    const uint4 a = xq[2 * t], b = xq[2 * t + 1];
+    y[t] = (float)(int)(a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ W[(size_t)t * BYTES8]) * xd[t].x;
+}
+'''
 INT_OPS = {"SHF", "LOP3", "IADD3", "IMAD", "PRMT", "ISETP", "LEA", "SEL", "IMNMX", "BMSK", "POPC", "FLO",
            "BREV", "SGXT", "IABS", "IDP", "IDP4A", "VIADD", "VIMNMX"}
+GROUP_BYTES = {"f16": (32, 64), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22),
+               "q5_1": (32, 24), "f32": (32, 128), "bf16": (32, 64), "q4_k": (256, 144),
+               "q5_k": (256, 176), "q6_k": (256, 210)}
 
 
 def nvdisasm() -> str:
@@ -97,9 +124,42 @@ def count(cubin: bytes, tool: str) -> dict[str, Counter]:
     return funcs
 
 
-def main() -> int:
+def measure(probe: str, qt, td: str, arch: str, tool: str) -> tuple[int, int, Counter]:
+    """(instructions, integer instructions, mix) of one group: mean of the even and odd probes
+    minus the baseline."""
     from g4rt.backends import cuda_kernels as K
     from g4rt.backends.cuda_driver import compile_file, shader_dir
+    img = compile_file(probe, arch, K.module_defines(qt), src_dir=Path(td),
+                       extra_options=[f"--include-path={shader_dir()}"], use_cache=False)
+    f = count(img, tool)
+    base = f["baseline"]
+    mean = Counter({k: (f["probe_even"][k] + f["probe_odd"][k]) / 2
+                    for k in f["probe_even"].keys() | f["probe_odd"].keys()})
+    n = round(sum(mean.values()) - sum(base.values()))
+    n_int = max(0, round(sum(v for k, v in mean.items() if k in INT_OPS) -
+                         sum(v for k, v in base.items() if k in INT_OPS)))
+    mean.subtract(base)
+    return n, n_int, mean
+
+
+def row(sfx: str, m: tuple[int, int, Counter], detail: bool) -> str:
+    n, n_int, mix = m
+    vals, nbytes = GROUP_BYTES[sfx]
+    bpg = nbytes * 32 / vals
+    cycles = max(n, 2 * n_int)                     # integer ops: half rate (sm_80+)
+    bpi = 32 * bpg / cycles
+    cells = []
+    for sms, ghz, bw in CARDS.values():
+        ceil = sms * 4 * ghz * bpi                 # GB/s
+        cells.append(f"{ceil:,.0f} GB/s ({ceil / bw:.2f}x of {bw:,})")
+    out = f"| {sfx} | {bpg:g} | {n} | {n_int} | {bpi:.2f} | " + " | ".join(cells) + " |"
+    if detail:
+        out += "\n|  | " + ", ".join(f"{k} {v:g}" for k, v in mix.most_common() if v > 0) + " |" + " |" * (3 + len(CARDS))
+    return out
+
+
+def main() -> int:
+    from g4rt.backends import cuda_kernels as K
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_1,q5_0,q4_k,q5_k,q6_k")
@@ -114,31 +174,18 @@ def main() -> int:
     print("|" + "---|" * (5 + len(CARDS)))
     with tempfile.TemporaryDirectory() as td:
         (Path(td) / "probe.cu").write_text(PROBE)
+        (Path(td) / "probe8.cu").write_text(PROBE8)
+        rows8 = []
         for sfx in a.types.split(","):
             qt = by_suffix[sfx]
-            img = compile_file("probe.cu", a.arch, K.module_defines(qt), src_dir=Path(td),
-                               extra_options=[f"--include-path={shader_dir()}"], use_cache=False)
-            f = count(img, tool)
-            base = f["baseline"]
-            probe = Counter({k: (f["probe_even"][k] + f["probe_odd"][k]) / 2
-                             for k in f["probe_even"].keys() | f["probe_odd"].keys()})
-            n = round(sum(probe.values()) - sum(base.values()))
-            n_int = max(0, round(sum(v for k, v in probe.items() if k in INT_OPS) -
-                                 sum(v for k, v in base.items() if k in INT_OPS)))
-            vals, nbytes = {"f16": (32, 64), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
-                            "q5_0": (32, 22), "q5_1": (32, 24), "f32": (32, 128), "bf16": (32, 64),
-                            "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210)}[sfx]
-            bpg = nbytes * 32 / vals
-            cycles = max(n, 2 * n_int)                     # integer ops: half rate (sm_80+)
-            bpi = 32 * bpg / cycles
-            cells = []
-            for sms, ghz, bw in CARDS.values():
-                ceil = sms * 4 * ghz * bpi                 # GB/s
-                cells.append(f"{ceil:,.0f} GB/s ({ceil / bw:.2f}x of {bw:,})")
-            print(f"| {sfx} | {bpg:g} | {n} | {n_int} | {bpi:.2f} | " + " | ".join(cells) + " |")
-            if a.detail:
-                diff = probe - base
-                print("|  | " + ", ".join(f"{k} {v:g}" for k, v in diff.most_common() if v > 0) + " |" + " |" * (3 + len(CARDS)))
+            print(row(sfx, measure("probe.cu", qt, td, a.arch, tool), a.detail))
+            if qt in K.family_types("matvec8"):
+                rows8.append(row(sfx, measure("probe8.cu", qt, td, a.arch, tool), a.detail))
+        if rows8:
+            print(f"\n# the opt-in int8 path (matvec8.cu qb_dot8: 8-bit activations, dp4a), {a.arch}\n")
+            print(hdr)
+            print("|" + "---|" * (5 + len(CARDS)))
+            print("\n".join(rows8))
     return 0
 
 

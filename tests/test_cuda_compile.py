@@ -389,6 +389,36 @@ def test_emulated_engine_matches_cpu(model):
     emu.close()
 
 
+def test_emulated_int8_matvec():
+    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda_emu import EmulatedDriver
+    for qt in T.INT8_TYPES:
+        T.check_matvec8(lambda kv: CudaBackend(driver=EmulatedDriver(), kv_dtype=kv, int8_matvec=True),
+                        qt, 2, 19, 512)
+
+
+@needs_fixtures
+def test_emulated_int8_decode_stays_within_the_bar():
+    """Decoding token by token with 8-bit activations (llama.cpp's rounding) on a Q4_K_M fixture
+    (Q4_K and Q6_K weights): top-1 against the exact reference stays inside its bar, the logits
+    move (the int8 path is in use) but by much less than the bar allows."""
+    from g4rt import parity
+    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda_emu import EmulatedDriver
+    from g4rt.engine import Engine
+    model = "g4-dense-Q4_K_M"
+    ref = FIXTURES / "ref" / f"{model}.exact.npz"
+    refd = dict(np.load(ref))
+    refd = {k: v for k, v in refd.items() if not k[-1].isdigit() or k.endswith(("_0", "_1"))}
+    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref)
+    be = CudaBackend(driver=EmulatedDriver(), kv_dtype="f16", int8_matvec=True)
+    e = Engine(FIXTURES / "models" / f"{model}.gguf", backend=be, ctx=256, prefill_chunk=1)
+    w = parity.worst(parity.compare(refd, parity.run_reference(e, refd, n_greedy=1)))
+    e.close()
+    assert w["top1"] >= bar.min_top1 and w["max_dlogit"] <= bar.max_dlogit, (w, bar)
+    assert w["max_dlogit"] > 1e-3           # 8-bit activations were used
+
+
 @needs_fixtures
 def test_emulated_hybrid_gpu_front_cpu_back():
     from g4rt.backends.hybrid import HybridBackend, layers_split

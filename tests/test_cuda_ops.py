@@ -142,6 +142,29 @@ def check_matmul(make_backend, qtype, n, rows, cols, seed=0):
     assert_close(out, exact, 2e-4, f"{qtype.name} n={n} [{rows}x{cols}]")
 
 
+def q8_round_trip(x: np.ndarray) -> np.ndarray:
+    """x after the int8 path's activation rounding (matvec8.cu quantize_q8): per 32 values,
+    d = max|x| / 127, round(x / d) * d (ties to even)."""
+    g = np.asarray(x, np.float32).reshape(x.shape[0], -1, 32)
+    d = np.abs(g).max(-1, keepdims=True) / np.float32(127)
+    q = np.where(d > 0, np.rint(g / np.where(d > 0, d, 1)), 0)
+    return (q * d).reshape(x.shape)
+
+
+def check_matvec8(make_backend, qtype, n, rows, cols, seed=8):
+    """The int8 decode path: equal to the exact product of the weights with the 8-bit-rounded
+    activations (fp32 summation order aside), and within 8-bit rounding of the exact product."""
+    rng = np.random.default_rng(seed)
+    src = MemSource()
+    raw = random_weight(rng, qtype, rows, cols)
+    src.add_raw("w", raw, qtype, rows, cols)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    out, _, _ = compare_op(make_backend, O.MatMul("y", "x", "w"), {"x": x}, (n, rows), src)
+    wd = dequantize_rows(raw, qtype, cols).astype(np.float64)
+    assert_close(out, q8_round_trip(x).astype(np.float64) @ wd.T, 1e-5, f"int8 {qtype.name} n={n}")
+    assert_close(out, x.astype(np.float64) @ wd.T, 2e-2, f"int8 {qtype.name} n={n} vs exact")
+
+
 def check_embed(make_backend, qtype, rows=37, cols=256, n=7, seed=1):
     rng = np.random.default_rng(seed)
     src = MemSource()
@@ -297,6 +320,20 @@ def test_matvec_long_rows_many_tiles(qtype):
 def test_matmul_float_types_odd_widths(qtype, cols, n):
     # widths that are not a multiple of 32 (partial groups) or of 4 (unaligned activation rows)
     check_matmul(_cuda, qtype, n, rows=11, cols=cols)
+
+
+INT8_TYPES = [QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q6_K]
+
+
+def _cuda_int8(kv_dtype):
+    from g4rt.backends.cuda import CudaBackend
+    return CudaBackend(kv_dtype=kv_dtype, int8_matvec=True)
+
+
+@pytest.mark.parametrize("qtype", INT8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n,rows,cols", [(1, 37, 768), (4, 129, 4608), (3, 5, 256)])
+def test_int8_matvec(qtype, n, rows, cols):
+    check_matvec8(_cuda_int8, qtype, n, rows, cols)
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)

@@ -116,6 +116,18 @@ def test_matmul_float_types_odd_widths(qtype, cols, n):
     T.check_matmul(sim, qtype, n, rows=11, cols=cols)
 
 
+def sim_int8(kv_dtype="f16"):
+    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda_emu import EmulatedDriver
+    return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype, int8_matvec=True)
+
+
+@pytest.mark.parametrize("qtype", T.INT8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n,rows,cols", [(1, 37, 768), (4, 129, 4608), (3, 5, 256)])
+def test_int8_matvec(qtype, n, rows, cols):
+    T.check_matvec8(sim_int8, qtype, n, rows, cols)
+
+
 @pytest.mark.parametrize("qtype", T.ALL_TYPES, ids=lambda t: t.name)
 def test_embedding_every_type(qtype):
     T.check_embed(sim, qtype)

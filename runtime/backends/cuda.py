@@ -138,12 +138,16 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, device: int = 0, kv_dtype: str = "f16", use_graphs: Optional[bool] = None,
-                 debug: Optional[bool] = None, arch: Optional[str] = None, driver=None):
+                 debug: Optional[bool] = None, arch: Optional[str] = None, driver=None,
+                 int8_matvec: Optional[bool] = None):
         """device: CUDA device index. kv_dtype: "f16" (default) or "f32".
         use_graphs: record CUDA graphs (default on; env G4RT_CUDA_GRAPHS=0 turns it off).
         debug: synchronise after every op and name the op on a fault (env G4RT_CUDA_DEBUG=1).
         arch: NVRTC target ("sm_90", "compute_90"; env G4RT_CUDA_ARCH), default the device's.
-        driver: a stand-in for cuda-python's driver module (tests: cuda_emu.EmulatedDriver)."""
+        driver: a stand-in for cuda-python's driver module (tests: cuda_emu.EmulatedDriver).
+        int8_matvec: decode matvecs of Q4_0/Q4_K/Q6_K/Q8_0 weights with 8-bit activations and
+        dp4a (matvec8.cu; fewer instructions per byte, activations rounded to 8 bits as llama.cpp
+        does). Default off (env G4RT_CUDA_INT8=1): the fp32 matvec is exact to fp32 sums."""
         if kv_dtype not in ("f16", "f32"):
             raise G4rtError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
         self._closed = True
@@ -189,6 +193,8 @@ class CudaBackend(Backend):
         except BaseException:
             self.close()
             raise
+        env_int8 = _env_flag("G4RT_CUDA_INT8")
+        self.int8_matvec = bool(int8_matvec if int8_matvec is not None else env_int8)
         env_graphs, env_debug = _env_flag("G4RT_CUDA_GRAPHS"), _env_flag("G4RT_CUDA_DEBUG")
         self.debug = bool(debug if debug is not None else env_debug)
         self.use_graphs = (use_graphs if use_graphs is not None
@@ -557,12 +563,14 @@ class CudaGraph(CompiledGraph):
         self._off = off
         # 2. lower the ops
         self._written: set[str] = set()
+        self._q8: dict[str, tuple] = {}      # int8 copies of activation buffers, until rewritten
         self.op_launches: list[list[_Launch]] = []
         for i, op in enumerate(graph.ops):
             try:
                 self.op_launches.append(self._lower(op))
             except G4rtError as e:
                 raise G4rtError(f"CUDA backend, {self.labels[i]} ({op.kind}): {e}") from None
+            self._q8.pop(op.out, None)
         self.arena_bytes = _align(self._off)
         # 3. device/host resources
         be = backend
@@ -635,6 +643,21 @@ class CudaGraph(CompiledGraph):
         return _Launch("slice", (K.ew_grid(n), 1, 1), K.EW_THREADS,
                        [src, dst, rows, cols, cols, 0, 0])
 
+    def _int8_ok(self, qtype, cols: int) -> bool:
+        return self.backend.int8_matvec and cols % 32 == 0 and qtype in K.family_types("matvec8")
+
+    def _quantized(self, name: str, x: tuple, rows: int, cols: int, L: list) -> tuple:
+        """The int8 copy (values, scales) of activation buffer `name`, quantizing it first unless
+        an earlier launch did and nothing has rewritten the buffer since (Q/K/V, gate/up)."""
+        got = self._q8.get(name)
+        if got is None or got[2] < rows:
+            groups = cols // 32
+            q, ds = self._scratch(rows * cols), self._scratch(rows * groups * 8)
+            L.append(_Launch("quantize_q8", (-(-groups // K.Q8_GROUPS_PER_BLOCK), rows, 1),
+                             32 * K.Q8_GROUPS_PER_BLOCK, [x, q, ds, cols, rows]))
+            got = self._q8[name] = (q, ds, rows)
+        return got[0], got[1]
+
     def _lower(self, op: O.Op) -> list[_Launch]:
         be = self.backend
         L: list[_Launch] = []
@@ -661,7 +684,11 @@ class CudaGraph(CompiledGraph):
             dst = self._scratch(R * Oc * 4) if inplace else self._out(op, (R, Oc))
             if R > 65535 * K.MM_BT:
                 raise G4rtError(f"batch of {R} rows is too large")
-            if R <= K.MV_MAXN:
+            if R <= K.MV_MAXN and self._int8_ok(w.spec.qtype, Kc):
+                q, ds = self._quantized(op.x, x, R, Kc, L)
+                L.append(_Launch(K.typed_kernel("matvec8", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
+                                 K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, q, ds, dst, Oc, Kc, R]))
+            elif R <= K.MV_MAXN:
                 L.append(_Launch(K.typed_kernel("matvec", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
                                  K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, x, dst, Oc, Kc, R]))
             else:

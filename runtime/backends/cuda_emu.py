@@ -261,6 +261,8 @@ class EmulatedDriver:
         fam, _, sfx = name.partition("_")
         if fam in ("matvec", "matmul"):
             return self._matmul(name, grid, args)
+        if fam == "matvec8":
+            return self._matvec8(name, grid, args)
         if fam == "embed":
             return self._embed(name, grid, args)
         if name.startswith("attn_partial_"):
@@ -281,6 +283,28 @@ class EmulatedDriver:
         X = self.view(x, n * Kc).reshape(n, Kc)
         res = X.astype(np.float32) @ wd.T
         self.view(y, n * rows).reshape(n, rows)[...] = res
+
+    def _matvec8(self, name, grid, args):
+        W, row_bytes, q, ds, y, rows, Kc, n = args
+        if n > K.MV_MAXN or Kc % 32:
+            raise EmulatedFault(f"{name} launched for {n} rows of {Kc} values")
+        raw = self._find(W, rows * row_bytes + 16)
+        wd = dequantize_rows(raw[:rows * row_bytes].reshape(rows, row_bytes), self._qtype(name), Kc)
+        G = Kc // 32
+        Q = self.view(q, n * Kc, np.int8).reshape(n, G, 32).astype(np.float32)
+        D = self.view(ds, n * G * 2).reshape(n, G, 2)[..., :1]
+        X = (Q * D).reshape(n, Kc)
+        self.view(y, n * rows).reshape(n, rows)[...] = X @ wd.T
+
+    def _k_quantize_q8(self, grid, x, q, ds, Kc, n):
+        G = Kc // 32
+        X = self.view(x, n * Kc).reshape(n, G, 32)
+        d = np.abs(X).max(-1, keepdims=True) / np.float32(127)
+        Q = np.where(d > 0, np.rint(X / np.where(d > 0, d, 1)), 0).astype(np.int8)
+        self.view(q, n * Kc, np.int8).reshape(n, G, 32)[...] = Q
+        out = self.view(ds, n * G * 2).reshape(n, G, 2)
+        out[..., 0] = d[..., 0]
+        out[..., 1] = d[..., 0] * Q.astype(np.float32).sum(-1)
 
     def _embed(self, name, grid, args):
         table, row_bytes, n_table, params, out, Kc, scale = args

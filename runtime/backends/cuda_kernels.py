@@ -33,13 +33,21 @@ TYPED_FAMILIES: dict[str, tuple[str, str]] = {
     "matvec": ("matvec.cu", "PiPPiii"),      # W, row_bytes, x, y, rows, K, n
     "matmul": ("matmul.cu", "PiPPiii"),      # W, row_bytes, x, y, rows, K, n
     "embed": ("embed.cu", "PiiPPif"),        # table, row_bytes, n_table, params, out, K, scale
+    "matvec8": ("matvec8.cu", "PiPPPiii"),   # W, row_bytes, xq, xds, y, rows, K, n (int8 path)
 }
+# Families defined for some weight types only (the rest: every type of QTYPE_SUFFIX).
+FAMILY_TYPES: dict[str, tuple[QT, ...]] = {"matvec8": (QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q6_K)}
+
+
+def family_types(family: str) -> tuple[QT, ...]:
+    return FAMILY_TYPES.get(family, tuple(QTYPE_SUFFIX))
 
 ATTN_HEAD_DIMS = (64, 128, 256, 512)         # attn_partial_<kv>_d<D>: largest head dim served
 
 # Kernels defined once: name -> (file, signature).
 PLAIN_KERNELS: dict[str, tuple[str, str]] = {
     "attn_combine": ("attention.cu", "PPiii"),          # part, out, n_head, D, n_split
+    "quantize_q8": ("matvec8.cu", "PPPii"),             # x, q, ds, K, n (int8 path)
     "kv_store_f16": ("kv_store.cu", "PPPPPiii"),        # k, v, ck, cv, params, n, cols, ring
     "kv_store_f32": ("kv_store.cu", "PPPPPiii"),
     "rmsnorm": ("norm_rope.cu", "PPPiid"),              # x, out, w, cols, group, eps
@@ -62,6 +70,7 @@ MV_WARPS = 4          # matvec.cu: rows per block (one warp each)
 MV_MAXN = 4           # matvec.cu: largest batch served by the matvec kernels
 MM_BO, MM_BT, MM_THREADS = 64, 64, 256      # matmul.cu tile
 ATT_THREADS = 128     # attention.cu: 4 warps
+Q8_GROUPS_PER_BLOCK = 4   # matvec8.cu quantize_q8: one warp per 32-value group
 EMBED_THREADS = 128
 EW_THREADS = 256
 EW_MAX_BLOCKS = 16384  # element-wise kernels are grid-stride loops
@@ -73,8 +82,8 @@ def kernel_file(name: str) -> tuple[str, Optional[QT]]:
         return PLAIN_KERNELS[name][0], None
     fam, _, sfx = name.partition("_")
     if fam in TYPED_FAMILIES:
-        for qt, s in QTYPE_SUFFIX.items():
-            if s == sfx:
+        for qt in family_types(fam):
+            if QTYPE_SUFFIX[qt] == sfx:
                 return TYPED_FAMILIES[fam][0], qt
     raise KeyError(f"unknown CUDA kernel {name!r}")
 
@@ -95,8 +104,8 @@ def all_kernels() -> dict[str, str]:
     """Every kernel name -> signature."""
     out = {k: v[1] for k, v in PLAIN_KERNELS.items()}
     for fam, (_, sig) in TYPED_FAMILIES.items():
-        for sfx in QTYPE_SUFFIX.values():
-            out[f"{fam}_{sfx}"] = sig
+        for qt in family_types(fam):
+            out[f"{fam}_{QTYPE_SUFFIX[qt]}"] = sig
     return out
 
 
