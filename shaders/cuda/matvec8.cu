@@ -10,10 +10,7 @@
 // matvec8_<type>: y[t, o] = sum over groups of (weight group . q group), in the weight type's
 //   scales; the same tiling as matvec.cu (one warp per row, tiles through shared memory).
 //   K must be a multiple of 32 (the host falls back to the fp32 matvec otherwise).
-#include "quant_blocks.cuh"
-
-#define MV_WARPS 4
-#define MV_MAXN 4
+#include "matvec_tile.cuh"
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 __device__ __forceinline__ int dp4a(int a, int b, int c) {
@@ -21,18 +18,11 @@ __device__ __forceinline__ int dp4a(int a, int b, int c) {
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
-__device__ __forceinline__ uint4 ld_stream16(const uint4* p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
 #else
 __device__ __forceinline__ int dp4a(int a, int b, int c) {
     for (int k = 0; k < 4; k++) c += (int)(i8)(a >> (8 * k)) * (int)(i8)(b >> (8 * k));
     return c;
 }
-__device__ __forceinline__ uint4 ld_stream16(const uint4* p) { return *p; }
 #endif
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -111,18 +101,11 @@ template <> __device__ __forceinline__ float qb_dot8<GGML_Q6_K>(const u8* b, int
     return d * xd.x * ((float)(int)(i8)(sw & 0xFFu) * (float)a0 + (float)(int)(i8)(sw >> 8) * (float)a1);
 }
 
-template <int QT> struct Mv8Tile {
-    static const int GROUPS = 64;
-    static const int BYTES = GROUPS * 32 / QB<QT>::VALS * QB<QT>::BYTES;
-    static const int CHUNKS = BYTES / 16 + 2;
-    static const int CPL = (CHUNKS + 31) / 32;
-};
-
 template <int QT>
 __device__ __forceinline__ void matvec8_impl(const u8* __restrict__ W, int row_bytes, const i8* __restrict__ xq,
                                              const float* __restrict__ xds, float* __restrict__ y,
                                              int rows, int K, int n) {
-    typedef Mv8Tile<QT> T;
+    typedef MvTile<QT> T;
     __shared__ uint4 sm[MV_WARPS][T::CHUNKS];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = blockIdx.x * MV_WARPS + warp;
@@ -135,24 +118,8 @@ __device__ __forceinline__ void matvec8_impl(const u8* __restrict__ W, int row_b
 #pragma unroll
     for (int t = 0; t < MV_MAXN; t++) acc[t] = 0.0f;
     uint4 r[T::CPL];
-    int nch = 0, shift = 0;
-    // the tile loader of matvec.cu, inlined (its chunk count depends on the tile size)
-    auto load = [&](int tile) {
-        const u64 a = rstart + (u64)tile * T::BYTES;
-        u64 b = a + T::BYTES;
-        const u64 end = rstart + (u64)row_bytes;
-        if (b > end) b = end;
-        const u64 as = a & ~(u64)15;
-        nch = (int)((b - as + 15) >> 4);
-        shift = (int)(a - as);
-        const uint4* src = (const uint4*)as;
-#pragma unroll
-        for (int k = 0; k < T::CPL; k++) {
-            const int c = lane + 32 * k;
-            if (c < nch) r[k] = ld_stream16(src + c);
-        }
-    };
-    load(0);
+    int nch, shift;
+    mv_load_tile<QT>(rstart, row_bytes, 0, lane, r, nch, shift);
     for (int tile = 0; tile < ntiles; tile++) {
 #pragma unroll
         for (int k = 0; k < T::CPL; k++) {
@@ -161,7 +128,7 @@ __device__ __forceinline__ void matvec8_impl(const u8* __restrict__ W, int row_b
         }
         __syncwarp();
         const u8* base = (const u8*)&sm[warp][0] + shift;
-        if (tile + 1 < ntiles) load(tile + 1);
+        if (tile + 1 < ntiles) mv_load_tile<QT>(rstart, row_bytes, tile + 1, lane, r, nch, shift);
         const int g0 = tile * T::GROUPS;
         const int ng = min(T::GROUPS, G - g0);
         for (int gl = lane; gl < ng; gl += 32) {
