@@ -283,10 +283,14 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
 @click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None)
 @click.option("--int8", "int8", is_flag=True,
               help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
+@click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
+              help="also run llama.cpp's llama-bench on the same model and lengths and compare "
+                   "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  int8):
+                  int8, llama_bench):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
+    from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
     opts = {}
     if kv_dtype:
         opts["kv_dtype"] = kv_dtype
@@ -304,6 +308,14 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
             if model is None:
                 raise click.UsageError("MODEL is required (or pass --ops)")
             res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo)
+            exe = find_llama_bench(llama_bench)
+            if exe:
+                res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=backend != "cpu")
+                if echo:
+                    for line in summary_lines(res, res["llama_cpp"]):
+                        echo(line)
+            elif echo:
+                echo("  llama.cpp: llama-bench not found (set G4RT_LLAMA_BENCH or --llama-bench PATH to compare)")
     except G4rtError as e:
         raise click.ClickException(str(e))
     if as_json:

@@ -1,0 +1,79 @@
+"""`g4rt bench`: the figures it reports, and the same-run comparison with llama.cpp's
+llama-bench (a stand-in executable here: llama.cpp is not installed on CI machines)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
+from g4rt.cli import main
+
+pytestmark = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
+MODEL = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
+
+
+def fake_llama_bench(tmp_path, body: str):
+    """An executable that records its argv and then runs `body` (Python)."""
+    exe = tmp_path / "llama-bench"
+    exe.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                   f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n" + body)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return exe
+
+
+REPORT = '''
+args = sys.argv[1:]
+p, n = int(args[args.index("-p") + 1]), int(args[args.index("-n") + 1])
+print(json.dumps([
+    {"build_commit": "abc123", "backends": "CPU", "n_prompt": p, "n_gen": 0, "avg_ts": 400.0, "stddev_ts": 3.0},
+    {"build_commit": "abc123", "backends": "CPU", "n_prompt": 0, "n_gen": n, "avg_ts": 50.0, "stddev_ts": 0.5},
+]))
+'''
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["bench", str(MODEL), "--prompt", "8", "--gen", "2", *args])
+
+
+def test_bench_reports_prefill_decode_and_weight_traffic():
+    r = bench("--json", "--llama-bench", "off")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["prefill_tok_s"] > 0 and res["decode_tok_s"] > 0
+    assert res["decode_weight_bytes"] > 1_000_000           # every decode weight, counted in GGUF bytes
+    assert res["decode_weight_gb_s"] > 0 and "llama_cpp" not in res
+
+
+def test_bench_compares_with_llama_bench_in_the_same_run(tmp_path):
+    exe = fake_llama_bench(tmp_path, REPORT)
+    r = bench("--llama-bench", str(exe))
+    assert r.exit_code == 0, r.output
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-m") + 1] == str(MODEL)
+    assert (argv[argv.index("-p") + 1], argv[argv.index("-n") + 1], argv[argv.index("-ngl") + 1]) == ("8", "2", "0")
+    assert "llama.cpp (CPU, abc123)" in r.output
+    assert "prefill: llama.cpp 400 tokens/s" in r.output and "decode: llama.cpp 50 tokens/s" in r.output
+    j = bench("--json", "--llama-bench", str(exe))
+    res = json.loads(j.output)
+    assert res["llama_cpp"]["prefill_tok_s"] == 400.0 and res["llama_cpp"]["decode_tok_s"] == 50.0
+
+
+def test_a_failing_llama_bench_is_reported_not_fatal(tmp_path, monkeypatch):
+    exe = fake_llama_bench(tmp_path, "sys.stderr.write('error: unknown model architecture gemma4\\n')\nsys.exit(1)\n")
+    monkeypatch.setenv("G4RT_LLAMA_BENCH", str(exe))        # found through the environment (auto)
+    r = bench()
+    assert r.exit_code == 0, r.output
+    assert "llama.cpp: llama-bench exited with 1: error: unknown model architecture gemma4" in r.output
+    garbage = fake_llama_bench(tmp_path, "print('not json')\n")
+    r = bench("--llama-bench", str(garbage))
+    assert r.exit_code == 0 and "could not read llama-bench's JSON" in r.output
+
+
+def test_bench_int8_is_a_cuda_option():
+    r = bench("--int8")
+    assert r.exit_code != 0 and "--int8 is a CUDA option" in r.output
