@@ -73,28 +73,37 @@ def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
         e.close()
 
 
-@pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-Q4_K_M", 7),
-                                         ("g4-dense-Q6_K", 64)])
-@pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
-def test_decode_through_cache_equals_prefill(model, chunk, kv_dtype):
-    path = model_path(model)
-    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:60]
-    e = Engine(path, backend="cuda", ctx=128, kv_dtype=kv_dtype)
+def check_decode_equals_prefill(make_backend, path, ids, kv_dtype: str, chunk: int) -> None:
+    """Token-by-token decode through the KV cache, and a chunked prefill, give the logits of one
+    prefill (shared with tests/test_cuda_sim.py)."""
     # f32 caches: the paths differ only in summation order; f16: decode reads rounded K/V
     tol = 2e-3 if kv_dtype == "f32" else 5e-2
+    e = Engine(path, backend=make_backend(kv_dtype), ctx=128)
     try:
         full = e.forward(ids, all_logits=True)
         e.reset()
         steps = np.concatenate([e.forward([t]) for t in ids])
         np.testing.assert_allclose(steps, full, atol=tol, rtol=0)
-        chunked = Engine(path, backend="cuda", ctx=128,
-                         prefill_chunk=chunk, kv_dtype=kv_dtype)
-        try:
-            np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=tol, rtol=0)
-        finally:
-            chunked.close()
     finally:
         e.close()
+    chunked = Engine(path, backend=make_backend(kv_dtype), ctx=128, prefill_chunk=chunk)
+    try:
+        np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=tol, rtol=0)
+    finally:
+        chunked.close()
+
+
+def _cuda(kv_dtype):
+    from g4rt.backends.cuda import CudaBackend
+    return CudaBackend(kv_dtype=kv_dtype)
+
+
+@pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-Q4_K_M", 7),
+                                         ("g4-dense-Q6_K", 64)])
+@pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
+def test_decode_through_cache_equals_prefill(model, chunk, kv_dtype):
+    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:60]
+    check_decode_equals_prefill(_cuda, model_path(model), ids, kv_dtype, chunk)
 
 
 @pytest.mark.parametrize("model", ["g4-dense-untied-Q8_0", "g4-dense-Q4_K_M", "g4-dense-F16"])

@@ -225,22 +225,10 @@ def test_fixture_meets_bar_vs_exact(model, ref):
 @needs_fixtures
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
 def test_decode_through_cache_equals_prefill(kv_dtype):
+    from test_cuda_model import check_decode_equals_prefill
     model = "g4-edge-Q4_K_M"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:40]
-    e = _engine(model, backend=sim(kv_dtype), ctx=128)
-    tol = 2e-3 if kv_dtype == "f32" else 5e-2
-    try:
-        full = e.forward(ids, all_logits=True)
-        e.reset()
-        steps = np.concatenate([e.forward([t]) for t in ids])
-        np.testing.assert_allclose(steps, full, atol=tol, rtol=0)
-    finally:
-        e.close()
-    chunked = _engine(model, backend=sim(kv_dtype), ctx=128, prefill_chunk=7)
-    try:
-        np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=tol, rtol=0)
-    finally:
-        chunked.close()
+    check_decode_equals_prefill(sim, FIXTURES / "models" / f"{model}.gguf", ids, kv_dtype, 7)
 
 
 @needs_fixtures

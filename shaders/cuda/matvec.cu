@@ -27,56 +27,11 @@ template <int QT>
 __device__ __forceinline__ void matvec_impl(const u8* __restrict__ W, int row_bytes,
                                             const float* __restrict__ x, float* __restrict__ y,
                                             int rows, int K, int n) {
-    typedef MvTile<QT> T;
-    __shared__ uint4 sm[MV_WARPS][T::CHUNKS];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row = blockIdx.x * MV_WARPS + warp;
-    if (row >= rows) return;                      // the whole warp leaves; no block barriers below
-    const int GPB = QB<QT>::VALS / 32;
-    const int G = (K + 31) / 32;                  // groups in the row
-    const int ntiles = (G + T::GROUPS - 1) / T::GROUPS;
-    const u64 rstart = (u64)W + (u64)row * (u64)row_bytes;
     const bool vec_x = (K & 3) == 0;
-
-    float acc[MV_MAXN];
-#pragma unroll
-    for (int t = 0; t < MV_MAXN; t++) acc[t] = 0.0f;
-
-    uint4 r[T::CPL];
-    int nch, shift;
-    mv_load_tile<QT>(rstart, row_bytes, 0, lane, r, nch, shift);
-    for (int tile = 0; tile < ntiles; tile++) {
-#pragma unroll
-        for (int k = 0; k < T::CPL; k++) {
-            const int c = lane + 32 * k;
-            if (c < nch) sm[warp][c] = r[k];
-        }
-        __syncwarp();
-        const u8* base = (const u8*)&sm[warp][0] + shift;
-        if (tile + 1 < ntiles) mv_load_tile<QT>(rstart, row_bytes, tile + 1, lane, r, nch, shift);
-        const int g0 = tile * T::GROUPS;
-        const int ng = min(T::GROUPS, G - g0);
-        for (int gl = lane; gl < ng; gl += 32) {
-            const int g = g0 + gl;
-            const u8* blk = base + (gl / GPB) * QB<QT>::BYTES;
-            const bool fast = vec_x && 32 * g + 32 <= K;
-#pragma unroll
-            for (int t = 0; t < MV_MAXN; t++) {
-                if (t < n) {
-                    const float* xr = x + (size_t)t * K + 32 * g;
-                    acc[t] += fast ? qb_dot32<QT>(blk, gl % GPB, xr) : mv_dot_slow<QT>(blk, gl % GPB, xr, K - 32 * g);
-                }
-            }
-        }
-        __syncwarp();
-    }
-#pragma unroll
-    for (int t = 0; t < MV_MAXN; t++) {
-        if (t < n) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) y[(size_t)t * rows + row] = s;
-        }
-    }
+    mv_rows<QT>(W, row_bytes, y, rows, K, n, [&](const u8* blk, int j, int g, int t) {
+        const float* xr = x + (size_t)t * K + 32 * g;
+        return vec_x && 32 * g + 32 <= K ? qb_dot32<QT>(blk, j, xr) : mv_dot_slow<QT>(blk, j, xr, K - 32 * g);
+    });
 }
 
 #define G4RT_MATVEC(name, QT)                                                                   \

@@ -83,12 +83,11 @@ template <> __device__ __forceinline__ float qb_dot8<GGML_Q4_K>(const u8* b, int
 }
 
 template <> __device__ __forceinline__ float qb_dot8<GGML_Q6_K>(const u8* b, int j, const int* xq, float2 xd) {
-    const float d = f16_to_f32((u16)ld_u16(b + 208));
-    const u8* ql = b + 64 * (j >> 2) + 32 * (j & 1);
-    const u8* qh = b + 128 + 32 * (j >> 2);
-    const int ls = 4 * ((j & 3) >> 1);
-    const int hs = 2 * (j & 3);
-    const u32 sw = ld_u16(b + 192 + 2 * j);
+    const Q6Sub q6 = qb_q6k_sub(b, j);
+    const u8 *ql = q6.ql, *qh = q6.qh;
+    const int ls = q6.ls, hs = q6.hs;
+    const u32 sw = q6.sw;
+    const float d = q6.d;
     int a0 = 0, a1 = 0;
 #pragma unroll
     for (int c = 0; c < 8; c++) {
@@ -105,56 +104,13 @@ template <int QT>
 __device__ __forceinline__ void matvec8_impl(const u8* __restrict__ W, int row_bytes, const i8* __restrict__ xq,
                                              const float* __restrict__ xds, float* __restrict__ y,
                                              int rows, int K, int n) {
-    typedef MvTile<QT> T;
-    __shared__ uint4 sm[MV_WARPS][T::CHUNKS];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int row = blockIdx.x * MV_WARPS + warp;
-    if (row >= rows) return;                      // the whole warp leaves; no block barriers below
-    const int GPB = QB<QT>::VALS / 32;
     const int G = K / 32;
-    const int ntiles = (G + T::GROUPS - 1) / T::GROUPS;
-    const u64 rstart = (u64)W + (u64)row * (u64)row_bytes;
-    float acc[MV_MAXN];
-#pragma unroll
-    for (int t = 0; t < MV_MAXN; t++) acc[t] = 0.0f;
-    uint4 r[T::CPL];
-    int nch, shift;
-    mv_load_tile<QT>(rstart, row_bytes, 0, lane, r, nch, shift);
-    for (int tile = 0; tile < ntiles; tile++) {
-#pragma unroll
-        for (int k = 0; k < T::CPL; k++) {
-            const int c = lane + 32 * k;
-            if (c < nch) sm[warp][c] = r[k];
-        }
-        __syncwarp();
-        const u8* base = (const u8*)&sm[warp][0] + shift;
-        if (tile + 1 < ntiles) mv_load_tile<QT>(rstart, row_bytes, tile + 1, lane, r, nch, shift);
-        const int g0 = tile * T::GROUPS;
-        const int ng = min(T::GROUPS, G - g0);
-        for (int gl = lane; gl < ng; gl += 32) {
-            const int g = g0 + gl;
-            const u8* blk = base + (gl / GPB) * QB<QT>::BYTES;
-#pragma unroll
-            for (int t = 0; t < MV_MAXN; t++) {
-                if (t < n) {
-                    const uint4* xp = (const uint4*)(xq + ((size_t)t * G + g) * 32);
-                    const uint4 x0 = xp[0], x1 = xp[1];
-                    const int xw[8] = {(int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w,
-                                       (int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w};
-                    const float2 xd = ((const float2*)xds)[(size_t)t * G + g];
-                    acc[t] += qb_dot8<QT>(blk, gl % GPB, xw, xd);
-                }
-            }
-        }
-        __syncwarp();
-    }
-#pragma unroll
-    for (int t = 0; t < MV_MAXN; t++) {
-        if (t < n) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) y[(size_t)t * rows + row] = s;
-        }
-    }
+    mv_rows<QT>(W, row_bytes, y, rows, K, n, [&](const u8* blk, int j, int g, int t) {
+        const uint4* xp = (const uint4*)(xq + ((size_t)t * G + g) * 32);
+        const uint4 x0 = xp[0], x1 = xp[1];
+        const int xw[8] = {(int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w, (int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w};
+        return qb_dot8<QT>(blk, j, xw, ((const float2*)xds)[(size_t)t * G + g]);
+    });
 }
 
 #define G4RT_MATVEC8(name, QT)                                                                  \

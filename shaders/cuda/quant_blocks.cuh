@@ -81,6 +81,26 @@ __device__ __forceinline__ void qb_k_scale_min(const u8* s, int j, float& sc, fl
     }
 }
 
+// Where sub-block j (values 32j .. 32j+31) of a Q6_K block keeps its bits: the low 4 bits in
+// ql[l] >> ls, the high 2 in qh[l] >> hs (l < 32), int8 scales of its two halves in sw.
+struct Q6Sub {
+    const u8* ql;
+    const u8* qh;
+    int ls, hs;
+    u32 sw;
+    float d;
+};
+__device__ __forceinline__ Q6Sub qb_q6k_sub(const u8* b, int j) {
+    Q6Sub q;
+    q.ql = b + 64 * (j >> 2) + 32 * (j & 1);
+    q.qh = b + 128 + 32 * (j >> 2);
+    q.ls = 4 * ((j & 3) >> 1);
+    q.hs = 2 * (j & 3);
+    q.sw = ld_u16(b + 192 + 2 * j);
+    q.d = f16_to_f32((u16)ld_u16(b + 208));
+    return q;
+}
+
 template <int QT> __device__ __forceinline__ void qb_dq32(const u8* b, int j, int nv, float v[32]);
 
 template <> __device__ __forceinline__ void qb_dq32<GGML_F32>(const u8* b, int j, int nv, float v[32]) {
@@ -203,14 +223,11 @@ template <> __device__ __forceinline__ void qb_dq32<GGML_Q5_K>(const u8* b, int 
 }
 
 template <> __device__ __forceinline__ void qb_dq32<GGML_Q6_K>(const u8* b, int j, int nv, float v[32]) {
-    const float d = f16_to_f32((u16)ld_u16(b + 208));
-    const u8* ql = b + 64 * (j >> 2) + 32 * (j & 1);
-    const u8* qh = b + 128 + 32 * (j >> 2);
-    const int ls = 4 * ((j & 3) >> 1);
-    const int hs = 2 * (j & 3);
-    const u32 sw = ld_u16(b + 192 + 2 * j);             // int8 scales of values 0..15, 16..31
-    const float s0 = d * (float)(int)(i8)(sw & 0xFFu);
-    const float s1 = d * (float)(int)(i8)(sw >> 8);
+    const Q6Sub q6 = qb_q6k_sub(b, j);
+    const u8 *ql = q6.ql, *qh = q6.qh;
+    const int ls = q6.ls, hs = q6.hs;
+    const float s0 = q6.d * (float)(int)(i8)(q6.sw & 0xFFu);
+    const float s1 = q6.d * (float)(int)(i8)(q6.sw >> 8);
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         const u32 wl = ld_u16(ql + 2 * i);
@@ -443,12 +460,11 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_K>(const u8* b, in
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q6_K>(const u8* b, int j, const float* x) {
-    const float d = f16_to_f32((u16)ld_u16(b + 208));
-    const u8* ql = b + 64 * (j >> 2) + 32 * (j & 1);
-    const u8* qh = b + 128 + 32 * (j >> 2);
-    const int ls = 4 * ((j & 3) >> 1);
-    const int hs = 2 * (j & 3);
-    const u32 sw = ld_u16(b + 192 + 2 * j);
+    const Q6Sub q6 = qb_q6k_sub(b, j);
+    const u8 *ql = q6.ql, *qh = q6.qh;
+    const int ls = q6.ls, hs = q6.hs;
+    const u32 sw = q6.sw;
+    const float d = q6.d;
     // sums per position (bits 0, 8, 16) for values 0..15 (a) and 16..31 (b)
     float a0 = 0.0f, a8 = 0.0f, a16 = 0.0f, b0 = 0.0f, b8 = 0.0f, b16 = 0.0f;
 #pragma unroll
