@@ -446,17 +446,22 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_K>(const u8* b, in
     const u8* qh = b + 16;
     const u8* qs = b + 48 + 32 * (j >> 1);
     const int sh = 4 * (j & 1);
-    float s = 0.0f, sx = 0.0f;
+    // the 4 five-bit codes of word c, one per byte (nibble sh of qs, bit j of qh as bit 4), then
+    // to floats at bit positions 0, 8, 16 (and 8 of q >> 16: byte 3)
+    float s0 = 0.0f, s8 = 0.0f, s16 = 0.0f, sx = 0.0f;
 #pragma unroll
     for (int c = 0; c < 8; c++) {
-        const u32 w = ld_u32_a2(qs + 4 * c);
-        const u32 h = ld_u32_a2(qh + 4 * c);            // bit j of byte k: value 4c + k
+        const u32 q = ((ld_u32_a2(qs + 4 * c) >> sh) & 0x0F0F0F0Fu) |
+                      (((ld_u32_a2(qh + 4 * c) >> j) & 0x01010101u) << 4);
+        const u32 u = q >> 16;
         const float4 xv = QB_X4(c);
-        s += QB_Q5(w, 0, sh, h, j) * xv.x + QB_Q5(w, 1, sh, h, 8 + j) * xv.y +
-             QB_Q5(w, 2, sh, h, 16 + j) * xv.z + QB_Q5(w, 3, sh, h, 24 + j) * xv.w;
+        s0 = fmaf(QB_MAG(q, 0x1Fu) - QB_MAGIC, xv.x, s0);
+        s8 = fmaf(QB_MAG(q, 0x1F00u) - QB_MAGIC, xv.y, s8);
+        s16 = fmaf(QB_MAG(q, 0x1F0000u) - QB_MAGIC, xv.z, s16);
+        s8 = fmaf(QB_MAG(u, 0x1F00u) - QB_MAGIC, xv.w, s8);
         sx += (xv.x + xv.y) + (xv.z + xv.w);
     }
-    return d * s - m * sx;
+    return d * fmaf(s16, 1.0f / 65536.0f, fmaf(s8, 1.0f / 256.0f, s0)) - m * sx;
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q6_K>(const u8* b, int j, const float* x) {
