@@ -87,6 +87,19 @@ def test_collective_misuse_is_reported(tmp_path, body, match):
         _launch_add(k)
 
 
+def test_portable_fiber_switch(tmp_path, monkeypatch):
+    """The ucontext fallback (non-x86-64 machines) runs barriers and shuffles the same way."""
+    monkeypatch.setenv("G4RT_SIM_CXXFLAGS", "-DG4SIM_UCONTEXT")
+    k = SimKernels(_mutated_sources(tmp_path, "elementwise.cu", ADD_BODY, ADD_BODY))
+    a, out = _launch_add(k)
+    np.testing.assert_array_equal(out, 2 * a)
+    x = np.random.default_rng(3).standard_normal((2, 256)).astype(np.float32)
+    y = np.zeros_like(x)
+    k.launch("rmsnorm", (1, 2, 1), (64, 1, 1), [x.ctypes.data, y.ctypes.data, 0, 256, 256, 1e-6])
+    want = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
 def test_a_missing_barrier_fails_conformance(tmp_path, monkeypatch):
     """matmul.cu without the barrier that protects its shared tiles: threads run ahead and read
     tiles the others have not finished with, so the product is wrong (the simulator is not lenient)."""

@@ -36,6 +36,11 @@ FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthre
          "-ffp-contract=off", "-DG4RT_CPU_SIM=1"]
 
 
+def flags() -> list[str]:
+    """FLAGS plus $G4RT_SIM_CXXFLAGS (e.g. -DG4SIM_UCONTEXT: the portable fiber switch)."""
+    return FLAGS + os.environ.get("G4RT_SIM_CXXFLAGS", "").split()
+
+
 class SimFault(G4rtError):
     """A simulated kernel misused a CUDA collective (deadlock, divergent or partial warp op)."""
 
@@ -118,7 +123,7 @@ class SimKernels:
         h = hashlib.sha256()
         for p in sorted(self.src_dir.glob("*.cu*")) + [self.header]:
             h.update(p.name.encode() + b"\0" + p.read_bytes())
-        h.update(fname.encode() + self._version.encode() + " ".join(FLAGS).encode())
+        h.update(fname.encode() + self._version.encode() + " ".join(flags()).encode())
         h.update(_translation_unit(fname).encode())
         return h.hexdigest()[:24]
 
@@ -134,7 +139,7 @@ class SimKernels:
             tu = Path(td) / f"{Path(fname).stem}_sim.cpp"
             tu.write_text(_translation_unit(fname))
             tmp = Path(td) / lib.name
-            cmd = [self.cxx, *FLAGS, "-include", str(self.header), f"-I{self.src_dir}",
+            cmd = [self.cxx, *flags(), "-include", str(self.header), f"-I{self.src_dir}",
                    str(tu), "-o", str(tmp)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:

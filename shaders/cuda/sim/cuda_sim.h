@@ -37,7 +37,12 @@
 #include <vector>
 
 #include <sys/mman.h>
-#if !defined(__x86_64__)
+// Fiber switching: 8 instructions of our own on x86-64, glibc's ucontext elsewhere (or with
+// -DG4SIM_UCONTEXT, which is how the fallback is tested on x86-64).
+#if defined(__x86_64__) && !defined(G4SIM_UCONTEXT)
+#define G4SIM_OWN_SWITCH 1
+#else
+#define G4SIM_OWN_SWITCH 0
 #include <ucontext.h>
 #endif
 
@@ -86,7 +91,7 @@ enum WarpOp { OP_SYNCWARP = 1, OP_SHFL = 2 };
 
 struct Fiber {
     void* sp = nullptr;              // saved stack pointer (x86-64)
-#if !defined(__x86_64__)
+#if !G4SIM_OWN_SWITCH
     ucontext_t uc;
 #endif
     uint3 tid{0, 0, 0};
@@ -114,7 +119,7 @@ struct Worker {
     char* stacks = nullptr;
     size_t nstacks = 0;
     void* sched_sp = nullptr;
-#if !defined(__x86_64__)
+#if !G4SIM_OWN_SWITCH
     ucontext_t sched_uc;
 #endif
     const Launch* launch = nullptr;
@@ -154,7 +159,7 @@ inline thread_local Worker* tw = nullptr;
 #define gridDim (g4sim::tw->launch->grid)
 
 // ---- context switching --------------------------------------------------------------------
-#if defined(__x86_64__)
+#if G4SIM_OWN_SWITCH
 extern "C" void g4sim_switch(void** save_sp, void* new_sp);
 extern "C" void g4sim_trampoline();
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
@@ -204,13 +209,13 @@ g4sim_trampoline:
 namespace g4sim {
 
 inline void fiber_main(void* arg);
-#if !defined(__x86_64__)
+#if !G4SIM_OWN_SWITCH
 inline void fiber_main_uc();
 #endif
 
 inline void start_fiber(Worker& w, size_t i) {
     Fiber& f = w.fibers[i];
-#if defined(__x86_64__)
+#if G4SIM_OWN_SWITCH
     uintptr_t top = (uintptr_t)w.stack_top(i) & ~(uintptr_t)15;
     uint64_t* sp = (uint64_t*)(top - 80);        // 16-byte aligned; rsp after `ret` = sp + 64
     const uint32_t mxcsr = 0x1F80, fpucw = 0x037F;
@@ -233,13 +238,13 @@ inline void start_fiber(Worker& w, size_t i) {
 #endif
 }
 
-#if !defined(__x86_64__)
+#if !G4SIM_OWN_SWITCH
 inline void fiber_main_uc() { fiber_main(tw->cur); }
 #endif
 
 inline void resume(Worker& w, Fiber& f) {
     w.cur = &f;
-#if defined(__x86_64__)
+#if G4SIM_OWN_SWITCH
     g4sim_switch(&w.sched_sp, f.sp);
 #else
     swapcontext(&w.sched_uc, &f.uc);
@@ -249,7 +254,7 @@ inline void resume(Worker& w, Fiber& f) {
 // From a fiber back to the scheduler.
 inline void yield() {
     Worker& w = *tw;
-#if defined(__x86_64__)
+#if G4SIM_OWN_SWITCH
     g4sim_switch(&w.cur->sp, w.sched_sp);
 #else
     swapcontext(&w.cur->uc, &w.sched_uc);
