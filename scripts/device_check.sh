@@ -254,7 +254,11 @@ bench_synth() {
         local f=/tmp/g4rt_synth12b_6l_$q.gguf
         [ -f "$f" ] || continue
         "$PY" /tmp/g4rt_bench.py "$f" "synth-12B-6L-$q" 512 32 4096 || rc=1
-        # the opt-in int8 decode path (matvec8.cu: 8-bit activations + dp4a)
+    done
+    # the opt-in int8 decode path (matvec8.cu: 8-bit activations + dp4a), after the default path
+    for q in Q4_0 Q4_K; do
+        local f=/tmp/g4rt_synth12b_6l_$q.gguf
+        [ -f "$f" ] || continue
         G4RT_CUDA_INT8=1 "$PY" /tmp/g4rt_bench.py "$f" "synth-12B-6L-$q-int8" 512 32 4096 || rc=1
     done
     # the team's bench command (runtime/bench.py), when it exists
@@ -286,7 +290,7 @@ stage ops 120 "$PY" -m pytest tests/test_cuda_ops.py -v -p no:cacheprovider -o a
 stage model 170 "$PY" -m pytest tests/test_cuda_model.py -v -p no:cacheprovider -o addopts="" --tb=short
 stage bench_fixtures 40 bench_fixtures
 stage synth 60 synth
-stage bench_synth 90 bench_synth
+stage bench_synth 120 bench_synth
 stage bench_ops 45 bench_ops
 
 # ---- the table ------------------------------------------------------------------------------
