@@ -69,8 +69,13 @@ def _launch_add(kernels):
 
 
 def test_plain_launch_runs_the_kernel(tmp_path):
-    a, out = _launch_add(SimKernels(_mutated_sources(tmp_path, "elementwise.cu", ADD_BODY, ADD_BODY)))
+    k = SimKernels(_mutated_sources(tmp_path, "elementwise.cu", ADD_BODY, ADD_BODY))
+    a, out = _launch_add(k)
     np.testing.assert_array_equal(out, 2 * a)
+    with pytest.raises(SimFault, match="empty grid"):
+        k.launch("add", (0, 1, 1), (64, 1, 1), [a.ctypes.data, a.ctypes.data, out.ctypes.data, 64])
+    with pytest.raises(SimFault, match="block size"):
+        k.launch("add", (1, 1, 1), (2048, 1, 1), [a.ctypes.data, a.ctypes.data, out.ctypes.data, 64])
 
 
 @pytest.mark.parametrize("body,match", [

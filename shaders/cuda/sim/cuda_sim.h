@@ -397,6 +397,7 @@ inline std::string launch(Thunk thunk, const uint64_t* slots, uint3 grid, uint3 
     const int n = (int)(block.x * block.y * block.z);
     if (n < 1 || n > 1024) return "bad block size";
     const long long nblocks = (long long)grid.x * grid.y * grid.z;
+    if (nblocks < 1) return "empty grid";
     Launch L{thunk, slots, grid, block};
     std::atomic<long long> next{0};
     std::atomic<bool> stop{false};
