@@ -264,3 +264,16 @@ def test_hybrid_simulated_gpu_front_cpu_back_meets_the_bar():
         e.close()
     bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", FIXTURES / "ref" / f"{model}.exact.npz")
     assert parity.meets(rows, bar), (parity.worst(rows), bar)
+
+
+def test_the_environment_knob_selects_the_simulator(monkeypatch):
+    """G4RT_CUDA_EMULATE=sim: `--backend cuda` (and the GPU test files) run on the simulator."""
+    from g4rt.backends import create_backend
+    from g4rt.backends.cuda_driver import cuda_available
+    monkeypatch.setenv("G4RT_CUDA_EMULATE", "sim")
+    assert cuda_available() == (True, "Simulated CUDA device (CPU)")
+    be = create_backend("cuda")
+    try:
+        assert be.drv.sim is not None and "Simulated" in be.device_name
+    finally:
+        be.close()
