@@ -286,10 +286,9 @@ inline std::string where(const Worker& w) {
 inline bool release_warp(Worker& w, int wi, int n) {
     const int l0 = 32 * wi, len = n - l0 < 32 ? n - l0 : 32;
     Fiber* F = &w.fibers[l0];
-    int waiting = 0, done = 0, at_barrier = 0;
+    int waiting = 0, at_barrier = 0;
     for (int l = 0; l < len; l++) {
         waiting += F[l].state == AT_WARP_OP;
-        done += F[l].state == DONE;
         at_barrier += F[l].state == AT_BARRIER;
     }
     if (!waiting) return false;
@@ -309,6 +308,11 @@ inline bool release_warp(Worker& w, int wi, int n) {
             std::snprintf(b, sizeof b, "%s warp %d lane %d: a warp collective with mask %#x names "
                           "lanes that do not exist (the warp has %d threads)", where(w).c_str(), wi, l,
                           F[l].mask, len);
+            return fail(w, b);
+        }
+        if (!(F[l].mask & (1u << l))) {
+            std::snprintf(b, sizeof b, "%s warp %d lane %d: a warp collective with mask %#x that "
+                          "does not name the calling lane", where(w).c_str(), wi, l, F[l].mask);
             return fail(w, b);
         }
         if (F[l].mask & ~live) {
