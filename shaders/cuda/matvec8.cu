@@ -70,10 +70,8 @@ template <> __device__ __forceinline__ float qb_dot8<GGML_Q4_0>(const u8* b, int
 }
 
 template <> __device__ __forceinline__ float qb_dot8<GGML_Q4_K>(const u8* b, int j, const int* xq, float2 xd) {
-    float sc, mn;
-    qb_k_scale_min(b + 4, j, sc, mn);
-    const float d = f16_to_f32((u16)ld_u16(b)) * sc;
-    const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+    float d, m;
+    qb_k_dm(b, j, d, m);
     const u8* qs = b + 16 + 32 * (j >> 1);
     const int sh = 4 * (j & 1);
     int acc = 0;

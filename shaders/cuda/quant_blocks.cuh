@@ -101,6 +101,14 @@ __device__ __forceinline__ Q6Sub qb_q6k_sub(const u8* b, int j) {
     return q;
 }
 
+// Q4_K / Q5_K sub-block j: its scale d = d_block * sc and min m = dmin_block * mn (value = d*q - m).
+__device__ __forceinline__ void qb_k_dm(const u8* b, int j, float& d, float& m) {
+    float sc, mn;
+    qb_k_scale_min(b + 4, j, sc, mn);
+    d = f16_to_f32((u16)ld_u16(b)) * sc;
+    m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+}
+
 template <int QT> __device__ __forceinline__ void qb_dq32(const u8* b, int j, int nv, float v[32]);
 
 template <> __device__ __forceinline__ void qb_dq32<GGML_F32>(const u8* b, int j, int nv, float v[32]) {
@@ -189,10 +197,8 @@ template <> __device__ __forceinline__ void qb_dq32<GGML_Q5_1>(const u8* b, int 
 }
 
 template <> __device__ __forceinline__ void qb_dq32<GGML_Q4_K>(const u8* b, int j, int nv, float v[32]) {
-    float sc, mn;
-    qb_k_scale_min(b + 4, j, sc, mn);
-    const float d = f16_to_f32((u16)ld_u16(b)) * sc;
-    const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+    float d, m;
+    qb_k_dm(b, j, d, m);
     const u8* qs = b + 16 + 32 * (j >> 1);
     const int sh = 4 * (j & 1);
 #pragma unroll
@@ -204,10 +210,8 @@ template <> __device__ __forceinline__ void qb_dq32<GGML_Q4_K>(const u8* b, int 
 }
 
 template <> __device__ __forceinline__ void qb_dq32<GGML_Q5_K>(const u8* b, int j, int nv, float v[32]) {
-    float sc, mn;
-    qb_k_scale_min(b + 4, j, sc, mn);
-    const float d = f16_to_f32((u16)ld_u16(b)) * sc;
-    const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+    float d, m;
+    qb_k_dm(b, j, d, m);
     const u8* qh = b + 16;
     const u8* qs = b + 48 + 32 * (j >> 1);
     const int sh = 4 * (j & 1);
@@ -430,19 +434,15 @@ __device__ __forceinline__ float qb_q4k_dot(const u8* qs, float d, float m, cons
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q4_K>(const u8* b, int j, const float* x) {
-    float sc, mn;
-    qb_k_scale_min(b + 4, j, sc, mn);
-    const float d = f16_to_f32((u16)ld_u16(b)) * sc;
-    const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+    float d, m;
+    qb_k_dm(b, j, d, m);
     const u8* qs = b + 16 + 32 * (j >> 1);
     return (j & 1) ? qb_q4k_dot<true>(qs, d, m, x) : qb_q4k_dot<false>(qs, d, m, x);
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_K>(const u8* b, int j, const float* x) {
-    float sc, mn;
-    qb_k_scale_min(b + 4, j, sc, mn);
-    const float d = f16_to_f32((u16)ld_u16(b)) * sc;
-    const float m = f16_to_f32((u16)ld_u16(b + 2)) * mn;
+    float d, m;
+    qb_k_dm(b, j, d, m);
     const u8* qh = b + 16;
     const u8* qs = b + 48 + 32 * (j >> 1);
     const int sh = 4 * (j & 1);
