@@ -66,7 +66,8 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
             raise G4rtError("cannot read the available RAM (/proc/meminfo); give --budget, e.g. --budget 16GiB")
     else:
         raise G4rtError(f"--backend {plan_backend} needs --budget (the GPU memory to plan for, e.g. --budget 12GiB)")
-    kv_bytes = M.KV_DTYPE_BYTES[kv_dtype or ("f32" if on_cpu else "f16")]
+    from .engine import kv_value_bytes
+    kv_bytes = kv_value_bytes(plan_backend, kv_dtype)     # the backend's own cache precision
     if batch <= 0:
         raise G4rtError(f"--batch must be positive, got {batch}")
     n_ctx = plan_ctx or M.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,

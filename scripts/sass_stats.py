@@ -88,9 +88,7 @@ extern "C" __global__ void baseline(const u8* W, const uint4* xq, const float2* 
 '''
 INT_OPS = {"SHF", "LOP3", "IADD3", "IMAD", "PRMT", "ISETP", "LEA", "SEL", "IMNMX", "BMSK", "POPC", "FLO",
            "BREV", "SGXT", "IABS", "IDP", "IDP4A", "VIADD", "VIMNMX"}
-GROUP_BYTES = {"f16": (32, 64), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22),
-               "q5_1": (32, 24), "f32": (32, 128), "bf16": (32, 64), "q4_k": (256, 144),
-               "q5_k": (256, 176), "q6_k": (256, 210)}
+
 
 
 def nvdisasm() -> str:
@@ -143,8 +141,13 @@ def measure(probe: str, qt, td: str, arch: str, tool: str) -> tuple[int, int, Co
 
 
 def row(sfx: str, m: tuple[int, int, Counter], detail: bool) -> str:
+    from gguf import GGML_QUANT_SIZES
+    from g4rt.backends import cuda_kernels as K
     n, n_int, mix = m
-    vals, nbytes = GROUP_BYTES[sfx]
+    qt = next(q for q, x in K.QTYPE_SUFFIX.items() if x == sfx)
+    vals, nbytes = GGML_QUANT_SIZES[qt]            # values and bytes per block
+    if vals == 1:                                  # float types: per value
+        vals, nbytes = 32, 32 * nbytes
     bpg = nbytes * 32 / vals
     cycles = max(n, 2 * n_int)                     # integer ops: half rate (sm_80+)
     bpi = 32 * bpg / cycles

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names, exact_refs
-from g4rt import parity
+from conftest import (FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill,
+                      check_fixture_bar, exact_refs)
 from g4rt.backends.cuda_driver import cuda_available
 from g4rt.engine import Engine
 
@@ -36,12 +36,7 @@ def engine(model: str, **kw) -> Engine:
 
 @pytest.mark.parametrize("model,ref", exact_refs())
 def test_fixture_meets_bar_vs_exact(model, ref):
-    ref_path = FIXTURES / "ref" / ref
-    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
-    assert bar is not None, f"no bar for {ref} in MANIFEST.json"
-    refd = np.load(ref_path)
-    rows = parity.compare(refd, parity.run_reference(engine(model), refd))
-    assert parity.meets(rows, bar), (parity.worst(rows), bar)
+    check_fixture_bar(engine(model), model, ref)
 
 
 def _hybrid(model, layers, kv_dtype="f16"):
@@ -55,8 +50,7 @@ def _hybrid(model, layers, kv_dtype="f16"):
 @pytest.mark.parametrize("model,layers", [("g4-dense-Q4_0-pure", 3), ("g4-edge-Q4_K_M", 4),
                                           ("g4-dense-untied-Q8_0", 5)])
 def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
-    refd = np.load(FIXTURES / "ref" / f"{model}.exact.npz")
-    ids = refd["ids_0"]
+    ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_0"]
     e, hb = _hybrid(model, layers)
     try:
         full = engine(model)
@@ -66,31 +60,9 @@ def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
         assert hb.last_partition.split > 0 and hb.last_partition.transfers
         assert np.abs(a - b).max() < 0.1, np.abs(a - b).max()
         assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.95
-        bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", FIXTURES / "ref" / f"{model}.exact.npz")
-        rows = parity.compare(refd, parity.run_reference(e, refd))
-        assert parity.meets(rows, bar), (parity.worst(rows), bar)
+        check_fixture_bar(e, model, f"{model}.exact.npz")
     finally:
         e.close()
-
-
-def check_decode_equals_prefill(make_backend, path, ids, kv_dtype: str, chunk: int) -> None:
-    """Token-by-token decode through the KV cache, and a chunked prefill, give the logits of one
-    prefill (shared with tests/test_cuda_sim.py)."""
-    # f32 caches: the paths differ only in summation order; f16: decode reads rounded K/V
-    tol = 2e-3 if kv_dtype == "f32" else 5e-2
-    e = Engine(path, backend=make_backend(kv_dtype), ctx=128)
-    try:
-        full = e.forward(ids, all_logits=True)
-        e.reset()
-        steps = np.concatenate([e.forward([t]) for t in ids])
-        np.testing.assert_allclose(steps, full, atol=tol, rtol=0)
-    finally:
-        e.close()
-    chunked = Engine(path, backend=make_backend(kv_dtype), ctx=128, prefill_chunk=chunk)
-    try:
-        np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=tol, rtol=0)
-    finally:
-        chunked.close()
 
 
 def _cuda(kv_dtype):

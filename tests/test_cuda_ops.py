@@ -130,14 +130,21 @@ def assert_close(out, ref, rel=2e-4, what=""):
 
 
 # ---- checks (each takes a backend factory) -------------------------------------------------
-def check_matmul(make_backend, qtype, n, rows, cols, seed=0):
+def _matmul_case(make_backend, qtype, n, rows, cols, seed):
+    """A random [rows, cols] weight of `qtype` times n random rows on the backend and on the CPU
+    reference: (backend output, reference output, x, dequantized weight in float64)."""
     rng = np.random.default_rng(seed)
     src = MemSource()
     raw = random_weight(rng, qtype, rows, cols)
     src.add_raw("w", raw, qtype, rows, cols)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     out, ref, _ = compare_op(make_backend, O.MatMul("y", "x", "w"), {"x": x}, (n, rows), src)
-    exact = x.astype(np.float64) @ dequantize_rows(raw, qtype, cols).astype(np.float64).T
+    return out, ref, x, dequantize_rows(raw, qtype, cols).astype(np.float64)
+
+
+def check_matmul(make_backend, qtype, n, rows, cols, seed=0):
+    out, ref, x, wd = _matmul_case(make_backend, qtype, n, rows, cols, seed)
+    exact = x.astype(np.float64) @ wd.T
     assert_close(ref, exact, 1e-5, "cpu reference")
     assert_close(out, exact, 2e-4, f"{qtype.name} n={n} [{rows}x{cols}]")
 
@@ -154,13 +161,7 @@ def q8_round_trip(x: np.ndarray) -> np.ndarray:
 def check_matvec8(make_backend, qtype, n, rows, cols, seed=8):
     """The int8 decode path: equal to the exact product of the weights with the 8-bit-rounded
     activations (fp32 summation order aside), and within 8-bit rounding of the exact product."""
-    rng = np.random.default_rng(seed)
-    src = MemSource()
-    raw = random_weight(rng, qtype, rows, cols)
-    src.add_raw("w", raw, qtype, rows, cols)
-    x = rng.standard_normal((n, cols)).astype(np.float32)
-    out, _, _ = compare_op(make_backend, O.MatMul("y", "x", "w"), {"x": x}, (n, rows), src)
-    wd = dequantize_rows(raw, qtype, cols).astype(np.float64)
+    out, _, x, wd = _matmul_case(make_backend, qtype, n, rows, cols, seed)
     assert_close(out, q8_round_trip(x).astype(np.float64) @ wd.T, 1e-5, f"int8 {qtype.name} n={n}")
     assert_close(out, x.astype(np.float64) @ wd.T, 2e-2, f"int8 {qtype.name} n={n} vs exact")
 

@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
-from g4rt import parity
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill, check_fixture_bar
 from g4rt.backends import cuda_kernels as K
 from g4rt.backends.cuda_sim import SimFault, SimKernels, sim_available
 
@@ -34,10 +33,10 @@ pytestmark = pytest.mark.skipif(not SIM_OK, reason=SIM_REASON or "CUDA simulator
 needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
 
 
-def sim(kv_dtype="f16"):
+def sim(kv_dtype="f16", int8_matvec=False):
     from g4rt.backends.cuda import CudaBackend
     from g4rt.backends.cuda_emu import EmulatedDriver
-    return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype)
+    return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype, int8_matvec=int8_matvec)
 
 
 # ---- the simulator itself --------------------------------------------------------------------
@@ -134,16 +133,10 @@ def test_matmul_float_types_odd_widths(qtype, cols, n):
     T.check_matmul(sim, qtype, n, rows=11, cols=cols)
 
 
-def sim_int8(kv_dtype="f16"):
-    from g4rt.backends.cuda import CudaBackend
-    from g4rt.backends.cuda_emu import EmulatedDriver
-    return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype, int8_matvec=True)
-
-
 @pytest.mark.parametrize("qtype", T.INT8_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n,rows,cols", [(1, 37, 768), (4, 129, 4608), (3, 5, 256)])
 def test_int8_matvec(qtype, n, rows, cols):
-    T.check_matvec8(sim_int8, qtype, n, rows, cols)
+    T.check_matvec8(lambda kv: sim(kv, int8_matvec=True), qtype, n, rows, cols)
 
 
 @pytest.mark.parametrize("qtype", T.ALL_TYPES, ids=lambda t: t.name)
@@ -227,23 +220,17 @@ SIM_MODELS = [("g4-dense-Q4_0", "g4-dense-Q4_0.exact.npz"),
 @needs_fixtures
 @pytest.mark.parametrize("model,ref", SIM_MODELS)
 def test_fixture_meets_bar_vs_exact(model, ref):
-    ref_path = FIXTURES / "ref" / ref
-    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
-    assert bar is not None, f"no bar for {ref} in MANIFEST.json"
-    refd = np.load(ref_path)
     e = _engine(model, backend=sim("f16"), ctx=4096)
     try:
-        rows = parity.compare(refd, parity.run_reference(e, refd, n_greedy=8))
+        w = check_fixture_bar(e, model, ref, n_greedy=8)
     finally:
         e.close()
-    assert parity.meets(rows, bar), (parity.worst(rows), bar)
-    assert parity.worst(rows)["top1"] >= 0.99
+    assert w["top1"] >= 0.99
 
 
 @needs_fixtures
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
 def test_decode_through_cache_equals_prefill(kv_dtype):
-    from test_cuda_model import check_decode_equals_prefill
     model = "g4-edge-Q4_K_M"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:40]
     check_decode_equals_prefill(sim, FIXTURES / "models" / f"{model}.gguf", ids, kv_dtype, 7)
@@ -254,16 +241,13 @@ def test_hybrid_simulated_gpu_front_cpu_back_meets_the_bar():
     from g4rt.backends.cpu import CpuBackend
     from g4rt.backends.hybrid import HybridBackend, layers_split
     model = "g4-dense-Q4_K_M"
-    refd = np.load(FIXTURES / "ref" / f"{model}.exact.npz")
     hb = HybridBackend(sim("f16"), CpuBackend(kv_dtype="f16"), layers_split(3))
     e = _engine(model, backend=hb, ctx=4096)
     try:
-        rows = parity.compare(refd, parity.run_reference(e, refd, n_greedy=4))
+        check_fixture_bar(e, model, f"{model}.exact.npz", n_greedy=4)
         assert hb.last_partition.split > 0 and hb.last_partition.transfers
     finally:
         e.close()
-    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", FIXTURES / "ref" / f"{model}.exact.npz")
-    assert parity.meets(rows, bar), (parity.worst(rows), bar)
 
 
 def test_the_environment_knob_selects_the_simulator(monkeypatch):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, manifest, model_names, exact_refs
-from g4rt import parity
+from conftest import (FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill,
+                      check_fixture_bar, exact_refs, manifest, model_names)
 from g4rt.engine import Engine
 from g4rt.errors import G4rtError, UnsupportedModelError
 from g4rt.gguf_file import GGUFFile
@@ -33,28 +33,17 @@ def test_every_fixture_has_an_exact_reference():
 
 @pytest.mark.parametrize("model,ref", exact_refs())
 def test_fixture_meets_bar_vs_exact(model, ref):
-    ref_path = FIXTURES / "ref" / ref
-    bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
-    assert bar is not None, f"no bar for {ref} in MANIFEST.json"
-    refd = np.load(ref_path)
-    rows = parity.compare(refd, parity.run_reference(engine(model), refd))
-    w = parity.worst(rows)
-    assert parity.meets(rows, bar), (w, bar)
+    w = check_fixture_bar(engine(model), model, ref)
     # The reference backend should sit far inside the bar: float32 vs float64 on identical weights.
     assert w["top1"] == 1.0 and w["max_dlogit"] < 1e-2, w
 
 
 @pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-F32", 7)])
 def test_decode_through_cache_equals_prefill(model, chunk):
+    from g4rt.backends.cpu import CpuBackend
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:60]
-    e = engine(model)
-    e.reset()
-    full = e.forward(ids, all_logits=True)
-    e.reset()
-    steps = np.concatenate([e.forward([t]) for t in ids])
-    np.testing.assert_allclose(steps, full, atol=2e-4, rtol=0)
-    chunked = Engine(FIXTURES / "models" / f"{model}.gguf", ctx=128, prefill_chunk=chunk)
-    np.testing.assert_allclose(chunked.forward(ids, all_logits=True), full, atol=2e-4, rtol=0)
+    check_decode_equals_prefill(lambda kv: CpuBackend(kv_dtype=kv), FIXTURES / "models" / f"{model}.gguf",
+                                ids, "f32", chunk, tol=2e-4)
 
 
 def test_edge_config_shares_kv_like_llama_cpp():

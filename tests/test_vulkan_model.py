@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, model_names, vulkan_skip_reason
+from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_fixture_bar, model_names, vulkan_skip_reason
 
 _SKIP = vulkan_skip_reason()
 
@@ -26,34 +26,14 @@ FULL = {"g4-dense-untied-Q4_K_M": 32, "g4-edge-Q4_K_M": 4}
 FEW_PROMPTS = 1
 
 
-def _subset(ref, n_prompts: int) -> dict:
-    out, i = {}, 0
-    while f"ids_{i}" in ref and i < n_prompts:
-        for k in ref.files:
-            if k.endswith(f"_{i}"):
-                out[k] = ref[k]
-        i += 1
-    return out
-
-
 def _check(name: str, ref_file: str, n_prompts: int, n_greedy: int, engine_cache: dict):
     from g4rt.engine import Engine
-    from g4rt.parity import compare, find_bar, meets, run_reference, worst
-    model = FIXTURES / "models" / f"{name}.gguf"
-    ref_path = FIXTURES / "ref" / ref_file
-    bar = find_bar(model, ref_path)
-    assert bar is not None, f"no bar_vs_exact for {ref_file} in MANIFEST.json"
-    ref = np.load(ref_path)
     eng = engine_cache.get(name)
     if eng is None:
-        eng = engine_cache[name] = Engine(model, backend="vulkan")
-    sub = _subset(ref, n_prompts)
-    rows = compare(run_reference(eng, sub, n_greedy=n_greedy), sub)
-    w = worst(rows)
+        eng = engine_cache[name] = Engine(FIXTURES / "models" / f"{name}.gguf", backend="vulkan")
+    w = check_fixture_bar(eng, name, ref_file, n_prompts, n_greedy)
     print(f"{name} [{ref_file}] vulkan: top1 {w['top1']:.4f} max|dlogit| {w['max_dlogit']:.2e} "
-          f"greedy {w['greedy']}/{n_greedy} over {len(rows)} prompt(s); bar {bar}")
-    assert len(rows) == min(n_prompts, sum(1 for k in ref.files if k.startswith("ids_")))
-    assert meets(rows, bar), (name, w, bar)
+          f"greedy {w['greedy']}/{n_greedy}")
 
 
 @pytest.fixture(scope="module")
@@ -80,27 +60,12 @@ def test_long_prompt_past_the_1024_window(engines):
     """2,373 positions through a 1024-token sliding window: five 512-token prefill chunks, the later
     ones reading the ring cache (f16) for the window's earlier positions."""
     from g4rt.engine import Engine
-    from g4rt.parity import compare, find_bar, meets, teacher_forced, topk, worst
     name = "g4-dense-w1024-Q4_0-pure"
-    model = FIXTURES / "models" / f"{name}.gguf"
-    ref_path = FIXTURES / "ref" / f"{name}.long.exact.npz"
-    bar = find_bar(model, ref_path)
-    ref = np.load(ref_path)
-    eng = engines.get(name) or Engine(model, backend="vulkan")
+    eng = engines.get(name) or Engine(FIXTURES / "models" / f"{name}.gguf", backend="vulkan")
     engines[name] = eng
-    ids, tf = ref["ids_0"], ref["greedy_0"]
-    logits = teacher_forced(eng, np.concatenate([ids, tf]).astype(np.int32))
-    ti, tv = topk(logits)
-    # greedy: our first continuation token (what greedy decoding would pick first)
-    out = {"ids_0": ids, "tf_0": tf, "topk_ids_0": ti, "topk_val_0": tv,
-           "greedy_0": np.array([int(np.argmax(logits[len(ids) - 1]))], np.int32)}
-    sub = {k: ref[k] for k in ("ids_0", "greedy_0", "topk_ids_0", "topk_val_0")}
-    rows = compare(out, sub)
-    w = worst(rows)
-    print(f"{name} [long, {len(ids) + len(tf)} positions] vulkan: top1 {w['top1']:.4f} "
-          f"max|dlogit| {w['max_dlogit']:.2e}; bar {bar}")
-    assert rows[0]["positions"] == len(ids) + len(tf)
-    assert meets(rows, bar), (w, bar)
+    # every one of the 2,373 positions is compared; greedy: the first continuation token
+    w = check_fixture_bar(eng, name, f"{name}.long.exact.npz", n_greedy=1)
+    print(f"{name} [long] vulkan: top1 {w['top1']:.4f} max|dlogit| {w['max_dlogit']:.2e}")
 
 
 @pytest.mark.parametrize("name,kv_dtype,tol", [("g4-dense-Q4_K_M", "f32", 2e-4),

@@ -212,11 +212,11 @@ class CudaBackend(Backend):
     def _pick_arch(self) -> str:
         """The device's own SASS target when NVRTC knows it (a CUBIN needs no PTX JIT, so an
         NVRTC newer than the driver still works), else PTX for the newest arch NVRTC knows."""
-        from .cuda_driver import bindings
+        from .cuda_driver import _nvrtc_check, bindings
         _, nvrtc = bindings()
         cc = self.cc[0] * 10 + self.cc[1]
         try:
-            archs = [int(a) for a in check_nvrtc(nvrtc.nvrtcGetSupportedArchs())]
+            archs = [int(a) for a in _nvrtc_check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")]
         except Exception:            # noqa: BLE001 - older NVRTC without the query
             return f"sm_{cc}"
         if cc in archs:
@@ -522,11 +522,6 @@ class CudaBackend(Backend):
         return plan_memory(graph, graph.caches, self.kv_dtype, self.free_bytes(), batch, sm_count=self.sm_count)
 
 
-def check_nvrtc(result):
-    from .cuda_driver import _nvrtc_check
-    return _nvrtc_check(result, "nvrtcGetSupportedArchs")
-
-
 class CudaGraph(CompiledGraph):
     """One graph lowered to kernel launches; recorded as a CUDA graph on its first run."""
 
@@ -649,14 +644,13 @@ class CudaGraph(CompiledGraph):
     def _quantized(self, name: str, x: tuple, rows: int, cols: int, L: list) -> tuple:
         """The int8 copy (values, scales) of activation buffer `name`, quantizing it first unless
         an earlier launch did and nothing has rewritten the buffer since (Q/K/V, gate/up)."""
-        got = self._q8.get(name)
-        if got is None or got[2] < rows:
+        if name not in self._q8:               # a buffer's shape is fixed within a graph
             groups = cols // 32
             q, ds = self._scratch(rows * cols), self._scratch(rows * groups * 8)
             L.append(_Launch("quantize_q8", (-(-groups // K.Q8_GROUPS_PER_BLOCK), rows, 1),
                              32 * K.Q8_GROUPS_PER_BLOCK, [x, q, ds, cols, rows]))
-            got = self._q8[name] = (q, ds, rows)
-        return got[0], got[1]
+            self._q8[name] = (q, ds)
+        return self._q8[name]
 
     def _lower(self, op: O.Op) -> list[_Launch]:
         be = self.backend

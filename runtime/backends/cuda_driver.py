@@ -101,12 +101,22 @@ def _result_name(res) -> str:
     return name if name else str(res)
 
 
+def _split(result):
+    """A cuda-python / NVRTC return, (err, *values) or a bare err, as (err, values)."""
+    if isinstance(result, tuple):
+        return result[0], result[1:]
+    return result, ()
+
+
+def _values(vals: tuple):
+    if not vals:
+        return None
+    return vals[0] if len(vals) == 1 else vals
+
+
 def check(result, what: str):
     """Unpack a cuda-python return tuple (err, *values); raise CudaError naming `what` on failure."""
-    if isinstance(result, tuple):
-        err, vals = result[0], result[1:]
-    else:
-        err, vals = result, ()
+    err, vals = _split(result)
     if int(err) != 0:
         driver, _ = bindings()
         msg = ""
@@ -117,9 +127,7 @@ def check(result, what: str):
         except Exception:            # noqa: BLE001 - the name alone is still useful
             pass
         raise CudaError(f"{what} failed: {_result_name(err)}" + (f" ({msg})" if msg else ""))
-    if not vals:
-        return None
-    return vals[0] if len(vals) == 1 else vals
+    return _values(vals)
 
 
 def open_driver(device: int = 0, driver=None):
@@ -222,15 +230,10 @@ def nvrtc_version() -> tuple[int, int]:
 
 
 def _nvrtc_check(result, what: str):
-    if isinstance(result, tuple):
-        err, vals = result[0], result[1:]
-    else:
-        err, vals = result, ()
+    err, vals = _split(result)
     if int(err) != 0:
         raise NvrtcError(f"{what} failed: {_result_name(err)}")
-    if not vals:
-        return None
-    return vals[0] if len(vals) == 1 else vals
+    return _values(vals)
 
 
 def _program_log(nvrtc, prog) -> str:

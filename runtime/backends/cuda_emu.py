@@ -272,29 +272,28 @@ class EmulatedDriver:
     def _qtype(self, name):
         return K.kernel_file(name)[1]
 
+    def _weight_rows(self, name, W, row_bytes, rows, Kc) -> np.ndarray:
+        """The dequantized [rows, Kc] weight a matvec/matmul launch reads (f32)."""
+        # the matvecs read whole aligned 16-byte chunks: the weight needs >= 16 bytes of padding
+        raw = self._find(W, rows * row_bytes + (16 if name.startswith("matvec") else 0))
+        return dequantize_rows(raw[:rows * row_bytes].reshape(rows, row_bytes), self._qtype(name), Kc)
+
     def _matmul(self, name, grid, args):
         W, row_bytes, x, y, rows, Kc, n = args
         if name.startswith("matvec") and n > K.MV_MAXN:
             raise EmulatedFault(f"{name} launched for {n} rows (max {K.MV_MAXN})")
-        qt = self._qtype(name)
-        # the matvec reads whole aligned 16-byte chunks: the weight needs >= 16 bytes of padding
-        raw = self._find(W, rows * row_bytes + (16 if name.startswith("matvec") else 0))
-        wd = dequantize_rows(raw[:rows * row_bytes].reshape(rows, row_bytes), qt, Kc)
         X = self.view(x, n * Kc).reshape(n, Kc)
-        res = X.astype(np.float32) @ wd.T
-        self.view(y, n * rows).reshape(n, rows)[...] = res
+        self.view(y, n * rows).reshape(n, rows)[...] = X @ self._weight_rows(name, W, row_bytes, rows, Kc).T
 
     def _matvec8(self, name, grid, args):
         W, row_bytes, q, ds, y, rows, Kc, n = args
         if n > K.MV_MAXN or Kc % 32:
             raise EmulatedFault(f"{name} launched for {n} rows of {Kc} values")
-        raw = self._find(W, rows * row_bytes + 16)
-        wd = dequantize_rows(raw[:rows * row_bytes].reshape(rows, row_bytes), self._qtype(name), Kc)
         G = Kc // 32
         Q = self.view(q, n * Kc, np.int8).reshape(n, G, 32).astype(np.float32)
         D = self.view(ds, n * G * 2).reshape(n, G, 2)[..., :1]
         X = (Q * D).reshape(n, Kc)
-        self.view(y, n * rows).reshape(n, rows)[...] = X @ wd.T
+        self.view(y, n * rows).reshape(n, rows)[...] = X @ self._weight_rows(name, W, row_bytes, rows, Kc).T
 
     def _k_quantize_q8(self, grid, x, q, ds, Kc, n):
         G = Kc // 32

@@ -373,13 +373,13 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q4_1>(const u8* b, in
 // 5-bit value: nibble k of w (low half sh = 0 / high sh = 4) and bit `bit` of qh
 #define QB_Q5(w, k, sh, qh, bit) ((float)((((w) >> (8 * (k) + (sh))) & 0xFu) | ((((qh) >> (bit)) & 1u) << 4)))
 
-template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_0>(const u8* b, int j, const float* x) {
-    const float d = f16_to_f32((u16)ld_u16(b));
-    const u32 qh = ld_u32_a2(b + 2);
-    float s = 0.0f, sx = 0.0f;
+// Q5_0 / Q5_1 group: s = sum of q * x (q: nibble | bit of qh << 4, 0..31) and sx = sum of x.
+__device__ __forceinline__ void qb_q5_sums(const u8* qs, u32 qh, const float* x, float& s, float& sx) {
+    s = 0.0f;
+    sx = 0.0f;
 #pragma unroll
     for (int c = 0; c < 4; c++) {
-        const u32 w = ld_u32_a2(b + 6 + 4 * c);
+        const u32 w = ld_u32_a2(qs + 4 * c);
         const float4 lo = QB_X4(c), hi = QB_X4(c + 4);
         const int l = 4 * c;
         s += QB_Q5(w, 0, 0, qh, l) * lo.x + QB_Q5(w, 1, 0, qh, l + 1) * lo.y +
@@ -388,26 +388,18 @@ template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_0>(const u8* b, in
              QB_Q5(w, 2, 4, qh, l + 18) * hi.z + QB_Q5(w, 3, 4, qh, l + 19) * hi.w;
         sx += (lo.x + lo.y) + (lo.z + lo.w) + (hi.x + hi.y) + (hi.z + hi.w);
     }
-    return d * (s - 16.0f * sx);
+}
+
+template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_0>(const u8* b, int j, const float* x) {
+    float s, sx;
+    qb_q5_sums(b + 6, ld_u32_a2(b + 2), x, s, sx);
+    return f16_to_f32((u16)ld_u16(b)) * (s - 16.0f * sx);
 }
 
 template <> __device__ __forceinline__ float qb_dot32<GGML_Q5_1>(const u8* b, int j, const float* x) {
-    const float d = f16_to_f32((u16)ld_u16(b));
-    const float m = f16_to_f32((u16)ld_u16(b + 2));
-    const u32 qh = ld_u32_a2(b + 4);
-    float s = 0.0f, sx = 0.0f;
-#pragma unroll
-    for (int c = 0; c < 4; c++) {
-        const u32 w = ld_u32_a2(b + 8 + 4 * c);
-        const float4 lo = QB_X4(c), hi = QB_X4(c + 4);
-        const int l = 4 * c;
-        s += QB_Q5(w, 0, 0, qh, l) * lo.x + QB_Q5(w, 1, 0, qh, l + 1) * lo.y +
-             QB_Q5(w, 2, 0, qh, l + 2) * lo.z + QB_Q5(w, 3, 0, qh, l + 3) * lo.w;
-        s += QB_Q5(w, 0, 4, qh, l + 16) * hi.x + QB_Q5(w, 1, 4, qh, l + 17) * hi.y +
-             QB_Q5(w, 2, 4, qh, l + 18) * hi.z + QB_Q5(w, 3, 4, qh, l + 19) * hi.w;
-        sx += (lo.x + lo.y) + (lo.z + lo.w) + (hi.x + hi.y) + (hi.z + hi.w);
-    }
-    return d * s + m * sx;
+    float s, sx;
+    qb_q5_sums(b + 8, ld_u32_a2(b + 4), x, s, sx);
+    return f16_to_f32((u16)ld_u16(b)) * s + f16_to_f32((u16)ld_u16(b + 2)) * sx;
 }
 
 // Q4_K sub-block of 32 values: nibble HIGH of the 32 bytes at qs, value i from byte i. Nibbles
