@@ -6,7 +6,7 @@ context and batch size, then replayed: the only per-call inputs are the token id
 position of the first token of the batch. Row r of every activation belongs to position pos0 + r.
 
 Backends execute these ops and know nothing about any model; the model knows nothing about
-backends. Every op's semantics are defined by the CPU reference backend (backends/cpu.py).
+backends. Every op's semantics are defined by the CPU reference backend (backends/numpy_ref/backend.py).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ info() {
     nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.max.sm --format=csv 2>&1 | head -5
     "$PY" - <<'EOF'
 import json, os
-from g4rt.backends.cuda_driver import cuda_available, nvrtc_version
+from g4rt.backends.cuda.driver import cuda_available, nvrtc_version
 ok, why = cuda_available()
 print("cuda_available:", ok, why)
 info = {"stage": "info", "cuda_available": ok, "device": why}
@@ -151,7 +151,7 @@ for mod in ("cuda.bindings", "numpy", "gguf"):
     except Exception as e:
         info[mod] = f"missing: {e}"
 if ok:
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     be = CudaBackend()
     info.update(arch=be.arch, sm_count=be.sm_count, name=be.device_name, graphs=be.use_graphs)
     be.close()
@@ -164,8 +164,8 @@ EOF
 warmup() {
     "$PY" - <<'EOF'
 import json, os, time
-from g4rt.backends import cuda_kernels as K
-from g4rt.backends.cuda import CudaBackend
+from g4rt.backends.cuda import kernels as K
+from g4rt.backends.cuda.backend import CudaBackend
 be = CudaBackend()
 t = time.time()
 be.ensure_kernels(sorted(K.all_kernels()))

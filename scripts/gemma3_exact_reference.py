@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Build the float64 ground-truth reference for the real Gemma 3 270M (Q4_K_M GGUF).
 
 Hugging Face `transformers`' Gemma3ForCausalLM (text only) in float64, on the GGUF's weights

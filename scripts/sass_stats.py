@@ -125,8 +125,8 @@ def count(cubin: bytes, tool: str) -> dict[str, Counter]:
 def measure(probe: str, qt, td: str, arch: str, tool: str) -> tuple[int, int, Counter]:
     """(instructions, integer instructions, mix) of one group: mean of the even and odd probes
     minus the baseline."""
-    from g4rt.backends import cuda_kernels as K
-    from g4rt.backends.cuda_driver import compile_file, shader_dir
+    from g4rt.backends.cuda import kernels as K
+    from g4rt.backends.cuda.driver import compile_file, shader_dir
     img = compile_file(probe, arch, K.module_defines(qt), src_dir=Path(td),
                        extra_options=[f"--include-path={shader_dir()}"], use_cache=False)
     f = count(img, tool)
@@ -142,7 +142,7 @@ def measure(probe: str, qt, td: str, arch: str, tool: str) -> tuple[int, int, Co
 
 def row(sfx: str, m: tuple[int, int, Counter], detail: bool) -> str:
     from gguf import GGML_QUANT_SIZES
-    from g4rt.backends import cuda_kernels as K
+    from g4rt.backends.cuda import kernels as K
     n, n_int, mix = m
     qt = next(q for q, x in K.QTYPE_SUFFIX.items() if x == sfx)
     vals, nbytes = GGML_QUANT_SIZES[qt]            # values and bytes per block
@@ -162,7 +162,7 @@ def row(sfx: str, m: tuple[int, int, Counter], detail: bool) -> str:
 
 
 def main() -> int:
-    from g4rt.backends import cuda_kernels as K
+    from g4rt.backends.cuda import kernels as K
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--types", default="f16,q8_0,q4_0,q4_1,q5_0,q4_k,q5_k,q6_k")

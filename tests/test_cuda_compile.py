@@ -22,7 +22,7 @@ from gguf import GGMLQuantizationType as QT
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_fixture_bar
 from g4rt import ops as O
 from g4rt.backends import create_backend
-from g4rt.backends.cpu import CpuBackend
+from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError, G4rtError
 from g4rt.quant_types import dequantize_rows
 
@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHADERS = REPO / "shaders" / "cuda"
 
 try:
-    from g4rt.backends import cuda_driver as D
-    from g4rt.backends import cuda_kernels as K
+    from g4rt.backends.cuda import driver as D
+    from g4rt.backends.cuda import kernels as K
     D.bindings()
     D.nvrtc_version()
     HAVE_NVRTC, NVRTC_REASON = True, ""
@@ -205,7 +205,7 @@ def toy_graph(n_layers=4, n=1, E=256, ctx=512, qtype=QT.Q4_0):
 
 
 def test_plan_memory_arithmetic():
-    from g4rt.backends.cuda_plan import WEIGHT_PAD, plan_memory
+    from g4rt.backends.cuda.plan import WEIGHT_PAD, plan_memory
     g = toy_graph()
     E = 256
     p16 = plan_memory(g, kv_dtype="f16")
@@ -227,7 +227,7 @@ def test_plan_memory_arithmetic():
 
 
 def test_plan_names_how_many_layers_fit():
-    from g4rt.backends.cuda_plan import plan_memory
+    from g4rt.backends.cuda.plan import plan_memory
     g = toy_graph()
     full = plan_memory(g, reserve_bytes=0)
     per = full.front_bytes
@@ -243,7 +243,7 @@ def test_plan_names_how_many_layers_fit():
 
 
 def test_plan_weights_before_any_graph():
-    from g4rt.backends.cuda_plan import plan_weights, weight_bytes
+    from g4rt.backends.cuda.plan import plan_weights, weight_bytes
     g = toy_graph()
     total, avail, fit, n = plan_weights(g.weights, None)
     assert total == sum(weight_bytes(s) for s in g.weights.values()) and n == -1
@@ -298,7 +298,7 @@ def test_hybrid_cpu_cpu_equals_cpu(model, layers):
     from g4rt.engine import Engine
     path = FIXTURES / "models" / f"{model}.gguf"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_1"][:24]
-    hb = HybridBackend(CpuBackend(), CpuBackend(), layers_split(layers))
+    hb = HybridBackend(NumpyBackend(), NumpyBackend(), layers_split(layers))
     a, b = Engine(path, ctx=64, prefill_chunk=10), Engine(path, backend=hb, ctx=64, prefill_chunk=10)
     np.testing.assert_array_equal(b.forward(ids, all_logits=True), a.forward(ids, all_logits=True))
     for t in (5, 77, 300):
@@ -314,7 +314,7 @@ def test_hybrid_observer_sees_every_op_once():
     from g4rt.backends.hybrid import HybridBackend, layers_split
     from g4rt.engine import Engine
     path = FIXTURES / "models" / "g4-dense-Q4_0.gguf"
-    e = Engine(path, backend=HybridBackend(CpuBackend(), CpuBackend(), layers_split(2)), ctx=32)
+    e = Engine(path, backend=HybridBackend(NumpyBackend(), NumpyBackend(), layers_split(2)), ctx=32)
     g = e.graph(3)
     seen = []
     g.run(np.array([2, 3, 4], np.int32), 0, observer=lambda i, op, arr: seen.append(i))
@@ -323,7 +323,7 @@ def test_hybrid_observer_sees_every_op_once():
 
 # ---- no driver --------------------------------------------------------------------------------
 def _no_cuda():
-    from g4rt.backends.cuda_driver import cuda_available
+    from g4rt.backends.cuda.driver import cuda_available
     ok, reason = cuda_available()
     return ok, reason
 
@@ -333,7 +333,7 @@ def test_cuda_backend_unavailable_is_clear():
     if ok:
         pytest.skip(f"a CUDA device is present ({reason})")
     assert reason
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     with pytest.raises(BackendUnavailableError) as e:
         CudaBackend()
     msg = str(e.value)
@@ -343,15 +343,15 @@ def test_cuda_backend_unavailable_is_clear():
 
 
 def test_cuda_backend_rejects_bad_kv_dtype():
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     with pytest.raises(G4rtError, match="kv_dtype"):
         CudaBackend(kv_dtype="q8")
 
 
 # ---- the host code on the emulated driver ------------------------------------------------------
 def emulated(kv_dtype="f16", **kw):
-    from g4rt.backends.cuda import CudaBackend
-    from g4rt.backends.cuda_emu import EmulatedDriver
+    from g4rt.backends.cuda.backend import CudaBackend
+    from g4rt.backends.cuda.emulator import EmulatedDriver
     return CudaBackend(driver=EmulatedDriver(**kw), kv_dtype=kv_dtype)
 
 
@@ -378,7 +378,7 @@ def test_emulated_engine_matches_cpu(model):
     from g4rt.engine import Engine
     path = FIXTURES / "models" / f"{model}.gguf"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_2"][:30]
-    ref = Engine(path, ctx=64, prefill_chunk=16)
+    ref = Engine(path, backend="numpy", ctx=64, prefill_chunk=16)
     be = emulated("f32")
     emu = Engine(path, backend=be, ctx=64, prefill_chunk=16)
     np.testing.assert_allclose(emu.forward(ids, all_logits=True), ref.forward(ids, all_logits=True),
@@ -390,8 +390,8 @@ def test_emulated_engine_matches_cpu(model):
 
 
 def test_emulated_int8_matvec():
-    from g4rt.backends.cuda import CudaBackend
-    from g4rt.backends.cuda_emu import EmulatedDriver
+    from g4rt.backends.cuda.backend import CudaBackend
+    from g4rt.backends.cuda.emulator import EmulatedDriver
     for qt in T.INT8_TYPES:
         T.check_matvec8(lambda kv: CudaBackend(driver=EmulatedDriver(), kv_dtype=kv, int8_matvec=True),
                         qt, 2, 19, 512)
@@ -402,8 +402,8 @@ def test_emulated_int8_decode_stays_within_the_bar():
     """Decoding token by token with 8-bit activations (llama.cpp's rounding) on a Q4_K_M fixture
     (Q4_K and Q6_K weights): top-1 against the exact reference stays inside its bar, the logits
     move (the int8 path is in use) but by much less than the bar allows."""
-    from g4rt.backends.cuda import CudaBackend
-    from g4rt.backends.cuda_emu import EmulatedDriver
+    from g4rt.backends.cuda.backend import CudaBackend
+    from g4rt.backends.cuda.emulator import EmulatedDriver
     from g4rt.engine import Engine
     model = "g4-dense-Q4_K_M"
     be = CudaBackend(driver=EmulatedDriver(), kv_dtype="f16", int8_matvec=True)
@@ -421,8 +421,8 @@ def test_emulated_hybrid_gpu_front_cpu_back():
     from g4rt.engine import Engine
     path = FIXTURES / "models" / "g4-edge-Q4_0-pure.gguf"
     ids = np.load(FIXTURES / "ref" / "g4-edge-Q4_0-pure.exact.npz")["ids_0"][:20]
-    ref = Engine(path, ctx=64)
-    hb = HybridBackend(emulated("f32"), CpuBackend(), layers_split(4))
+    ref = Engine(path, backend="numpy", ctx=64)
+    hb = HybridBackend(emulated("f32"), NumpyBackend(), layers_split(4))
     e = Engine(path, backend=hb, ctx=64)
     np.testing.assert_allclose(e.forward(ids, all_logits=True), ref.forward(ids, all_logits=True),
                                rtol=0, atol=2e-4)
@@ -437,7 +437,7 @@ def test_emulated_memory_errors_name_the_layers_that_fit():
     path = FIXTURES / "models" / "g4-dense-F32.gguf"
     with pytest.raises(G4rtError, match=r"--gpu-layers \d"):
         Engine(path, backend=emulated(total_memory=(256 << 20) + (12 << 20)), ctx=64)
-    hb = HybridBackend(emulated(total_memory=(256 << 20) + (14 << 20)), CpuBackend(), layers_split(6))
+    hb = HybridBackend(emulated(total_memory=(256 << 20) + (14 << 20)), NumpyBackend(), layers_split(6))
     e = Engine(path, backend=hb, ctx=64)
     with pytest.raises(G4rtError, match="layers would fit"):
         e.forward([2, 3])

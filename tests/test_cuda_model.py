@@ -9,7 +9,7 @@ import pytest
 
 from conftest import (FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill,
                       check_fixture_bar, exact_refs)
-from g4rt.backends.cuda_driver import cuda_available
+from g4rt.backends.cuda.driver import cuda_available
 from g4rt.engine import Engine
 
 HAVE_CUDA, CUDA_REASON = cuda_available()
@@ -40,10 +40,10 @@ def test_fixture_meets_bar_vs_exact(model, ref):
 
 
 def _hybrid(model, layers, kv_dtype="f16"):
-    from g4rt.backends.cpu import CpuBackend
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.numpy_ref import NumpyBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     from g4rt.backends.hybrid import HybridBackend, layers_split
-    hb = HybridBackend(CudaBackend(kv_dtype=kv_dtype), CpuBackend(kv_dtype=kv_dtype), layers_split(layers))
+    hb = HybridBackend(CudaBackend(kv_dtype=kv_dtype), NumpyBackend(kv_dtype=kv_dtype), layers_split(layers))
     return Engine(model_path(model), backend=hb, ctx=4096), hb
 
 
@@ -66,7 +66,7 @@ def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
 
 
 def _cuda(kv_dtype):
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     return CudaBackend(kv_dtype=kv_dtype)
 
 
@@ -82,7 +82,7 @@ def test_decode_through_cache_equals_prefill(model, chunk, kv_dtype):
 def test_gpu_matches_cpu_logits_closely(model):
     path = model_path(model)
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_1"]
-    cpu = Engine(path, ctx=256)
+    cpu = Engine(path, backend="numpy", ctx=256)
     gpu = Engine(path, backend="cuda", ctx=256, kv_dtype="f32")
     try:
         np.testing.assert_allclose(gpu.forward(ids, all_logits=True), cpu.forward(ids, all_logits=True),

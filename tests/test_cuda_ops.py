@@ -2,7 +2,7 @@
 
 Runs only where a CUDA device is present (skipped with the reason otherwise). The helpers at the
 top are shared with tests/test_cuda_compile.py, which runs a subset of these checks in CI on the
-emulated driver (runtime/backends/cuda_emu.py: the host code, with numpy kernels).
+emulated driver (runtime/backends/cuda/emulator.py: the host code, with numpy kernels).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
 from g4rt import ops as O
-from g4rt.backends.cpu import CpuBackend
-from g4rt.backends.cuda_driver import cuda_available
+from g4rt.backends.numpy_ref import NumpyBackend
+from g4rt.backends.cuda.driver import cuda_available
 from g4rt.backends.hybrid import declare_inputs, write_inputs
 from g4rt.quant_types import dequantize_rows, quantize_rows
 
@@ -112,7 +112,7 @@ def compare_op(make_backend, op, inputs, out_shape, src=None, caches=None, token
     n = out_shape[0] if tokens is None else len(tokens)
     toks = np.zeros(n, np.int32) if tokens is None else np.asarray(tokens, np.int32)
     g = single_op_graph(op, inputs, out_shape, src, caches, n)
-    cpu = CpuBackend(kv_dtype=kv_dtype)
+    cpu = NumpyBackend(kv_dtype=kv_dtype)
     ref, _ = run_graph_on(cpu, g, src, inputs, caches, toks, pos0)
     gpu_be = make_backend(kv_dtype)
     try:
@@ -258,7 +258,7 @@ def check_replay(make_backend, seed=7):
     ops = [O.EmbedLookup("x", "t", 1.0), O.Rope("x", "x", 32, 32, 1e4, None)]
     g = O.Graph(n_tokens=2, buffers={"x": O.Buffer("x", 2, 64)}, caches={}, weights=dict(src.specs),
                 ops=ops, output="x", labels=["embed", "rope"])
-    cpu = CpuBackend()
+    cpu = NumpyBackend()
     cpu.load_weights(src.specs, src)
     cpu.allocate_caches({})
     be = make_backend("f16")
@@ -299,7 +299,7 @@ ROPE_CASES = [(3, 64, 64, 4, 0, False, True), (5, 128, 64, 2, 1000, True, True),
 
 # ---- the GPU tests -------------------------------------------------------------------------
 def _cuda(kv_dtype):
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     return CudaBackend(kv_dtype=kv_dtype)
 
 
@@ -327,7 +327,7 @@ INT8_TYPES = [QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q6_K]
 
 
 def _cuda_int8(kv_dtype):
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     return CudaBackend(kv_dtype=kv_dtype, int8_matvec=True)
 
 
@@ -373,7 +373,7 @@ def test_graph_replay_with_new_tokens_and_positions():
 
 
 def test_graph_capture_is_used():
-    from g4rt.backends.cuda import CudaBackend
+    from g4rt.backends.cuda.backend import CudaBackend
     be = CudaBackend()
     try:
         assert be.use_graphs or be.debug

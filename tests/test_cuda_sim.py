@@ -23,8 +23,8 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill, check_fixture_bar
-from g4rt.backends import cuda_kernels as K
-from g4rt.backends.cuda_sim import SimFault, SimKernels, sim_available
+from g4rt.backends.cuda import kernels as K
+from g4rt.backends.cuda.simulator import SimFault, SimKernels, sim_available
 
 import test_cuda_ops as T
 
@@ -34,14 +34,14 @@ needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
 
 
 def sim(kv_dtype="f16", int8_matvec=False):
-    from g4rt.backends.cuda import CudaBackend
-    from g4rt.backends.cuda_emu import EmulatedDriver
+    from g4rt.backends.cuda.backend import CudaBackend
+    from g4rt.backends.cuda.emulator import EmulatedDriver
     return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype, int8_matvec=int8_matvec)
 
 
 # ---- the simulator itself --------------------------------------------------------------------
 def test_every_kernel_is_simulated_with_the_host_signature():
-    from g4rt.backends.cuda_sim import shared_kernels
+    from g4rt.backends.cuda.simulator import shared_kernels
     k = shared_kernels()          # compiles every file; a signature mismatch raises
     seen = {name: sig for m in k._modules.values() for name, (_, sig) in m.kernels.items()}
     assert seen == K.all_kernels()
@@ -185,7 +185,7 @@ def test_f16_cache_rounding_matches_numpy():
     ]).astype(np.float32)
     n = len(vals) // 4 * 4
     k = vals[:n].reshape(-1, 4)
-    from g4rt.backends.cuda_sim import shared_kernels
+    from g4rt.backends.cuda.simulator import shared_kernels
     kern = shared_kernels()
     ck = np.zeros(k.shape, np.uint16)
     cv = np.zeros(k.shape, np.uint16)
@@ -238,10 +238,10 @@ def test_decode_through_cache_equals_prefill(kv_dtype):
 
 @needs_fixtures
 def test_hybrid_simulated_gpu_front_cpu_back_meets_the_bar():
-    from g4rt.backends.cpu import CpuBackend
+    from g4rt.backends.numpy_ref import NumpyBackend
     from g4rt.backends.hybrid import HybridBackend, layers_split
     model = "g4-dense-Q4_K_M"
-    hb = HybridBackend(sim("f16"), CpuBackend(kv_dtype="f16"), layers_split(3))
+    hb = HybridBackend(sim("f16"), NumpyBackend(kv_dtype="f16"), layers_split(3))
     e = _engine(model, backend=hb, ctx=4096)
     try:
         check_fixture_bar(e, model, f"{model}.exact.npz", n_greedy=4)
@@ -253,7 +253,7 @@ def test_hybrid_simulated_gpu_front_cpu_back_meets_the_bar():
 def test_the_environment_knob_selects_the_simulator(monkeypatch):
     """G4RT_CUDA_EMULATE=sim: `--backend cuda` (and the GPU test files) run on the simulator."""
     from g4rt.backends import create_backend
-    from g4rt.backends.cuda_driver import cuda_available
+    from g4rt.backends.cuda.driver import cuda_available
     monkeypatch.setenv("G4RT_CUDA_EMULATE", "sim")
     assert cuda_available() == (True, "Simulated CUDA device (CPU)")
     be = create_backend("cuda")

@@ -9,7 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from g4rt import ops as O
-from g4rt.backends.cpu import CpuBackend
+from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.quant_types import dequantize_rows, quantize_rows
 
 rng = np.random.default_rng(1234)
@@ -42,7 +42,7 @@ def run_single(op, inputs, out_shape, src=None, caches=None, tokens=None, pos0=0
     cache_specs = {k: O.KvCache(k, *v.shape) for k, v in {**caches, **seeds}.items()}
     ops = [O.Slice(k, f"seed.{k}", 0, 0) for k in inputs] + [op]
     g = O.Graph(n_tokens=n, buffers=buffers, caches=cache_specs, weights=src.specs, ops=ops, output=op.out)
-    be = backend or CpuBackend()
+    be = backend or NumpyBackend()
     be.load_weights(src.specs, src)
     be.allocate_caches(cache_specs)
     for k, v in {**caches, **seeds}.items():
@@ -189,7 +189,7 @@ def test_weight_cache_respects_cap():
     src = MemSource()
     for i in range(4):
         src.add(f"w{i}", rng.standard_normal((16, 32)), QT.F32)
-    be = CpuBackend(cache_bytes=2 * 16 * 32 * 4)
+    be = NumpyBackend(cache_bytes=2 * 16 * 32 * 4)
     be.load_weights(src.specs, src)
     for i in range(4):
         be.weight(f"w{i}")

@@ -14,7 +14,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from g4rt import ops as O
-from g4rt.backends.cpu import CpuBackend
+from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError
 from conftest import vulkan_skip_reason
 from g4rt.quant_types import block_geometry, quantize_rows
@@ -114,7 +114,7 @@ class Case:
 
 def make_backends(caches=None, **vk_options):
     vk = VulkanBackend(**vk_options)
-    cpu = CpuBackend(kv_dtype=vk_options.get("kv_dtype", "f16"))
+    cpu = NumpyBackend(kv_dtype=vk_options.get("kv_dtype", "f16"))
     return cpu, vk
 
 
@@ -358,7 +358,7 @@ def test_unknown_device_index_and_name_are_clear_errors():
 
 
 def test_device_by_name_substring():
-    from g4rt.backends.vk_device import probe_devices
+    from g4rt.backends.vulkan.device import probe_devices
     name = probe_devices()[0][0]
     be = VulkanBackend(device=name[:6].upper())
     assert be.info.index == 0 and name in be.device_name

@@ -13,11 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import ops as O
-from ..errors import G4rtError
-from ..quant_types import row_bytes
-from .cuda_kernels import attn_splits
-from .hybrid import layers_split, n_layers, op_caches
+from ... import ops as O
+from ...errors import G4rtError
+from ...quant_types import row_bytes
+from .kernels import attn_splits
+from ..graph_split import layers_split, n_layers, op_caches
 
 WEIGHT_PAD = 256        # bytes after each weight (the matvec reads whole 16-byte chunks)
 ALIGN = 256             # every allocation / arena slot is aligned to this
@@ -216,7 +216,7 @@ def plan_weights(specs: dict[str, O.WeightSpec], free_bytes: Optional[int],
                  reserve_bytes: Optional[int] = None) -> tuple[int, int, int, int]:
     """Before any graph exists: (bytes of all weights, available bytes, layers whose weights fit,
     layer count), grouping weights by GGUF's "blk.N." tensor names."""
-    from .hybrid import layer_of
+    from ..graph_split import layer_of
     total = sum(weight_bytes(s) for s in specs.values())
     if free_bytes is None:
         return total, -1, -1, -1

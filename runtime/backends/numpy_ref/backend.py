@@ -1,4 +1,4 @@
-"""The numpy CPU reference backend: defines what every op means.
+"""The numpy reference backend: defines what every op means (the oracle of the other backends).
 
 float32 activations and KV cache; weights dequantized exactly (gguf.quants) one tensor at a time,
 kept in an LRU cache under a byte cap so a large model never sits dequantized in RAM at once.
@@ -14,9 +14,9 @@ from typing import Callable, Optional
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .. import ops as O
-from ..quant_types import dequantize_rows
-from .base import Backend, CompiledGraph, OpObserver, WeightSource
+from ... import ops as O
+from ...quant_types import dequantize_rows
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 
 DEFAULT_CACHE_BYTES = 4 << 30
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -86,8 +86,8 @@ def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int,
     return out.transpose(1, 0, 2).reshape(n, n_head * head_dim).astype(np.float32)
 
 
-class CpuBackend(Backend):
-    name = "cpu"
+class NumpyBackend(Backend):
+    name = "numpy"
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32"):
         self.cache_bytes = cache_bytes
@@ -103,11 +103,10 @@ class CpuBackend(Backend):
         return "numpy (CPU reference)"
 
     def load_weights(self, specs, source, progress: Optional[Callable[[int], None]] = None) -> None:
-        # Nothing to upload: weights stay memory-mapped and are dequantized on first use.
+        # Nothing to upload: weights stay memory-mapped and are dequantized on first use (so no
+        # progress to report).
         self.specs = dict(specs)
         self.source = source
-        if progress:
-            progress(sum(source.weight_bytes(n).nbytes for n in specs))
 
     def allocate_caches(self, caches) -> None:
         self.caches = {c.name: np.zeros((c.rows, c.cols), self.kv_dtype) for c in caches.values()}
@@ -131,12 +130,12 @@ class CpuBackend(Backend):
         raw = self.source.weight_bytes(name)
         return dequantize_rows(raw[ids], spec.qtype, spec.cols)
 
-    def compile(self, graph: O.Graph) -> "CpuGraph":
-        return CpuGraph(self, graph)
+    def compile(self, graph: O.Graph) -> "NumpyGraph":
+        return NumpyGraph(self, graph)
 
 
-class CpuGraph(CompiledGraph):
-    def __init__(self, backend: CpuBackend, graph: O.Graph):
+class NumpyGraph(CompiledGraph):
+    def __init__(self, backend: "NumpyBackend", graph: O.Graph):
         self.backend, self.graph = backend, graph
 
     def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
@@ -202,7 +201,7 @@ class CpuGraph(CompiledGraph):
                 shape = g.buffers[op.out]
                 res = get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
             else:
-                raise NotImplementedError(f"CPU backend: op {op.kind}")
+                raise NotImplementedError(f"numpy backend: op {op.kind}")
             bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
             if observer:
                 observer(idx, op, bufs[op.out].copy())

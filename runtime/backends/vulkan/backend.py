@@ -36,12 +36,12 @@ from typing import Callable, Optional
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from .. import ops as O
-from ..errors import G4rtError
-from ..quant_types import dequantize_rows
-from ..shader_build import QTYPE_IDS, Variant, spirv, variant
-from .base import Backend, CompiledGraph, OpObserver, WeightSource
-from .vk_device import DeviceInfo, import_kp, open_manager, select_device
+from ... import ops as O
+from ...errors import G4rtError
+from ...quant_types import dequantize_rows
+from ...shader_build import QTYPE_IDS, Variant, spirv, variant
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from .device import DeviceInfo, import_kp, open_manager, select_device
 
 QT = GGMLQuantizationType
 _ARENA_CAP = 256 << 20        # never bind more than this in one descriptor (VRAM per arena)

@@ -3,7 +3,7 @@
 Each .cu file is compiled by the system C++ compiler (g++) with `shaders/cuda/sim/cuda_sim.h`
 force-included: that header supplies the CUDA builtins (every CUDA thread a fiber, barriers,
 warp shuffles, `__shared__` memory per block) and a table of the file's kernels, so the same
-source NVRTC compiles for a GPU runs here. The emulated driver (`cuda_emu.EmulatedDriver(
+source NVRTC compiles for a GPU runs here. The emulated driver (`emulator.EmulatedDriver(
 kernels="sim")`) launches them, which lets CI run CudaBackend's host code *and* its kernels
 against the CPU reference. It is a correctness tool (slow: a context switch per barrier and
 shuffle), not an inference backend; it models no timing, and differs from a GPU in the last
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
-from ..errors import BackendUnavailableError, G4rtError
-from . import cuda_kernels as K
-from .cuda_driver import cache_dir, shader_dir
+from ...errors import BackendUnavailableError, G4rtError
+from . import kernels as K
+from .driver import cache_dir, shader_dir
 
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
          "-ffp-contract=off", "-DG4RT_CPU_SIM=1"]
@@ -165,7 +165,7 @@ class SimKernels:
             want = K.signature(name)
             if sig != want:
                 raise G4rtError(f"kernel {name}: the simulator reads parameters {sig!r} from the "
-                                f"source, the host passes {want!r} (runtime/backends/cuda_kernels.py)")
+                                f"source, the host passes {want!r} (runtime/backends/cuda/kernels.py)")
         self._modules[fname] = mod
 
     def module(self, kernel: str) -> _Module:

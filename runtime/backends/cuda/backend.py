@@ -35,14 +35,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import ops as O
-from ..errors import BackendUnavailableError, G4rtError, UnsupportedModelError
-from ..quant_types import dequantize_rows
-from ..quant_types import row_bytes as q_row_bytes
-from . import cuda_kernels as K
-from .base import Backend, CompiledGraph, OpObserver, WeightSource
-from .cuda_driver import CudaError, check, compile_many, cuda_available, open_driver
-from .cuda_plan import ALIGN, DEFAULT_RESERVE, cache_bytes, gib, plan_memory, plan_weights, weight_bytes
+from ... import ops as O
+from ...errors import BackendUnavailableError, G4rtError, UnsupportedModelError
+from ...quant_types import dequantize_rows
+from ...quant_types import row_bytes as q_row_bytes
+from . import kernels as K
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from .driver import CudaError, check, compile_many, cuda_available, open_driver
+from .plan import ALIGN, DEFAULT_RESERVE, cache_bytes, gib, plan_memory, plan_weights, weight_bytes
 
 __all__ = ["CudaBackend", "CudaGraph", "cuda_available"]
 
@@ -144,7 +144,7 @@ class CudaBackend(Backend):
         use_graphs: record CUDA graphs (default on; env G4RT_CUDA_GRAPHS=0 turns it off).
         debug: synchronise after every op and name the op on a fault (env G4RT_CUDA_DEBUG=1).
         arch: NVRTC target ("sm_90", "compute_90"; env G4RT_CUDA_ARCH), default the device's.
-        driver: a stand-in for cuda-python's driver module (tests: cuda_emu.EmulatedDriver).
+        driver: a stand-in for cuda-python's driver module (tests: emulator.EmulatedDriver).
         int8_matvec: decode matvecs of Q4_0/Q4_K/Q6_K/Q8_0 weights with 8-bit activations and
         dp4a (matvec8.cu; fewer instructions per byte, activations rounded to 8 bits as llama.cpp
         does). Default off (env G4RT_CUDA_INT8=1): the fp32 matvec is exact to fp32 sums."""
@@ -212,7 +212,7 @@ class CudaBackend(Backend):
     def _pick_arch(self) -> str:
         """The device's own SASS target when NVRTC knows it (a CUBIN needs no PTX JIT, so an
         NVRTC newer than the driver still works), else PTX for the newest arch NVRTC knows."""
-        from .cuda_driver import _nvrtc_check, bindings
+        from .driver import _nvrtc_check, bindings
         _, nvrtc = bindings()
         cc = self.cc[0] * 10 + self.cc[1]
         try:
@@ -236,6 +236,11 @@ class CudaBackend(Backend):
 
     def free_bytes(self) -> int:
         return self.mem_info()[0]
+
+    def check_split_fits(self, graph: O.Graph, caches: dict, split: int, batch: int) -> None:
+        """Raise a G4rtError naming what fits when ops [0, split) of `graph` do not fit this GPU."""
+        plan = plan_memory(graph, caches, kv_dtype=self.kv_dtype, free_bytes=self.free_bytes(), batch=batch)
+        plan.check_split(split, what=self.device_name)
 
     def _alloc(self, nbytes: int, what: str) -> int:
         nbytes = max(int(nbytes), 1)
@@ -518,7 +523,7 @@ class CudaBackend(Backend):
         self._closed = True
 
     def memory_plan(self, graph: O.Graph, batch: Optional[int] = None):
-        """cuda_plan.plan_memory for this device's free memory and KV dtype."""
+        """plan.plan_memory for this device's free memory and KV dtype."""
         return plan_memory(graph, graph.caches, self.kv_dtype, self.free_bytes(), batch, sm_count=self.sm_count)
 
 

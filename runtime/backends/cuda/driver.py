@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..errors import BackendUnavailableError, G4rtError
+from ...errors import BackendUnavailableError, G4rtError
 
 _lock = threading.Lock()
 _bindings = None          # (driver, nvrtc) once imported
@@ -133,12 +133,12 @@ def check(result, what: str):
 def open_driver(device: int = 0, driver=None):
     """cuInit + pick the device; BackendUnavailableError with the reason when that is impossible.
     Returns (driver module, CUdevice, device count). `driver` replaces cuda-python's driver
-    module (tests pass cuda_emu.EmulatedDriver)."""
+    module (tests pass emulator.EmulatedDriver)."""
     emulate = os.environ.get("G4RT_CUDA_EMULATE", "").strip().lower()
     if driver is None and emulate in ("1", "numpy", "sim"):
         # testing knobs, no GPU: the emulated driver (cuda_emu.py) with numpy kernels ("1"), or
         # with the real kernel sources on the CPU simulator ("sim", cuda_sim.py)
-        from .cuda_emu import EmulatedDriver
+        from .emulator import EmulatedDriver
         driver = EmulatedDriver(kernels="sim" if emulate == "sim" else "numpy")
     if driver is None:
         driver, _ = bindings()
@@ -184,7 +184,7 @@ def shader_dir() -> Path:
         if p.is_dir():
             return p
         raise G4rtError(f"G4RT_CUDA_SHADER_DIR={env} is not a folder")
-    pkg = Path(__file__).resolve().parents[1]          # the g4rt package folder (runtime/)
+    pkg = Path(__file__).resolve().parents[2]          # the g4rt package folder (runtime/)
     for cand in (pkg / "shaders" / "cuda", pkg.parent / "shaders" / "cuda"):
         if (cand / "quant_blocks.cuh").is_file():
             return cand

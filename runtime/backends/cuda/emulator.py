@@ -8,7 +8,7 @@ Two kinds of kernels:
 - kernels="numpy" (default): numpy versions of every kernel, written from each kernel's contract
   (the .cu comments); fast, checks the host code.
 - kernels="sim": the real CUDA sources of shaders/cuda, compiled for the CPU simulator
-  (cuda_sim.py, sim/cuda_sim.h: fibers for threads, real barriers and warp shuffles); slow,
+  (simulator.py, sim/cuda_sim.h: fibers for threads, real barriers and warp shuffles); slow,
   checks the kernels themselves against the CPU reference.
 
 Device memory is numpy byte arrays at their real host addresses (256-byte aligned, filled with
@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..quant_types import dequantize_rows
-from . import cuda_kernels as K
+from ...quant_types import dequantize_rows
+from . import kernels as K
 
 OK = 0
 
@@ -58,7 +58,7 @@ class EmulatedDriver:
             raise ValueError(f"kernels must be 'numpy' or 'sim', got {kernels!r}")
         self.sim = None
         if kernels == "sim":
-            from .cuda_sim import shared_kernels
+            from .simulator import shared_kernels
             self.sim = shared_kernels()
         self.total = int(total_memory)
         self.sm_count, self.cc = sm_count, cc
