@@ -269,6 +269,11 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
     return res
 
 
+def _cpu_threads() -> int:
+    from .backends.cpu.backend import default_threads
+    return default_threads()
+
+
 @click.command("bench")
 @click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--backend", default="cpu", show_default=True)
@@ -281,13 +286,15 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
 @click.option("--no-warmup", is_flag=True, help="skip the untimed first prefill")
 @click.option("--device", default=None, help="device index or name (GPU backends)")
 @click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None)
+@click.option("--threads", "-t", type=click.IntRange(1), default=None,
+              help="CPU threads (native CPU backend; default: the physical cores); llama-bench gets the same")
 @click.option("--int8", "int8", is_flag=True,
               help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  int8, llama_bench):
+                  threads, int8, llama_bench):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
     from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -298,7 +305,11 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
         if backend != "cuda":
             raise click.UsageError("--int8 is a CUDA option (--backend cuda)")
         opts["int8_matvec"] = True
-    if device is not None and backend != "cpu":
+    if threads is not None:
+        if backend != "cpu":
+            raise click.UsageError("--threads is a native CPU backend option (--backend cpu)")
+        opts["threads"] = threads
+    if device is not None and backend not in ("cpu", "numpy"):
         opts["device"] = int(device) if str(device).isdigit() else device
     echo = None if as_json else click.echo
     try:
@@ -310,7 +321,10 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
             res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo)
             exe = find_llama_bench(llama_bench)
             if exe:
-                res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=backend != "cpu")
+                on_cpu = backend in ("cpu", "numpy")
+                n_threads = threads or (_cpu_threads() if on_cpu else None)
+                res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=not on_cpu,
+                                                   threads=n_threads)
                 if echo:
                     for line in summary_lines(res, res["llama_cpp"]):
                         echo(line)

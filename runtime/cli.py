@@ -10,9 +10,19 @@ import click
 import numpy as np
 
 from . import __version__
+from .cli_generate import THREADS_OPTION
 from .errors import G4rtError, ParityError
 
-BACKEND_CHOICE = click.Choice(["cpu", "vulkan", "cuda"])
+BACKEND_CHOICE = click.Choice(["cpu", "numpy", "vulkan", "cuda"])
+
+
+def _threads_option(backend: str, threads) -> dict:
+    """Backend options for --threads (the native CPU backend's; an error elsewhere)."""
+    if threads is None:
+        return {}
+    if backend != "cpu":
+        raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
+    return {"threads": threads}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +46,7 @@ def main(ctx, debug):
 @click.option("--budget", default=None,
               help="[--plan] Memory budget, e.g. 12GiB (default: available RAM for cpu; required for vulkan/cuda).")
 @click.option("--kv-dtype", "kv_dtype", type=click.Choice(["f16", "f32"]), default=None,
-              help="[--plan] KV cache type (default: f32 on cpu, f16 on GPUs).")
+              help="[--plan] KV cache type (default: f32 on numpy, f16 on cpu and GPUs).")
 @click.option("--batch", type=int, default=512, show_default=True, help="[--plan] Prefill batch size.")
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch):
@@ -57,7 +67,7 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
 
     f = GGUFFile(model)
     cfg, specs = load_config(f), weight_specs(f)
-    on_cpu = plan_backend == "cpu"
+    on_cpu = plan_backend in ("cpu", "numpy")
     if budget is not None:
         budget_bytes = M.parse_size(budget)
     elif on_cpu:
@@ -70,10 +80,12 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
     kv_bytes = kv_value_bytes(plan_backend, kv_dtype)     # the backend's own cache precision
     if batch <= 0:
         raise G4rtError(f"--batch must be positive, got {batch}")
+    # Only the numpy reference materializes [heads, tokens, keys] attention scores.
+    materialized = plan_backend == "numpy"
     n_ctx = plan_ctx or M.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
-                                          materialized_attention=on_cpu)
+                                          materialized_attention=materialized)
     plan = M.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
-                       materialized_attention=on_cpu, device="CPU" if on_cpu else f"GPU ({plan_backend})",
+                       materialized_attention=materialized, device="CPU" if on_cpu else f"GPU ({plan_backend})",
                        model=Path(model).name, check=False)
     click.echo(plan.markdown())
     if not plan.fits:
@@ -90,7 +102,8 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
 @click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write g4rt's outputs here (.npz).")
 @click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
-def parity(model, ref_path, prompts_path, backend, out_path, ctx):
+@THREADS_OPTION
+def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
     """Replay a reference teacher-forced, decode greedily, and compare.
 
     Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
@@ -100,7 +113,7 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx):
     if (ref_path is None) == (prompts_path is None):
         raise click.UsageError("give --ref REF.npz or --prompts FILE.json")
     if prompts_path is not None:
-        _parity_prompts(model, prompts_path, backend, out_path, ctx)
+        _parity_prompts(model, prompts_path, backend, out_path, ctx, threads)
         return
     ref = np.load(ref_path)
     longest, i = 0, 0
@@ -109,7 +122,7 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx):
         i += 1
     if i == 0:
         raise G4rtError(f"{ref_path}: no ids_0 — not a reference file")
-    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64))
+    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64), **_threads_option(backend, threads))
     out = P.run_reference(engine, ref)
     if out_path:
         np.savez(out_path, **out)
@@ -130,7 +143,7 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx):
                           f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
 
 
-def _parity_prompts(model, prompts_path, backend, out_path, ctx):
+def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
     """Tokenize prompt strings and write this backend's own reference-format outputs."""
     from . import parity as P
     from .engine import Engine
@@ -141,7 +154,7 @@ def _parity_prompts(model, prompts_path, backend, out_path, ctx):
     prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise G4rtError(f"{prompts_path}: expected a JSON list of strings")
-    engine = Engine(model, backend=backend, ctx=ctx)
+    engine = Engine(model, backend=backend, ctx=ctx, **_threads_option(backend, threads))
     tok = load_tokenizer(engine.file)
     out = {}
     for i, text in enumerate(prompts):

@@ -9,7 +9,11 @@ import click
 
 from .errors import G4rtError
 
-BACKENDS = click.Choice(["auto", "cpu", "vulkan", "cuda"])
+BACKENDS = click.Choice(["auto", "cpu", "numpy", "vulkan", "cuda"])
+
+
+THREADS_OPTION = click.option("--threads", "-t", type=click.IntRange(1), default=None,
+                              help="CPU threads (native CPU backend; default: the physical cores).")
 
 
 def _sampling_options(f):
@@ -28,35 +32,49 @@ def _sampling_options(f):
         click.option("--backend", type=BACKENDS, default="auto", show_default=True),
         click.option("--gpu-layers", type=click.IntRange(0), default=None,
                      help="Only the first N layers on the GPU backend, the rest on the CPU."),
+        THREADS_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
     ]):
         f = opt(f)
     return f
 
 
-def _load(model_path, backend, ctx, quiet, gpu_layers=None):
+class _LoadProgress:
+    """The weight-loading bar: Engine calls start(total bytes) once, then the backend reports bytes
+    as it uploads (or, on the CPU, pages in) each weight. No bar for a backend that loads nothing."""
+
+    def __init__(self):
+        self.total, self.bar = None, None
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, nbytes: int) -> None:
+        # The bar appears with the first loaded bytes, so early errors print alone.
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(desc="loading weights", total=self.total, unit="B", unit_scale=True,
+                            unit_divisor=1024, leave=False, file=sys.stderr)
+        self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
         model_path = default_model_path()
         if not quiet:
             click.echo(f"g4rt: no MODEL given, using the bundled default {Path(model_path).name}", err=True)
-    bars = []
-
-    def progress(nbytes: int) -> None:
-        # The bar appears with the first uploaded bytes, so early errors print alone.
-        if not bars:
-            from tqdm import tqdm
-            bars.append(tqdm(desc="loading weights", unit="B", unit_scale=True, unit_divisor=1024,
-                             leave=False, file=sys.stderr))
-        bars[0].update(nbytes)
-
+    progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     gpu_layers=gpu_layers)
+                     gpu_layers=gpu_layers, threads=threads)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     if not quiet:
         click.echo(f"g4rt: {Path(model_path).name} on {model.backend_name} ({model.device_name}); "
                    f"{model.backend_reason}", err=True)
@@ -93,7 +111,7 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
     if prompt is not None and prompt_file is not None:
         raise click.UsageError("give either -p or -f, not both")
     text = prompt if prompt is not None else prompt_file.read()
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
     chat = chat or system is not None
     interrupted = False
     try:
@@ -120,7 +138,7 @@ def chat(model, system, show_thinking, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session."""
     from .generation import ChatSession
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     if not kw["quiet"]:
         click.echo("g4rt chat: /reset clears the history, /exit leaves, Ctrl-C stops a reply.", err=True)

@@ -82,7 +82,7 @@ def compare_step(title: str, ga, gb, tokens, pos0: int, echo=print) -> Optional[
 @click.command("conformance")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--backend", "backend", default="vulkan", show_default=True, help="backend under test")
-@click.option("--against", default="cpu", show_default=True, help="reference backend")
+@click.option("--against", default="numpy", show_default=True, help="reference backend")
 @click.option("--tokens", "n_tokens", default=8, show_default=True, type=click.IntRange(1, 4096),
               help="prompt tokens of the prefill step (one decode step follows)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random prompt ids")
@@ -98,7 +98,7 @@ def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, devic
         o = {}
         if kv_dtype:
             o["kv_dtype"] = kv_dtype
-        if device is not None and name != "cpu":
+        if device is not None and name not in ("cpu", "numpy"):
             o["device"] = int(device) if str(device).isdigit() else device
         return o
 

@@ -22,11 +22,11 @@ DEFAULT_PREFILL_CHUNK = 512
 
 def kv_value_bytes(backend, kv_dtype=None) -> int:
     """Bytes per cached K/V value for memory planning: the kv_dtype asked for, else the backend's
-    own (a backend object's `kv_dtype`, a hybrid's front's; by name: the CPU reference keeps f32,
-    the GPU backends f16; an unknown choice such as "auto" plans for f32, the larger)."""
+    own (a backend object's `kv_dtype`, a hybrid's front's; by name: the numpy reference keeps f32,
+    the native CPU and GPU backends f16; an unknown choice such as "auto" plans for f32, the larger)."""
     if kv_dtype is None:
         if isinstance(backend, str):
-            kv_dtype = {"cpu": "f32", "vulkan": "f16", "cuda": "f16"}.get(backend, "f32")
+            kv_dtype = {"numpy": "f32", "cpu": "f16", "vulkan": "f16", "cuda": "f16"}.get(backend, "f32")
         else:
             kv_dtype = getattr(getattr(backend, "front", backend), "kv_dtype", "f32")
     if isinstance(kv_dtype, str):
@@ -64,6 +64,9 @@ class Engine:
         # The one-token graph names every weight the model uses: validate and upload those.
         probe = build_graph(self.config, self.specs, 1, self.ctx)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
+        if progress is not None and hasattr(progress, "start"):
+            # a progress display learns the total first (bytes of every weight the model reads)
+            progress.start(sum(int(self.weight_bytes(n).nbytes) for n in probe.weights))
         self.backend.load_weights(probe.weights, self, progress)
         self.backend.allocate_caches(kv_caches(self.config, self.ctx))
         self._graphs: dict[tuple[int, bool], CompiledGraph] = {}

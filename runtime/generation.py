@@ -224,26 +224,32 @@ class ChatSession:
 
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
-         **backend_options) -> Model:
+         threads: Optional[int] = None, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
-    gpu_layers: put only the first N layers on the GPU backend and the rest on the CPU reference
-    (for models that do not fit in device memory)."""
+    gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
+    backend (for models that do not fit in device memory). threads: CPU threads (native CPU
+    backend, also the CPU half of a hybrid; default: the physical cores)."""
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
     reason = f"requested {backend}"
     if backend == "auto":
         backend, reason = pick_backend()
-    if backend not in ("cpu", "vulkan", "cuda"):
-        raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, vulkan or cuda)")
+    if backend not in ("cpu", "numpy", "vulkan", "cuda"):
+        raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, numpy, vulkan or cuda)")
     if gpu_layers is not None:
-        if backend == "cpu":
+        if backend in ("cpu", "numpy"):
             raise G4rtError("--gpu-layers needs a GPU backend (--backend cuda or vulkan)")
         from .backends.hybrid import create_hybrid
-        backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options)
+        backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
+                                    cpu_options={"threads": threads} if threads else None)
         reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
         engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress)
     else:
+        if threads is not None:
+            if backend != "cpu":
+                raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
+            backend_options["threads"] = threads
         engine = Engine(path, backend=backend, ctx=ctx, progress=progress, **backend_options)
     return Model(engine, reason)

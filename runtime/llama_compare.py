@@ -9,12 +9,13 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Optional
 
 
 def find_llama_bench(choice: str = "auto") -> Optional[str]:
-    """The llama-bench executable: an explicit path, or (auto) $G4RT_LLAMA_BENCH, then PATH;
-    None when absent or `choice` is "off"."""
+    """The llama-bench executable: an explicit path, or (auto) $G4RT_LLAMA_BENCH, then PATH, then
+    the build of scripts/build_llama_bench.sh in this checkout; None when absent or "off"."""
     if choice == "off":
         return None
     if choice != "auto":
@@ -22,15 +23,19 @@ def find_llama_bench(choice: str = "auto") -> Optional[str]:
     env = os.environ.get("G4RT_LLAMA_BENCH")
     if env:
         return env
-    return shutil.which("llama-bench")
+    found = shutil.which("llama-bench")
+    if found:
+        return found
+    local = Path(__file__).resolve().parents[1] / ".cache" / "llama-bench" / "bin" / "llama-bench"
+    return str(local) if local.is_file() and os.access(local, os.X_OK) else None
 
 
 def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, gpu: bool, reps: int = 3,
-                    timeout: float = 3600) -> dict:
+                    timeout: float = 3600, threads: Optional[int] = None) -> dict:
     """llama.cpp's prefill and decode tokens/s for `model`; on any failure a dict with "error"
     (the comparison is extra information: it never fails the g4rt benchmark)."""
     cmd = [exe, "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps),
-           "-o", "json", "-ngl", "99" if gpu else "0"]
+           "-o", "json", "-ngl", "99" if gpu else "0"] + (["-t", str(threads)] if threads else [])
     out: dict = {"command": " ".join(cmd)}
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -255,7 +255,7 @@ def test_plan_weights_before_any_graph():
 
 # ---- hybrid partitioning (pure) ---------------------------------------------------------------
 def test_partition_toy_graph():
-    from g4rt.backends.hybrid import layers_split, partition, raw_layer_split, sub_graphs
+    from g4rt.backends.graph_split import layers_split, partition, raw_layer_split, sub_graphs
     g = toy_graph(n_layers=4)
     assert raw_layer_split(g, 0) == 0
     assert raw_layer_split(g, 1) == 1 + 5
@@ -273,7 +273,7 @@ def test_partition_toy_graph():
 
 
 def test_partition_snaps_around_shared_caches():
-    from g4rt.backends.hybrid import layers_split, partition, raw_layer_split
+    from g4rt.backends.graph_split import layers_split, partition, raw_layer_split
     g = toy_graph(n_layers=4)
     # layer 3 reads layer 1's cache (shared KV): a split after layer 2 would cut cache 1
     ops = list(g.ops)

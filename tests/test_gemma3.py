@@ -29,16 +29,17 @@ pytestmark = pytest.mark.skipif(MODEL is None, reason=WHY if MODEL is None else 
 _model = {}
 
 
-def model():
-    if "m" not in _model:
+def model(backend: str = "cpu"):
+    if backend not in _model:
         import g4rt
-        _model["m"] = g4rt.load(MODEL, backend="cpu", ctx=256)
-    return _model["m"]
+        _model[backend] = g4rt.load(MODEL, backend=backend, ctx=256)
+    return _model[backend]
 
 
-def test_teacher_forced_logits_match_float64_reference():
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_teacher_forced_logits_match_float64_reference(backend):
     ref = np.load(EXACT)
-    m = model()
+    m = model(backend)
     for i in range(6):
         seq = np.concatenate([ref[f"ids_{i}"], ref[f"greedy_{i}"]])
         ids, vals = parity.topk(m.logits(seq))

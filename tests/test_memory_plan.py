@@ -179,26 +179,26 @@ def test_engine_default_context_and_budget():
     assert Engine(path).ctx == 8192
     _, cfg, specs = model("g4-dense-Q4_0-pure")
     budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
-    e = Engine(path, memory_budget=budget)
+    e = Engine(path, backend="numpy", memory_budget=budget)
     assert 768 <= e.ctx <= 1000 and e.ctx % 256 == 0
     with pytest.raises(InsufficientMemoryError, match="--ctx"):
-        Engine(path, ctx=8000, memory_budget=budget)
+        Engine(path, backend="numpy", ctx=8000, memory_budget=budget)
 
 
 @needs_fixtures
 def test_engine_plans_the_kv_cache_in_the_backends_own_precision():
     """An f16 cache takes half the bytes of f32: with the same budget a backend that keeps f16
     (the GPU backends' default, or kv_dtype="f16") gets about twice the context."""
-    from g4rt.backends.cpu import CpuBackend
+    from g4rt.backends.numpy_ref import NumpyBackend
     from g4rt.engine import kv_value_bytes
     path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
     _, cfg, specs = model("g4-dense-Q4_0-pure")
     budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
-    f32 = Engine(path, memory_budget=budget).ctx
-    f16 = Engine(path, backend=CpuBackend(kv_dtype="f16"), memory_budget=budget).ctx
+    f32 = Engine(path, backend="numpy", memory_budget=budget).ctx
+    f16 = Engine(path, backend=NumpyBackend(kv_dtype="f16"), memory_budget=budget).ctx
     assert f16 >= 1.5 * f32, (f16, f32)
-    assert Engine(path, kv_dtype="f16", memory_budget=budget).ctx == f16
-    assert [kv_value_bytes(b) for b in ("cpu", "vulkan", "cuda", "auto")] == [4, 2, 2, 4]
+    assert Engine(path, backend="numpy", kv_dtype="f16", memory_budget=budget).ctx == f16
+    assert [kv_value_bytes(b) for b in ("numpy", "cpu", "vulkan", "cuda", "auto")] == [4, 2, 2, 2, 4]
     assert kv_value_bytes("vulkan", "f32") == 4
 
 
@@ -234,7 +234,9 @@ def test_cli_plan(capsys):
     assert run(["info", path, "--plan", "--backend", "vulkan", "--budget", "1GiB", "--ctx", "4096"]) == 0
     out = capsys.readouterr().out
     assert "## Memory plan: g4-dense-Q4_0-pure.gguf" in out and "KV cache f16" in out and "fits" in out
-    assert run(["info", path, "--plan"]) == 0          # cpu: budget from MemAvailable
+    assert run(["info", path, "--plan"]) == 0          # cpu: budget from MemAvailable, f16 KV
+    assert "KV cache f16" in capsys.readouterr().out
+    assert run(["info", path, "--plan", "--backend", "numpy"]) == 0    # the reference keeps f32
     assert "KV cache f32" in capsys.readouterr().out
     assert run(["info", path, "--plan", "--backend", "cuda"]) == 1
     assert "needs --budget" in capsys.readouterr().err

@@ -17,7 +17,8 @@ from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError
 from conftest import vulkan_skip_reason
-from g4rt.quant_types import block_geometry, quantize_rows
+from g4rt.quant_types import block_geometry
+from op_cases import ALL_TYPES, Case, random_weight, rel_err, rng
 
 _SKIP = vulkan_skip_reason()
 if _SKIP is None:
@@ -29,89 +30,6 @@ REL = {  # max|a-b| / max|b|
     "matmul": 2e-5, "embed": 1e-6, "rmsnorm": 2e-6, "rope": 2e-5, "attention": 1e-5,
     "attention_f16": 2e-3, "elementwise": 2e-6, "kv_store_f16": 1e-3,
 }
-ALL_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q4_K, QT.Q5_K, QT.Q6_K]
-rng = np.random.default_rng(20260)
-
-
-def random_weight(qtype: QT, rows: int, cols: int) -> np.ndarray:
-    """Raw GGUF bytes [rows, row_bytes]: random bits with finite, small f16 scale fields (every bit
-    pattern of the quants is exercised; gguf cannot quantize K-quants anyway)."""
-    if qtype == QT.F32:
-        return quantize_rows(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
-    if qtype == QT.F16:
-        return quantize_rows(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
-    if qtype == QT.BF16:
-        v = rng.standard_normal((rows, cols)).astype(np.float32)
-        return (v.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(rows, -1)
-    block, size = block_geometry(qtype)
-    nb = rows * cols // block
-    raw = rng.integers(0, 256, (nb, size), dtype=np.uint8)
-
-    def put_f16(off, lo, hi):
-        vals = (rng.uniform(lo, hi, nb) * rng.choice([-1, 1], nb)).astype(np.float16)
-        raw[:, off:off + 2] = vals.view(np.uint8).reshape(nb, 2)
-
-    if qtype in (QT.Q4_0, QT.Q5_0, QT.Q8_0):
-        put_f16(0, 0.001, 0.05)
-    elif qtype in (QT.Q4_1, QT.Q5_1):
-        put_f16(0, 0.001, 0.05)
-        put_f16(2, 0.0, 0.5)
-    elif qtype in (QT.Q4_K, QT.Q5_K):
-        put_f16(0, 0.0005, 0.01)
-        put_f16(2, 0.0, 0.01)
-    elif qtype == QT.Q6_K:
-        put_f16(208, 0.0005, 0.01)
-    return raw.reshape(rows, -1)
-
-
-class Src:
-    """A WeightSource over in-memory raw bytes."""
-
-    def __init__(self):
-        self.raw: dict[str, np.ndarray] = {}
-        self.specs: dict[str, O.WeightSpec] = {}
-
-    def add_raw(self, name, qtype, raw, cols):
-        self.raw[name] = np.ascontiguousarray(raw)
-        self.specs[name] = O.WeightSpec(name, qtype, raw.shape[0], cols)
-        return name
-
-    def add(self, name, values, qtype=QT.F32):
-        values = np.atleast_2d(np.asarray(values, np.float32))
-        return self.add_raw(name, qtype, quantize_rows(values, qtype), values.shape[1])
-
-    def weight_bytes(self, name):
-        return self.raw[name]
-
-
-class Case:
-    """A graph under construction: inputs are embedded from F32 tables (tokens = 0..n-1)."""
-
-    def __init__(self, n):
-        self.n = n
-        self.src = Src()
-        self.buffers = {"tokens": O.Buffer("tokens", n, 1, "i32")}
-        self.ops: list[O.Op] = []
-        self.caches: dict[str, O.KvCache] = {}
-
-    def buf(self, name, cols, rows=None):
-        self.buffers[name] = O.Buffer(name, self.n if rows is None else rows, cols)
-        return name
-
-    def input(self, name, values):
-        values = np.asarray(values, np.float32)
-        assert values.shape[0] == self.n
-        table = self.src.add(f"in.{name}", values)
-        self.buf(name, values.shape[1])
-        self.ops.append(O.EmbedLookup(name, table, 1.0))
-        return name
-
-    def graph(self, out):
-        return O.Graph(n_tokens=self.n, buffers=dict(self.buffers), caches=dict(self.caches),
-                       weights=dict(self.src.specs), ops=list(self.ops), output=out,
-                       labels=[f"op{i}.{op.kind}" for i, op in enumerate(self.ops)])
-
-
 def make_backends(caches=None, **vk_options):
     vk = VulkanBackend(**vk_options)
     cpu = NumpyBackend(kv_dtype=vk_options.get("kv_dtype", "f16"))
@@ -132,13 +50,6 @@ def run_both(case: Case, out: str, cpu=None, vk=None, pos0=0, observe=False, **v
         b = vk.compile(g).run(toks, pos0, observer=lambda i, op, arr: seen["vk"].append(arr))
         return a, b, seen
     return cpu.compile(g).run(toks, pos0), vk.compile(g).run(toks, pos0)
-
-
-def rel_err(got, ref):
-    ref = np.asarray(ref, np.float64)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert np.all(np.isfinite(got))
-    return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
 # ---- matmul: every type, matvec (n=1, n<=8) and matmul (n>8), odd rows, chunked weights ------

@@ -32,8 +32,7 @@ import numpy as np
 from .. import ops as O
 from ..errors import G4rtError
 from .base import Backend, CompiledGraph, OpObserver, WeightSource
-from .graph_split import (INPUT_LABEL, Partition, layer_of, layers_split, n_layers, op_caches,  # noqa: F401
-                          partition, raw_layer_split, snap_split, sub_graphs)
+from .graph_split import Partition, layers_split, partition, snap_split, sub_graphs
 
 
 # ---- moving arrays in and out of backends ----------------------------------------------------

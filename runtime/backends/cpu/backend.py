@@ -1,0 +1,184 @@
+"""The native CPU backend (`--backend cpu`): the op list run by C kernels on the GGUF blocks.
+
+Weights stay in the memory map in their block layout; each graph is lowered once into a command
+array (lowering.py) and a token is one call into the library, which a persistent thread pool
+walks. f16 KV caches by default (as the GPU backends), f32 on request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ... import ops as O
+from ...errors import G4rtError
+from ...quant_types import dequantize_rows
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from . import native as N
+from .lowering import lower
+
+PAGE = 4096
+
+
+def physical_cores() -> int:
+    """Cores this process may use, counting SMT siblings once (Linux), else os.cpu_count()."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    try:
+        for cpu in allowed:
+            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+    except OSError:
+        return max(1, len(allowed))
+    return max(1, min(len(cores), len(allowed)))
+
+
+def default_threads() -> int:
+    env = os.environ.get("G4RT_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise G4rtError(f"G4RT_THREADS={env!r} is not a number") from None
+    return physical_cores()
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self, threads: Optional[int] = None, kv_dtype: str = "f16", isa: Optional[str] = None):
+        if kv_dtype not in ("f16", "f32"):
+            raise G4rtError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
+        if threads is not None and int(threads) < 1:
+            raise G4rtError(f"--threads must be at least 1, got {threads}")
+        self.kv_dtype = kv_dtype
+        self.lib = N.load(isa)
+        self.pool = N.Pool(self.lib, threads or default_threads())
+        self.threads = self.pool.threads
+        self.specs: dict[str, O.WeightSpec] = {}
+        self.source: Optional[WeightSource] = None
+        self.caches: dict[str, np.ndarray] = {}
+        self.inputs: dict[str, np.ndarray] = {}
+        self._raw: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
+
+    @property
+    def device_name(self) -> str:
+        return f"native CPU ({self.lib.isa}, {self.threads} thread{'s' if self.threads != 1 else ''})"
+
+    # ---- weights, caches, hybrid inputs ---------------------------------------------------------
+    def load_weights(self, specs, source, progress: Optional[Callable[[int], None]] = None) -> None:
+        """Weights stay in the memory map; touching one byte per page brings them in from disk
+        now (with real progress) rather than during the first token."""
+        self.specs = dict(specs)
+        self.source = source
+        self._raw.clear()               # a new source: compiled graphs keep their own references
+        self._vectors.clear()
+        for name in specs:
+            raw = self.weight_raw(name)
+            if raw.size:
+                flat = raw.reshape(-1)
+                int(flat[::PAGE].sum(dtype=np.uint64))
+            if progress:
+                progress(int(raw.nbytes))
+
+    def weight_raw(self, name: str) -> np.ndarray:
+        w = self._raw.get(name)
+        if w is None:
+            if self.source is None or name not in self.specs:
+                raise G4rtError(f"weight {name!r} was not loaded on the CPU backend")
+            w = np.asarray(self.source.weight_bytes(name))
+            if w.dtype != np.uint8 or not w.flags.c_contiguous:
+                w = np.ascontiguousarray(w).view(np.uint8)
+            self._raw[name] = w
+        return w
+
+    def vector(self, name: str) -> np.ndarray:
+        """A small weight (norm, RoPE factors, scale) as contiguous float32."""
+        v = self._vectors.get(name)
+        if v is None:
+            spec = self.specs[name]
+            v = np.ascontiguousarray(dequantize_rows(self.weight_raw(name), spec.qtype, spec.cols).reshape(-1))
+            self._vectors[name] = v
+        return v
+
+    def allocate_caches(self, caches) -> None:
+        dt = np.float16 if self.kv_dtype == "f16" else np.float32
+        self.caches = {c.name: np.zeros((c.rows, c.cols), dt) for c in caches.values()}
+
+    def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
+        for name, (rows, cols) in shapes.items():
+            if name not in self.inputs:
+                self.inputs[name] = np.zeros((rows, cols), np.float32)
+
+    def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            np.copyto(self.inputs[name], np.asarray(a, np.float32).reshape(self.inputs[name].shape))
+
+    def compile(self, graph: O.Graph) -> "CpuGraph":
+        return CpuGraph(self, graph)
+
+    def close(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.close()
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    raw = np.zeros(nbytes + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    return raw[off:off + nbytes]
+
+
+class CpuGraph(CompiledGraph):
+    def __init__(self, backend: CpuBackend, graph: O.Graph):
+        self.backend, self.graph = backend, graph
+        missing = set(graph.weights) - set(backend.specs)
+        if missing:
+            raise G4rtError(f"weights not loaded: {', '.join(sorted(missing))}")
+        self.low = lower(graph, backend.weight_raw, backend.vector, backend.caches, backend.inputs,
+                         cache_f16=backend.kv_dtype == "f16")
+        lib, nth = backend.lib, backend.threads
+        for i, cmd in enumerate(self.low.cmds):
+            if not lib.cmd_valid(cmd):
+                raise G4rtError(f"CPU backend: op {i} ({graph.ops[i].kind}) cannot run on this build")
+        ws = max([lib.scratch_bytes(c, nth) for c in self.low.cmds] + [64])
+        ws = (ws + 63) // 64 * 64
+        shared = max([lib.shared_bytes(c, nth) for c in self.low.cmds] + [64])
+        self._ws, self._shared = _aligned(ws * nth), _aligned(shared)
+        ex = N.G4Exec()
+        ex.n_tokens = graph.n_tokens
+        ex.tokens = self.low.tokens.ctypes.data
+        ex.ws, ex.ws_bytes = self._ws.ctypes.data, ws
+        ex.shared, ex.shared_bytes = self._shared.ctypes.data, shared
+        self.ex = ex
+        self.out = self.low.buffers[graph.output]
+
+    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+        n = self.graph.n_tokens
+        tokens = np.asarray(tokens).reshape(-1)
+        if len(tokens) != n:
+            raise G4rtError(f"graph for {n} tokens got {len(tokens)}")
+        self.low.tokens[:] = tokens
+        self.ex.pos0 = int(pos0)
+        pool, cmds = self.backend.pool, self.low.cmds
+        if observer is None:
+            pool.run(cmds, 0, len(cmds), self.ex)
+            return self.out
+        be = self.backend
+        for i, op in enumerate(self.graph.ops):
+            pool.run(cmds, i, i + 1, self.ex)
+            if isinstance(op, O.KvStore):
+                observer(i, op, be.caches[op.out].astype(np.float32))
+            else:
+                observer(i, op, self.low.buffers[op.out].copy())
+        return self.out
+
+
+__all__ = ["CpuBackend", "CpuGraph", "default_threads", "physical_cores"]

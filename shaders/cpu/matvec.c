@@ -1,0 +1,847 @@
+/* matvec.c: decode matvec y[o] = W[o] . x for one activation row, straight from GGUF rows.
+ *
+ * fp32-exact design: every weight is decoded exactly to float in registers, x stays float32 and
+ * products accumulate in float32 with FMA. Each weight byte is read once, in row order. Per type
+ * there is a fused kernel for AVX-512, one for AVX2+FMA+F16C and a portable one.
+ *
+ * Tricks (decode is memory-bound, so the aim is to keep the decode under the memory time):
+ *   - f16 block scales are looked up in a 65536-entry float table (f16tab, built once): the
+ *     lookup is a load, and the FMA takes it as a broadcast memory operand, so a scale costs no
+ *     vector-ALU work (vcvtph2ps + broadcast per block would cost ~20 % on Q4_0).
+ *   - AVX-512 4-bit codes: vpmovzxbd of the 16 qs bytes, then the low nibbles through vpermps
+ *     with a 16-entry float table (the permute reads index bits 0..3 only, so no mask is needed;
+ *     the table carries Q4_0's -8 / Q5_0's -16 or, for Q4_1 / Q5_1, the whole d*q + m) and the
+ *     high nibbles through vpermps or vcvtdq2ps of (v >> 4), mixed so that ports 0 and 5 (the
+ *     only 512-bit ALU ports) stay balanced.
+ *   - mins terms (Q4_K, Q5_K, AVX2 / portable Q4_1, Q5_1) are m * sum(x over the 32 values):
+ *     the sums come once per activation row from g4_matvec_prepare() into ws, so the inner loop
+ *     does one FMA per weight. The AVX2 / portable Q4_0 and Q5_0 fold their -8 / -16 the same way.
+ *   - a block's float dot is scaled once: acc += d * sum(q * x).
+ *
+ * ws (g4_matvec_scratch): sx[K/32 + 16] = per-32 sums of x (0 past K/32).
+ */
+#include <stdatomic.h>
+#include "g4cpu.h"
+
+#define QK 32
+#define QKK 256
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* f16 -> f32 for every code, built once (by whichever thread gets here first). */
+static float f16tab[65536] __attribute__((aligned(64)));
+static atomic_int f16tab_state;   /* 0: empty, 1: being built, 2: ready */
+
+static void f16tab_init(void) {
+    if (atomic_load_explicit(&f16tab_state, memory_order_acquire) == 2) return;
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&f16tab_state, &expect, 1)) {
+        uint32_t i = 0;
+#if defined(G4_AVX2)
+        const __m256i step = _mm256_set1_epi32(8);
+        __m256i v = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (; i < 65536; i += 8, v = _mm256_add_epi32(v, step))
+            _mm256_store_ps(f16tab + i, _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(v),
+                                                                         _mm256_extracti128_si256(v, 1))));
+#endif
+        for (; i < 65536; i++) f16tab[i] = g4_h2f((uint16_t)i);
+        atomic_store_explicit(&f16tab_state, 2, memory_order_release);
+    } else {
+        while (atomic_load_explicit(&f16tab_state, memory_order_acquire) != 2) {
+#if defined(G4_AVX2)
+            _mm_pause();
+#endif
+        }
+    }
+}
+
+#define HT(p) f16tab[rd16(p)]   /* the f16 at byte address p, as float */
+
+static int needs_sums(int qtype) {
+    return qtype == G4_Q4_0 || qtype == G4_Q4_1 || qtype == G4_Q5_0 || qtype == G4_Q5_1
+        || qtype == G4_Q4_K || qtype == G4_Q5_K;
+}
+
+size_t g4_matvec_scratch(const g4_cmd *c) {
+    if (!needs_sums(c->qtype)) return 0;
+    size_t n = (size_t)(c->in_cols / QK) + 16;
+    return (n * sizeof(float) + 63) & ~(size_t)63;
+}
+
+void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
+    f16tab_init();
+    if (!needs_sums(c->qtype) || !ws) return;
+    const int64_t nb = c->in_cols / QK;
+    float *sx = (float *)ws;
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * QK;
+#if defined(G4_AVX512)
+        sx[b] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(xb), _mm512_loadu_ps(xb + 16)));
+#else
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int i = 0; i < QK; i += 4) { s0 += xb[i]; s1 += xb[i + 1]; s2 += xb[i + 2]; s3 += xb[i + 3]; }
+        sx[b] = (s0 + s1) + (s2 + s3);
+#endif
+    }
+    for (int i = 0; i < 16; i++) sx[nb + i] = 0.0f;
+}
+
+/* Q4_K / Q5_K: the 8 six-bit scales and 8 mins of a super-block as 16 bytes (sc[0..7], m[0..7]),
+ * llama.cpp's kmask unpacking of get_scale_min_k4. */
+static inline void k4_unpack(const uint8_t *scales, uint32_t u[4]) {
+    const uint32_t km1 = 0x3f3f3f3fu, km2 = 0x0f0f0f0fu, km3 = 0x03030303u;
+    memcpy(u, scales, 12);
+    u[3] = ((u[2] >> 4) & km2) | (((u[1] >> 6) & km3) << 4);
+    const uint32_t a = u[1] & km1;
+    u[1] = (u[2] & km2) | (((u[0] >> 6) & km3) << 4);
+    u[2] = a;
+    u[0] &= km1;
+}
+
+#if defined(G4_AVX2)
+/* The same unpacking with vector ops, as 16 bytes (m[0..7], sc[0..7]); reads 16 bytes at scales
+ * (the 12 scale bytes and 4 bytes of what follows them in the block). */
+static inline __m128i k4_unpack_v(const uint8_t *scales) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)scales);
+    const __m128i A = _mm_shuffle_epi8(q, _mm_setr_epi8(4, 5, 6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11));
+    const __m128i B = _mm_shuffle_epi8(q, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 0, 1, 2, 3));
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(A, _mm_setr_epi32(0, 4, 0, 0)),
+                                     _mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    return _mm_or_si128(lo, _mm_and_si128(_mm_srli_epi32(B, 2), _mm_set1_epi8(0x30)));
+}
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define G4_PRAGMA(x) _Pragma(#x)
+#define G4_UNROLL(n) G4_PRAGMA(GCC unroll n)
+#else
+#define G4_UNROLL(n)
+#endif
+
+#ifndef PF_DIST
+#define PF_DIST 512   /* bytes ahead for software prefetch */
+#endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T0
+#endif
+#if defined(G4_AVX2)
+#define PF(p) _mm_prefetch((const char *)(p) + PF_DIST, PF_HINT)
+#endif
+
+/* ======================================================================================= */
+#if defined(G4_AVX512)
+
+static inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
+    const float *w = (const float *)(const void *)w8;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= K; i += 64) {
+        PF(w + i); PF(w + i + 16); PF(w + i + 32); PF(w + i + 48);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= K; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+    if (i < K) {
+        __mmask16 m = (__mmask16)((1u << (K - i)) - 1);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+#define H16(j) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + (j))))
+    for (; i + 64 <= K; i += 64) {
+        PF(w + i); PF(w + i + 32);
+        a0 = _mm512_fmadd_ps(H16(0), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(H16(16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(H16(32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(H16(48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= K; i += 16) a0 = _mm512_fmadd_ps(H16(0), _mm512_loadu_ps(x + i), a0);
+#undef H16
+    if (i < K) {
+        __mmask16 m = (__mmask16)((1u << (K - i)) - 1);
+        __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+#define B16(j) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + (j)))), 16))
+    for (; i + 64 <= K; i += 64) {
+        PF(w + i); PF(w + i + 32);
+        a0 = _mm512_fmadd_ps(B16(0), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(B16(16), _mm512_loadu_ps(x + i + 16), a1);
+        a2 = _mm512_fmadd_ps(B16(32), _mm512_loadu_ps(x + i + 32), a2);
+        a3 = _mm512_fmadd_ps(B16(48), _mm512_loadu_ps(x + i + 48), a3);
+    }
+    for (; i + 16 <= K; i += 16) a0 = _mm512_fmadd_ps(B16(0), _mm512_loadu_ps(x + i), a0);
+#undef B16
+    if (i < K) {
+        __mmask16 m = (__mmask16)((1u << (K - i)) - 1);
+        __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i)), 16));
+        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
+    }
+    return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+#define Q8B(p, xb, acc) do { \
+        const __m512 q0_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 2)))); \
+        const __m512 q1_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 18)))); \
+        const __m512 s_ = _mm512_fmadd_ps(q1_, _mm512_loadu_ps((xb) + 16), _mm512_mul_ps(q0_, _mm512_loadu_ps(xb))); \
+        acc = _mm512_fmadd_ps(s_, _mm512_set1_ps(HT(p)), acc); } while (0)
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *p = w + b * 34;
+        PF(p); PF(p + 64);
+        Q8B(p, x + b * QK, a0);
+        Q8B(p + 34, x + b * QK + QK, a1);
+    }
+    if (b < nb) Q8B(w + b * 34, x + b * QK, a0);
+#undef Q8B
+    return hsum16(_mm512_add_ps(a0, a1));
+}
+
+static inline __m512i zx16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+
+static float dot_q4_0(const uint8_t *w, const float *x, int64_t nb) {
+    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+#define Q40B(p, xb, acc) do { \
+        const __m512i v_ = zx16((p) + 2); \
+        const __m512 q0_ = _mm512_permutexvar_ps(v_, tbl), q1_ = _mm512_permutexvar_ps(_mm512_srli_epi32(v_, 4), tbl); \
+        const __m512 s_ = _mm512_fmadd_ps(q1_, _mm512_loadu_ps((xb) + 16), _mm512_mul_ps(q0_, _mm512_loadu_ps(xb))); \
+        acc = _mm512_fmadd_ps(s_, _mm512_set1_ps(HT(p)), acc); } while (0)
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *p = w + b * 18;
+        PF(p);
+        Q40B(p, x + b * QK, a0);
+        Q40B(p + 18, x + b * QK + QK, a1);
+    }
+    if (b < nb) Q40B(w + b * 18, x + b * QK, a0);
+#undef Q40B
+    return hsum16(_mm512_add_ps(a0, a1));
+}
+
+/* Q4_1, Q5_0, Q5_1: the 16-entry table holds the block's weights d*q (+ m) themselves; Q5's
+ * fifth bit adds 16*d under a mask from qh. */
+#define TBL_0_15 _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+
+static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, const float *x, int64_t nb,
+                                                            int bs, int qo, int ho, int mo, float off) {
+    const __m512 tbl = _mm512_add_ps(TBL_0_15, _mm512_set1_ps(-off));
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * bs;
+        const float *xb = x + b * QK;
+        PF(p);
+        const __m512 d = _mm512_set1_ps(HT(p));
+        const __m512 t = mo ? _mm512_fmadd_ps(tbl, d, _mm512_set1_ps(HT(p + mo))) : _mm512_mul_ps(tbl, d);
+        const __m512i v = zx16(p + qo);
+        __m512 w0 = _mm512_permutexvar_ps(v, t), w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t);
+        if (ho) {
+            const uint32_t qh = rd32(p + ho);
+            const __m512 d16 = _mm512_mul_ps(d, _mm512_set1_ps(16.0f));
+            w0 = _mm512_mask_add_ps(w0, (__mmask16)(qh & 0xffffu), w0, d16);
+            w1 = _mm512_mask_add_ps(w1, (__mmask16)(qh >> 16), w1, d16);
+        }
+        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), a1);
+    }
+    return hsum16(_mm512_add_ps(a0, a1));
+}
+
+static float dot_q4_1(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 20, 4, 0, 2, 0.0f); }
+static float dot_q5_0(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 22, 6, 2, 0, 16.0f); }
+static float dot_q5_1(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 24, 8, 4, 2, 0.0f); }
+
+/* Q4_K / Q5_K super-block scales: s[8..15] = d*sc[0..7]; am += dmin * m[j] * sx[j] (lanes 0..7). */
+static inline __m512 k4_scales(const uint8_t *blk, const float *sxb, float *s, __m512 am) {
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_unpack_v(blk + 4)));
+    _mm512_store_ps(s, _mm512_mul_ps(f, _mm512_set1_ps(HT(blk))));
+    return _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_maskz_loadu_ps(0x00ff, sxb)), _mm512_set1_ps(HT(blk + 2)), am);
+}
+
+/* Q4_K / Q5_K: sub-block 2j are the low nibbles of qs[32j .. 32j+32), 2j+1 the high ones; the
+ * low nibbles go through vpermps (identity table), the high through vcvtdq2ps (port balance). */
+static inline __attribute__((always_inline)) float dot_k45(const uint8_t *w, const float *x, const float *sx,
+                                                            int64_t nsb, int five) {
+    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 c16 = _mm512_set1_ps(16.0f);
+    const int bs = five ? 176 : 144, qo = five ? 48 : 16;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, am = a0;
+    /* scales one super-block ahead, double-buffered: the broadcasts below then read values
+     * stored well before (a store right before its loads stalls the accumulator chain) */
+    float sb[2][16] __attribute__((aligned(64)));
+    if (nsb > 0) am = k4_scales(w, sx, sb[0], am);
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * bs, *qs = blk + qo;
+        const float *xs = x + i * QKK;
+        const float *s = sb[i & 1];
+        PF(blk); PF(blk + 64); PF(blk + 128);
+        if (i + 1 < nsb) am = k4_scales(blk + bs, sx + (i + 1) * 8, sb[(i + 1) & 1], am);
+        __m256i vh = _mm256_setzero_si256();
+        if (five) vh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+        G4_UNROLL(4)
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = qs + j * 32;
+            const float *xj = xs + j * 64;
+            const __m512i v0 = zx16(q), v1 = zx16(q + 16);
+            __m512 l0 = _mm512_permutexvar_ps(v0, tbl), l1 = _mm512_permutexvar_ps(v1, tbl);
+            __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4));
+            if (five) {
+                const __mmask32 ml = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j))));
+                const __mmask32 mh = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
+                l0 = _mm512_mask_add_ps(l0, (__mmask16)ml, l0, c16);
+                l1 = _mm512_mask_add_ps(l1, (__mmask16)(ml >> 16), l1, c16);
+                h0 = _mm512_mask_add_ps(h0, (__mmask16)mh, h0, c16);
+                h1 = _mm512_mask_add_ps(h1, (__mmask16)(mh >> 16), h1, c16);
+            }
+            const __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xj + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xj)));
+            const __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xj + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xj + 32)));
+            a0 = _mm512_fmadd_ps(sl, _mm512_set1_ps(s[8 + 2 * j]), a0);
+            a1 = _mm512_fmadd_ps(sh, _mm512_set1_ps(s[8 + 2 * j + 1]), a1);
+        }
+    }
+    return hsum16(_mm512_sub_ps(_mm512_add_ps(a0, a1), am));
+}
+
+static float dot_q4_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) { return dot_k45(w, x, sx, nsb, 0); }
+static float dot_q5_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) { return dot_k45(w, x, sx, nsb, 1); }
+
+/* Q6_K: the 6-bit codes of a 128-value half are assembled as bytes in two zmm (values in order:
+ * lo = values 0..63, hi = 64..127 of the half), stored to the stack, and read back 16 at a time
+ * with vpmovsxbd from memory (cheaper on port 5 than extracting 128-bit lanes). */
+static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
+    const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    float s[16] __attribute__((aligned(64)));
+    int8_t qb[128] __attribute__((aligned(64)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        const float *xs = x + i * QKK;
+        PF(blk); PF(blk + 64); PF(blk + 128); PF(blk + 192);
+        const __m512 sf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192))));
+        _mm512_store_ps(s, _mm512_mul_ps(sf, _mm512_set1_ps(HT(blk + 208))));
+        for (int h = 0; h < 2; h++) {
+            const __m512i L = _mm512_loadu_si512((const void *)(ql + 64 * h));
+            const __m512i H = _mm512_srlv_epi16(
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qh + 32 * h))), shv);
+            _mm512_store_si512((void *)qb, _mm512_sub_epi8(_mm512_ternarylogic_epi32(
+                _mm512_and_si512(L, m4), _mm512_slli_epi16(H, 4), m30, 0xF8), c32));   /* a | (b & c) */
+            _mm512_store_si512((void *)(qb + 64), _mm512_sub_epi8(_mm512_ternarylogic_epi32(
+                _mm512_and_si512(_mm512_srli_epi16(L, 4), m4), H, m30, 0xF8), c32));
+            const float *xh = xs + 128 * h;
+            const float *sh = s + 8 * h;
+            for (int g = 0; g < 8; g += 2) {
+                const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(qb + 16 * g))));
+                const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(qb + 16 * g + 16))));
+                a0 = _mm512_fmadd_ps(_mm512_mul_ps(q0, _mm512_loadu_ps(xh + 16 * g)), _mm512_set1_ps(sh[g]), a0);
+                a1 = _mm512_fmadd_ps(_mm512_mul_ps(q1, _mm512_loadu_ps(xh + 16 * g + 16)), _mm512_set1_ps(sh[g + 1]), a1);
+            }
+        }
+    }
+    return hsum16(_mm512_add_ps(a0, a1));
+}
+
+/* ======================================================================================= */
+#elif defined(G4_AVX2)
+
+static inline float hsum8(__m256 v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
+    const float *w = (const float *)(const void *)w8;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= K; i += 32) {
+        PF(w + i); PF(w + i + 16);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= K; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < K; i++) r += w[i] * x[i];
+    return r;
+}
+
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+#define H8(j) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + (j))))
+    for (; i + 32 <= K; i += 32) {
+        PF(w + i);
+        a0 = _mm256_fmadd_ps(H8(0), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(H8(8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(H8(16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(H8(24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= K; i += 8) a0 = _mm256_fmadd_ps(H8(0), _mm256_loadu_ps(x + i), a0);
+#undef H8
+    float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < K; i++) r += g4_h2f(w[i]) * x[i];
+    return r;
+}
+
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+#define B8(j) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i + (j)))), 16))
+    for (; i + 32 <= K; i += 32) {
+        PF(w + i);
+        a0 = _mm256_fmadd_ps(B8(0), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(B8(8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(B8(16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(B8(24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= K; i += 8) a0 = _mm256_fmadd_ps(B8(0), _mm256_loadu_ps(x + i), a0);
+#undef B8
+    float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < K; i++) r += g4_bf2f(w[i]) * x[i];
+    return r;
+}
+
+static inline __m256i zx8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline __m256i sx8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+
+/* 256 x 8 floats: lane i of row b is 16 when bit i of b is set (the 5th bit of Q5 codes). */
+#define K5E(i) {((i) & 1) ? 16.f : 0.f, ((i) & 2) ? 16.f : 0.f, ((i) & 4) ? 16.f : 0.f, ((i) & 8) ? 16.f : 0.f, \
+    ((i) & 16) ? 16.f : 0.f, ((i) & 32) ? 16.f : 0.f, ((i) & 64) ? 16.f : 0.f, ((i) & 128) ? 16.f : 0.f}
+#define K5_4(i) K5E(i), K5E((i) + 1), K5E((i) + 2), K5E((i) + 3)
+#define K5_16(i) K5_4(i), K5_4((i) + 4), K5_4((i) + 8), K5_4((i) + 12)
+#define K5_64(i) K5_16(i), K5_16((i) + 16), K5_16((i) + 32), K5_16((i) + 48)
+static const float k5tab[256][8] __attribute__((aligned(32))) = {K5_64(0), K5_64(64), K5_64(128), K5_64(192)};
+#define K5(b) _mm256_load_ps(k5tab[(b) & 0xff])
+
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 34, *q = p + 2;
+        const float *xb = x + b * QK;
+        PF(p);
+        __m256 s0 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(q)), _mm256_loadu_ps(xb));
+        __m256 s1 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(q + 8)), _mm256_loadu_ps(xb + 8));
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(q + 16)), _mm256_loadu_ps(xb + 16), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(q + 24)), _mm256_loadu_ps(xb + 24), s1);
+        const __m256 d = _mm256_broadcast_ss(&HT(p));
+        a0 = _mm256_fmadd_ps(s0, d, a0);
+        a1 = _mm256_fmadd_ps(s1, d, a1);
+    }
+    return hsum8(_mm256_add_ps(a0, a1));
+}
+
+/* sum over the 32 codes (0..15) of a 4-bit block times x, as two 8-lane partials. */
+#define NIB32(q, xb, s0, s1) do { \
+        const __m256i va = zx8(q), vb = zx8((q) + 8), m4 = _mm256_set1_epi32(15); \
+        s0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), _mm256_loadu_ps(xb)); \
+        s1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), _mm256_loadu_ps((xb) + 8)); \
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(va, 4)), _mm256_loadu_ps((xb) + 16), s0); \
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(vb, 4)), _mm256_loadu_ps((xb) + 24), s1); \
+    } while (0)
+
+/* 5-bit codes: 4-bit nibble + 16 where the qh bit is set. */
+#define NIB32H(q, qh, xb, s0, s1) do { \
+        const __m256i va = zx8(q), vb = zx8((q) + 8), m4 = _mm256_set1_epi32(15); \
+        s0 = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), K5(qh)), _mm256_loadu_ps(xb)); \
+        s1 = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), K5((qh) >> 8)), _mm256_loadu_ps((xb) + 8)); \
+        s0 = _mm256_fmadd_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(va, 4)), K5((qh) >> 16)), _mm256_loadu_ps((xb) + 16), s0); \
+        s1 = _mm256_fmadd_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(vb, 4)), K5((qh) >> 24)), _mm256_loadu_ps((xb) + 24), s1); \
+    } while (0)
+
+/* bs: block bytes; qo: offset of qs; ho: offset of qh (0: none); mo: offset of the f16 min (0:
+ * none); off: code offset (8 for Q4_0, 16 for Q5_0, 0 with a min). The offset / min term is
+ * a scalar FMA per block against the per-block sums of x. */
+static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, const float *x, const float *sx,
+                                                            int64_t nb, int bs, int qo, int ho, int mo, float off) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    float ao = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * bs;
+        const float *xb = x + b * QK;
+        PF(p);
+        __m256 s0, s1;
+        if (ho) {
+            const uint32_t qh = rd32(p + ho);
+            NIB32H(p + qo, qh, xb, s0, s1);
+        } else {
+            NIB32(p + qo, xb, s0, s1);
+        }
+        const float *dp = &HT(p);
+        const __m256 d = _mm256_broadcast_ss(dp);
+        a0 = _mm256_fmadd_ps(s0, d, a0);
+        a1 = _mm256_fmadd_ps(s1, d, a1);
+        ao += (mo ? HT(p + mo) : *dp) * sx[b];
+    }
+    return hsum8(_mm256_add_ps(a0, a1)) + (mo ? ao : -off * ao);
+}
+
+static float dot_q4_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    return dot_nib(w, x, sx, nb, 18, 2, 0, 0, 8.0f);
+}
+static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    return dot_nib(w, x, sx, nb, 20, 4, 0, 2, 0.0f);
+}
+static float dot_q5_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    return dot_nib(w, x, sx, nb, 22, 6, 2, 0, 16.0f);
+}
+static float dot_q5_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    return dot_nib(w, x, sx, nb, 24, 8, 4, 2, 0.0f);
+}
+
+/* d*sc[0..7] into s[0..7]; returns dmin*m[0..7]. */
+static inline __m256 k4_scales(const uint8_t *blk, float *s) {
+    const __m128i u = k4_unpack_v(blk + 4);
+    const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(u));
+    const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(u, u)));
+    _mm256_store_ps(s, _mm256_mul_ps(sc, _mm256_broadcast_ss(&HT(blk))));
+    return _mm256_mul_ps(mn, _mm256_broadcast_ss(&HT(blk + 2)));
+}
+
+static float dot_q4_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, am = a0;
+    float s[8] __attribute__((aligned(32)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 144, *qs = blk + 16;
+        const float *xs = x + i * QKK;
+        PF(blk); PF(blk + 64); PF(blk + 128);
+        am = _mm256_fmadd_ps(k4_scales(blk, s), _mm256_loadu_ps(sx + i * 8), am);
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = qs + j * 32;
+            const float *xj = xs + j * 64;
+            const __m256i v0 = zx8(q), v1 = zx8(q + 8), v2 = zx8(q + 16), v3 = zx8(q + 24);
+            __m256 l0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m4)), _mm256_loadu_ps(xj));
+            __m256 l1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m4)), _mm256_loadu_ps(xj + 8));
+            __m256 h0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), _mm256_loadu_ps(xj + 32));
+            __m256 h1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), _mm256_loadu_ps(xj + 40));
+            l0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v2, m4)), _mm256_loadu_ps(xj + 16), l0);
+            l1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v3, m4)), _mm256_loadu_ps(xj + 24), l1);
+            h0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v2, 4)), _mm256_loadu_ps(xj + 48), h0);
+            h1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v3, 4)), _mm256_loadu_ps(xj + 56), h1);
+            a0 = _mm256_fmadd_ps(_mm256_add_ps(l0, l1), _mm256_set1_ps(s[2 * j]), a0);
+            a1 = _mm256_fmadd_ps(_mm256_add_ps(h0, h1), _mm256_set1_ps(s[2 * j + 1]), a1);
+        }
+    }
+    return hsum8(_mm256_add_ps(a0, a1)) - hsum8(am);
+}
+
+static float dot_q5_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, am = a0;
+    float s[8] __attribute__((aligned(32)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 176, *qs = blk + 48;
+        const float *xs = x + i * QKK;
+        PF(blk); PF(blk + 64); PF(blk + 128);
+        am = _mm256_fmadd_ps(k4_scales(blk, s), _mm256_loadu_ps(sx + i * 8), am);
+        const __m256i vh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = qs + j * 32;
+            const float *xj = xs + j * 64;
+            /* bit 2j / 2j+1 of qh[0..31] -> 32-bit masks */
+            const uint32_t hl = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(vh, 7 - 2 * j));
+            const uint32_t hh = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(vh, 6 - 2 * j));
+            const __m256i v0 = zx8(q), v1 = zx8(q + 8), v2 = zx8(q + 16), v3 = zx8(q + 24);
+#define CV(v, t) _mm256_add_ps(_mm256_cvtepi32_ps(v), K5(t))
+            __m256 l0 = _mm256_mul_ps(CV(_mm256_and_si256(v0, m4), hl), _mm256_loadu_ps(xj));
+            __m256 l1 = _mm256_mul_ps(CV(_mm256_and_si256(v1, m4), hl >> 8), _mm256_loadu_ps(xj + 8));
+            __m256 h0 = _mm256_mul_ps(CV(_mm256_srli_epi32(v0, 4), hh), _mm256_loadu_ps(xj + 32));
+            __m256 h1 = _mm256_mul_ps(CV(_mm256_srli_epi32(v1, 4), hh >> 8), _mm256_loadu_ps(xj + 40));
+            l0 = _mm256_fmadd_ps(CV(_mm256_and_si256(v2, m4), hl >> 16), _mm256_loadu_ps(xj + 16), l0);
+            l1 = _mm256_fmadd_ps(CV(_mm256_and_si256(v3, m4), hl >> 24), _mm256_loadu_ps(xj + 24), l1);
+            h0 = _mm256_fmadd_ps(CV(_mm256_srli_epi32(v2, 4), hh >> 16), _mm256_loadu_ps(xj + 48), h0);
+            h1 = _mm256_fmadd_ps(CV(_mm256_srli_epi32(v3, 4), hh >> 24), _mm256_loadu_ps(xj + 56), h1);
+#undef CV
+            a0 = _mm256_fmadd_ps(_mm256_add_ps(l0, l1), _mm256_set1_ps(s[2 * j]), a0);
+            a1 = _mm256_fmadd_ps(_mm256_add_ps(h0, h1), _mm256_set1_ps(s[2 * j + 1]), a1);
+        }
+    }
+    return hsum8(_mm256_add_ps(a0, a1)) - hsum8(am);
+}
+
+static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    float s[16] __attribute__((aligned(32)));
+    int8_t qb[128] __attribute__((aligned(32)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        const float *xs = x + i * QKK;
+        PF(blk); PF(blk + 64); PF(blk + 128); PF(blk + 192);
+        const __m128i sc = _mm_loadu_si128((const __m128i *)(blk + 192));
+        const __m256 d = _mm256_broadcast_ss(&HT(blk + 208));
+        _mm256_store_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d));
+        _mm256_store_ps(s + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d));
+        for (int h = 0; h < 2; h++) {
+            const __m256i L0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
+            const __m256i L1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
+            const __m256i H = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
+            /* 128 signed codes of this half, in value order */
+            _mm256_store_si256((__m256i *)qb, _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(L0, m4),
+                _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)), c32));
+            _mm256_store_si256((__m256i *)(qb + 32), _mm256_sub_epi8(_mm256_or_si256(_mm256_and_si256(L1, m4),
+                _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)), c32));
+            _mm256_store_si256((__m256i *)(qb + 64), _mm256_sub_epi8(_mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_and_si256(H, m30)), c32));
+            _mm256_store_si256((__m256i *)(qb + 96), _mm256_sub_epi8(_mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)), c32));
+            const float *xh = xs + 128 * h;
+            for (int g = 0; g < 8; g += 2) {
+                const uint8_t *qg = (const uint8_t *)qb + 16 * g;
+                const float *xg = xh + 16 * g;
+                __m256 p0 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(qg)), _mm256_loadu_ps(xg));
+                __m256 p1 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(qg + 16)), _mm256_loadu_ps(xg + 16));
+                p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(qg + 8)), _mm256_loadu_ps(xg + 8), p0);
+                p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(qg + 24)), _mm256_loadu_ps(xg + 24), p1);
+                a0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(s[8 * h + g]), a0);
+                a1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(s[8 * h + g + 1]), a1);
+            }
+        }
+    }
+    return hsum8(_mm256_add_ps(a0, a1));
+}
+
+/* ======================================================================================= */
+#else /* portable C */
+
+static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
+    const float *w = (const float *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += w[i + j] * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += w[i] * x[i];
+    return r;
+}
+
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += g4_h2f(w[i + j]) * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += g4_h2f(w[i]) * x[i];
+    return r;
+}
+
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += g4_bf2f(w[i + j]) * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += g4_bf2f(w[i]) * x[i];
+    return r;
+}
+
+/* sum over a 32-value 4-bit block of nibble * x (codes 0..15). */
+static inline float nib_dot(const uint8_t *q, const float *xb) {
+    float a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 16; j += 4)
+        for (int t = 0; t < 4; t++)
+            a[t] += (float)(q[j + t] & 0xF) * xb[j + t] + (float)(q[j + t] >> 4) * xb[j + t + 16];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+static inline float nib5_dot(const uint8_t *q, uint32_t qh, const float *xb) {
+    float a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 16; j += 4)
+        for (int t = 0; t < 4; t++) {
+            const int l = j + t;
+            const int q0 = (q[l] & 0xF) | (int)(((qh >> l) & 1u) << 4);
+            const int q1 = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1u) << 4);
+            a[t] += (float)q0 * xb[l] + (float)q1 * xb[l + 16];
+        }
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 34;
+        const int8_t *q = (const int8_t *)(p + 2);
+        const float *xb = x + b * QK;
+        float a[4] = {0, 0, 0, 0};
+        for (int j = 0; j < 32; j += 4)
+            for (int t = 0; t < 4; t++) a[t] += (float)q[j + t] * xb[j + t];
+        acc += HT(p) * ((a[0] + a[1]) + (a[2] + a[3]));
+    }
+    return acc;
+}
+
+static float dot_q4_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 18;
+        acc += HT(p) * (nib_dot(p + 2, x + b * QK) - 8.0f * sx[b]);
+    }
+    return acc;
+}
+
+static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 20;
+        acc += HT(p) * nib_dot(p + 4, x + b * QK) + HT(p + 2) * sx[b];
+    }
+    return acc;
+}
+
+static float dot_q5_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 22;
+        acc += HT(p) * (nib5_dot(p + 6, rd32(p + 2), x + b * QK) - 16.0f * sx[b]);
+    }
+    return acc;
+}
+
+static float dot_q5_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 24;
+        acc += HT(p) * nib5_dot(p + 8, rd32(p + 4), x + b * QK) + HT(p + 2) * sx[b];
+    }
+    return acc;
+}
+
+static float dot_q4_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 144, *qs = blk + 16;
+        const float *xs = x + i * QKK;
+        const float d = HT(blk), dmin = HT(blk + 2);
+        uint32_t u[4];
+        k4_unpack(blk + 4, u);
+        const uint8_t *sc = (const uint8_t *)u, *mn = sc + 8;
+        float s = 0.0f, m = 0.0f;
+        for (int j = 0; j < 8; j += 2) {
+            const uint8_t *q = qs + (j / 2) * 32;
+            const float *x0 = xs + j * 32, *x1 = x0 + 32;
+            float a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0};
+            for (int l = 0; l < 32; l += 4)
+                for (int t = 0; t < 4; t++) {
+                    a0[t] += (float)(q[l + t] & 0xF) * x0[l + t];
+                    a1[t] += (float)(q[l + t] >> 4) * x1[l + t];
+                }
+            s += (float)sc[j] * ((a0[0] + a0[1]) + (a0[2] + a0[3]))
+               + (float)sc[j + 1] * ((a1[0] + a1[1]) + (a1[2] + a1[3]));
+            m += (float)mn[j] * sx[i * 8 + j] + (float)mn[j + 1] * sx[i * 8 + j + 1];
+        }
+        acc += d * s - dmin * m;
+    }
+    return acc;
+}
+
+static float dot_q5_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 176, *qh = blk + 16, *qs = blk + 48;
+        const float *xs = x + i * QKK;
+        const float d = HT(blk), dmin = HT(blk + 2);
+        uint32_t u[4];
+        k4_unpack(blk + 4, u);
+        const uint8_t *sc = (const uint8_t *)u, *mn = sc + 8;
+        float s = 0.0f, m = 0.0f;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = qs + (j / 2) * 32;
+            const int sh = (j & 1) * 4;
+            const float *xj = xs + j * 32;
+            float a[4] = {0, 0, 0, 0};
+            for (int l = 0; l < 32; l += 4)
+                for (int t = 0; t < 4; t++)
+                    a[t] += (float)(((q[l + t] >> sh) & 0xF) | (((qh[l + t] >> j) & 1) << 4)) * xj[l + t];
+            s += (float)sc[j] * ((a[0] + a[1]) + (a[2] + a[3]));
+            m += (float)mn[j] * sx[i * 8 + j];
+        }
+        acc += d * s - dmin * m;
+    }
+    return acc;
+}
+
+static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        const float *xs = x + i * QKK;
+        float s = 0.0f;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *lp = ql + h * 64 + (k & 1) * 32, *hp = qh + h * 32;
+                const int lsh = (k >> 1) * 4, hsh = 2 * k;
+                const float *xk = xs + h * 128 + k * 32;
+                for (int half = 0; half < 2; half++) {
+                    float a[4] = {0, 0, 0, 0};
+                    for (int l = half * 16; l < half * 16 + 16; l += 4)
+                        for (int t = 0; t < 4; t++)
+                            a[t] += (float)((((lp[l + t] >> lsh) & 0xF) | (((hp[l + t] >> hsh) & 3) << 4)) - 32) * xk[l + t];
+                    s += (float)sc[h * 8 + k * 2 + half] * ((a[0] + a[1]) + (a[2] + a[3]));
+                }
+            }
+        acc += HT(blk + 208) * s;
+    }
+    return acc;
+}
+
+#endif
+
+/* ======================================================================================= */
+
+void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1) {
+    const uint8_t *W = (const uint8_t *)c->w;
+    const int64_t rb = c->w_row_bytes, K = c->in_cols;
+    const float *sx = (const float *)ws;
+    const int64_t nb = K / QK, nsb = K / QKK;
+    int64_t o;
+    (void)sx;
+    f16tab_init();   /* normally done by g4_matvec_prepare; one load when ready */
+    switch (c->qtype) {
+    case G4_F32:  for (o = o0; o < o1; o++) y[o] = dot_f32(W + o * rb, x, K); break;
+    case G4_F16:  for (o = o0; o < o1; o++) y[o] = dot_f16(W + o * rb, x, K); break;
+    case G4_BF16: for (o = o0; o < o1; o++) y[o] = dot_bf16(W + o * rb, x, K); break;
+    case G4_Q8_0: for (o = o0; o < o1; o++) y[o] = dot_q8_0(W + o * rb, x, nb); break;
+#if defined(G4_AVX512)
+    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, nb); break;
+    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, nb); break;
+    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, nb); break;
+    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, nb); break;
+#else
+    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, sx, nb); break;
+    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;
+    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, sx, nb); break;
+    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, sx, nb); break;
+#endif
+    case G4_Q4_K: for (o = o0; o < o1; o++) y[o] = dot_q4_k(W + o * rb, x, sx, nsb); break;
+    case G4_Q5_K: for (o = o0; o < o1; o++) y[o] = dot_q5_k(W + o * rb, x, sx, nsb); break;
+    case G4_Q6_K: for (o = o0; o < o1; o++) y[o] = dot_q6_k(W + o * rb, x, nsb); break;
+    default: break;
+    }
+}
