@@ -290,16 +290,20 @@ def test_partition_snaps_around_shared_caches():
 
 
 @needs_fixtures
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("model,layers", [("g4-dense-Q4_0", 3), ("g4-edge-Q4_K_M", 5), ("g4-edge-F32", 2),
                                           ("g4-dense-keqv-F32", 6), ("g4-dense-F32", 0)])
-def test_hybrid_cpu_cpu_equals_cpu(model, layers):
-    """The split machinery end to end: two CPU backends give bit-identical logits to one."""
+def test_hybrid_cpu_cpu_equals_cpu(model, layers, backend):
+    """The split machinery end to end: two CPU backends (numpy, or native: the host half of a
+    --gpu-layers run) give bit-identical logits to one."""
+    from g4rt.backends import create_backend
     from g4rt.backends.hybrid import HybridBackend, layers_split
     from g4rt.engine import Engine
     path = FIXTURES / "models" / f"{model}.gguf"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_1"][:24]
-    hb = HybridBackend(NumpyBackend(), NumpyBackend(), layers_split(layers))
-    a, b = Engine(path, ctx=64, prefill_chunk=10), Engine(path, backend=hb, ctx=64, prefill_chunk=10)
+    hb = HybridBackend(create_backend(backend), create_backend(backend), layers_split(layers))
+    a = Engine(path, backend=backend, ctx=64, prefill_chunk=10)
+    b = Engine(path, backend=hb, ctx=64, prefill_chunk=10)
     np.testing.assert_array_equal(b.forward(ids, all_logits=True), a.forward(ids, all_logits=True))
     for t in (5, 77, 300):
         np.testing.assert_array_equal(b.forward([t]), a.forward([t]))
@@ -416,13 +420,15 @@ def test_emulated_int8_decode_stays_within_the_bar():
 
 
 @needs_fixtures
-def test_emulated_hybrid_gpu_front_cpu_back():
+@pytest.mark.parametrize("back", ["numpy", "cpu"])
+def test_emulated_hybrid_gpu_front_cpu_back(back):
+    from g4rt.backends import create_backend
     from g4rt.backends.hybrid import HybridBackend, layers_split
     from g4rt.engine import Engine
     path = FIXTURES / "models" / "g4-edge-Q4_0-pure.gguf"
     ids = np.load(FIXTURES / "ref" / "g4-edge-Q4_0-pure.exact.npz")["ids_0"][:20]
     ref = Engine(path, backend="numpy", ctx=64)
-    hb = HybridBackend(emulated("f32"), NumpyBackend(), layers_split(4))
+    hb = HybridBackend(emulated("f32"), create_backend(back, kv_dtype="f32"), layers_split(4))
     e = Engine(path, backend=hb, ctx=64)
     np.testing.assert_allclose(e.forward(ids, all_logits=True), ref.forward(ids, all_logits=True),
                                rtol=0, atol=2e-4)
