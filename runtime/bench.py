@@ -116,12 +116,13 @@ def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_opt
                    ms_per_token=round(per_tok * 1e3, 2), decode_weight_bytes=wbytes,
                    decode_weight_gb_s=round(wbytes / per_tok / 1e9, 3),
                    python_overhead_ms_per_token=round(overhead * 1e3, 3),
+                   python_overhead_pct=round(100 * overhead / per_tok, 2),
                    replay_ms_per_token=round(timer.replay_s / n_gen * 1e3, 2))
         if echo:
             echo(f"  decode {n_gen} tokens: {total:.2f} s = {n_gen / total:.3f} tokens/s "
                  f"({per_tok * 1e3:.1f} ms/token)")
             echo(f"  decode weight traffic: {wbytes / 2**20:.0f} MiB/token -> {wbytes / per_tok / 1e9:.2f} GB/s")
-            echo(f"  Python overhead per decoded token: {overhead * 1e3:.2f} ms "
+            echo(f"  Python overhead per decoded token: {overhead * 1e3:.2f} ms = {100 * overhead / per_tok:.1f} % "
                  f"(backend replay {timer.replay_s / n_gen * 1e3:.1f} ms)")
         return res
     finally:

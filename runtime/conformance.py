@@ -1,4 +1,4 @@
-"""`g4rt conformance MODEL --backend vulkan [--against cpu] [--tokens N]`: op-by-op comparison.
+"""`g4rt conformance MODEL --backend cpu|vulkan|cuda [--against numpy] [--tokens N]`: op-by-op comparison.
 
 Both backends compile the same op lists (a prefill of N prompt tokens, then one decode step) and
 run them with an observer that receives every op's output; each backend feeds its own previous
@@ -7,7 +7,7 @@ max|a - b| / max|b| (b: the --against side) and stop at the first op past its to
 it by the graph's label (e.g. "blk.5.rope_q").
 
 Tolerances (per op kind) are for two correct float32 backends that differ in summation order and,
-by default, in KV-cache precision (the Vulkan cache is f16, the CPU reference's f32): such
+by default, in KV-cache precision (the native CPU, Vulkan and CUDA caches are f16, the numpy reference's f32): such
 differences start near 1e-6 and grow through the layers (a 48-layer model reaches ~1e-3), while a
 wrong kernel (a mis-decoded block, a wrong rotation, a mask off by one) is off by 1e-1 or more.
 Pass --kv-dtype f32 to give both sides an f32 cache and shrink the differences ~10x.
@@ -89,7 +89,8 @@ def compare_step(title: str, ga, gb, tokens, pos0: int, echo=print) -> Optional[
 @click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None,
               help="KV cache precision on both sides (default: each backend's own)")
 @click.option("--device", default=None, help="device index or name for GPU backends")
-def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, device):
+@click.option("--threads", "-t", type=click.IntRange(1), default=None, help="threads of the native CPU backend")
+def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, device, threads):
     """Compare every op of BACKEND against AGAINST on the same op lists."""
     from .engine import Engine
     from .errors import G4rtError
@@ -98,6 +99,8 @@ def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, devic
         o = {}
         if kv_dtype:
             o["kv_dtype"] = kv_dtype
+        if threads is not None and name == "cpu":
+            o["threads"] = threads
         if device is not None and name not in ("cpu", "numpy"):
             o["device"] = int(device) if str(device).isdigit() else device
         return o

@@ -5,8 +5,9 @@ Two builds per ISA:
   - "real": every shaders/cpu/*.c (runtime.c's pool runs the command), when runtime.c, quant.c,
     matvec.c and ops.c are all there (otherwise that case is skipped, naming what is missing);
   - "shim": gemm.c + tests/cpu_shim/gemm_shim.c (plain-C stand-ins for the chunk counter, the
-    dequantizer and matvec), on real pthreads and with every ith called in turn; it checks the
-    tiling and the work split independently of the other kernel files.
+    dequantizer and matvec), on real pthreads and with every ith called in turn, built with
+    G4_GEMM_MATVEC_ROWS=1 so that every rows >= 2 takes the tiled path; it checks the tiling
+    and the work split independently of the other kernel files.
 Reference: weights from gguf.quants (quantize, or random bytes with sane scales for the K-quants,
 which gguf cannot quantize), dequantized by gguf, product in float64; tolerance 1e-5 of the
 |a|.|w| scale of each output.
@@ -121,9 +122,12 @@ def libs(tmp_path_factory):
             if mode == "real" and missing:
                 result[(mode, isa)] = f"shaders/cpu lacks {', '.join(missing)}"
                 continue
-            srcs = sorted(str(p) for p in CPU.glob("*.c")) if mode == "real" else [str(CPU / "gemm.c"), str(SHIM)]
+            if mode == "real":
+                srcs, extra = sorted(str(p) for p in CPU.glob("*.c")), []
+            else:   # every rows >= 2 through the tiled path (the real build keeps its thresholds)
+                srcs, extra = [str(CPU / "gemm.c"), str(SHIM)], ["-DG4_GEMM_MATVEC_ROWS=1"]
             lib = out / f"libg4_{mode}_{isa}.so"
-            cmd = ["gcc", *BASE_FLAGS, *ISA_FLAGS[isa], f"-I{CPU}", *srcs, "-o", str(lib), "-lm"]
+            cmd = ["gcc", *BASE_FLAGS, *ISA_FLAGS[isa], *extra, f"-I{CPU}", *srcs, "-o", str(lib), "-lm"]
             jobs[(mode, isa)] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), lib)
     for key, (proc, lib) in jobs.items():
         log = proc.communicate()[0].decode(errors="replace")

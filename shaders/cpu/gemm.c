@@ -1,20 +1,24 @@
 /* MatMul: out[r, o] = sum_i a[r, i] * W[o, i]   (r < rows, o < cols = w_rows, i < K = in_cols)
  *
- * fp32-exact: weights are decoded exactly to float32 (g4_dequant_row), activations stay float32,
- * products accumulate with float32 FMA.
+ * fp32-exact: weights are decoded exactly to float32 (g4_dequant_row, or read as is for F32),
+ * activations stay float32, products accumulate in float32 (FMA on AVX2 / AVX-512).
  *
- * Few rows (decode): each thread prepares every activation row once (g4_matvec_prepare), then
- * claims chunks of output features (g4_chunk) and runs g4_matvec (matvec.c) for each row on the
+ * Few rows (decode; rows <= matvec_rows_max(type), 1..8 by type and ISA, measured): each thread
+ * prepares every activation row once (g4_matvec_prepare, into its own scratch), then claims
+ * chunks of 16..64 output features (g4_chunk) and runs g4_matvec (matvec.c) for each row on the
  * chunk, so a chunk's weights come from memory once and stay in cache for the other rows.
  *
- * More rows (prefill): a register-tiled GEMM in the spirit of llamafile's tinyBLAS / GotoBLAS.
- * A task is TP micro-panels of NR weight rows (x a token range when the output is narrow):
- *   for each K-block of KC values:
- *     decode the task's weight rows [o, o + NR) x [k0, k0 + KC) with g4_dequant_row and transpose
- *     them into k-major panels ([KC][NR] floats, 64-byte aligned, in the thread's scratch) -- one
- *     k gives NR contiguous floats = NR/16 zmm or NR/8 ymm;
- *     for each panel, for each tile of MR tokens: the micro-kernel broadcasts a[t][k] and FMAs
- *     it into MR x NR accumulators held in registers, then adds them into out.
+ * More rows (prefill): a register-tiled GEMM after llamafile's tinyBLAS / GotoBLAS. A task
+ * (claimed with g4_chunk) is up to TP micro-panels of NR weight rows, x a token range when the
+ * output is too narrow to give every thread 4 tasks. For each K-block of KC values:
+ *   pack: decode the task's weight rows [o, o + NR) x [k0, k0 + KC) 256 values at a time into an
+ *     L1 buffer and transpose them 8 x 8 into k-major panels ([KC][NR] floats, 64-byte aligned,
+ *     in the thread's scratch): one k gives NR contiguous floats = NR/16 zmm or NR/8 ymm;
+ *   compute: for each tile of MR tokens, for each panel, the micro-kernel broadcasts a[t][k]
+ *     and FMAs it into MR x NR accumulators held in registers, then adds them into out (token
+ *     tiles outer: the tile's MR x KC activations stay in L1 while the panels stream from L2).
+ * Tiles (AVX-512 12 x 32 = 24 zmm accumulators, AVX2 6 x 16 = 12 ymm, portable 4 x 16 with GCC
+ * vectors), KC = 768, TP = 4: measured on Sapphire Rapids, see the report in the test's notes.
  * Edges: a token tile of m < MR rows uses the m-row instance of the micro-kernel; a panel of
  * n < NR weight rows is zero-padded and goes through an MR x NR staging tile on the stack;
  * the last K-block may be shorter than KC (K is always a multiple of the type's block size).
@@ -51,9 +55,6 @@
 #ifndef G4_GEMM_TP
 #define G4_GEMM_TP 4            /* most micro-panels per task */
 #endif
-#ifndef G4_GEMM_MATVEC_ROWS
-#define G4_GEMM_MATVEC_ROWS 1   /* rows <= this go through matvec.c */
-#endif
 
 #define MR G4_GEMM_MR
 #define NR G4_GEMM_NR
@@ -86,9 +87,22 @@ typedef __m256 vf;
 #define V_SET1(x) _mm256_set1_ps(x)
 #define V_ZERO() _mm256_setzero_ps()
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#elif defined(__GNUC__)
+/* portable: GCC / Clang generic vectors (SSE2 on x86-64, NEON on aarch64, scalar elsewhere) */
+typedef float vf __attribute__((vector_size(16)));
+#define VL 4
+#define G4_GENERIC_VEC 1
+G4_INLINE vf v_loadu(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+G4_INLINE void v_storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
+#define V_LOADA(p) (*(const vf *)(const void *)(p))
+#define V_LOADU(p) v_loadu(p)
+#define V_STOREU(p, v) v_storeu(p, v)
+#define V_SET1(x) ((vf){(x), (x), (x), (x)})
+#define V_ZERO() ((vf){0, 0, 0, 0})
+#define V_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 
-#if defined(G4_AVX2)
+#if defined(G4_AVX2) || defined(G4_GENERIC_VEC)
 #if NR % VL != 0
 #error "G4_GEMM_NR must be a multiple of the vector width"
 #endif
@@ -119,7 +133,7 @@ G4_INLINE void ukr_body(const int m, const float *restrict a, int64_t lda, const
         for (int j = 0; j < NV; j++) V_STOREU(c + i * ldc + j * VL, acc[i][j]);
 }
 
-#else /* portable C: plain loops, left to the compiler's vectorizer */
+#else /* plain C, left to the compiler's vectorizer */
 
 G4_INLINE void ukr_body(const int m, const float *restrict a, int64_t lda, const float *restrict p,
                         int kc, float *restrict c, int64_t ldc, int accumulate) {
@@ -157,62 +171,58 @@ static const ukr_fn ukr_tab[17] = {
     ukr_9, ukr_10, ukr_11, ukr_12, ukr_13, ukr_14, ukr_15, ukr_16,
 };
 
-/* ---- packing: rows [0, n) of src (row stride ld floats) x [0, kc) -> dst[k][NR], zero rows >= n ---- */
-#if defined(G4_AVX2)
-G4_INLINE void tr8x8(__m256 r[8]) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
-#endif
+/* ---- packing: weight rows -> k-major panel ----
+ * The K-block is decoded in steps of PK = 256 values (one K-quant super-block, 8 legacy blocks)
+ * for all NR rows into tmp ([NR][PK], L1-resident), then transposed 8 x 8 into the panel, so the
+ * panel is written in whole rows of NR floats, front to back. */
+#define PK 256
+static const float g4_zero_row[PK] __attribute__((aligned(64)));
 
-/* Transpose 8 (or fewer: n8 valid) rows j0..j0+7 of src into columns j0..j0+7 of dst. */
-static void pack8(const float *src, int64_t ld, int n8, int kc, float *dst, int j0) {
-    int k = 0;
 #if defined(G4_AVX2)
-    if (n8 == 8) {
-        for (; k + 8 <= kc; k += 8) {
-            __m256 r[8];
-            for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + j * ld + k);
-            tr8x8(r);
-            for (int q = 0; q < 8; q++) _mm256_storeu_ps(dst + (size_t)(k + q) * NR + j0, r[q]);
-        }
+/* dst[q * NR + j] = src[j][q] for q, j < 8 (two 4x4 in-lane transposes; the rows' halves are
+ * paired by 128-bit loads, so only 16 shuffles per 64 values). */
+G4_INLINE void tr8x8_store(const float *const src[8], int k, float *dst) {
+#define G4_LD2(a, b, o) _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src[a] + k + (o))), \
+                                             _mm_loadu_ps(src[b] + k + (o)), 1)
+    for (int h = 0; h < 8; h += 4) {
+        __m256 t0 = G4_LD2(0, 4, h), t1 = G4_LD2(1, 5, h), t2 = G4_LD2(2, 6, h), t3 = G4_LD2(3, 7, h);
+        __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
+        __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
+        _mm256_storeu_ps(dst + (h + 0) * NR, _mm256_shuffle_ps(u0, u2, 0x44));
+        _mm256_storeu_ps(dst + (h + 1) * NR, _mm256_shuffle_ps(u0, u2, 0xEE));
+        _mm256_storeu_ps(dst + (h + 2) * NR, _mm256_shuffle_ps(u1, u3, 0x44));
+        _mm256_storeu_ps(dst + (h + 3) * NR, _mm256_shuffle_ps(u1, u3, 0xEE));
     }
-#endif
-    for (; k < kc; k++)
-        for (int j = 0; j < 8; j++) dst[(size_t)k * NR + j0 + j] = j < n8 ? src[j * ld + k] : 0.0f;
+#undef G4_LD2
 }
+#endif
 
-/* Decode weight rows [o0, o0 + n) x [k0, k0 + kc) into the k-major panel dst ([kc][NR]). */
+/* Decode weight rows [o0, o0 + n) x [k0, k0 + kc) into the k-major panel dst ([kc][NR]); rows
+ * n..NR-1 of the panel are zero. tmp: NR * PK floats. */
 static void pack_panel(const g4_cmd *c, int64_t o0, int n, int64_t k0, int kc, float *dst, float *tmp) {
     const uint8_t *w = (const uint8_t *)c->w;
-    for (int j0 = 0; j0 < NR; j0 += 8) {
-        int n8 = n - j0;
-        if (n8 > 8) n8 = 8;
-        if (n8 <= 0) {      /* padding rows */
-            for (int k = 0; k < kc; k++) memset(dst + (size_t)k * NR + j0, 0, 8 * sizeof(float));
-            continue;
+    const int direct = c->qtype == G4_F32 && (c->w_row_bytes & 3) == 0;
+    const float *src[NR];
+    for (int ks = 0; ks < kc; ks += PK) {
+        const int kb = kc - ks < PK ? kc - ks : PK;
+        for (int j = 0; j < NR; j++) {
+            if (j >= n) {
+                src[j] = g4_zero_row;
+            } else if (direct) {
+                src[j] = (const float *)(w + (o0 + j) * c->w_row_bytes) + k0 + ks;
+            } else {
+                g4_dequant_row(c->qtype, w + (o0 + j) * c->w_row_bytes, k0 + ks, kb, tmp + (size_t)j * PK);
+                src[j] = tmp + (size_t)j * PK;
+            }
         }
-        if (c->qtype == G4_F32 && (c->w_row_bytes & 3) == 0) {
-            pack8((const float *)(w + (o0 + j0) * c->w_row_bytes) + k0, c->w_row_bytes / 4, n8, kc, dst, j0);
-        } else {
-            for (int j = 0; j < n8; j++)
-                g4_dequant_row(c->qtype, w + (o0 + j0 + j) * c->w_row_bytes, k0, kc, tmp + (size_t)j * KC);
-            pack8(tmp, KC, n8, kc, dst, j0);
-        }
+        float *d = dst + (size_t)ks * NR;
+        int k = 0;
+#if defined(G4_AVX2)
+        for (; k + 8 <= kb; k += 8)
+            for (int g = 0; g < NR; g += 8) tr8x8_store(src + g, k, d + (size_t)k * NR + g);
+#endif
+        for (; k < kb; k++)
+            for (int j = 0; j < NR; j++) d[(size_t)k * NR + j] = src[j][k];
     }
 }
 
@@ -260,14 +270,43 @@ static gemm_plan plan_of(const g4_cmd *c, int nth) {
 }
 
 static size_t tiled_scratch(void) {
-    return G4_ALIGN64((size_t)TP * KC * NR * sizeof(float)) + G4_ALIGN64((size_t)8 * KC * sizeof(float));
+    return G4_ALIGN64((size_t)TP * KC * NR * sizeof(float)) + G4_ALIGN64((size_t)NR * PK * sizeof(float));
 }
 
 static size_t matvec_ws(const g4_cmd *c) { return G4_ALIGN64(g4_matvec_scratch(c)); }
 
+/* Most rows that go through matvec.c (per row, with the weights of a chunk reused from cache)
+ * rather than the tiled path, whose fixed cost is decoding + packing every weight once. Measured
+ * on a 3840 x 15360 product (Sapphire Rapids, 1 thread): the rows where both cost the same. */
+static int matvec_rows_max(int qtype) {
+#ifdef G4_GEMM_MATVEC_ROWS
+    (void)qtype;
+    return G4_GEMM_MATVEC_ROWS;
+#else
+    switch (qtype) {
+#if defined(G4_AVX512)
+    case G4_F32: return 1;                  /* reading f32 rows is the cost either way */
+    case G4_F16: case G4_BF16: return 7;
+    case G4_Q4_0: case G4_Q4_1: case G4_Q5_0: case G4_Q5_1: case G4_Q8_0: return 8;
+    case G4_Q4_K: case G4_Q5_K: return 7;
+    case G4_Q6_K: return 4;
+#elif defined(G4_AVX2)
+    case G4_F32: return 1;
+    case G4_F16: case G4_BF16: return 5;
+    case G4_Q4_0: case G4_Q4_1: case G4_Q5_0: case G4_Q5_1: case G4_Q8_0: return 5;
+    case G4_Q4_K: case G4_Q5_K: return 5;
+    case G4_Q6_K: return 4;
+#else
+    case G4_F32: return 2;                  /* portable matvec decodes slowly: tiled early */
+#endif
+    default: return 1;
+    }
+#endif
+}
+
 size_t g4_matmul_scratch(const g4_cmd *c, int nth) {
     (void)nth;
-    if (c->rows <= G4_GEMM_MATVEC_ROWS) return matvec_ws(c) * (size_t)(c->rows > 0 ? c->rows : 1);
+    if (c->rows <= matvec_rows_max(c->qtype)) return matvec_ws(c) * (size_t)(c->rows > 0 ? c->rows : 1);
     return tiled_scratch();
 }
 
@@ -290,7 +329,7 @@ static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
 
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     if (c->rows <= 0 || c->cols <= 0) return;
-    if (c->rows <= G4_GEMM_MATVEC_ROWS) {
+    if (c->rows <= matvec_rows_max(c->qtype)) {
         matmul_matvec(c, ex, ith, nth);
         return;
     }

@@ -125,8 +125,18 @@ static inline __m128i k4_unpack_v(const uint8_t *scales) {
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T0
 #endif
-#if defined(G4_AVX2)
+#ifndef PF_DIST2
+#define PF_DIST2 0
+#endif
+#ifndef PF_HINT2
+#define PF_HINT2 _MM_HINT_T1
+#endif
+#if defined(G4_AVX2) && PF_DIST > 0 && PF_DIST2 > 0
+#define PF(p) (_mm_prefetch((const char *)(p) + PF_DIST, PF_HINT), _mm_prefetch((const char *)(p) + PF_DIST2, PF_HINT2))
+#elif defined(G4_AVX2) && PF_DIST > 0
 #define PF(p) _mm_prefetch((const char *)(p) + PF_DIST, PF_HINT)
+#else
+#define PF(p) ((void)0)
 #endif
 
 /* ======================================================================================= */

@@ -116,7 +116,8 @@ static void dq_q5_1(const uint8_t *b, float *y) {
 
 static void dq_q8_0(const uint8_t *b, float *y) {
     const float d = g4_h2f(rd16(b));
-    const int8_t *qs = (const int8_t *)(b + 2);
+    /* tests/test_cpu_ops.py turns the 0 below into 1 (a wrong block offset) and expects failures */
+    const int8_t *qs = (const int8_t *)(b + 2 + /* G4_MUTATION_POINT */ 0);
 #if defined(G4_AVX2)
     const __m256 vd = _mm256_set1_ps(d);
     for (int j = 0; j < 32; j += 8) {
