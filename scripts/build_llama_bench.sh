@@ -33,10 +33,28 @@ PYTHON=${PYTHON:-python3}
 log() { printf '[build_llama_bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# --- AMX --------------------------------------------------------------------------------------
+# -march=native turns on ggml's AMX kernels when the CPU lists amx_tile. On this project's
+# Sapphire Rapids VMs they die with SIGILL (tilezero in an OpenMP worker) at the first matmul,
+# although a single-threaded probe after arch_prctl(ARCH_REQ_XCOMP_PERM) runs: so on AMX CPUs
+# build without AMX (LLAMA_BENCH_AMX=1 keeps it), appending -mno-amx-* to every compile through
+# a compiler launcher (flags after ggml's own -march=native win). ggml then uses AVX-512.
+LAUNCH=()
+TAG="$VERSION"
+mkdir -p "$CACHE_DIR"
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null && [[ "${LLAMA_BENCH_AMX:-0}" != 1 ]]; then
+    log "this CPU lists AMX: building without ggml's AMX kernels (LLAMA_BENCH_AMX=1 keeps them)"
+    printf '#!/bin/sh\nexec "$@" -mno-amx-tile -mno-amx-int8 -mno-amx-bf16\n' >"$CACHE_DIR/no-amx-launcher"
+    chmod +x "$CACHE_DIR/no-amx-launcher"
+    LAUNCH=(-DCMAKE_C_COMPILER_LAUNCHER="$CACHE_DIR/no-amx-launcher"
+            -DCMAKE_CXX_COMPILER_LAUNCHER="$CACHE_DIR/no-amx-launcher")
+    TAG="$VERSION-noamx"
+fi
+
 # --- fast path: already built for this version -----------------------------------------------
 if [[ -x "$BIN" && "${LLAMA_BENCH_FORCE:-0}" != 1 && -f "$STAMP" \
-      && "$(cat "$STAMP")" == "$VERSION" ]]; then
-    log "already built (llama-cpp-python $VERSION)"
+      && "$(cat "$STAMP")" == "$TAG" ]]; then
+    log "already built (llama-cpp-python $TAG)"
     echo "$BIN"
     exit 0
 fi
@@ -100,7 +118,7 @@ fi
     || die "this llama.cpp has no llama-bench sources"
 
 # --- configure (offline) ---------------------------------------------------------------------
-BUILD_DIR="$CACHE_DIR/build/$VERSION"
+BUILD_DIR="$CACHE_DIR/build/$TAG"
 GEN=()
 if command -v ninja >/dev/null 2>&1 && [[ ! -f "$BUILD_DIR/Makefile" ]]; then GEN=(-G Ninja); fi
 CONFIG_LOG="$BUILD_DIR.configure.log"
@@ -115,7 +133,7 @@ if ! env http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 \
         HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
         ALL_PROXY=http://127.0.0.1:9 all_proxy=http://127.0.0.1:9 no_proxy= NO_PROXY= \
         GIT_ALLOW_PROTOCOL=file \
-    cmake -S "$LLAMA_SRC" -B "$BUILD_DIR" "${GEN[@]}" \
+    cmake -S "$LLAMA_SRC" -B "$BUILD_DIR" "${GEN[@]}" "${LAUNCH[@]}" \
         -DCMAKE_BUILD_TYPE=Release \
         -DGGML_NATIVE=ON \
         -DBUILD_SHARED_LIBS=OFF \
@@ -176,7 +194,7 @@ if command -v ldd >/dev/null 2>&1 && ldd "$BIN" 2>/dev/null | grep -Eq 'lib(llam
     die "$BIN links shared libllama/libggml; expected a standalone binary"
 fi
 "$BIN" --help >/dev/null 2>&1 || die "$BIN --help failed"
-echo "$VERSION" >"$STAMP"
+echo "$TAG" >"$STAMP"
 
 log "llama-cpp-python $VERSION -> $BIN"
 echo "$BIN"

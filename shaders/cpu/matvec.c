@@ -1,24 +1,29 @@
 /* matvec.c: decode matvec y[o] = W[o] . x for one activation row, straight from GGUF rows.
  *
- * fp32-exact design: every weight is decoded exactly to float in registers, x stays float32 and
- * products accumulate in float32 with FMA. Each weight byte is read once, in row order. Per type
- * there is a fused kernel for AVX-512, one for AVX2+FMA+F16C and a portable one.
+ * fp32-exact design: every weight code is decoded exactly to float in registers, x stays float32
+ * and products accumulate in float32 with FMA. Each weight byte is read once, in row order, with
+ * a software prefetch 4 KB ahead. Every type has a fused kernel for AVX-512, one for
+ * AVX2+FMA+F16C and a portable one.
  *
- * Tricks (decode is memory-bound, so the aim is to keep the decode under the memory time):
- *   - f16 block scales are looked up in a 65536-entry float table (f16tab, built once): the
- *     lookup is a load, and the FMA takes it as a broadcast memory operand, so a scale costs no
- *     vector-ALU work (vcvtph2ps + broadcast per block would cost ~20 % on Q4_0).
- *   - AVX-512 4-bit codes: vpmovzxbd of the 16 qs bytes, then the low nibbles through vpermps
- *     with a 16-entry float table (the permute reads index bits 0..3 only, so no mask is needed;
- *     the table carries Q4_0's -8 / Q5_0's -16 or, for Q4_1 / Q5_1, the whole d*q + m) and the
- *     high nibbles through vpermps or vcvtdq2ps of (v >> 4), mixed so that ports 0 and 5 (the
- *     only 512-bit ALU ports) stay balanced.
- *   - mins terms (Q4_K, Q5_K, AVX2 / portable Q4_1, Q5_1) are m * sum(x over the 32 values):
- *     the sums come once per activation row from g4_matvec_prepare() into ws, so the inner loop
- *     does one FMA per weight. The AVX2 / portable Q4_0 and Q5_0 fold their -8 / -16 the same way.
- *   - a block's float dot is scaled once: acc += d * sum(q * x).
+ * Decode is memory-bound only if the decode keeps up with the memory; for 4- and 6-bit codes
+ * the vector ALU ports are the limit (AVX-512: ports 0 and 5 only), so the kernels count uops:
+ *   - f16 block scales are looked up in a 65536-entry float table (f16tab, built once, thread
+ *     safe): a load, used as the FMA's broadcast memory operand - no vector-ALU work per scale.
+ *   - AVX-512 4-bit codes: vpmovzxbd of 16 qs bytes; the low nibbles through vpermps from a
+ *     16-entry float table (vpermps reads index bits 0..3 only, so no mask), the high nibbles
+ *     through vpermps / vcvtdq2ps of (v >> 4), mixed to keep ports 0 and 5 balanced.
+ *   - Q4_0 (SIMD builds): g4_matvec_prepare() re-expresses x per block (xq: xa = x0 - x1/16,
+ *     xb = x1/16, xc = -8 (x0 + x1)) so that lo*xa + byte*xb + xc = (lo-8) x0 + (hi-8) x1:
+ *     one permute, one convert and two FMAs per 16 bytes, no shift, no offset term.
+ *   - mins terms (Q4_K, Q5_K; AVX2 / portable Q4_1, Q5_0, Q5_1 and portable Q4_0) are
+ *     m * sum(x over the 32 values): per-block sums of x come from g4_matvec_prepare().
+ *   - a block's float dot is scaled once: acc += d * sum(q * x); K-quant sub-block scales are
+ *     decoded with vector ops one super-block ahead (double-buffered, so the broadcasts never
+ *     wait on a just-stored value).
  *
- * ws (g4_matvec_scratch): sx[K/32 + 16] = per-32 sums of x (0 past K/32).
+ * ws (g4_matvec_scratch(c) bytes, filled by g4_matvec_prepare): Q4_0 on SIMD builds: xq, 48
+ * floats per 32 inputs; other types with mins / offsets: sx[K/32 + 16], per-32 sums of x (0 past
+ * K/32); F32, F16, BF16, Q8_0, Q6_K: nothing (scratch 0, ws may be NULL).
  */
 #include <stdatomic.h>
 #include "g4cpu.h"
@@ -63,9 +68,16 @@ static int needs_sums(int qtype) {
         || qtype == G4_Q4_K || qtype == G4_Q5_K;
 }
 
+#if defined(G4_AVX2)
+#define Q40_XQ 1   /* the SIMD Q4_0 kernels read x re-expressed per block (xq, below) */
+#else
+#define Q40_XQ 0
+#endif
+
 size_t g4_matvec_scratch(const g4_cmd *c) {
     if (!needs_sums(c->qtype)) return 0;
-    size_t n = (size_t)(c->in_cols / QK) + 16;
+    const size_t nb = (size_t)(c->in_cols / QK);
+    const size_t n = (Q40_XQ && c->qtype == G4_Q4_0) ? nb * 48 : nb + 16;
     return (n * sizeof(float) + 63) & ~(size_t)63;
 }
 
@@ -73,6 +85,26 @@ void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     f16tab_init();
     if (!needs_sums(c->qtype) || !ws) return;
     const int64_t nb = c->in_cols / QK;
+    if (Q40_XQ && c->qtype == G4_Q4_0) {
+        /* xq: per block 48 floats, for i < 16 (x0 = x[i], x1 = x[16 + i] of the block):
+         *   xa = x0 - x1/16, xb = x1/16, xc = -8 (x0 + x1),
+         * so that with lo, hi the nibbles of qs byte i and byte = 16 hi + lo:
+         *   lo*xa + byte*xb + xc = (lo - 8) x0 + (hi - 8) x1.
+         * The kernel then needs no nibble shift and no offset term: a permute (lo), a convert
+         * (byte) and two FMAs per 16 bytes. */
+        float *xq = (float *)ws;
+        for (int64_t b = 0; b < nb; b++) {
+            const float *x0 = x + b * QK, *x1 = x0 + 16;
+            float *q = xq + b * 48;
+            for (int i = 0; i < 16; i++) {
+                const float h = x1[i] * 0.0625f;
+                q[i] = x0[i] - h;
+                q[16 + i] = h;
+                q[32 + i] = -8.0f * (x0[i] + x1[i]);
+            }
+        }
+        return;
+    }
     float *sx = (float *)ws;
     for (int64_t b = 0; b < nb; b++) {
         const float *xb = x + b * QK;
@@ -119,21 +151,17 @@ static inline __m128i k4_unpack_v(const uint8_t *scales) {
 #define G4_UNROLL(n)
 #endif
 
+/* Software prefetch PF_DIST bytes ahead of the row pointer, issued about once per 64 bytes read
+ * (rows are contiguous, so it runs on into the next rows). The hardware prefetchers alone leave
+ * these kernels at ~45 % of the read bandwidth here; 4 KB ahead measured best (512 B: ~55 %).
+ * Both are overridable for tuning (-DPF_DIST=0 turns it off). */
 #ifndef PF_DIST
-#define PF_DIST 512   /* bytes ahead for software prefetch */
+#define PF_DIST 4096
 #endif
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T0
 #endif
-#ifndef PF_DIST2
-#define PF_DIST2 0
-#endif
-#ifndef PF_HINT2
-#define PF_HINT2 _MM_HINT_T1
-#endif
-#if defined(G4_AVX2) && PF_DIST > 0 && PF_DIST2 > 0
-#define PF(p) (_mm_prefetch((const char *)(p) + PF_DIST, PF_HINT), _mm_prefetch((const char *)(p) + PF_DIST2, PF_HINT2))
-#elif defined(G4_AVX2) && PF_DIST > 0
+#if defined(G4_AVX2) && PF_DIST > 0
 #define PF(p) _mm_prefetch((const char *)(p) + PF_DIST, PF_HINT)
 #else
 #define PF(p) ((void)0)
@@ -228,22 +256,23 @@ static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
 
 static inline __m512i zx16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 
-static float dot_q4_0(const uint8_t *w, const float *x, int64_t nb) {
-    const __m512 tbl = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s; 6 uops a block. */
+static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) {
+    const __m512 id = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
 #define Q40B(p, xb, acc) do { \
         const __m512i v_ = zx16((p) + 2); \
-        const __m512 q0_ = _mm512_permutexvar_ps(v_, tbl), q1_ = _mm512_permutexvar_ps(_mm512_srli_epi32(v_, 4), tbl); \
-        const __m512 s_ = _mm512_fmadd_ps(q1_, _mm512_loadu_ps((xb) + 16), _mm512_mul_ps(q0_, _mm512_loadu_ps(xb))); \
+        const __m512 s_ = _mm512_fmadd_ps(_mm512_permutexvar_ps(v_, id), _mm512_loadu_ps(xb), \
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(v_), _mm512_loadu_ps((xb) + 16), _mm512_loadu_ps((xb) + 32))); \
         acc = _mm512_fmadd_ps(s_, _mm512_set1_ps(HT(p)), acc); } while (0)
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         const uint8_t *p = w + b * 18;
         PF(p);
-        Q40B(p, x + b * QK, a0);
-        Q40B(p + 18, x + b * QK + QK, a1);
+        Q40B(p, xq + b * 48, a0);
+        Q40B(p + 18, xq + b * 48 + 48, a1);
     }
-    if (b < nb) Q40B(w + b * 18, x + b * QK, a0);
+    if (b < nb) Q40B(w + b * 18, xq + b * 48, a0);
 #undef Q40B
     return hsum16(_mm512_add_ps(a0, a1));
 }
@@ -341,14 +370,18 @@ static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
     const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-    float s[16] __attribute__((aligned(64)));
+    float sb[2][16] __attribute__((aligned(64)));   /* d*sc, one super-block ahead */
     int8_t qb[128] __attribute__((aligned(64)));
+#define Q6S(blk, dst) _mm512_store_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32( \
+        _mm_loadu_si128((const __m128i *)((blk) + 192)))), _mm512_set1_ps(HT((blk) + 208))))
+    if (nsb > 0) Q6S(w, sb[0]);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
         const float *xs = x + i * QKK;
+        const float *s = sb[i & 1];
         PF(blk); PF(blk + 64); PF(blk + 128); PF(blk + 192);
-        const __m512 sf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192))));
-        _mm512_store_ps(s, _mm512_mul_ps(sf, _mm512_set1_ps(HT(blk + 208))));
+        if (i + 1 < nsb) Q6S(blk + 210, sb[(i + 1) & 1]);
+#undef Q6S
         for (int h = 0; h < 2; h++) {
             const __m512i L = _mm512_loadu_si512((const void *)(ql + 64 * h));
             const __m512i H = _mm512_srlv_epi16(
@@ -509,8 +542,24 @@ static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, con
     return hsum8(_mm256_add_ps(a0, a1)) + (mo ? ao : -off * ao);
 }
 
-static float dot_q4_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
-    return dot_nib(w, x, sx, nb, 18, 2, 0, 0, 8.0f);
+/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s. */
+static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 18;
+        const float *xb = xq + b * 48;
+        PF(p);
+        const __m256i va = zx8(p + 2), vb = zx8(p + 10);
+        __m256 s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(va), _mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 32));
+        __m256 s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(vb), _mm256_loadu_ps(xb + 24), _mm256_loadu_ps(xb + 40));
+        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), _mm256_loadu_ps(xb), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), _mm256_loadu_ps(xb + 8), s1);
+        const __m256 d = _mm256_broadcast_ss(&HT(p));
+        a0 = _mm256_fmadd_ps(s0, d, a0);
+        a1 = _mm256_fmadd_ps(s1, d, a1);
+    }
+    return hsum8(_mm256_add_ps(a0, a1));
 }
 static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
     return dot_nib(w, x, sx, nb, 20, 4, 0, 2, 0.0f);
@@ -531,29 +580,35 @@ static inline __m256 k4_scales(const uint8_t *blk, float *s) {
     return _mm256_mul_ps(mn, _mm256_broadcast_ss(&HT(blk + 2)));
 }
 
+/* Q4_K on AVX2: sub-block 2j = low nibbles of qs[32j ..), 2j+1 = high nibbles; one 4-deep
+ * FMA chain per sub-block; scales one super-block ahead, double-buffered. */
 static float dot_q4_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
     const __m256i m4 = _mm256_set1_epi32(15);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, am = a0;
-    float s[8] __attribute__((aligned(32)));
+    float sb[2][8] __attribute__((aligned(32)));
+    if (nsb > 0) am = _mm256_fmadd_ps(k4_scales(w, sb[0]), _mm256_loadu_ps(sx), am);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *blk = w + i * 144, *qs = blk + 16;
         const float *xs = x + i * QKK;
+        const float *s = sb[i & 1];
         PF(blk); PF(blk + 64); PF(blk + 128);
-        am = _mm256_fmadd_ps(k4_scales(blk, s), _mm256_loadu_ps(sx + i * 8), am);
+        if (i + 1 < nsb)
+            am = _mm256_fmadd_ps(k4_scales(blk + 144, sb[(i + 1) & 1]), _mm256_loadu_ps(sx + (i + 1) * 8), am);
+        G4_UNROLL(4)
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = qs + j * 32;
             const float *xj = xs + j * 64;
             const __m256i v0 = zx8(q), v1 = zx8(q + 8), v2 = zx8(q + 16), v3 = zx8(q + 24);
-            __m256 l0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m4)), _mm256_loadu_ps(xj));
-            __m256 l1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m4)), _mm256_loadu_ps(xj + 8));
-            __m256 h0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), _mm256_loadu_ps(xj + 32));
-            __m256 h1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), _mm256_loadu_ps(xj + 40));
-            l0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v2, m4)), _mm256_loadu_ps(xj + 16), l0);
-            l1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v3, m4)), _mm256_loadu_ps(xj + 24), l1);
-            h0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v2, 4)), _mm256_loadu_ps(xj + 48), h0);
-            h1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v3, 4)), _mm256_loadu_ps(xj + 56), h1);
-            a0 = _mm256_fmadd_ps(_mm256_add_ps(l0, l1), _mm256_set1_ps(s[2 * j]), a0);
-            a1 = _mm256_fmadd_ps(_mm256_add_ps(h0, h1), _mm256_set1_ps(s[2 * j + 1]), a1);
+            __m256 l = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m4)), _mm256_loadu_ps(xj));
+            __m256 h = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), _mm256_loadu_ps(xj + 32));
+            l = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m4)), _mm256_loadu_ps(xj + 8), l);
+            h = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), _mm256_loadu_ps(xj + 40), h);
+            l = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v2, m4)), _mm256_loadu_ps(xj + 16), l);
+            h = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v2, 4)), _mm256_loadu_ps(xj + 48), h);
+            l = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v3, m4)), _mm256_loadu_ps(xj + 24), l);
+            h = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v3, 4)), _mm256_loadu_ps(xj + 56), h);
+            a0 = _mm256_fmadd_ps(l, _mm256_broadcast_ss(s + 2 * j), a0);
+            a1 = _mm256_fmadd_ps(h, _mm256_broadcast_ss(s + 2 * j + 1), a1);
         }
     }
     return hsum8(_mm256_add_ps(a0, a1)) - hsum8(am);
@@ -596,16 +651,22 @@ static float dot_q5_k(const uint8_t *w, const float *x, const float *sx, int64_t
 static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    float s[16] __attribute__((aligned(32)));
+    float sb[2][16] __attribute__((aligned(32)));   /* d*sc, one super-block ahead */
     int8_t qb[128] __attribute__((aligned(32)));
+#define Q6S(blk, dst) do { \
+        const __m128i sc_ = _mm_loadu_si128((const __m128i *)((blk) + 192)); \
+        const __m256 d_ = _mm256_broadcast_ss(&HT((blk) + 208)); \
+        _mm256_store_ps(dst, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc_)), d_)); \
+        _mm256_store_ps((dst) + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc_, 8))), d_)); \
+    } while (0)
+    if (nsb > 0) Q6S(w, sb[0]);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
         const float *xs = x + i * QKK;
+        const float *s = sb[i & 1];
         PF(blk); PF(blk + 64); PF(blk + 128); PF(blk + 192);
-        const __m128i sc = _mm_loadu_si128((const __m128i *)(blk + 192));
-        const __m256 d = _mm256_broadcast_ss(&HT(blk + 208));
-        _mm256_store_ps(s, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), d));
-        _mm256_store_ps(s + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))), d));
+        if (i + 1 < nsb) Q6S(blk + 210, sb[(i + 1) & 1]);
+#undef Q6S
         for (int h = 0; h < 2; h++) {
             const __m256i L0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
             const __m256i L1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
@@ -839,10 +900,15 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
     case G4_BF16: for (o = o0; o < o1; o++) y[o] = dot_bf16(W + o * rb, x, K); break;
     case G4_Q8_0: for (o = o0; o < o1; o++) y[o] = dot_q8_0(W + o * rb, x, nb); break;
 #if defined(G4_AVX512)
-    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, nb); break;
+    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, sx, nb); break;
     case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, nb); break;
     case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, nb); break;
     case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, nb); break;
+#elif defined(G4_AVX2)
+    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, sx, nb); break;
+    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;
+    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, sx, nb); break;
+    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, sx, nb); break;
 #else
     case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, sx, nb); break;
     case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;

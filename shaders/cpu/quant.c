@@ -81,37 +81,80 @@ static void dq_q4_0(const uint8_t *b, float *y) {
 #endif
 }
 
+#if defined(G4_AVX2)
+/* codes of one 32-value block as 4 x 8 int32 lanes (values 0..7, 8..15, 16..23, 24..31): the
+ * nibbles of qs[16], plus 16 where bit i of qh is set (qh_on). */
+static inline void nib_codes(const uint8_t *qs, uint32_t qh, int qh_on, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    q[0] = _mm256_and_si256(a, m4);
+    q[1] = _mm256_and_si256(b, m4);
+    q[2] = _mm256_srli_epi32(a, 4);
+    q[3] = _mm256_srli_epi32(b, 4);
+    if (qh_on) {
+        const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+        for (int k = 0; k < 4; k++) {
+            const __m256i bits = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> (8 * k))), sh), one);
+            q[k] = _mm256_or_si256(q[k], _mm256_slli_epi32(bits, 4));
+        }
+    }
+}
+#endif
+
 static void dq_q4_1(const uint8_t *b, float *y) {
     const float d = g4_h2f(rd16(b)), m = g4_h2f(rd16(b + 2));
     const uint8_t *qs = b + 4;
+#if defined(G4_AVX2)
+    __m256i q[4];
+    nib_codes(qs, 0, 0, q);
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_mul_ps(vd, _mm256_cvtepi32_ps(q[k])), vm));
+#else
     for (int j = 0; j < 16; j++) {
         y[j] = d * (float)(qs[j] & 0xF) + m;
         y[j + 16] = d * (float)(qs[j] >> 4) + m;
     }
+#endif
 }
 
 static void dq_q5_0(const uint8_t *b, float *y) {
     const float d = g4_h2f(rd16(b));
     const uint32_t qh = rd32(b + 2);
     const uint8_t *qs = b + 6;
+#if defined(G4_AVX2)
+    __m256i q[4];
+    nib_codes(qs, qh, 1, q);
+    const __m256 vd = _mm256_set1_ps(d);
+    const __m256i c16 = _mm256_set1_epi32(16);
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(vd, _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], c16))));
+#else
     for (int j = 0; j < 16; j++) {
         int q0 = (qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
         int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
         y[j] = d * (float)(q0 - 16);
         y[j + 16] = d * (float)(q1 - 16);
     }
+#endif
 }
 
 static void dq_q5_1(const uint8_t *b, float *y) {
     const float d = g4_h2f(rd16(b)), m = g4_h2f(rd16(b + 2));
     const uint32_t qh = rd32(b + 4);
     const uint8_t *qs = b + 8;
+#if defined(G4_AVX2)
+    __m256i q[4];
+    nib_codes(qs, qh, 1, q);
+    const __m256 vd = _mm256_set1_ps(d), vm = _mm256_set1_ps(m);
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 8 * k, _mm256_add_ps(_mm256_mul_ps(vd, _mm256_cvtepi32_ps(q[k])), vm));
+#else
     for (int j = 0; j < 16; j++) {
         int q0 = (qs[j] & 0xF) | (int)(((qh >> j) & 1u) << 4);
         int q1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
         y[j] = d * (float)q0 + m;
         y[j + 16] = d * (float)q1 + m;
     }
+#endif
 }
 
 static void dq_q8_0(const uint8_t *b, float *y) {
@@ -175,10 +218,25 @@ static void dq_q5_k(const uint8_t *b, float *y) {
         const uint8_t *q = qs + (j / 2) * 32;
         const int sh = (j & 1) * 4;
         float *yj = y + j * 32;
+#if defined(G4_AVX2)
+        const __m256 vd = _mm256_set1_ps(dj), vm = _mm256_set1_ps(dmj);
+        const __m256i m4 = _mm256_set1_epi32(15), m16 = _mm256_set1_epi32(16);
+        const __m128i csh = _mm_cvtsi32_si128(sh), chb = _mm_cvtsi32_si128(4 - j > 0 ? 4 - j : 0),
+                      chr = _mm_cvtsi32_si128(j - 4 > 0 ? j - 4 : 0);
+        for (int l = 0; l < 32; l += 8) {
+            const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + l)));
+            const __m256i h = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qh + l)));
+            /* bit j of qh moved to bit 4 */
+            const __m256i hb = _mm256_and_si256(_mm256_srl_epi32(_mm256_sll_epi32(h, chb), chr), m16);
+            const __m256i c = _mm256_or_si256(_mm256_and_si256(_mm256_srl_epi32(v, csh), m4), hb);
+            _mm256_storeu_ps(yj + l, _mm256_sub_ps(_mm256_mul_ps(vd, _mm256_cvtepi32_ps(c)), vm));
+        }
+#else
         for (int l = 0; l < 32; l++) {
             int v = ((q[l] >> sh) & 0xF) | (((qh[l] >> j) & 1) << 4);
             yj[l] = dj * (float)v - dmj;
         }
+#endif
     }
 }
 
