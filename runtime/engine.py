@@ -114,7 +114,8 @@ class Engine:
             self.pos += len(chunk)
             if all_logits or last:
                 outs.append(np.array(out, dtype=np.float32, copy=True))
-        return np.concatenate(outs, axis=0)
+        # one chunk (every decode step): its copy is the answer, no second copy of the logits
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
     def close(self) -> None:
         self.backend.close()
