@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table of every fixture model vs its exact and llama.cpp references, for docs/STATUS.md.
 
-usage: python scripts/parity_report.py [--backend cpu|vulkan|cuda] [--fixtures DIR]"""
+usage: python scripts/parity_report.py [--backend cpu|numpy|vulkan|cuda] [--fixtures DIR]"""
 
 from __future__ import annotations
 
