@@ -99,3 +99,17 @@ def rel_err(got, ref):
     assert got.shape == ref.shape, (got.shape, ref.shape)
     assert np.all(np.isfinite(got))
     return float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def attention_case(n, n_head, n_kv, D, window, ring, seed):
+    """q/k/v rows of a random batch, Attention over caches "ck"/"cv" of `ring` rows, then KvStore."""
+    r = np.random.default_rng(seed)
+    c = Case(n)
+    q = c.input("q", r.standard_normal((n, n_head * D)))
+    k = c.input("k", r.standard_normal((n, n_kv * D)))
+    v = c.input("v", r.standard_normal((n, n_kv * D)))
+    c.caches = {"ck": O.KvCache("ck", ring, n_kv * D), "cv": O.KvCache("cv", ring, n_kv * D)}
+    c.ops.append(O.Attention(c.buf("o", n_head * D), q, k, v, "ck", "cv", n_head, n_kv, D, window,
+                             0.125 * 8 / D ** 0.5))
+    c.ops.append(O.KvStore("ck", "cv", k, v))
+    return c

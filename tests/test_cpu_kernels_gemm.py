@@ -35,16 +35,7 @@ CPU = ROOT / "shaders" / "cpu"
 SHIM = ROOT / "tests" / "cpu_shim" / "gemm_shim.c"
 REAL_PARTS = ("runtime.c", "quant.c", "matvec.c")   # + gemm.c; runtime.c links ops.c weakly
 
-ISA_FLAGS = {
-    "scalar": [],
-    "avx2": ["-mavx2", "-mfma", "-mf16c"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
-}
-ISA_CPU_FLAGS = {
-    "scalar": set(),
-    "avx2": {"avx2", "fma", "f16c"},
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-}
+from cpu_build import G4Cmd, G4Exec, ISA_CPU_FLAGS, ISA_FLAGS, host_flags  # noqa: E402
 BASE_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c11", "-pthread"]
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
@@ -55,37 +46,8 @@ THREADS = (1, 2, 3)
 # workers wait for a time slice), so those thread counts run on a subset of the grid there.
 POOL_SUBSET = dict(rows=(1, 3, 13, 100), outs=(7, 100), ks=(256, 1280, 13, 96))
 OP_MATMUL = 2
-
 _p = ctypes.c_void_p
-
-
-class G4Cmd(ctypes.Structure):   # g4cpu.h's g4_cmd
-    _fields_ = [(name, ctypes.c_int32) for name in (
-        "op", "qtype", "rows", "cols", "in_cols", "row0", "col0", "group", "n_rot", "n_head",
-        "n_kv_head", "window", "cache_rows", "cache_f16")] + [
-        ("w_rows", ctypes.c_int64), ("w_row_bytes", ctypes.c_int64),
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("cap", ctypes.c_float),
-        ("pad_", ctypes.c_float),
-        ("out", _p), ("a", _p), ("b", _p), ("c", _p), ("w", _p), ("freqs", _p),
-        ("cache_k", _p), ("cache_v", _p)]
-
-
-class G4Exec(ctypes.Structure):  # g4cpu.h's g4_exec
-    _fields_ = [("pos0", ctypes.c_int32), ("n_tokens", ctypes.c_int32), ("tokens", _p),
-                ("ws", _p), ("ws_bytes", ctypes.c_size_t), ("shared", _p),
-                ("shared_bytes", ctypes.c_size_t), ("pool", _p), ("nth", ctypes.c_int),
-                ("cmd_index", ctypes.c_int32), ("counters", _p)]
-
-
-def _host_flags() -> set[str] | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags") or line.startswith("Features"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+_host_flags = host_flags
 
 
 def _isa_skip(isa: str) -> str | None:

@@ -24,52 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "shaders" / "cpu"
 SHIM = REPO / "tests" / "cpu_shim" / "ops_shim.c"
 
-ISA_FLAGS = {
-    "scalar": [],
-    "avx2": ["-mavx2", "-mfma", "-mf16c"],
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"],
-}
-ISA_CPU_FLAGS = {
-    "scalar": set(),
-    "avx2": {"avx2", "fma", "f16c"},
-    "avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx2", "fma", "f16c"},
-}
+from cpu_build import ISA_CPU_FLAGS, ISA_FLAGS  # noqa: E402
+from cpu_build import G4Cmd as Cmd, G4Exec as Exec, host_flags as _host_flags  # noqa: E402
 THREADS = (1, 2, 3, 4)
 
 OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_ATTENTION, OP_KV_STORE, OP_GELU_MUL, OP_GELU, \
     OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE = range(1, 14)
 F32, F16, Q8_0, BF16 = 0, 1, 8, 30
-
 _p = ctypes.c_void_p
-
-
-class Cmd(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in (
-        "op", "qtype", "rows", "cols", "in_cols", "row0", "col0", "group", "n_rot", "n_head",
-        "n_kv_head", "window", "cache_rows", "cache_f16")] + [
-        ("w_rows", ctypes.c_int64), ("w_row_bytes", ctypes.c_int64),
-        ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("cap", ctypes.c_float),
-        ("pad_", ctypes.c_float),
-        ("out", _p), ("a", _p), ("b", _p), ("c", _p), ("w", _p), ("freqs", _p),
-        ("cache_k", _p), ("cache_v", _p)]
-
-
-class Exec(ctypes.Structure):
-    _fields_ = [("pos0", ctypes.c_int32), ("n_tokens", ctypes.c_int32), ("tokens", _p),
-                ("ws", _p), ("ws_bytes", ctypes.c_size_t), ("shared", _p),
-                ("shared_bytes", ctypes.c_size_t), ("pool", _p), ("nth", ctypes.c_int),
-                ("cmd_index", ctypes.c_int32), ("counters", _p)]
-
-
-def _host_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 class Lib:

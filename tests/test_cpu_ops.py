@@ -21,7 +21,7 @@ from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import G4rtError
 from g4rt.quant_types import block_geometry
-from op_cases import ALL_TYPES, Case, random_weight, rel_err, rng
+from op_cases import ALL_TYPES, Case, attention_case, random_weight, rel_err, rng
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc/gcc/clang): the native CPU backend cannot be built")
@@ -202,19 +202,6 @@ def test_softcap_and_gelu_large_inputs_stay_finite(isa):
 
 
 # ---- attention + KV store: window, GQA, ring wrap-around, pos0 > 0, f16/f32 KV ---------------
-def _attn_step(n, n_head, n_kv, D, window, ring, seed):
-    r = np.random.default_rng(seed)
-    c = Case(n)
-    q = c.input("q", r.standard_normal((n, n_head * D)))
-    k = c.input("k", r.standard_normal((n, n_kv * D)))
-    v = c.input("v", r.standard_normal((n, n_kv * D)))
-    c.caches = {"ck": O.KvCache("ck", ring, n_kv * D), "cv": O.KvCache("cv", ring, n_kv * D)}
-    c.ops.append(O.Attention(c.buf("o", n_head * D), q, k, v, "ck", "cv", n_head, n_kv, D, window,
-                             0.125 * 8 / D ** 0.5))
-    c.ops.append(O.KvStore("ck", "cv", k, v))
-    return c
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
 @pytest.mark.parametrize("n_head,n_kv,D,window,ring,threads", [
@@ -231,7 +218,7 @@ def test_attention_through_the_cache(isa, kv_dtype, n_head, n_kv, D, window, rin
     for i, n in enumerate(steps):
         if pos + n > (ring if window == 0 else 10 ** 6):
             break
-        c = _attn_step(n, n_head, n_kv, D, window, ring, seed=i)
+        c = attention_case(n, n_head, n_kv, D, window, ring, seed=i)
         for be in (ref, nat):
             be.load_weights(c.src.specs, c.src)
             if i == 0:
@@ -272,7 +259,7 @@ def test_decode_attention_over_a_long_cache(isa, threads):
             be.load_weights(c.src.specs, c.src)
             be.compile(c.graph("k")).run(np.arange(n), pos)
         pos += n
-    c = _attn_step(1, n_head, n_kv, D, 0, ring, seed=5)
+    c = attention_case(1, n_head, n_kv, D, 0, ring, seed=5)
     c.caches = caches
     for be in (ref, nat):
         be.load_weights(c.src.specs, c.src)
