@@ -113,3 +113,30 @@ def attention_case(n, n_head, n_kv, D, window, ring, seed):
                              0.125 * 8 / D ** 0.5))
     c.ops.append(O.KvStore("ck", "cv", k, v))
     return c
+
+
+def long_cache_decode(backends, D=512, n_head=2, n_kv=1, ring=3072, fill=(1000, 1000, 1000)):
+    """Fill a `ring`-row global f32 KV cache on every backend (KvStore only, no attention), then
+    run one decode row attending over all of it; returns each backend's attention output."""
+    caches = {"ck": O.KvCache("ck", ring, n_kv * D), "cv": O.KvCache("cv", ring, n_kv * D)}
+    for be in backends:
+        be.allocate_caches(caches)
+    pos = 0
+    for i, n in enumerate(fill):
+        r = np.random.default_rng(100 + i)
+        c = Case(n)
+        k = c.input("k", r.standard_normal((n, n_kv * D)))
+        v = c.input("v", r.standard_normal((n, n_kv * D)))
+        c.caches = caches
+        c.ops.append(O.KvStore("ck", "cv", k, v))
+        for be in backends:
+            be.load_weights(c.src.specs, c.src)
+            be.compile(c.graph("k")).run(np.arange(n), pos)
+        pos += n
+    c = attention_case(1, n_head, n_kv, D, 0, ring, seed=5)
+    c.caches = caches
+    outs = []
+    for be in backends:
+        be.load_weights(c.src.specs, c.src)
+        outs.append(np.array(be.compile(c.graph("o")).run(np.arange(1), pos), copy=True))
+    return outs

@@ -21,7 +21,7 @@ from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import G4rtError
 from g4rt.quant_types import block_geometry
-from op_cases import ALL_TYPES, Case, attention_case, random_weight, rel_err, rng
+from op_cases import ALL_TYPES, Case, attention_case, long_cache_decode, random_weight, rel_err, rng
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler (cc/gcc/clang): the native CPU backend cannot be built")
@@ -242,30 +242,8 @@ def test_attention_through_the_cache(isa, kv_dtype, n_head, n_kv, D, window, rin
 def test_decode_attention_over_a_long_cache(isa, threads):
     """One row at position 3000 over a 3072-row global cache, head_dim 512, 2 heads: the
     position split (flash-decoding partials merged after a barrier) takes over here."""
-    D, n_head, n_kv, ring = 512, 2, 1, 3072
     ref, nat = NumpyBackend(kv_dtype="f32"), native(isa, threads, "f32")
-    caches = {"ck": O.KvCache("ck", ring, n_kv * D), "cv": O.KvCache("cv", ring, n_kv * D)}
-    for be in (ref, nat):
-        be.allocate_caches(caches)
-    pos = 0
-    for i, n in enumerate([1000, 1000, 1000]):          # fill the cache, no attention
-        r = np.random.default_rng(100 + i)
-        c = Case(n)
-        k = c.input("k", r.standard_normal((n, n_kv * D)))
-        v = c.input("v", r.standard_normal((n, n_kv * D)))
-        c.caches = caches
-        c.ops.append(O.KvStore("ck", "cv", k, v))
-        for be in (ref, nat):
-            be.load_weights(c.src.specs, c.src)
-            be.compile(c.graph("k")).run(np.arange(n), pos)
-        pos += n
-    c = attention_case(1, n_head, n_kv, D, 0, ring, seed=5)
-    c.caches = caches
-    for be in (ref, nat):
-        be.load_weights(c.src.specs, c.src)
-    g = c.graph("o")
-    a = ref.compile(g).run(np.arange(1), pos)
-    b = nat.compile(g).run(np.arange(1), pos)
+    a, b = long_cache_decode([ref, nat])
     assert rel_err(b, a) < REL["attention"] * 10
     nat.close()
 

@@ -18,7 +18,7 @@ from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError
 from conftest import vulkan_skip_reason
 from g4rt.quant_types import block_geometry
-from op_cases import ALL_TYPES, Case, attention_case, random_weight, rel_err, rng
+from op_cases import ALL_TYPES, Case, attention_case, long_cache_decode, random_weight, rel_err, rng
 
 _SKIP = vulkan_skip_reason()
 if _SKIP is None:
@@ -280,26 +280,6 @@ def test_matmul_with_the_12b_ffn_width(n, kernels):
 
 def test_attention_over_a_long_cache():
     """A decode step at position 3000 over a 3072-row global cache with head_dim 512."""
-    D, n_head, n_kv, ring = 512, 2, 1, 3072
     cpu, vk = make_backends(kv_dtype="f32")
-    caches = {"ck": O.KvCache("ck", ring, n_kv * D), "cv": O.KvCache("cv", ring, n_kv * D)}
-    for be in (cpu, vk):
-        be.allocate_caches(caches)
-    pos = 0
-    for i, n in enumerate([1000, 1000, 1000]):          # fill the cache, no attention
-        r = np.random.default_rng(100 + i)
-        c = Case(n)
-        k = c.input("k", r.standard_normal((n, n_kv * D)))
-        v = c.input("v", r.standard_normal((n, n_kv * D)))
-        c.caches = caches
-        c.ops.append(O.KvStore("ck", "cv", k, v))
-        for be in (cpu, vk):
-            be.load_weights(c.src.specs, c.src)
-            be.compile(c.graph("k")).run(np.arange(n), pos)
-        pos += n
-    c = attention_case(1, n_head, n_kv, D, 0, ring, seed=5)
-    c.caches = caches
-    for be in (cpu, vk):
-        be.load_weights(c.src.specs, c.src)
-    a, b = run_both(c, "o", cpu=cpu, vk=vk, pos0=pos)
+    a, b = long_cache_decode([cpu, vk])
     assert rel_err(b, a) < REL["attention"] * 10
