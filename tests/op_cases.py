@@ -140,3 +140,24 @@ def long_cache_decode(backends, D=512, n_head=2, n_kv=1, ring=3072, fill=(1000, 
         be.load_weights(c.src.specs, c.src)
         outs.append(np.array(be.compile(c.graph("o")).run(np.arange(1), pos), copy=True))
     return outs
+
+
+def elementwise_case() -> Case:
+    """GeLU·up, GeLU, add, mul, scale (also by a one-element weight), softcap, slice, and an
+    in-place GeLU·up, on 4 rows of 96; the output buffer is "sl"."""
+    c = Case(4)
+    a_ = c.input("a", rng.standard_normal((4, 96)) * 4)
+    b_ = c.input("b", rng.standard_normal((4, 96)))
+    by = c.src.add("by", [[0.37]])
+    c.ops += [
+        O.GeluMul(c.buf("gm", 96), a_, b_),
+        O.Gelu(c.buf("g", 96), a_),
+        O.Add(c.buf("s", 96), "gm", "g"),
+        O.Mul("s", "s", b_),
+        O.Scale("s", "s", 1.7),
+        O.Scale("s", "s", 0.5, by),
+        O.Softcap(c.buf("sc", 96), "s", 3.0),
+        O.Slice(c.buf("sl", 40, rows=2), "sc", 1, 50),
+        O.GeluMul(a_, a_, b_),
+    ]
+    return c

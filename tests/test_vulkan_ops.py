@@ -18,7 +18,7 @@ from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError
 from conftest import vulkan_skip_reason
 from g4rt.quant_types import block_geometry
-from op_cases import ALL_TYPES, Case, attention_case, long_cache_decode, random_weight, rel_err, rng
+from op_cases import ALL_TYPES, Case, attention_case, elementwise_case, long_cache_decode, random_weight, rel_err, rng
 
 _SKIP = vulkan_skip_reason()
 if _SKIP is None:
@@ -142,20 +142,7 @@ def test_rope(head_dim, n_rot, base, ff, pos0):
 
 # ---- elementwise --------------------------------------------------------------------------
 def test_elementwise_ops():
-    c = Case(4)
-    a_ = c.input("a", rng.standard_normal((4, 96)) * 4)
-    b_ = c.input("b", rng.standard_normal((4, 96)))
-    by = c.src.add("by", [[0.37]])
-    c.ops += [
-        O.GeluMul(c.buf("gm", 96), a_, b_),
-        O.Gelu(c.buf("g", 96), a_),
-        O.Add(c.buf("s", 96), "gm", "g"),
-        O.Mul("s", "s", b_),
-        O.Scale("s", "s", 1.7),
-        O.Scale("s", "s", 0.5, by),
-        O.Softcap(c.buf("sc", 96), "s", 3.0),
-        O.Slice(c.buf("sl", 40, rows=2), "sc", 1, 50),
-    ]
+    c = elementwise_case()
     a, b, seen = run_both(c, "sl", observe=True)
     assert rel_err(b, a) < REL["elementwise"]
     for i, (x, y) in enumerate(zip(seen["cpu"], seen["vk"])):

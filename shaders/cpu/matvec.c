@@ -191,11 +191,17 @@ static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
     return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+/* 16-bit float rows (F16, BF16): one loop, the half -> float conversion picked by `bf` (a
+ * constant at both call sites, so each is compiled with its own conversion inlined). */
+static inline __m512 half16_to_ps(__m256i h, int bf) {
+    return bf ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+static inline float dot_half(const uint8_t *w8, const float *x, int64_t K, int bf) {
     const uint16_t *w = (const uint16_t *)(const void *)w8;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
-#define H16(j) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + (j))))
+#define H16(j) half16_to_ps(_mm256_loadu_si256((const __m256i *)(w + i + (j))), bf)
     for (; i + 64 <= K; i += 64) {
         PF(w + i); PF(w + i + 32);
         a0 = _mm512_fmadd_ps(H16(0), _mm512_loadu_ps(x + i), a0);
@@ -207,33 +213,14 @@ static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
 #undef H16
     if (i < K) {
         __mmask16 m = (__mmask16)((1u << (K - i)) - 1);
-        __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
+        __m512 wv = half16_to_ps(_mm256_maskz_loadu_epi16(m, w + i), bf);
         a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
     }
     return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
-static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
-    const uint16_t *w = (const uint16_t *)(const void *)w8;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-#define B16(j) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + (j)))), 16))
-    for (; i + 64 <= K; i += 64) {
-        PF(w + i); PF(w + i + 32);
-        a0 = _mm512_fmadd_ps(B16(0), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(B16(16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(B16(32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(B16(48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= K; i += 16) a0 = _mm512_fmadd_ps(B16(0), _mm512_loadu_ps(x + i), a0);
-#undef B16
-    if (i < K) {
-        __mmask16 m = (__mmask16)((1u << (K - i)) - 1);
-        __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i)), 16));
-        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 0); }
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 1); }
 
 static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
@@ -430,11 +417,16 @@ static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
     return r;
 }
 
-static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+/* 16-bit float rows (F16, BF16), as in the AVX-512 path. */
+static inline __m256 half8_to_ps(__m128i h, int bf) {
+    return bf ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+static inline float dot_half(const uint8_t *w8, const float *x, int64_t K, int bf) {
     const uint16_t *w = (const uint16_t *)(const void *)w8;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
-#define H8(j) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + (j))))
+#define H8(j) half8_to_ps(_mm_loadu_si128((const __m128i *)(w + i + (j))), bf)
     for (; i + 32 <= K; i += 32) {
         PF(w + i);
         a0 = _mm256_fmadd_ps(H8(0), _mm256_loadu_ps(x + i), a0);
@@ -445,28 +437,12 @@ static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
     for (; i + 8 <= K; i += 8) a0 = _mm256_fmadd_ps(H8(0), _mm256_loadu_ps(x + i), a0);
 #undef H8
     float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < K; i++) r += g4_h2f(w[i]) * x[i];
+    for (; i < K; i++) r += (bf ? g4_bf2f(w[i]) : g4_h2f(w[i])) * x[i];
     return r;
 }
 
-static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
-    const uint16_t *w = (const uint16_t *)(const void *)w8;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-#define B8(j) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i + (j)))), 16))
-    for (; i + 32 <= K; i += 32) {
-        PF(w + i);
-        a0 = _mm256_fmadd_ps(B8(0), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(B8(8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(B8(16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(B8(24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= K; i += 8) a0 = _mm256_fmadd_ps(B8(0), _mm256_loadu_ps(x + i), a0);
-#undef B8
-    float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < K; i++) r += g4_bf2f(w[i]) * x[i];
-    return r;
-}
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 0); }
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 1); }
 
 static inline __m256i zx8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 static inline __m256i sx8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
