@@ -513,3 +513,24 @@ def load_chat_template(f, tokenizer=None, **limits: Any) -> ChatTemplate:
         name = f"the built-in {arch} chat format"
     return ChatTemplate(source, bos_token=text(bos), eos_token=text(eos), special_tokens=special,
                         name=name, **limits)
+
+
+_INSTRUCT_NAME = re.compile(r"(?:^|[\s_\-.])(it|instruct|chat|sft|rlhf|dpo)(?:$|[\s_\-.])", re.IGNORECASE)
+
+
+def is_base_model(f) -> bool:
+    """True for a pretrained base model: no chat template in the file and no instruction-tuned
+    finetune named in `general.finetune` / `general.name` (e.g. "gemma-3-270m-it"). Such a
+    model continues text; a chat prompt makes it echo the conversation rather than answer."""
+    if f.has("tokenizer.chat_template"):
+        return False
+    for key in ("general.finetune", "general.name", "general.basename"):
+        value = f.get(key, "")
+        if isinstance(value, str) and _INSTRUCT_NAME.search(value):
+            return False
+    return True
+
+
+BASE_MODEL_NOTICE = ("this is a pretrained base model (no chat template, no instruction-tuned finetune "
+                     "named in the file): chat output will not follow instructions; use plain text "
+                     "completion instead (g4rt run without --chat, or /v1/completions on the server)")

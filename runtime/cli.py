@@ -205,6 +205,10 @@ main.add_command(_run_command, "run")
 main.add_command(_chat_command, "chat")
 main.add_command(_tokenize_command, "tokenize")
 
+from .cli_serve import serve as _serve_command  # noqa: E402
+
+main.add_command(_serve_command, "serve")
+
 # Tools: kernel/model benchmarks, synthetic 12B-shaped models, backend-vs-backend conformance.
 from .bench import bench_command as _bench_command  # noqa: E402
 from .conformance import conformance_command as _conformance_command  # noqa: E402

@@ -81,6 +81,13 @@ def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None):
     return model
 
 
+def _base_model_notice(model) -> None:
+    """Chat on a base model echoes the conversation: say so once, before the first reply."""
+    from .chat_template import BASE_MODEL_NOTICE, is_base_model
+    if is_base_model(model.engine.file):
+        click.echo(f"g4rt: note: {BASE_MODEL_NOTICE}", err=True)
+
+
 def _summary(model) -> str:
     s = model.last_stats
     return (f"[prompt {s.prompt_tokens} tokens ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
@@ -113,6 +120,8 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
     text = prompt if prompt is not None else prompt_file.read()
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
     chat = chat or system is not None
+    if chat:
+        _base_model_notice(m)
     interrupted = False
     try:
         for piece in m.generate(text, chat=chat, system=system, show_thinking=show_thinking or not chat,
@@ -140,6 +149,7 @@ def chat(model, system, show_thinking, **kw):
     from .generation import ChatSession
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
     session = ChatSession(m, system=system, show_thinking=show_thinking)
+    _base_model_notice(m)
     if not kw["quiet"]:
         click.echo("g4rt chat: /reset clears the history, /exit leaves, Ctrl-C stops a reply.", err=True)
     while True:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+from collections import OrderedDict
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,6 +21,9 @@ from .quant_types import QT
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
+#: Recorded graphs kept per engine: prompts of every length would otherwise each keep one (a
+#: server sees thousands); the decode graphs are used every step and so never leave.
+MAX_RECORDED_GRAPHS = 24
 
 
 def kv_value_bytes(backend, kv_dtype=None) -> int:
@@ -38,12 +44,15 @@ def kv_value_bytes(backend, kv_dtype=None) -> int:
 
 
 class Engine:
-    """Runs a model's op list on one backend. `forward` appends tokens to the sequence."""
+    """Runs a model's op list on one backend. `forward` appends tokens to a sequence.
+
+    slots: how many sequences keep their own KV caches (the server's parallel slots); each slot
+    has its own position. Slot 0 is the default everywhere."""
 
     def __init__(self, path, backend: str | Backend = "cpu", ctx: Optional[int] = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                  progress: Optional[Callable[[int], None]] = None, memory_budget: Optional[int] = None,
-                 **backend_options):
+                 slots: int = 1, **backend_options):
         self.file = GGUFFile(path)
         self.config: ModelConfig = load_config(self.file)
         self.specs = weight_specs(self.file)
@@ -58,6 +67,9 @@ class Engine:
                                               batch=self.prefill_chunk))
         if self.ctx <= 0:
             raise G4rtError(f"context size must be positive, got {self.ctx}")
+        self.slots = int(slots)
+        if self.slots < 1:
+            raise G4rtError(f"the number of sequence slots must be at least 1, got {slots}")
         if memory_budget is not None:
             make_plan(self.config, self.specs, self.ctx, kv_bytes=kv_bytes, batch=self.prefill_chunk,
                       budget=memory_budget, model=self.file.path.name)
@@ -68,9 +80,12 @@ class Engine:
             # a progress display learns the total first (bytes of every weight the model reads)
             progress.start(sum(int(self.weight_bytes(n).nbytes) for n in probe.weights))
         self.backend.load_weights(probe.weights, self, progress)
-        self.backend.allocate_caches(kv_caches(self.config, self.ctx))
-        self._graphs: dict[tuple[int, bool], CompiledGraph] = {}
-        self.pos = 0
+        caches = {}
+        for slot in range(self.slots):
+            caches.update(kv_caches(self.config, self.ctx, slot))
+        self.backend.allocate_caches(caches)
+        self._graphs: OrderedDict[tuple[int, bool, int], CompiledGraph] = OrderedDict()
+        self._pos = [0] * self.slots
 
     # WeightSource
     def weight_bytes(self, name: str) -> np.ndarray:
@@ -78,40 +93,80 @@ class Engine:
             return self.derived[name].view(np.uint8)
         return self.file.tensor(name).raw
 
-    def graph(self, n_tokens: int, all_logits: bool = False) -> CompiledGraph:
-        key = (n_tokens, all_logits and n_tokens > 1)
+    def graph(self, n_tokens: int, all_logits: bool = False, slot: int = 0) -> CompiledGraph:
+        key = (n_tokens, all_logits and n_tokens > 1, slot)
         g = self._graphs.get(key)
         if g is None:
-            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1]))
+            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], slot))
             self._graphs[key] = g
+            while len(self._graphs) > MAX_RECORDED_GRAPHS:
+                self._graphs.popitem(last=False)        # least recently used
+        else:
+            self._graphs.move_to_end(key)
         return g
+
+    # Slot 0's position, for the single-sequence callers.
+    @property
+    def pos(self) -> int:
+        return self._pos[0]
+
+    @pos.setter
+    def pos(self, value: int) -> None:
+        self._pos[0] = int(value)
+
+    def position(self, slot: int = 0) -> int:
+        return self._pos[slot]
 
     @property
     def remaining(self) -> int:
         """Positions left in the context: generation must stop when this reaches 0."""
         return self.ctx - self.pos
 
-    def reset(self) -> None:
+    def reset(self, slot: int = 0) -> None:
         """Start a new sequence (cache rows are overwritten before they are read again)."""
-        self.pos = 0
+        self._pos[slot] = 0
 
-    def forward(self, ids, all_logits: bool = False) -> np.ndarray:
-        """Feed tokens at the current position; return logits [len(ids) or 1, n_vocab]."""
+    @functools.cached_property
+    def min_window(self) -> int:
+        """The smallest sliding window over the layers that keep a cache (ctx when none slides)."""
+        return min([min(self.ctx, L.window) for L in self.config.layers if L.owns_kv and L.window] + [self.ctx])
+
+    def reusable_prefix(self, cached_len: int, common: int) -> int:
+        """How many of a slot's `cached_len` cached positions a new sequence sharing its first
+        `common` tokens can keep. Moving the position back is exact on global layers (later rows
+        are rewritten before they are read) and on sliding ones only while no ring has wrapped:
+        past that, the rows the window needs were overwritten, and only a pure extension is kept."""
+        common = min(common, cached_len)
+        if common == cached_len or cached_len <= self.min_window:
+            return common
+        return 0
+
+    def truncate(self, n: int, slot: int = 0) -> None:
+        """Move a slot back to position n (see reusable_prefix for when that is exact)."""
+        if not 0 <= n <= self._pos[slot]:
+            raise G4rtError(f"cannot move slot {slot} from position {self._pos[slot]} to {n}")
+        self._pos[slot] = n
+
+    def forward(self, ids, all_logits: bool = False, slot: int = 0) -> np.ndarray:
+        """Feed tokens at the slot's current position; return logits [len(ids) or 1, n_vocab]."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+        if not 0 <= slot < self.slots:
+            raise G4rtError(f"slot {slot} out of range (the engine has {self.slots})")
         if len(ids) == 0:
             raise G4rtError("no tokens to process")
-        if self.pos + len(ids) > self.ctx:
+        pos = self._pos[slot]
+        if pos + len(ids) > self.ctx:
             raise ContextOverflowError(
-                f"{self.pos + len(ids)} tokens do not fit the context of {self.ctx} "
-                f"({self.pos} already used, {len(ids)} new); use a larger --ctx")
+                f"{pos + len(ids)} tokens do not fit the context of {self.ctx} "
+                f"({pos} already used, {len(ids)} new); use a larger --ctx")
         if ids.min() < 0 or ids.max() >= self.config.n_vocab:
             raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
         outs = []
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start:start + self.prefill_chunk]
             last = start + len(chunk) == len(ids)
-            out = self.graph(len(chunk), all_logits).run(chunk, self.pos)
-            self.pos += len(chunk)
+            out = self.graph(len(chunk), all_logits, slot).run(chunk, self._pos[slot])
+            self._pos[slot] += len(chunk)
             if all_logits or last:
                 outs.append(np.array(out, dtype=np.float32, copy=True))
         # one chunk (every decode step): its copy is the answer, no second copy of the logits

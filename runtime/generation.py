@@ -224,7 +224,7 @@ class ChatSession:
 
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
-         threads: Optional[int] = None, **backend_options) -> Model:
+         threads: Optional[int] = None, slots: int = 1, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
@@ -245,11 +245,11 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
                                     cpu_options={"threads": threads} if threads else None)
         reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
-        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress)
+        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress, slots=slots)
     else:
         if threads is not None:
             if backend != "cpu":
                 raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
             backend_options["threads"] = threads
-        engine = Engine(path, backend=backend, ctx=ctx, progress=progress, **backend_options)
+        engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, **backend_options)
     return Model(engine, reason)

@@ -22,7 +22,7 @@ class SamplingError(G4rtError):
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 seed: int | None = None):
+                 seed: int | None = None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0):
         if not np.isfinite(temperature) or temperature < 0:
             raise SamplingError(f"temperature must be >= 0, got {temperature}")
         if top_k < 0:
@@ -35,6 +35,11 @@ class Sampler:
             raise SamplingError(f"repeat_penalty must be > 0, got {repeat_penalty}")
         if repeat_last_n < -1:
             raise SamplingError(f"repeat_last_n must be >= -1 (-1 = whole history), got {repeat_last_n}")
+        for name, v in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
+            if not np.isfinite(v) or not -2.0 <= v <= 2.0:
+                raise SamplingError(f"{name} must be in [-2, 2], got {v}")
+        self.frequency_penalty = float(frequency_penalty)
+        self.presence_penalty = float(presence_penalty)
         self.temperature = float(temperature)
         self.top_k = int(top_k)
         self.top_p = float(top_p)
@@ -45,18 +50,23 @@ class Sampler:
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
-        """llama.cpp's repeat penalty: every distinct token of the last `repeat_last_n` has its
-        logit divided by the penalty if positive, multiplied by it if not."""
-        if self.repeat_penalty == 1.0 or self.repeat_last_n == 0 or len(history) == 0:
+        """llama.cpp's penalties over the last `repeat_last_n` tokens: every distinct one has its
+        logit divided by the repeat penalty if positive (multiplied if not), then lowered by
+        frequency_penalty x its count plus presence_penalty (OpenAI's definitions)."""
+        if ((self.repeat_penalty == 1.0 and self.frequency_penalty == 0.0 and self.presence_penalty == 0.0)
+                or self.repeat_last_n == 0 or len(history) == 0):
             return logits
         recent = history if self.repeat_last_n < 0 else history[-self.repeat_last_n:]
-        ids = np.unique(np.asarray(recent, dtype=np.int64))
-        ids = ids[(ids >= 0) & (ids < logits.shape[0])]
+        ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+        keep = (ids >= 0) & (ids < logits.shape[0])
+        ids, counts = ids[keep], counts[keep]
         if ids.size == 0:
             return logits
         out = logits.copy()
         v = out[ids]
-        out[ids] = np.where(v <= 0, v * self.repeat_penalty, v / self.repeat_penalty)
+        if self.repeat_penalty != 1.0:
+            v = np.where(v <= 0, v * self.repeat_penalty, v / self.repeat_penalty)
+        out[ids] = v - (counts * self.frequency_penalty + self.presence_penalty).astype(np.float32)
         return out
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:

@@ -42,25 +42,32 @@ def weight_specs(f: GGUFFile) -> dict[str, WeightSpec]:
     return specs
 
 
-def kv_caches(cfg: ModelConfig, ctx: int) -> dict[str, KvCache]:
+def cache_names(layer: int, slot: int = 0) -> tuple[str, str]:
+    """The K and V cache names of a layer; slot > 0 names another sequence's own caches (the
+    server's parallel slots each keep the KV of their last sequence)."""
+    suffix = f"@{slot}" if slot else ""
+    return f"cache_k.{layer}{suffix}", f"cache_v.{layer}{suffix}"
+
+
+def kv_caches(cfg: ModelConfig, ctx: int, slot: int = 0) -> dict[str, KvCache]:
     """The persistent caches: sliding layers keep min(ctx, window) positions, global ones ctx."""
     caches = {}
     for L in cfg.layers:
         if L.owns_kv:
             rows = min(ctx, L.window) if L.window else ctx
-            caches[f"cache_k.{L.index}"] = KvCache(f"cache_k.{L.index}", rows, L.kv_width)
-            caches[f"cache_v.{L.index}"] = KvCache(f"cache_v.{L.index}", rows, L.kv_width)
+            for name in cache_names(L.index, slot):
+                caches[name] = KvCache(name, rows, L.kv_width)
     return caches
 
 
 class _Builder:
-    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int):
-        self.cfg, self.specs, self.n = cfg, specs, n
+    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int, slot: int = 0):
+        self.cfg, self.specs, self.n, self.slot = cfg, specs, n, slot
         self.buffers: dict[str, Buffer] = {}
         self.weights: dict[str, WeightSpec] = {}
         self.ops: list[Op] = []
         self.labels: list[str] = []
-        self.caches = kv_caches(cfg, ctx)
+        self.caches = kv_caches(cfg, ctx, slot)
 
     def buf(self, name: str, cols: int, rows: int | None = None) -> str:
         rows = self.n if rows is None else rows
@@ -100,11 +107,12 @@ class _Builder:
 
 
 def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, ctx: int,
-                all_logits: bool = False) -> Graph:
+                all_logits: bool = False, slot: int = 0) -> Graph:
     """The forward pass for a batch of n_tokens tokens at positions pos0 .. pos0 + n_tokens - 1.
 
-    all_logits: output logits for every row (teacher forcing); else only for the last row."""
-    b = _Builder(cfg, specs, n_tokens, ctx)
+    all_logits: output logits for every row (teacher forcing); else only for the last row.
+    slot: which sequence slot's KV caches the graph reads and writes."""
+    b = _Builder(cfg, specs, n_tokens, ctx, slot)
     E, eps = cfg.n_embd, cfg.rms_eps
     b.buffers["tokens"] = Buffer("tokens", n_tokens, 1, "i32")
 
@@ -158,7 +166,7 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
             k, v = b.buffers[kname].name, b.buffers[vname].name
             if b.buffers[k].cols != L.kv_width:
                 raise TensorShapeError(f"layer {i} shares the KV of layer {src}, whose width differs")
-        ck, cv = f"cache_k.{src}", f"cache_v.{src}"
+        ck, cv = cache_names(src, b.slot)
         a = b.emit(p + "attention", Attention(b.buf("attn", L.q_width), q, k, v, ck, cv, L.n_head,
                                                L.n_kv_head, D, L.window, cfg.attn_scale))
         if last_reader[src] == i:

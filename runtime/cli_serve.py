@@ -1,0 +1,106 @@
+"""`g4rt serve`: load a model once and answer OpenAI-style HTTP requests (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from .cli_generate import BACKENDS, THREADS_OPTION
+from .errors import G4rtError
+
+
+class ServeError(G4rtError):
+    """The server could not start or its model could not load."""
+
+
+def _size(text: str) -> int:
+    from .memory_plan import parse_size
+    return parse_size(text)
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--api-key", default=None, envvar="G4RT_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (or X-Api-Key) on every endpoint but /health "
+                   "(also from $G4RT_API_KEY).")
+@click.option("--parallel", "-np", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Sequence slots: requests served at once, each with its own KV cache.")
+@click.option("--queue", type=click.IntRange(0), default=64, show_default=True,
+              help="Requests that may wait for a slot; past that, 503 with Retry-After.")
+@click.option("--ctx", type=click.IntRange(2), default=None, help="Context size per slot, in tokens.")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True)
+@click.option("--gpu-layers", type=click.IntRange(0), default=None,
+              help="Only the first N layers on the GPU backend, the rest on the CPU.")
+@THREADS_OPTION
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Most seconds one request may take (it then ends with finish_reason 'length').")
+@click.option("--truncate", is_flag=True,
+              help="Cut prompts longer than the context (oldest tokens first) instead of answering 400.")
+@click.option("--max-body", default="1MiB", show_default=True, help="Largest request body (413 above it).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.")
+@click.option("--alias", "aliases", multiple=True, help="Another model name clients may ask for (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers, threads, timeout, truncate,
+          max_body, cors_origins, aliases, quiet):
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
+
+    The model loads in the background: GET /health answers 503 until it is ready. MODEL defaults
+    to the bundled Gemma 3 270M. Ctrl-C or SIGTERM stops the server cleanly."""
+    import uvicorn
+
+    from .server.app import ServerConfig, ServerState, create_app
+    from .server.metrics import ServerMetrics
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if model is None:
+        from .default_model import default_model_path
+        model = default_model_path()
+    if not Path(model).is_file():
+        raise ServeError(f"{model}: no such file")
+    config = ServerConfig(model_id=Path(model).stem, aliases=tuple(aliases) + (Path(model).name,),
+                          api_key=api_key or None, max_body=_size(max_body), cors_origins=tuple(cors_origins),
+                          truncate=truncate, timeout_s=timeout, queue=queue)
+    state = ServerState(config, ServerMetrics(parallel))
+
+    def loader():
+        from .generation import load
+        m = load(model, backend=backend, ctx=ctx, gpu_layers=gpu_layers, threads=threads, slots=parallel)
+        click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
+                   f"of {m.engine.ctx} tokens", err=True)
+        return m
+
+    app = create_app(state, loader)
+    server = _make_server(uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info",
+                                    access_log=not quiet, timeout_graceful_shutdown=10, lifespan="on"), state)
+    app.state.on_load_error = lambda message: setattr(server, "should_exit", True)
+    click.echo(f"g4rt serve: loading {Path(model).name}; listening on http://{host}:{port} "
+               f"(GET /health is 503 until the model is ready)", err=True)
+    server.run()
+    if state.load_error:
+        raise ServeError(f"the model failed to load: {state.load_error}")
+    if not server.started:
+        raise ServeError(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+def _make_server(config, state):
+    """uvicorn's server, told to end the running generations first when a signal stops it (they
+    end with an error chunk, so no client hangs while uvicorn waits for connections to close)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # not from the signal handler itself: the scheduler's lock may be held right here
+            threading.Thread(target=state.shutdown, daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
+__all__ = ["serve"]

@@ -1,0 +1,153 @@
+"""The OpenAI request shapes the server accepts, validated strictly (a wrong type is a 400, an
+unknown field is ignored), and OpenAI's error body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_STOPS = 16
+MAX_TOP_LOGPROBS = 20
+
+
+class APIError(Exception):
+    """An error answered as OpenAI's error JSON with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: Union[str, dict] = "{}"
+
+
+class ToolCallIn(_Strict):
+    id: Optional[str] = None
+    type: str = "function"
+    function: FunctionCall
+
+
+class ContentPart(_Strict):
+    type: str
+    text: Optional[str] = None
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[ContentPart], None] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[ToolCallIn]] = None
+    tool_call_id: Optional[str] = None
+    reasoning_content: Optional[str] = None
+
+
+class FunctionDef(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    description: Optional[str] = None
+    parameters: Optional[dict] = None
+
+
+class Tool(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: dict
+
+
+class _Sampling(_Strict):
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = Field(default=None, ge=0, le=100)
+    top_p: Optional[float] = Field(default=None, gt=0, le=1)
+    top_k: Optional[int] = Field(default=None, ge=0)
+    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    seed: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    repeat_penalty: Optional[float] = Field(default=None, gt=0, le=10)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    n: int = 1
+    user: Optional[str] = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOPS:
+            raise APIError(400, f"'stop' has {len(stops)} strings; at most {MAX_STOPS} are allowed", param="stop")
+        return [s for s in stops if s]
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message]
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Optional[list[Tool]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    reasoning_format: Optional[str] = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[int], list[str], list[list[int]]]
+    logprobs: Optional[int] = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+    suffix: Optional[str] = None
+
+
+class TokenizeRequest(_Strict):
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    tokens: list[int]
+
+
+def _where(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union[")))
+
+
+def parse_body(raw: bytes, schema: type[BaseModel]):
+    """The request body as `schema`, or an APIError(400) that names the problem."""
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise APIError(400, f"the request body must be a JSON object, not {type(obj).__name__}")
+    try:
+        return schema.model_validate(obj)
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply") from None
+    except ValidationError as e:
+        errs = e.errors(include_url=False)
+        first = errs[0]
+        where = _where(first)
+        more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
+        raise APIError(400, f"invalid '{where}': {first['msg']}{more}", param=where or None) from None
