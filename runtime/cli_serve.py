@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -70,8 +72,12 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     state = ServerState(config, ServerMetrics(parallel))
 
     def loader():
+        from .engine import DEFAULT_PREFILL_CHUNK
         from .generation import load
-        m = load(model, backend=backend, ctx=ctx, gpu_layers=gpu_layers, threads=threads, slots=parallel)
+        # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
+        # next chat turn can then move back past the previous answer and keep the shared prefix
+        m = load(model, backend=backend, ctx=ctx, gpu_layers=gpu_layers, threads=threads, slots=parallel,
+                 ring_slack=DEFAULT_PREFILL_CHUNK)
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
                    f"of {m.engine.ctx} tokens", err=True)
         return m
@@ -83,6 +89,8 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     click.echo(f"g4rt serve: loading {Path(model).name}; listening on http://{host}:{port} "
                f"(GET /health is 503 until the model is ready)", err=True)
     server.run()
+    if server.started and not quiet:
+        click.echo("g4rt serve: stopped", err=True)
     if state.load_error:
         raise ServeError(f"the model failed to load: {state.load_error}")
     if not server.started:
@@ -99,6 +107,20 @@ def _make_server(config, state):
             # not from the signal handler itself: the scheduler's lock may be held right here
             threading.Thread(target=state.shutdown, daemon=True).start()
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises the signal after its graceful shutdown (exit status -15); a clean
+            # stop on Ctrl-C or SIGTERM is exit status 0 here
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
 
     return Server(config)
 

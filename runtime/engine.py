@@ -47,12 +47,13 @@ class Engine:
     """Runs a model's op list on one backend. `forward` appends tokens to a sequence.
 
     slots: how many sequences keep their own KV caches (the server's parallel slots); each slot
-    has its own position. Slot 0 is the default everywhere."""
+    has its own position. Slot 0 is the default everywhere. ring_slack: extra rows in the sliding
+    layers' rings, so that a slot can move back that far exactly (see reusable_prefix)."""
 
     def __init__(self, path, backend: str | Backend = "cpu", ctx: Optional[int] = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                  progress: Optional[Callable[[int], None]] = None, memory_budget: Optional[int] = None,
-                 slots: int = 1, **backend_options):
+                 slots: int = 1, ring_slack: int = 0, **backend_options):
         self.file = GGUFFile(path)
         self.config: ModelConfig = load_config(self.file)
         self.specs = weight_specs(self.file)
@@ -70,11 +71,12 @@ class Engine:
         self.slots = int(slots)
         if self.slots < 1:
             raise G4rtError(f"the number of sequence slots must be at least 1, got {slots}")
+        self.ring_slack = max(0, int(ring_slack))
         if memory_budget is not None:
             make_plan(self.config, self.specs, self.ctx, kv_bytes=kv_bytes, batch=self.prefill_chunk,
                       budget=memory_budget, model=self.file.path.name)
         # The one-token graph names every weight the model uses: validate and upload those.
-        probe = build_graph(self.config, self.specs, 1, self.ctx)
+        probe = build_graph(self.config, self.specs, 1, self.ctx, ring_slack=self.ring_slack)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend
         if progress is not None and hasattr(progress, "start"):
             # a progress display learns the total first (bytes of every weight the model reads)
@@ -82,7 +84,7 @@ class Engine:
         self.backend.load_weights(probe.weights, self, progress)
         caches = {}
         for slot in range(self.slots):
-            caches.update(kv_caches(self.config, self.ctx, slot))
+            caches.update(kv_caches(self.config, self.ctx, slot, self.ring_slack))
         self.backend.allocate_caches(caches)
         self._graphs: OrderedDict[tuple[int, bool, int], CompiledGraph] = OrderedDict()
         self._pos = [0] * self.slots
@@ -97,7 +99,8 @@ class Engine:
         key = (n_tokens, all_logits and n_tokens > 1, slot)
         g = self._graphs.get(key)
         if g is None:
-            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], slot))
+            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], slot,
+                                                 self.ring_slack))
             self._graphs[key] = g
             while len(self._graphs) > MAX_RECORDED_GRAPHS:
                 self._graphs.popitem(last=False)        # least recently used
@@ -127,19 +130,29 @@ class Engine:
         self._pos[slot] = 0
 
     @functools.cached_property
-    def min_window(self) -> int:
-        """The smallest sliding window over the layers that keep a cache (ctx when none slides)."""
-        return min([min(self.ctx, L.window) for L in self.config.layers if L.owns_kv and L.window] + [self.ctx])
+    def _rings(self) -> list[tuple[int, int]]:
+        """(ring rows, window) of every sliding layer whose ring is shorter than the context."""
+        out = []
+        for L in self.config.layers:
+            if L.owns_kv and L.window:
+                rows = min(self.ctx, L.window + self.ring_slack)
+                if rows < self.ctx:
+                    out.append((rows, L.window))
+        return out
 
     def reusable_prefix(self, cached_len: int, common: int) -> int:
         """How many of a slot's `cached_len` cached positions a new sequence sharing its first
         `common` tokens can keep. Moving the position back is exact on global layers (later rows
-        are rewritten before they are read) and on sliding ones only while no ring has wrapped:
-        past that, the rows the window needs were overwritten, and only a pure extension is kept."""
+        are rewritten before they are read); on a sliding layer's ring of R rows and window W it
+        is exact while the ring has not wrapped (cached_len <= R) or the move is at most R - W
+        positions (the window's rows are still there). Otherwise only a pure extension is kept."""
         common = min(common, cached_len)
-        if common == cached_len or cached_len <= self.min_window:
+        if common == cached_len:
             return common
-        return 0
+        for rows, window in self._rings:
+            if cached_len > rows and cached_len - common > rows - window:
+                return 0
+        return common
 
     def truncate(self, n: int, slot: int = 0) -> None:
         """Move a slot back to position n (see reusable_prefix for when that is exact)."""

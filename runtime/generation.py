@@ -224,12 +224,13 @@ class ChatSession:
 
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
-         threads: Optional[int] = None, slots: int = 1, **backend_options) -> Model:
+         threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
     backend (for models that do not fit in device memory). threads: CPU threads (native CPU
-    backend, also the CPU half of a hybrid; default: the physical cores)."""
+    backend, also the CPU half of a hybrid; default: the physical cores). slots, ring_slack: KV
+    caches for several sequences and longer sliding rings (the server's; see Engine)."""
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
@@ -245,11 +246,12 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
                                     cpu_options={"threads": threads} if threads else None)
         reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
-        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress, slots=slots)
+        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack)
     else:
         if threads is not None:
             if backend != "cpu":
                 raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
             backend_options["threads"] = threads
-        engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, **backend_options)
+        engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack,
+                        **backend_options)
     return Model(engine, reason)

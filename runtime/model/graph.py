@@ -49,25 +49,28 @@ def cache_names(layer: int, slot: int = 0) -> tuple[str, str]:
     return f"cache_k.{layer}{suffix}", f"cache_v.{layer}{suffix}"
 
 
-def kv_caches(cfg: ModelConfig, ctx: int, slot: int = 0) -> dict[str, KvCache]:
-    """The persistent caches: sliding layers keep min(ctx, window) positions, global ones ctx."""
+def kv_caches(cfg: ModelConfig, ctx: int, slot: int = 0, ring_slack: int = 0) -> dict[str, KvCache]:
+    """The persistent caches: sliding layers keep min(ctx, window + ring_slack) positions, global
+    ones ctx. The slack lets a sequence move back up to ring_slack positions exactly (a prompt
+    cache that keeps a shared prefix): the rows the window then needs are not yet overwritten."""
     caches = {}
     for L in cfg.layers:
         if L.owns_kv:
-            rows = min(ctx, L.window) if L.window else ctx
+            rows = min(ctx, L.window + ring_slack) if L.window else ctx
             for name in cache_names(L.index, slot):
                 caches[name] = KvCache(name, rows, L.kv_width)
     return caches
 
 
 class _Builder:
-    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int, slot: int = 0):
+    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int, slot: int = 0,
+                 ring_slack: int = 0):
         self.cfg, self.specs, self.n, self.slot = cfg, specs, n, slot
         self.buffers: dict[str, Buffer] = {}
         self.weights: dict[str, WeightSpec] = {}
         self.ops: list[Op] = []
         self.labels: list[str] = []
-        self.caches = kv_caches(cfg, ctx, slot)
+        self.caches = kv_caches(cfg, ctx, slot, ring_slack)
 
     def buf(self, name: str, cols: int, rows: int | None = None) -> str:
         rows = self.n if rows is None else rows
@@ -107,12 +110,12 @@ class _Builder:
 
 
 def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, ctx: int,
-                all_logits: bool = False, slot: int = 0) -> Graph:
+                all_logits: bool = False, slot: int = 0, ring_slack: int = 0) -> Graph:
     """The forward pass for a batch of n_tokens tokens at positions pos0 .. pos0 + n_tokens - 1.
 
     all_logits: output logits for every row (teacher forcing); else only for the last row.
-    slot: which sequence slot's KV caches the graph reads and writes."""
-    b = _Builder(cfg, specs, n_tokens, ctx, slot)
+    slot: which sequence slot's KV caches the graph reads and writes; ring_slack: see kv_caches."""
+    b = _Builder(cfg, specs, n_tokens, ctx, slot, ring_slack)
     E, eps = cfg.n_embd, cfg.rms_eps
     b.buffers["tokens"] = Buffer("tokens", n_tokens, 1, "i32")
 

@@ -24,6 +24,11 @@ from ..tokenizer import StreamDecoder
 from .output_text import StopMatcher
 
 
+#: Shorter shared prefixes are prefilled again: reusing a few tokens (BOS, a template header) saves
+#: nothing, and prefill cut at a different place gives slightly different float rounding.
+MIN_PREFIX_REUSE = 16
+
+
 class QueueFullError(G4rtError):
     """Every slot is busy and the wait queue is full."""
 
@@ -197,6 +202,7 @@ class Scheduler:
             best, keep = None, -1
             for s in sorted(free, key=lambda s: s.last_used):
                 k = self.engine.reusable_prefix(len(s.cached), common_prefix(s.cached, job.ids[:-1]))
+                k = k if k >= MIN_PREFIX_REUSE else 0
                 if k > keep:
                     best, keep = s, k
             self._start(best, job, keep)
