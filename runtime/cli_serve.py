@@ -86,9 +86,12 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     server = _make_server(uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info",
                                     access_log=not quiet, timeout_graceful_shutdown=10, lifespan="on"), state)
     app.state.on_load_error = lambda message: setattr(server, "should_exit", True)
-    click.echo(f"g4rt serve: loading {Path(model).name}; listening on http://{host}:{port} "
+    click.echo(f"g4rt serve: loading {Path(model).name}; serving http://{host}:{port} "
                f"(GET /health is 503 until the model is ready)", err=True)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:          # uvicorn exits when it cannot bind; say it as a g4rt error
+        pass
     if server.started and not quiet:
         click.echo("g4rt serve: stopped", err=True)
     if state.load_error:
