@@ -40,6 +40,8 @@ class Sampler:
                 raise SamplingError(f"{name} must be in [-2, 2], got {v}")
         self.frequency_penalty = float(frequency_penalty)
         self.presence_penalty = float(presence_penalty)
+        if seed is not None and not 0 <= int(seed) < 2**64:
+            raise SamplingError(f"seed must be in [0, 2^64), got {seed}")
         self.temperature = float(temperature)
         self.top_k = int(top_k)
         self.top_p = float(top_p)

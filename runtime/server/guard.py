@@ -6,6 +6,7 @@ response in a way that hides client disconnects from streaming responses."""
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from typing import Optional
 
@@ -75,7 +76,15 @@ class Guard:
                         raise BodyTooLargeError(self.max_body)
                 return message
 
-            await self.app(scope, limited_receive, counting_send)
+            try:
+                await self.app(scope, limited_receive, counting_send)
+            except Exception as e:
+                # answered here rather than by Starlette's outer error middleware: it is counted,
+                # and the client keeps its keep-alive connection
+                if status_seen[0]:
+                    raise               # the response had begun: nothing valid can follow
+                logging.getLogger("g4rt.server").exception("g4rt serve: internal error")
+                await reply(500, f"internal error: {type(e).__name__}: {e}", "server_error")
         finally:
             if self.metrics is not None and status_seen[0]:
                 endpoint = path if path in KNOWN_PATHS else "other"

@@ -82,7 +82,7 @@ class _Sampling(_Strict):
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
     top_k: Optional[int] = Field(default=None, ge=0)
     min_p: Optional[float] = Field(default=None, ge=0, le=1)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=0, lt=2**64)
     stop: Union[str, list[str], None] = None
     frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
@@ -141,6 +141,13 @@ def parse_body(raw: bytes, schema: type[BaseModel]):
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise APIError(400, f"the request body must be a JSON object, not {type(obj).__name__}")
+    try:    # JSON may spell lone UTF-16 surrogates (\ud800), which no tokenizer can encode
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request holds a string with an unpaired surrogate (\\ud800-\\udfff): "
+                            "not valid Unicode text") from None
+    except RecursionError:
+        raise APIError(400, "the request body nests JSON too deeply") from None
     try:
         return schema.model_validate(obj)
     except RecursionError:
