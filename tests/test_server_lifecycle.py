@@ -93,3 +93,21 @@ def test_serve_refuses_a_port_in_use():
                            capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"could not listen on 127.0.0.1:{port}" in r.stderr
+
+
+@pytest.mark.parametrize("origins", [(), ("http://ui.example",)])
+def test_cors_only_for_the_named_origins(origins):
+    from g4rt.server.app import ServerConfig, ServerState, create_app
+    from g4rt.server.metrics import ServerMetrics
+    state = ServerState(ServerConfig(model_id="m", cors_origins=origins, api_key="k"), ServerMetrics(1))
+    http = TestClient(create_app(state))
+    pre = http.options("/v1/models", headers={"Origin": "http://ui.example", "Access-Control-Request-Method": "GET",
+                                              "Access-Control-Request-Headers": "authorization"})
+    r = http.get("/v1/models", headers={"Origin": "http://ui.example", "Authorization": "Bearer k"})
+    other = http.get("/v1/models", headers={"Origin": "http://evil.example", "Authorization": "Bearer k"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in other.headers
+    if origins:
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://ui.example"
+        assert r.headers["access-control-allow-origin"] == "http://ui.example"
+    else:
+        assert "access-control-allow-origin" not in pre.headers and "access-control-allow-origin" not in r.headers
