@@ -139,6 +139,17 @@ def _sse(obj) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
+def _stream_end(last: dict, done: DoneEvent, include_usage: bool) -> list[bytes]:
+    """A stream's last chunk (with the timings), the usage chunk if asked for, and [DONE]."""
+    last["timings"] = timings_body(done.usage, done.stop_reason)
+    out = [_sse(last)]
+    if include_usage:
+        out.append(_sse({"id": last["id"], "object": last["object"], "created": last["created"],
+                         "model": last["model"], "choices": [], "usage": usage_body(done.usage)}))
+    out.append(b"data: [DONE]\n\n")
+    return out
+
+
 class _Run:
     """One submitted job seen from the event loop: its events, and its cancellation when the
     client goes away (a watcher reads the ASGI channel for `http.disconnect`, which a plain
@@ -292,13 +303,18 @@ def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None
         return {"content": model.tokenizer.decode(req.tokens)}
 
     # ---- generation --------------------------------------------------------------------------
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def _generation_request(request: Request, schema):
+        """(model, validated request, model id to answer with) for the generation endpoints."""
         model = state.ready()
-        req = parse_body(await request.body(), ChatRequest)
+        req = parse_body(await request.body(), schema)
         name = state.check_model(req.model)
         if req.n != 1:
             raise APIError(400, f"n={req.n} is not supported (one choice per request)", param="n")
+        return model, req, name
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        model, req, name = await _generation_request(request, ChatRequest)
         ids = await run_in_threadpool(chat_prompt_ids, model, req)
         ids, max_tokens = state.fit(ids, req.max_completion_tokens or req.max_tokens)
         top = (req.top_logprobs or 0) if req.logprobs else None
@@ -336,12 +352,8 @@ def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None
                         for delta in out.finish():
                             yield _sse(chat_chunk(cid, name, created, delta))
                         last = chat_chunk(cid, name, created, {}, finish_reason=out.finish_reason(ev))
-                        last["timings"] = timings_body(ev.usage, ev.stop_reason)
-                        yield _sse(last)
-                        if include_usage:
-                            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                        "model": name, "choices": [], "usage": usage_body(ev.usage)})
-                        yield b"data: [DONE]\n\n"
+                        for part in _stream_end(last, ev, include_usage):
+                            yield part
                     else:
                         yield _sse(APIError(ev.status, ev.message, "server_error").body())
             finally:
@@ -352,11 +364,7 @@ def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        model = state.ready()
-        req = parse_body(await request.body(), CompletionRequest)
-        name = state.check_model(req.model)
-        if req.n != 1:
-            raise APIError(400, f"n={req.n} is not supported (one choice per request)", param="n")
+        model, req, name = await _generation_request(request, CompletionRequest)
         if req.suffix:
             raise APIError(400, "'suffix' (fill-in-the-middle) is not supported", param="suffix")
         prompt = req.prompt
@@ -407,12 +415,8 @@ def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None
                         yield _sse(completion_chunk(cid, name, created, ev.text, logprobs=part))
                     elif isinstance(ev, DoneEvent):
                         last = completion_chunk(cid, name, created, "", finish_reason=ev.finish_reason)
-                        last["timings"] = timings_body(ev.usage, ev.stop_reason)
-                        yield _sse(last)
-                        if include_usage:
-                            yield _sse({"id": cid, "object": "text_completion", "created": created,
-                                        "model": name, "choices": [], "usage": usage_body(ev.usage)})
-                        yield b"data: [DONE]\n\n"
+                        for part in _stream_end(last, ev, include_usage):
+                            yield part
                     else:
                         yield _sse(APIError(ev.status, ev.message, "server_error").body())
             finally:
