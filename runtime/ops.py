@@ -189,14 +189,53 @@ class Slice(Op):
     _read_fields: ClassVar = ("x",)
 
 
+@dataclass(frozen=True)
+class MoeRoute(Op):
+    """Mixture-of-experts routing. logits [rows, n_expert] -> out [rows, 2k]: columns 0..k-1 the
+    weights, k..2k-1 the expert indices (as floats, exact).
+
+    The k experts with the largest logits (= the largest softmax probabilities; equal logits: the
+    lower index first), in that order; weight_j = p_j / sum of the k selected p (computed in double),
+    times expert_scale[e_j] when given."""
+    kind: ClassVar[str] = "moe_route"
+    logits: str
+    k: int
+    expert_scale: Optional[str] = None
+    _read_fields: ClassVar = ("logits",)
+
+
+@dataclass(frozen=True)
+class MoeMatMul(Op):
+    """out[r*k + j, o] = sum_i x[row, i] * W[e*N + o, i], e = route expert j of row r, N = out.cols.
+
+    W holds every expert's [N, K] matrix one after another (a 3-D GGUF tensor, blocks as stored).
+    x has either one row per token (row = r, the input every selected expert shares) or one per
+    selection (row = r*k + j). Only the selected experts' rows of W are read."""
+    kind: ClassVar[str] = "moe_matmul"
+    x: str
+    route: str
+    weight: str
+    n_expert: int
+    _read_fields: ClassVar = ("x", "route")
+
+
+@dataclass(frozen=True)
+class MoeSum(Op):
+    """out[r] = sum over j = 0..k-1, in order, of route weight j of row r times y[r*k + j]."""
+    kind: ClassVar[str] = "moe_sum"
+    y: str
+    route: str
+    _read_fields: ClassVar = ("y", "route")
+
+
 OP_TYPES = (EmbedLookup, MatMul, RmsNorm, Rope, Attention, KvStore, GeluMul, Gelu, Add, Mul, Scale,
-            Softcap, Slice)
+            Softcap, Slice, MoeRoute, MoeMatMul, MoeSum)
 
 
 def op_weights(op: Op) -> list[str]:
     """Names of the weights an op reads."""
     names = []
-    for attr in ("table", "weight", "freq_factors", "by"):
+    for attr in ("table", "weight", "freq_factors", "by", "expert_scale"):
         v = getattr(op, attr, None)
         if v is not None:
             names.append(v)

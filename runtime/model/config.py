@@ -23,6 +23,14 @@ class LayerConfig:
     window: int                  # attended positions (0 = unlimited)
     kv_source: int               # layer whose KV cache this layer reads (itself unless shared)
     has_v_proj: bool             # False: V is the K projection (before the norms)
+    n_expert: int = 0            # routed experts beside the dense MLP (0: a dense layer)
+    n_expert_used: int = 0       # experts each token goes through (top-k)
+    expert_ffn: int = 0          # one expert's hidden width
+    fused_gate_up: bool = True   # experts in one ffn_gate_up_exps tensor, else ffn_gate_exps + ffn_up_exps
+
+    @property
+    def moe(self) -> bool:
+        return self.n_expert > 0
 
     @property
     def owns_kv(self) -> bool:
@@ -144,10 +152,18 @@ def load_config(f: GGUFFile) -> ModelConfig:
         return default
 
     n_expert = _non_negative(key("expert_count", 0), "expert_count")
+    n_expert_used = _non_negative(key("expert_used_count", 0), "expert_used_count")
+    expert_ffn = _non_negative(key("expert_feed_forward_length", 0), "expert_feed_forward_length")
     if n_expert:
-        raise UnsupportedModelError(
-            f"mixture-of-experts Gemma 4 ({n_expert} experts) is not supported yet; g4rt runs the dense "
-            "and edge (PLE) Gemma 4 models and Gemma 3")
+        if family != "gemma4":
+            raise UnsupportedModelError(f"{arch} with experts is not a model g4rt knows")
+        if n_expert > _MAX_EXPERTS:
+            raise MetadataError(f"expert_count {n_expert} is over the {_MAX_EXPERTS} g4rt supports")
+        if not 1 <= n_expert_used <= n_expert:
+            raise MetadataError(f"expert_used_count is {n_expert_used}; it must be between 1 and "
+                                f"expert_count ({n_expert})")
+        if expert_ffn <= 0:
+            raise MetadataError("expert_count is set but expert_feed_forward_length is missing or 0")
     n_layer = _positive(key("block_count"), "block_count")
     if n_layer > min(_MAX_LAYERS, len(f.tensors)):
         raise MetadataError(f"block_count {n_layer} is impossible for a file with {len(f.tensors)} tensors")
@@ -220,12 +236,15 @@ def load_config(f: GGUFFile) -> ModelConfig:
             if src < 0 or sliding[src] != sl:
                 raise MetadataError(f"layer {i} shares KV with layer {src}, which is of the other attention type")
         has_v = f.has_tensor(f"blk.{i}.attn_v.weight") if src == i else True
+        moe = _moe_layer(f, i, n_embd, n_expert, expert_ffn)
         layers.append(LayerConfig(
             index=i, sliding=sl, n_head=n_head[i], n_kv_head=n_kv[i],
             head_dim=head_dim_swa if sl else head_dim, ffn_dim=ffn[i],
             rope_base=base_swa if sl else base, rope_dims=rope_dims_swa if sl else rope_dims,
             rope_freq_factors=(not sl) and (has_freqs or linear != 1.0), window=window if sl else 0,
-            kv_source=src, has_v_proj=has_v))
+            kv_source=src, has_v_proj=has_v,
+            n_expert=n_expert if moe else 0, n_expert_used=n_expert_used if moe else 0,
+            expert_ffn=expert_ffn if moe else 0, fused_gate_up=moe != "split"))
 
     emb = f.tensor("token_embd.weight")
     if emb.n_cols != n_embd:
@@ -242,3 +261,46 @@ def load_config(f: GGUFFile) -> ModelConfig:
         v_norm=v_norm, embed_scale=math.sqrt(n_embd), per_layer_dim=int(per_layer_dim),
         shared_kv_layers=shared, tied_output=not f.has_tensor("output.weight"), layers=tuple(layers),
         rope_linear_factor=linear)
+
+
+_MAX_EXPERTS = 512
+
+
+def _moe_layer(f: GGUFFile, i: int, n_embd: int, n_expert: int, expert_ffn: int) -> str:
+    """"" for a dense layer, else "fused" or "split" (how the expert gate/up weights are stored),
+    after checking every expert tensor's shape against the keys (a clear error naming the tensor)."""
+    p = f"blk.{i}."
+    if not f.has_tensor(p + "ffn_gate_inp.weight"):
+        for name in ("ffn_gate_up_exps.weight", "ffn_gate_exps.weight", "ffn_down_exps.weight"):
+            if f.has_tensor(p + name):
+                raise MetadataError(f"{p}{name} is present but the router {p}ffn_gate_inp.weight is not")
+        return ""
+    if not n_expert:
+        raise MetadataError(f"{p}ffn_gate_inp.weight (a router) is present but expert_count is missing or 0")
+
+    def check(name: str, shape: tuple[int, ...]) -> None:
+        t = f.tensor(p + name)
+        got = tuple(int(d) for d in t.shape)
+        if got != shape:
+            raise MetadataError(f"{p}{name} has shape {list(got)}; expert_count {n_expert}, "
+                                f"expert_feed_forward_length {expert_ffn} and embedding_length {n_embd} "
+                                f"make it {list(shape)}")
+
+    check("ffn_gate_inp.weight", (n_embd, n_expert))
+    if f.has_tensor(p + "ffn_gate_up_exps.weight"):
+        check("ffn_gate_up_exps.weight", (n_embd, 2 * expert_ffn, n_expert))
+        layout = "fused"
+    elif f.has_tensor(p + "ffn_gate_exps.weight") and f.has_tensor(p + "ffn_up_exps.weight"):
+        check("ffn_gate_exps.weight", (n_embd, expert_ffn, n_expert))
+        check("ffn_up_exps.weight", (n_embd, expert_ffn, n_expert))
+        layout = "split"
+    else:
+        raise MetadataError(f"layer {i} has a router but neither {p}ffn_gate_up_exps.weight nor "
+                            f"{p}ffn_gate_exps.weight + {p}ffn_up_exps.weight")
+    check("ffn_down_exps.weight", (expert_ffn, n_embd, n_expert))
+    for name, n in (("ffn_gate_inp.scale", n_embd), ("ffn_down_exps.scale", n_expert)):
+        if f.has_tensor(p + name):
+            check(name, (n,))
+    for name in ("pre_ffw_norm_2.weight", "post_ffw_norm_1.weight", "post_ffw_norm_2.weight"):
+        check(name, (n_embd,))
+    return layout

@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import MissingTensorError, TensorShapeError
 from ..gguf_file import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore,
-                   MatMul, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, WeightSpec)
+                   MatMul, MoeMatMul, MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap,
+                   WeightSpec)
 from ..quant_types import check_supported, dequantize_rows
 from .config import ModelConfig
 
@@ -32,7 +33,17 @@ def derived_weights(cfg: ModelConfig, f: GGUFFile) -> dict[str, np.ndarray]:
             base = (dequantize_rows(f.tensor("rope_freqs.weight").raw, f.tensor("rope_freqs.weight").qtype, n)
                     if f.has_tensor("rope_freqs.weight") else np.ones((1, n), np.float32))
             out[cfg.rope_freqs_name] = (base * np.float32(cfg.rope_linear_factor)).astype(np.float32)
+    for L in cfg.layers:
+        if L.moe:   # the router's input norm weight: ffn_gate_inp.scale / sqrt(hidden)
+            name = f"blk.{L.index}.ffn_gate_inp.scale"
+            scale = (dequantize_rows(f.tensor(name).raw, f.tensor(name).qtype, cfg.n_embd) if f.has_tensor(name)
+                     else np.ones((1, cfg.n_embd), np.float32))
+            out[router_norm_name(L.index)] = (scale.astype(np.float64) / np.sqrt(cfg.n_embd)).astype(np.float32)
     return out
+
+
+def router_norm_name(layer: int) -> str:
+    return f"blk.{layer}.ffn_gate_inp.norm_weight"
 
 
 def weight_specs(f: GGUFFile) -> dict[str, WeightSpec]:
@@ -183,6 +194,11 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
         u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight", L.ffn_dim)
         b.emit(p + "ffn_act", GeluMul(g, g, u))
         d = b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight", E)
+        if L.moe:
+            # the dense MLP acts as a shared expert beside the routed ones
+            b.emit(p + "post_ffw_norm_1", RmsNorm(d, d, b.norm(p + "post_ffw_norm_1.weight", E), eps, E))
+            m = _moe_block(b, L, x, eps)
+            b.emit(p + "moe_add", Add(d, d, m))
         if b.specs.get(p + "post_ffw_norm.weight"):
             b.emit(p + "post_ffw_norm", RmsNorm(d, d, b.norm(p + "post_ffw_norm.weight", E), eps, E))
         b.emit(p + "ffn_residual", Add(x, x, d))
@@ -209,3 +225,33 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
         b.emit("final_softcap", Softcap(logits, logits, cfg.final_softcap))
     return Graph(n_tokens=n_tokens, buffers=b.buffers, caches=b.caches, weights=b.weights, ops=b.ops,
                  output=logits, labels=b.labels)
+
+
+def _moe_block(b: _Builder, L, x: str, eps: float) -> str:
+    """The routed experts of a Gemma 4 MoE layer on the post-attention residual x; returns the
+    buffer holding post_ffw_norm_2(sum of the weighted expert outputs)."""
+    cfg, p, E, k, F = b.cfg, f"blk.{L.index}.", b.cfg.n_embd, L.n_expert_used, L.expert_ffn
+    nk = b.n * k
+    r = b.emit(p + "router_norm", RmsNorm(b.buf("router_in", E), x, b.norm(router_norm_name(L.index), E), eps, E))
+    lg = b.matmul(p + "router", "router_logits", r, p + "ffn_gate_inp.weight", L.n_expert)
+    scale = p + "ffn_down_exps.scale"
+    route = b.emit(p + "moe_route", MoeRoute(b.buf("route", 2 * k), lg, k,
+                                             b.norm(scale, L.n_expert) if scale in b.specs else None))
+    x2 = b.emit(p + "pre_ffw_norm_2", RmsNorm(b.buf("moe_in", E), x, b.norm(p + "pre_ffw_norm_2.weight", E), eps, E))
+    g, u = b.buf("moe_gate", F, rows=nk), b.buf("moe_up", F, rows=nk)
+    if L.fused_gate_up:
+        w = b.weight(p + "ffn_gate_up_exps.weight", rows=L.n_expert * 2 * F, cols=E)
+        gu = b.emit(p + "moe_gate_up", MoeMatMul(b.buf("moe_gate_up", 2 * F, rows=nk), x2, route, w, L.n_expert))
+        b.emit(p + "moe_gate_part", Slice(g, gu, 0, 0))       # each expert's rows: F gate, then F up
+        b.emit(p + "moe_up_part", Slice(u, gu, 0, F))
+    else:
+        b.emit(p + "moe_gate", MoeMatMul(g, x2, route, b.weight(p + "ffn_gate_exps.weight", L.n_expert * F, E),
+                                         L.n_expert))
+        b.emit(p + "moe_up", MoeMatMul(u, x2, route, b.weight(p + "ffn_up_exps.weight", L.n_expert * F, E),
+                                       L.n_expert))
+    b.emit(p + "moe_act", GeluMul(g, g, u))
+    y = b.emit(p + "moe_down", MoeMatMul(b.buf("moe_y", E, rows=nk), g, route,
+                                         b.weight(p + "ffn_down_exps.weight", L.n_expert * E, F), L.n_expert))
+    m = b.emit(p + "moe_sum", MoeSum(b.buf("moe", E), y, route))
+    b.emit(p + "post_ffw_norm_2", RmsNorm(m, m, b.norm(p + "post_ffw_norm_2.weight", E), eps, E))
+    return m

@@ -134,6 +134,41 @@ class NumpyBackend(Backend):
         return NumpyGraph(self, graph)
 
 
+def moe_route(logits: np.ndarray, k: int, expert_scale: Optional[np.ndarray] = None) -> np.ndarray:
+    """[rows, 2k]: the top-k experts' weights, then their indices (see ops.MoeRoute)."""
+    rows, n = logits.shape
+    # a stable sort of -logits: equal logits keep the lower expert first
+    sel = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(logits, sel, axis=1).astype(np.float64)
+    p = np.exp(chosen - chosen[:, :1])          # the softmax's denominator cancels in the renormalisation
+    w = p / p.sum(axis=1, keepdims=True)
+    if expert_scale is not None:
+        w = w * expert_scale.astype(np.float64)[sel]
+    return np.concatenate([w, sel.astype(np.float64)], axis=1).astype(np.float32)
+
+
+def moe_matmul(x: np.ndarray, route: np.ndarray, w: np.ndarray, n_expert: int) -> np.ndarray:
+    """[rows * k, N]: each selection's expert applied to its input row (see ops.MoeMatMul)."""
+    rows, k = route.shape[0], route.shape[1] // 2
+    N = w.shape[0] // n_expert
+    ids = route[:, k:].astype(np.int64).reshape(-1)                 # selection s = r*k + j
+    src = np.arange(rows * k) if x.shape[0] == rows * k else np.repeat(np.arange(rows), k)
+    out = np.empty((rows * k, N), np.float32)
+    for e in np.unique(ids):                                        # each expert's rows at once
+        s = np.flatnonzero(ids == e)
+        out[s] = x[src[s]] @ w[e * N:(e + 1) * N].T
+    return out
+
+
+def moe_sum(y: np.ndarray, route: np.ndarray) -> np.ndarray:
+    rows, k = route.shape[0], route.shape[1] // 2
+    yk = y.reshape(rows, k, -1)
+    out = np.zeros((rows, y.shape[1]), np.float32)
+    for j in range(k):
+        out += route[:, j:j + 1] * yk[:, j]
+    return out
+
+
 class NumpyGraph(CompiledGraph):
     def __init__(self, backend: "NumpyBackend", graph: O.Graph):
         self.backend, self.graph = backend, graph
@@ -200,6 +235,13 @@ class NumpyGraph(CompiledGraph):
             elif isinstance(op, O.Slice):
                 shape = g.buffers[op.out]
                 res = get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
+            elif isinstance(op, O.MoeRoute):
+                scale = be.weight(op.expert_scale).reshape(-1) if op.expert_scale else None
+                res = moe_route(get(op.logits), op.k, scale)
+            elif isinstance(op, O.MoeMatMul):
+                res = moe_matmul(get(op.x), get(op.route), be.weight(op.weight), op.n_expert)
+            elif isinstance(op, O.MoeSum):
+                res = moe_sum(get(op.y), get(op.route))
             else:
                 raise NotImplementedError(f"numpy backend: op {op.kind}")
             bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
