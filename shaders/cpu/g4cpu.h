@@ -72,6 +72,9 @@ enum {
     G4_OP_SCALE = 11,     /* out = a * scale                                                   */
     G4_OP_SOFTCAP = 12,   /* out = cap * tanh(a / cap)                                         */
     G4_OP_SLICE = 13,     /* out = a[row0 : row0 + rows, col0 : col0 + cols]; a has in_cols   */
+    G4_OP_MOE_ROUTE = 14, /* top-k experts and weights from router logits (moe.c)             */
+    G4_OP_MOE_MATMUL = 15,/* each selection's expert matrix times its row (moe.c)             */
+    G4_OP_MOE_SUM = 16,   /* weighted sum of a row's k expert outputs (moe.c)                 */
     G4_OP_COUNT_
 };
 
@@ -179,6 +182,12 @@ void g4_k_mul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_scale(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_softcap(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_slice(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+
+/* Mixture of experts (moe.c). */
+void g4_k_moe_route(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth);
+void g4_k_moe_sum(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 
 /* Quant blocks (quant.c): exact dequantization as gguf.quants / llama.cpp define it. */
 int g4_block_values(int qtype);                    /* values per block (1 for F32/F16/BF16), 0 if unknown */

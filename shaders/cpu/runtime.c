@@ -101,6 +101,10 @@ WEAK void g4_k_mul(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_scale(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_softcap(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_slice(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_moe_route(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_moe_matmul(const g4_cmd *, g4_exec *, int, int);
+WEAK size_t g4_moe_matmul_scratch(const g4_cmd *, int);
+WEAK void g4_k_moe_sum(const g4_cmd *, g4_exec *, int, int);
 WEAK int g4_block_values(int);
 
 typedef void (*kernel_fn)(const g4_cmd *, g4_exec *, int, int);
@@ -120,17 +124,21 @@ static kernel_fn kernel_of(int op) {
     case G4_OP_SCALE: return g4_k_scale;
     case G4_OP_SOFTCAP: return g4_k_softcap;
     case G4_OP_SLICE: return g4_k_slice;
+    case G4_OP_MOE_ROUTE: return g4_k_moe_route;
+    case G4_OP_MOE_MATMUL: return g4_k_moe_matmul;
+    case G4_OP_MOE_SUM: return g4_k_moe_sum;
     default: return NULL;
     }
 }
 
 int g4_cmd_valid(const g4_cmd *c) {
     if (kernel_of(c->op) == NULL) return 0;
-    if (c->op == G4_OP_MATMUL || c->op == G4_OP_EMBED) {
+    if (c->op == G4_OP_MATMUL || c->op == G4_OP_EMBED || c->op == G4_OP_MOE_MATMUL) {
         if (!g4_block_values || g4_block_values(c->qtype) <= 0) return 0;
         if (c->in_cols % g4_block_values(c->qtype) != 0) return 0;
     }
     if (c->op == G4_OP_MATMUL && !g4_matmul_scratch) return 0;
+    if (c->op == G4_OP_MOE_MATMUL && (!g4_moe_matmul_scratch || c->n_head <= 0 || c->group <= 0)) return 0;
     if (c->op == G4_OP_ATTENTION && (!g4_attention_scratch || !g4_attention_shared)) return 0;
     return 1;
 }
@@ -138,6 +146,7 @@ int g4_cmd_valid(const g4_cmd *c) {
 size_t g4_scratch_bytes(const g4_cmd *c, int nth) {
     if (c->op == G4_OP_MATMUL && g4_matmul_scratch) return g4_matmul_scratch(c, nth);
     if (c->op == G4_OP_ATTENTION && g4_attention_scratch) return g4_attention_scratch(c, nth);
+    if (c->op == G4_OP_MOE_MATMUL && g4_moe_matmul_scratch) return g4_moe_matmul_scratch(c, nth);
     return 0;
 }
 

@@ -136,6 +136,27 @@ def lower(graph: O.Graph, weight_raw: Callable[[str], np.ndarray], vector: Calla
             if op.row0 + c.rows > src.shape[0] or op.col0 + c.cols > src.shape[1]:
                 raise G4rtError(f"CPU backend: slice of {op.x} out of range")
             c.op, c.row0, c.col0, c.in_cols, c.a = N.OP_SLICE, op.row0, op.col0, src.shape[1], _ptr(src)
+        elif isinstance(op, O.MoeRoute):
+            lg = buf(op.logits)
+            c.op, c.group, c.in_cols, c.a = N.OP_MOE_ROUTE, op.k, lg.shape[1], _ptr(lg)
+            if op.expert_scale:
+                v = vector(op.expert_scale)
+                c.w = _ptr(v)
+                keep.append(v)
+        elif isinstance(op, O.MoeMatMul):
+            spec = graph.weights[op.weight]
+            w, x, route = weight_raw(op.weight), buf(op.x), buf(op.route)
+            k = route.shape[1] // 2
+            if x.shape[0] not in (route.shape[0], route.shape[0] * k) or spec.rows != op.n_expert * c.cols:
+                raise G4rtError(f"CPU backend: expert matmul {op.weight} has inconsistent shapes")
+            c.op, c.qtype, c.in_cols, c.rows = N.OP_MOE_MATMUL, int(spec.qtype), spec.cols, route.shape[0]
+            c.group, c.n_head, c.row0 = k, op.n_expert, int(x.shape[0] == route.shape[0] * k and k > 1)
+            c.w, c.w_rows, c.w_row_bytes = _ptr(w), spec.rows, row_bytes(spec.qtype, spec.cols)
+            c.a, c.b = _ptr(x), _ptr(route)
+            keep.append(w)
+        elif isinstance(op, O.MoeSum):
+            route = buf(op.route)
+            c.op, c.group, c.a, c.b = N.OP_MOE_SUM, route.shape[1] // 2, _ptr(buf(op.y)), _ptr(route)
         else:
             raise G4rtError(f"CPU backend: op {op.kind} is not supported")
     return Lowered(cmds=cmds, arena=raw, buffers=bufs, tokens=tokens, keep=keep)

@@ -12,7 +12,7 @@ from . import compiler
 
 # Op kinds and GGML type ids, as in g4cpu.h.
 OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_ATTENTION, OP_KV_STORE, OP_GELU_MUL, OP_GELU, \
-    OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE = range(1, 14)
+    OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE, OP_MOE_ROUTE, OP_MOE_MATMUL, OP_MOE_SUM = range(1, 17)
 
 _p = ctypes.c_void_p
 
