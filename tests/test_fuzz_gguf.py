@@ -31,7 +31,10 @@ from g4rt.model.graph import build_graph, weight_specs
 
 pytestmark = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
 
-MODELS = ("g4-dense-Q4_0-pure.gguf", "g4-edge-Q4_K_M.gguf", "g4-dense-keqv-Q4_0-pure.gguf")
+MOE = FIXTURES.parent / "fixtures-moe" / "models" / "g4-moe-Q4_K_M.gguf"
+# the mixture-of-experts file too when its folder is there (expert keys and 3-D tensors)
+MODELS = ("g4-dense-Q4_0-pure.gguf", "g4-edge-Q4_K_M.gguf", "g4-dense-keqv-Q4_0-pure.gguf") + \
+    ((str(MOE),) if MOE.is_file() else ())
 N_PROPERTIES = 6
 _TOTAL = int(os.environ.get("G4RT_FUZZ_EXAMPLES", "0"))
 PER_PROPERTY = math.ceil(_TOTAL / N_PROPERTIES) if _TOTAL else 45
@@ -48,7 +51,7 @@ _case_ids = itertools.count()
 
 @lru_cache(maxsize=None)
 def base(name: str) -> tuple[bytes, Header]:
-    raw = (FIXTURES / "models" / name).read_bytes()
+    raw = (FIXTURES / "models" / name).read_bytes()     # an absolute name replaces the folder
     return raw, scan(raw, len(raw))
 
 
