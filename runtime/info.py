@@ -64,16 +64,27 @@ def describe(path) -> str:
         out.append(f"- final logit softcap: {cfg.final_softcap or 'none'}; attention scale {cfg.attn_scale:g}; "
                    f"RMS eps {cfg.rms_eps:g}; vocabulary {cfg.n_vocab}")
         out.append(f"- shared-KV layers: {cfg.shared_kv_layers}")
+        moe = [L for L in cfg.layers if L.moe]
+        if moe:
+            L0 = moe[0]
+            out.append(f"- mixture of experts: {len(moe)} of {cfg.n_layer} layers (layers "
+                       f"{', '.join(str(L.index) for L in moe)}), {L0.n_expert} experts, top-{L0.n_expert_used}, "
+                       f"expert FFN {L0.expert_ffn}, gate/up {'fused' if L0.fused_gate_up else 'split'}; "
+                       f"the dense MLP runs beside the experts")
+        else:
+            out.append("- mixture of experts: absent")
     out.append(f"- multimodal tensors: " + (f"present ({len(mm)}, e.g. `{mm[0]}`)" if mm else "absent"))
 
     if cfg is not None:
         out += ["", "## Layers", "",
-                "| layer | attention | window | head dim | heads | KV heads | rope base | rope dims | FFN | KV from |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "| layer | attention | window | head dim | heads | KV heads | rope base | rope dims | FFN | experts | KV from |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for L in cfg.layers:
             out.append(f"| {L.index} | {'sliding' if L.sliding else 'global'} | {L.window or '-'} | {L.head_dim} | "
                        f"{L.n_head} | {L.n_kv_head} | {L.rope_base:g}{' ×freqs' if L.rope_freq_factors else ''} | "
-                       f"{L.rope_dims} | {L.ffn_dim} | {L.kv_source if not L.owns_kv else 'own'} |")
+                       f"{L.rope_dims} | {L.ffn_dim} | "
+                       f"{f'{L.n_expert_used} of {L.n_expert} × {L.expert_ffn}' if L.moe else '-'} | "
+                       f"{L.kv_source if not L.owns_kv else 'own'} |")
 
     by_type: dict[str, list] = defaultdict(list)
     for t in f.tensors.values():

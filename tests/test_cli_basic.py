@@ -19,8 +19,9 @@ def test_info_describes_edge_model(capsys):
     out = capsys.readouterr().out
     assert "| `gemma4.attention.shared_kv_layers` | UINT32 | 3 |" in out
     assert "per-layer embeddings (PLE): present, 32 per layer" in out
-    assert "| 5 | sliding | 8 | 64 | 4 | 2 | 10000 | 64 | 1024 | 3 |" in out
-    assert "| 7 | global | - | 128 | 4 | 2 | 1e+06 ×freqs | 128 | 1024 | 4 |" in out
+    assert "| 5 | sliding | 8 | 64 | 4 | 2 | 10000 | 64 | 1024 | - | 3 |" in out
+    assert "- mixture of experts: absent" in out
+    assert "| 7 | global | - | 128 | 4 | 2 | 1e+06 ×freqs | 128 | 1024 | - | 4 |" in out
     assert "rope_freqs: 64 entries" in out and "tied to token_embd" in out
     assert "multimodal tensors: absent" in out
     assert "| Q4_K |" in out and "| Q5_0 |" in out

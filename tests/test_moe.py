@@ -198,3 +198,12 @@ def test_expert_keys_that_disagree_are_refused(tmp_path, key, value, fragment):
     with pytest.raises(E.MetadataError) as ei:
         load_config(GGUFFile(p))
     assert fragment in str(ei.value) or (value == 0 and "expert_count is missing or 0" in str(ei.value)), str(ei.value)
+
+
+@NEED_MOE
+def test_info_shows_the_experts():
+    from g4rt.info import describe
+    out = describe(MOE / "models" / "g4-moe-Q4_K_M.gguf")
+    assert "- mixture of experts: 6 of 6 layers (layers 0, 1, 2, 3, 4, 5), 8 experts, top-2, expert FFN 128" in out
+    assert "| `gemma4.expert_used_count` | UINT32 | 2 |" in out
+    assert "| 5 | global | - | 128 | 4 | 1 | 1e+06 ×freqs | 128 | 512 | 2 of 8 × 128 | own |" in out
