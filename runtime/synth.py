@@ -1,5 +1,12 @@
-"""`g4rt synth OUT.gguf --layers N --type Q4_0|Q4_K`: a random-weight GGUF with the Gemma 4 12B's
-shapes, for benchmarks and memory tests where the real 12B cannot be downloaded.
+"""`g4rt synth OUT.gguf --layers N --type Q4_0|Q4_K [--moe]`: a random-weight GGUF with the Gemma 4
+12B's shapes (or, with --moe, the 26B-A4B mixture of experts'), for benchmarks and memory tests
+where the real models cannot be downloaded.
+
+--moe: the 26B-A4B's published configuration: hidden 2816, 16 heads, sliding layers head_dim 256
+with 8 KV heads, global layers head_dim 512 with 2 KV heads and K = V (no attn_v), a dense MLP of
+2112 beside 128 routed experts of width 704, top-8, window 1024, 5 sliding : 1 global. Rows
+whose width is no multiple of 256 (the dense down projection, 2112, and the experts', 704) are
+Q5_0 in a Q4_K file, as llama-quantize falls back.
 
 Same metadata keys as the fixtures' g4-dense-Q4_0-pure.gguf (llama.cpp's converter output), with
 the 12B's values: hidden 3840, 16 heads, sliding layers head_dim 256 with 8 KV heads, global
@@ -15,6 +22,7 @@ small even for a 48-layer (~7 GB) file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -27,14 +35,32 @@ from .quant_types import block_geometry
 QT = GGMLQuantizationType
 ARCH = "gemma4"
 
-# The Gemma 4 12B (dense) shape.
-E, N_HEAD, FFN, VOCAB_DEFAULT = 3840, 16, 15360, 262144
-D_SWA, KV_SWA = 256, 8
-D_GLOBAL, KV_GLOBAL = 512, 4
+VOCAB_DEFAULT = 262144
 WINDOW, PATTERN = 1024, 6          # every 6th layer is global
 ROPE_BASE, ROPE_BASE_SWA = 1e6, 1e4
 ROPE_PARTIAL = 0.25                # proportional RoPE: this fraction of the pairs rotate
 CHUNK_BYTES = 64 << 20             # rows generated and written at a time
+
+
+@dataclass(frozen=True)
+class Shape:
+    label: str
+    hidden: int
+    n_head: int
+    ffn: int
+    d_swa: int
+    kv_swa: int
+    d_global: int
+    kv_global: int
+    k_eq_v_global: bool = False
+    n_expert: int = 0
+    n_expert_used: int = 0
+    expert_ffn: int = 0
+
+
+DENSE_12B = Shape("12B", 3840, 16, 15360, 256, 8, 512, 4)
+MOE_26B = Shape("26B-A4B", 2816, 16, 2112, 256, 8, 512, 2, k_eq_v_global=True, n_expert=128, n_expert_used=8,
+                expert_ffn=704)
 
 
 def default_vocab_path() -> Optional[Path]:
@@ -50,32 +76,57 @@ def layer_is_sliding(i: int) -> bool:
     return (i + 1) % PATTERN != 0
 
 
-def tensor_plan(n_layers: int, qtype: QT, n_vocab: int) -> list[tuple[str, QT, int, int]]:
-    """(name, type, rows, cols) in the order llama.cpp's converter writes them."""
+def tensor_plan(n_layers: int, qtype: QT, n_vocab: int, shape: Shape = DENSE_12B) -> list[tuple[str, QT, int, int]]:
+    """(name, type, rows, cols) in the order llama.cpp's converter writes them (sorted names per
+    layer); 3-D expert tensors are listed with rows = experts x rows per expert."""
+    E = shape.hidden
     plan = [("output_norm.weight", QT.F32, 1, E),
-            ("rope_freqs.weight", QT.F32, 1, D_GLOBAL // 2),
+            ("rope_freqs.weight", QT.F32, 1, shape.d_global // 2),
             ("token_embd.weight", qtype, n_vocab, E)]
     for i in range(n_layers):
         sl = layer_is_sliding(i)
-        D, KV = (D_SWA, KV_SWA) if sl else (D_GLOBAL, KV_GLOBAL)
+        D, KV = (shape.d_swa, shape.kv_swa) if sl else (shape.d_global, shape.kv_global)
         p = f"blk.{i}."
-        plan += [
+        t = [
             (p + "attn_k.weight", qtype, KV * D, E),
             (p + "attn_k_norm.weight", QT.F32, 1, D),
             (p + "attn_norm.weight", QT.F32, 1, E),
-            (p + "attn_output.weight", qtype, E, N_HEAD * D),
-            (p + "attn_q.weight", qtype, N_HEAD * D, E),
+            (p + "attn_output.weight", qtype, E, shape.n_head * D),
+            (p + "attn_q.weight", qtype, shape.n_head * D, E),
             (p + "attn_q_norm.weight", QT.F32, 1, D),
-            (p + "attn_v.weight", qtype, KV * D, E),
-            (p + "ffn_down.weight", qtype, E, FFN),
-            (p + "ffn_gate.weight", qtype, FFN, E),
+            (p + "ffn_down.weight", qtype, E, shape.ffn),
+            (p + "ffn_gate.weight", qtype, shape.ffn, E),
             (p + "ffn_norm.weight", QT.F32, 1, E),
-            (p + "ffn_up.weight", qtype, FFN, E),
+            (p + "ffn_up.weight", qtype, shape.ffn, E),
             (p + "layer_output_scale.weight", QT.F32, 1, 1),
             (p + "post_attention_norm.weight", QT.F32, 1, E),
             (p + "post_ffw_norm.weight", QT.F32, 1, E),
         ]
-    return plan
+        if sl or not shape.k_eq_v_global:
+            t.append((p + "attn_v.weight", qtype, KV * D, E))
+        if shape.n_expert:
+            X, F = shape.n_expert, shape.expert_ffn
+            t += [
+                (p + "ffn_gate_inp.weight", QT.F32, X, E),
+                (p + "ffn_gate_inp.scale", QT.F32, 1, E),
+                (p + "ffn_gate_up_exps.weight", qtype, X * 2 * F, E),
+                (p + "ffn_down_exps.weight", qtype, X * E, F),
+                (p + "ffn_down_exps.scale", QT.F32, 1, X),
+                (p + "pre_ffw_norm_2.weight", QT.F32, 1, E),
+                (p + "post_ffw_norm_1.weight", QT.F32, 1, E),
+                (p + "post_ffw_norm_2.weight", QT.F32, 1, E),
+            ]
+        plan += sorted(t)
+    # rows whose width is no multiple of the type's block fall back to Q5_0, as llama-quantize does
+    return [(n, QT.Q5_0 if qt != QT.F32 and cols % block_geometry(qt)[0] else qt, rows, cols)
+            for n, qt, rows, cols in plan]
+
+
+def gguf_shape(name: str, rows: int, cols: int, shape: Shape) -> tuple[int, ...]:
+    """numpy-order shape for the GGUF writer (which reverses it): experts as a third dimension."""
+    if name.endswith("_exps.weight"):
+        return (shape.n_expert, rows // shape.n_expert, cols)
+    return (cols,) if rows == 1 else (rows, cols)
 
 
 def random_blocks(qtype: QT, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
@@ -90,24 +141,27 @@ def random_blocks(qtype: QT, n_blocks: int, rng: np.random.Generator) -> np.ndar
             v *= rng.choice(np.array([-1.0, 1.0]), n_blocks)
         return v.astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
 
-    if qtype == QT.Q4_0:
-        raw[:, 0:2] = f16(0.002, 0.006)              # |w| <= 8 d
+    if qtype in (QT.Q4_0, QT.Q5_0):
+        raw[:, 0:2] = f16(0.002, 0.006) if qtype == QT.Q4_0 else f16(0.001, 0.003)   # |w| <= 8 d / 16 d
     elif qtype == QT.Q4_K:
         raw[:, 0:2] = f16(0.0001, 0.0002, signed=False)   # d * (6-bit scale) * (4-bit q)
         raw[:, 2:4] = f16(0.0002, 0.0004, signed=False)   # dmin * (6-bit min)
     else:
-        raise click.BadParameter(f"synth writes Q4_0 or Q4_K, not {qtype.name}")
+        raise click.BadParameter(f"synth writes Q4_0, Q4_K (and Q5_0 expert rows), not {qtype.name}")
     return raw
 
 
 def tensor_rows(name: str, qtype: QT, rows: int, cols: int, rng) -> Iterator[np.ndarray]:
     """The tensor's bytes, a block of rows at a time."""
+    if qtype == QT.F32 and rows > 1:      # a router: logits of unit activations stay O(1)
+        yield (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32).view(np.uint8).reshape(-1)
+        return
     if qtype == QT.F32:
         if name == "rope_freqs.weight":
             v = np.full(cols, 1e30, np.float32)
             v[: int(cols * ROPE_PARTIAL)] = 1.0
-        elif name.endswith("layer_output_scale.weight"):
-            v = np.array([rng.uniform(0.3, 0.9)], np.float32)
+        elif name.endswith(("layer_output_scale.weight", "ffn_down_exps.scale")):
+            v = rng.uniform(0.3, 0.9, cols).astype(np.float32)
         else:   # RMSNorm scales
             v = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
         yield v.view(np.uint8)
@@ -146,48 +200,53 @@ def _copy_tokenizer(w: GGUFWriter, vocab: Path) -> int:
 
 
 def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], seed: int = 0,
-                    echo=click.echo) -> int:
+                    echo=click.echo, shape: Shape = DENSE_12B) -> int:
     rng = np.random.default_rng(seed)
     w = GGUFWriter(out, ARCH)
     sliding = [layer_is_sliding(i) for i in range(n_layers)]
     # metadata: the fixture's keys, in its order
     w.add_key_value("general.type", "model", GGUFValueType.STRING)
-    w.add_key_value("general.name", f"Synthetic Gemma 4 12B-shaped {n_layers}-layer {qtype.name}", GGUFValueType.STRING)
-    w.add_key_value("general.size_label", "12B", GGUFValueType.STRING)
+    w.add_key_value("general.name", f"Synthetic Gemma 4 {shape.label}-shaped {n_layers}-layer {qtype.name}",
+                    GGUFValueType.STRING)
+    w.add_key_value("general.size_label", shape.label, GGUFValueType.STRING)
     w.add_uint32(f"{ARCH}.block_count", n_layers)
     w.add_uint32(f"{ARCH}.context_length", 131072)
-    w.add_uint32(f"{ARCH}.embedding_length", E)
-    w.add_uint32(f"{ARCH}.feed_forward_length", FFN)
-    w.add_uint32(f"{ARCH}.attention.head_count", N_HEAD)
-    # per layer (8 on sliding, 4 on global layers), as llama.cpp writes for non-uniform counts
-    w.add_key_value(f"{ARCH}.attention.head_count_kv", [KV_SWA if s else KV_GLOBAL for s in sliding],
+    w.add_uint32(f"{ARCH}.embedding_length", shape.hidden)
+    w.add_uint32(f"{ARCH}.feed_forward_length", shape.ffn)
+    w.add_uint32(f"{ARCH}.attention.head_count", shape.n_head)
+    # per layer (sliding and global counts differ), as llama.cpp writes for non-uniform counts
+    w.add_key_value(f"{ARCH}.attention.head_count_kv", [shape.kv_swa if s else shape.kv_global for s in sliding],
                     GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
+    if shape.n_expert:
+        w.add_uint32(f"{ARCH}.expert_count", shape.n_expert)
+        w.add_uint32(f"{ARCH}.expert_used_count", shape.n_expert_used)
+        w.add_uint32(f"{ARCH}.expert_feed_forward_length", shape.expert_ffn)
     w.add_float32(f"{ARCH}.rope.freq_base", ROPE_BASE)
     w.add_float32(f"{ARCH}.rope.freq_base_swa", ROPE_BASE_SWA)
     w.add_float32(f"{ARCH}.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_uint32(f"{ARCH}.attention.key_length", D_GLOBAL)
-    w.add_uint32(f"{ARCH}.attention.value_length", D_GLOBAL)
+    w.add_uint32(f"{ARCH}.attention.key_length", shape.d_global)
+    w.add_uint32(f"{ARCH}.attention.value_length", shape.d_global)
     w.add_float32(f"{ARCH}.final_logit_softcapping", 30.0)
     w.add_uint32(f"{ARCH}.attention.sliding_window", WINDOW)
     w.add_uint32(f"{ARCH}.attention.shared_kv_layers", 0)
     w.add_uint32(f"{ARCH}.embedding_length_per_layer_input", 0)
     w.add_key_value(f"{ARCH}.attention.sliding_window_pattern", sliding, GGUFValueType.ARRAY,
                     sub_type=GGUFValueType.BOOL)
-    w.add_uint32(f"{ARCH}.attention.key_length_swa", D_SWA)
-    w.add_uint32(f"{ARCH}.attention.value_length_swa", D_SWA)
-    w.add_uint32(f"{ARCH}.rope.dimension_count", D_GLOBAL)
-    w.add_uint32(f"{ARCH}.rope.dimension_count_swa", D_SWA)
+    w.add_uint32(f"{ARCH}.attention.key_length_swa", shape.d_swa)
+    w.add_uint32(f"{ARCH}.attention.value_length_swa", shape.d_swa)
+    w.add_uint32(f"{ARCH}.rope.dimension_count", shape.d_global)
+    w.add_uint32(f"{ARCH}.rope.dimension_count_swa", shape.d_swa)
     n_vocab = _copy_tokenizer(w, vocab) if vocab else VOCAB_DEFAULT
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32("general.file_type", 2 if qtype == QT.Q4_0 else 15)   # MOSTLY_Q4_0 / MOSTLY_Q4_K_M
 
-    plan = tensor_plan(n_layers, qtype, n_vocab)
+    plan = tensor_plan(n_layers, qtype, n_vocab, shape)
     total = 0
     for name, qt, rows, cols in plan:
         block, size = block_geometry(qt)
         nbytes = rows * (cols // block) * size
-        shape = (cols,) if rows == 1 else (rows, cols)     # numpy order; the writer reverses it
-        w.add_tensor_info(name, shape, np.dtype(np.float32) if qt == QT.F32 else np.dtype(np.float16),
+        w.add_tensor_info(name, gguf_shape(name, rows, cols, shape),
+                          np.dtype(np.float32) if qt == QT.F32 else np.dtype(np.float16),
                           nbytes, raw_dtype=qt)
         total += nbytes
     w.write_header_to_file(out)
@@ -217,13 +276,15 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="GGUF whose tokenizer.* metadata to copy (default: the fixtures' real Gemma 4 vocabulary)")
 @click.option("--seed", default=0, show_default=True)
-def synth_command(out, n_layers, qtype, vocab, seed):
-    """Write a random-weight GGUF with the Gemma 4 12B's shapes and N layers."""
+@click.option("--moe", is_flag=True, help="the Gemma 4 26B-A4B's shapes (128 experts, top-8) instead of the 12B's")
+def synth_command(out, n_layers, qtype, vocab, seed, moe):
+    """Write a random-weight GGUF with the Gemma 4 12B's (or 26B-A4B's) shapes and N layers."""
     vocab = vocab or default_vocab_path()
     if vocab is None:
         raise click.ClickException("no vocabulary GGUF found: pass --vocab PATH "
                                    "(e.g. shared/fixtures/tokenizer/ggml-vocab-gemma-4.gguf)")
     q = QT[qtype]
-    click.echo(f"writing {out}: {n_layers} layers, {qtype}, vocabulary from {vocab}")
-    total = write_synthetic(out, n_layers, q, vocab, seed)
+    shape = MOE_26B if moe else DENSE_12B
+    click.echo(f"writing {out}: {shape.label}-shaped, {n_layers} layers, {qtype}, vocabulary from {vocab}")
+    total = write_synthetic(out, n_layers, q, vocab, seed, shape=shape)
     click.echo(f"{out}: {total / 2**30:.2f} GiB of tensors")

@@ -207,3 +207,36 @@ def test_info_shows_the_experts():
     assert "- mixture of experts: 6 of 6 layers (layers 0, 1, 2, 3, 4, 5), 8 experts, top-2, expert FFN 128" in out
     assert "| `gemma4.expert_used_count` | UINT32 | 2 |" in out
     assert "| 5 | global | - | 128 | 4 | 1 | 1e+06 ×freqs | 128 | 512 | 2 of 8 × 128 | own |" in out
+
+
+def test_synth_writes_a_loadable_moe_file(tmp_path):
+    """`g4rt synth --moe` with the 26B-A4B's layout at small sizes: keys, 3-D expert tensors, K = V
+    global layers and the Q5_0 fallback for widths that are no multiple of 256 all load and run."""
+    from conftest import FIXTURES as FX
+    from g4rt.engine import Engine
+    from g4rt.gguf_file import GGUFFile
+    from g4rt.model.config import load_config
+    from g4rt.synth import MOE_26B, Shape, write_synthetic
+    vocab = FX / "models" / "g4-dense-Q4_0.gguf"
+    if not vocab.is_file():
+        pytest.skip("the fixtures' vocabulary is absent")
+    small = Shape("tiny-moe", 512, 4, 320, 64, 2, 128, 1, k_eq_v_global=True, n_expert=8, n_expert_used=3,
+                  expert_ffn=96)
+    out = tmp_path / "moe.gguf"
+    write_synthetic(out, 6, QT.Q4_K, vocab, echo=None, shape=small)
+    f = GGUFFile(out)
+    cfg = load_config(f)
+    assert all(L.moe and L.n_expert == 8 and L.n_expert_used == 3 and L.expert_ffn == 96 for L in cfg.layers)
+    assert [L.has_v_proj for L in cfg.layers] == [True] * 5 + [False]
+    assert f.tensor("blk.0.ffn_down_exps.weight").qtype == QT.Q5_0          # 96 wide: Q5_0
+    assert f.tensor("blk.0.ffn_gate_up_exps.weight").shape == (512, 192, 8)
+    assert MOE_26B.n_expert == 128 and MOE_26B.n_expert_used == 8 and MOE_26B.expert_ffn == 704
+    backends = BACKENDS
+    outs = []
+    for be in backends:
+        e = Engine(out, backend=be, ctx=32)
+        outs.append(e.forward([1, 2, 3, 4, 5], all_logits=True))
+        e.close()
+    assert np.all(np.isfinite(outs[0]))
+    if len(outs) == 2:
+        assert rel_err(outs[1], outs[0]) < 1e-3
