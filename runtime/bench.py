@@ -31,7 +31,8 @@ from .quant_types import block_geometry, row_bytes
 # ---- model benchmark --------------------------------------------------------------------------
 def decode_weight_bytes(graph: O.Graph) -> int:
     """Weight bytes a one-token graph reads: every matrix of every MatMul, one embedding row per
-    EmbedLookup, the small vectors."""
+    EmbedLookup, the small vectors; of an expert matrix only the k selected experts' rows (the
+    active weights of a mixture of experts)."""
     total = 0
     seen = set()
     for op in graph.ops:
@@ -40,6 +41,9 @@ def decode_weight_bytes(graph: O.Graph) -> int:
             rb = row_bytes(spec.qtype, spec.cols)
             if isinstance(op, O.EmbedLookup):
                 total += rb * graph.n_tokens
+            elif isinstance(op, O.MoeMatMul):
+                k = graph.buffers[op.route].cols // 2
+                total += rb * (spec.rows // op.n_expert) * min(op.n_expert, k * graph.n_tokens)
             elif name not in seen or isinstance(op, O.MatMul):
                 total += rb * spec.rows
             seen.add(name)
