@@ -39,6 +39,7 @@ class WeightSpec:
     qtype: GGMLQuantizationType
     rows: int                   # output features
     cols: int                   # input features (contiguous in the file)
+    experts: int = 0            # a 3-D expert tensor: `experts` matrices of rows / experts rows each
 
 
 # ---- ops --------------------------------------------------------------------------------------

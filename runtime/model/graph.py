@@ -49,7 +49,7 @@ def router_norm_name(layer: int) -> str:
 def weight_specs(f: GGUFFile) -> dict[str, WeightSpec]:
     specs = {}
     for name, t in f.tensors.items():
-        specs[name] = WeightSpec(name, t.qtype, t.n_rows, t.n_cols)
+        specs[name] = WeightSpec(name, t.qtype, t.n_rows, t.n_cols, int(t.shape[2]) if len(t.shape) == 3 else 0)
     return specs
 
 

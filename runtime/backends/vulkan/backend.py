@@ -54,7 +54,7 @@ _ATTN_MAX_HEAD_DIM = 512      # MAXD in attention.comp
 #: push-constant words per kernel (must match the `PC` blocks of the shaders)
 PUSH_WORDS = {"embed": 10, "matvec": 10, "matmul": 10, "matmul_rows": 10, "matmul_tokens": 10, "rmsnorm": 10, "rope": 9,
               "attention": 19, "attention_rows": 19, "kv_store": 11, "add": 8, "mul": 8, "gelu_mul": 8, "gelu": 9, "softcap": 9, "scale": 9,
-              "slice": 9, "copy": 5}
+              "slice": 9, "copy": 5, "moe_route": 9, "moe_sum": 9, "moe_matvec": 15}
 _PARAMS_MIN_TOKENS = 512      # the parameters buffer is shared by every graph up to this batch
 
 
@@ -191,7 +191,7 @@ class VulkanBackend(Backend):
         # Workgroup size of the reduction kernels (specialization constant 0): one subgroup.
         sg = self.info.subgroup_size or 32
         self.subgroup = max(4, min(64, sg))
-        self.spec_consts = {"matvec": [self.subgroup]}
+        self.spec_consts = {"matvec": [self.subgroup], "moe_matvec": [self.subgroup]}
         T = self.kp.TensorTypes
         self._T = T
         self.specs: dict[str, O.WeightSpec] = {}
@@ -312,6 +312,9 @@ class VulkanBackend(Backend):
             if rb > cap:
                 raise G4rtError(f"one row of {name!r} ({rb} bytes) exceeds a Vulkan storage buffer ({cap} bytes)")
             per = cap // rb
+            unit = spec.rows // spec.experts if spec.experts else 0
+            if unit and unit <= per:    # whole experts per chunk where they fit: fewer split items
+                per = per // unit * unit
             chunks = []
             for r0 in range(0, rows, per):
                 r1 = min(rows, r0 + per)
@@ -667,6 +670,46 @@ class VulkanGraph(CompiledGraph):
                     var = variant("matmul", QTYPE=qid)
                     groups = _groups(-(-wr // 32) * -(-n // 32))
                 res.append(_Dispatch(var, (c.tensor, xt, ot), groups, pc))
+        return res
+
+    # ---- mixture of experts (whole buffers: the route is read by every dispatch) ----------------
+    def _plan_moe_route(self, op):
+        be = self.backend
+        lg, out = self.loc(op.logits), self.loc(op.out)
+        lt, lo = lg.whole(f"router logits {op.logits}")
+        ot, oo = out.whole(f"route {op.out}")
+        st, so = be.vector_f32(op.expert_scale) if op.expert_scale else (be._dummy, 0)
+        pc = _u32(lo, lg.cols, oo, out.cols, out.rows, lg.cols, op.k, 1 if op.expert_scale else 0, so)
+        return [_Dispatch(variant("moe_route"), (lt, st, ot), _groups(-(-out.rows // 64)), pc)]
+
+    def _plan_moe_sum(self, op):
+        y, route, out = self.loc(op.y), self.loc(op.route), self.loc(op.out)
+        yt, yo = y.whole(f"expert outputs {op.y}")
+        rt, ro = route.whole(f"route {op.route}")
+        ot, oo = out.whole(f"expert sum {op.out}")
+        pc = _u32(yo, y.cols, ro, route.cols, oo, out.cols, out.rows, out.cols, route.cols // 2)
+        return [_Dispatch(variant("moe_sum"), (yt, rt, ot), _groups(-(-out.rows * out.cols // 256)), pc)]
+
+    def _plan_moe_matmul(self, op):
+        be = self.backend
+        x, route, out = self.loc(op.x), self.loc(op.route), self.loc(op.out)
+        w = be.weights[op.weight]
+        k = route.cols // 2
+        N = out.cols
+        if w.spec.cols != x.cols or w.spec.rows != op.n_expert * N or x.rows not in (route.rows, route.rows * k):
+            raise G4rtError(f"expert matmul {op.weight} [{w.spec.rows} x {w.spec.cols}] does not fit "
+                            f"{op.x} ({x.rows} x {x.cols}) -> {op.out} ({out.rows} x {N})")
+        xt, xo = x.whole(f"expert input {op.x}")
+        rt, ro = route.whole(f"route {op.route}")
+        ot, oo = out.whole(f"expert output {op.out}")
+        n_sel = route.rows * k
+        per_sel = int(x.rows == n_sel and k > 1)
+        var = variant("moe_matvec", QTYPE=QTYPE_IDS[w.spec.qtype.name])
+        res = []
+        for c in w.chunks:      # each dispatch computes the selected rows that lie in its chunk
+            pc = _u32(xo, x.cols, ro, route.cols, oo, N, n_sel, x.cols, N, w.row_bytes, c.byte_off, k, per_sel,
+                      c.row0, c.row1)
+            res.append(_Dispatch(var, (c.tensor, xt, rt, ot), _groups(n_sel * -(-N // 4)), pc))
         return res
 
     # ---- recording ----------------------------------------------------------------------
