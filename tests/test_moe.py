@@ -158,6 +158,57 @@ def test_vulkan_moe_ops(qtype, n, k, n_exp):
             assert rel_err(b, a) < 2e-5, (out, rel_err(b, a))
 
 
+def _run_on(backend, case, out):
+    backend.load_weights(case.src.specs, case.src)
+    backend.allocate_caches(case.caches)
+    try:
+        return np.array(backend.compile(case.graph(out)).run(np.arange(case.n, dtype=np.int32), 0), copy=True)
+    finally:
+        backend.close()
+
+
+def _sim_ok():
+    from g4rt.backends.cuda.simulator import sim_available
+    return sim_available()
+
+
+@pytest.mark.skipif(not _sim_ok()[0], reason=str(_sim_ok()[1]))
+@pytest.mark.parametrize("qtype", [QT.F16, QT.Q4_0, QT.Q5_0, QT.Q4_K, QT.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n,k,n_exp", [(1, 2, 8), (7, 2, 8), (40, 2, 8), (3, 1, 4), (5, 4, 4)])
+def test_cuda_moe_ops_on_the_simulator(qtype, n, k, n_exp):
+    """The CUDA kernels (moe.cu, moe_matvec in matvec.cu) run on the CPU simulator against the
+    reference."""
+    from g4rt.backends.numpy_ref import NumpyBackend
+    from test_cuda_sim import sim
+    K = 256 if qtype in (QT.Q4_K, QT.Q6_K) else 96
+    c = _moe_case(n, k, n_exp, qtype, K, 40, per_selection=(n == 7))
+    for out in ("route", "y", "s"):
+        a, b = _run_on(NumpyBackend(), c, out), _run_on(sim(), c, out)
+        if out == "route":
+            assert np.array_equal(a[:, k:], b[:, k:])
+            np.testing.assert_allclose(b[:, :k], a[:, :k], rtol=1e-6, atol=1e-7)
+        else:
+            assert rel_err(b, a) < 2e-5, (out, rel_err(b, a))
+
+
+@NEED_MOE
+@pytest.mark.skipif(not _sim_ok()[0], reason=str(_sim_ok()[1]))
+def test_cuda_fixture_on_the_simulator_meets_its_bar():
+    """One MoE fixture through every CUDA kernel on the simulator (about a minute: the first
+    prompt only; `G4RT_CUDA_EMULATE=sim g4rt parity` runs all six)."""
+    from g4rt import parity as P
+    from g4rt.engine import Engine
+    from test_cuda_sim import sim
+    name = "g4-moe-Q4_K_M"
+    full = np.load(MOE / "ref" / f"{name}.exact.npz")
+    ref = {key: full[key] for key in full.files if key.endswith("_0")}
+    e = Engine(MOE / "models" / f"{name}.gguf", backend=sim(), ctx=128)
+    rows = P.compare(ref, P.run_reference(e, ref))
+    e.close()
+    w = P.worst(rows)
+    assert w["top1"] >= 0.99 and w["max_dlogit"] <= 0.05, w
+
+
 # ---- the fixtures -------------------------------------------------------------------------------
 def _bar(name):
     return json.loads((MOE / "MANIFEST.json").read_text())[name]["references"][name]["bar_vs_exact"]

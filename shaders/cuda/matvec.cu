@@ -40,3 +40,25 @@ __device__ __forceinline__ void matvec_impl(const u8* __restrict__ W, int row_by
         matvec_impl<QT>(W, row_bytes, x, y, rows, K, n);                                        \
     }
 G4RT_FOR_EACH_QTYPE(G4RT_MATVEC)
+
+// Mixture of experts: y[s, o] = sum_i x[row(s), i] * W_e[o, i] for each selection s = r*k + j
+// (blockIdx.y), e = route[r][k + j] (route rows: k weights then k expert indices as floats),
+// row(s) = s when per_sel, else r. W holds every expert's [N, K] matrix one after another: a
+// launch reads only the selected experts' rows, with the matvec above (one warp per row).
+template <int QT>
+__device__ __forceinline__ void moe_matvec_impl(const u8* __restrict__ W, int row_bytes, const float* __restrict__ x,
+                                                const float* __restrict__ route, float* __restrict__ y,
+                                                int N, int K, int k, int per_sel) {
+    const int s = blockIdx.y, r = s / k, j = s - r * k;
+    const int e = (int)route[(size_t)r * 2 * k + k + j];
+    matvec_impl<QT>(W + (size_t)e * (size_t)N * (size_t)row_bytes, row_bytes,
+                    x + (size_t)(per_sel ? s : r) * K, y + (size_t)s * N, N, K, 1);
+}
+
+#define G4RT_MOE_MATVEC(name, QT)                                                                \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32)                                  \
+    moe_matvec_##name(const u8* W, int row_bytes, const float* x, const float* route, float* y,  \
+                      int N, int K, int k, int per_sel) {                                        \
+        moe_matvec_impl<QT>(W, row_bytes, x, route, y, N, K, k, per_sel);                         \
+    }
+G4RT_FOR_EACH_QTYPE(G4RT_MOE_MATVEC)

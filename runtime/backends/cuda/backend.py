@@ -817,6 +817,34 @@ class CudaGraph(CompiledGraph):
             out = self._out(op, (R, C))
             L.append(_Launch("slice", (K.ew_grid(R * C), 1, 1), K.EW_THREADS,
                              [x, out, R, C, XC, op.row0, op.col0]))
+        elif isinstance(op, O.MoeRoute):
+            R, n_exp = self._shape(op.logits)
+            out = self._out(op, (R, 2 * op.k))
+            scale = self._vector(op.expert_scale, n_exp) if op.expert_scale else _NULL
+            L.append(_Launch("moe_route", (max(1, -(-R // 128)), 1, 1), 128,
+                             [self._ref(op.logits), out, scale, R, n_exp, op.k]))
+        elif isinstance(op, O.MoeMatMul):
+            w = self._weight(op.weight)
+            R, rc = self._shape(op.route)
+            k = rc // 2
+            XR, Kc = self._shape(op.x)
+            N = w.spec.rows // op.n_expert
+            if Kc != w.spec.cols or w.spec.rows != op.n_expert * N or XR not in (R, R * k):
+                raise G4rtError(f"expert matmul {op.weight!r} [{w.spec.rows} x {w.spec.cols}] does not fit "
+                                f"{op.x!r} [{XR}, {Kc}] with {R} x {k} selections")
+            if R * k > 65535:
+                raise G4rtError(f"{R * k} expert selections is too many for one launch")
+            out = self._out(op, (R * k, N))
+            L.append(_Launch(K.typed_kernel("moe_matvec", w.spec.qtype), (-(-N // K.MV_WARPS), R * k, 1),
+                             K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, self._ref(op.x), self._ref(op.route),
+                                               out, N, Kc, k, int(XR == R * k and k > 1)]))
+        elif isinstance(op, O.MoeSum):
+            R, rc = self._shape(op.route)
+            k = rc // 2
+            _, C = self._shape(op.y)
+            out = self._out(op, (R, C))
+            L.append(_Launch("moe_sum", (K.ew_grid(R * C), 1, 1), K.EW_THREADS,
+                             [self._ref(op.y), self._ref(op.route), out, R, C, k]))
         else:
             raise G4rtError(f"the CUDA backend has no kernel for op {op.kind!r}")
         self._written.add(op.out)

@@ -258,7 +258,9 @@ class EmulatedDriver:
                 if code == "P" and a:
                     self._find(a, 1)              # a pointer argument outside every allocation
             return self.sim.launch(name, grid, block, args)
-        fam, _, sfx = name.partition("_")
+        fam = K.typed_family(name) or name
+        if fam == "moe_matvec":
+            return self._moe_matvec(name, grid, args)
         if fam in ("matvec", "matmul"):
             return self._matmul(name, grid, args)
         if fam == "matvec8":
@@ -284,6 +286,30 @@ class EmulatedDriver:
             raise EmulatedFault(f"{name} launched for {n} rows (max {K.MV_MAXN})")
         X = self.view(x, n * Kc).reshape(n, Kc)
         self.view(y, n * rows).reshape(n, rows)[...] = X @ self._weight_rows(name, W, row_bytes, rows, Kc).T
+
+    def _moe_matvec(self, name, grid, args):
+        W, row_bytes, x, route, y, N, Kc, k, per_sel = args
+        n_sel = grid[1]
+        rows = n_sel // k
+        R = self.view(route, rows * 2 * k).reshape(rows, 2 * k)
+        n_exp = int(R[:, k:].max()) + 1
+        Wall = self._weight_rows(name, W, row_bytes, n_exp * N, Kc)
+        X = self.view(x, (n_sel if per_sel else rows) * Kc).reshape(-1, Kc)
+        Y = self.view(y, n_sel * N).reshape(n_sel, N)
+        for s in range(n_sel):
+            e = int(R[s // k, k + s % k])
+            Y[s] = Wall[e * N:(e + 1) * N] @ X[s if per_sel else s // k]
+
+    def _k_moe_route(self, grid, logits, out, scale, rows, n_exp, k):
+        from ..numpy_ref.backend import moe_route
+        S = self.view(scale, n_exp) if scale else None
+        self.view(out, rows * 2 * k).reshape(rows, 2 * k)[...] = moe_route(
+            self.view(logits, rows * n_exp).reshape(rows, n_exp), k, S)
+
+    def _k_moe_sum(self, grid, y, route, out, rows, cols, k):
+        from ..numpy_ref.backend import moe_sum
+        self.view(out, rows * cols).reshape(rows, cols)[...] = moe_sum(
+            self.view(y, rows * k * cols).reshape(rows * k, cols), self.view(route, rows * 2 * k).reshape(rows, 2 * k))
 
     def _matvec8(self, name, grid, args):
         W, row_bytes, q, ds, y, rows, Kc, n = args

@@ -34,6 +34,7 @@ TYPED_FAMILIES: dict[str, tuple[str, str]] = {
     "matmul": ("matmul.cu", "PiPPiii"),      # W, row_bytes, x, y, rows, K, n
     "embed": ("embed.cu", "PiiPPif"),        # table, row_bytes, n_table, params, out, K, scale
     "matvec8": ("matvec8.cu", "PiPPPiii"),   # W, row_bytes, xq, xds, y, rows, K, n (int8 path)
+    "moe_matvec": ("matvec.cu", "PiPPPiiii"),  # W, row_bytes, x, route, y, N, K, k, per_sel (grid.y: selections)
 }
 # Families defined for some weight types only (the rest: every type of QTYPE_SUFFIX).
 FAMILY_TYPES: dict[str, tuple[QT, ...]] = {"matvec8": (QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q6_K)}
@@ -59,6 +60,8 @@ PLAIN_KERNELS: dict[str, tuple[str, str]] = {
     "scale": ("elementwise.cu", "PPifP"),               # x, out, n, s, by
     "softcap": ("elementwise.cu", "PPif"),
     "slice": ("elementwise.cu", "PPiiiii"),             # x, out, rows, cols, xcols, row0, col0
+    "moe_route": ("moe.cu", "PPPiii"),                  # logits, out, scale, rows, n_exp, k
+    "moe_sum": ("moe.cu", "PPPiii"),                    # y, route, out, rows, cols, k
 }
 for _kv in ("f16", "f32"):
     for _d in ATTN_HEAD_DIMS:
@@ -80,20 +83,29 @@ def kernel_file(name: str) -> tuple[str, Optional[QT]]:
     """(file, weight type or None) of a kernel name."""
     if name in PLAIN_KERNELS:
         return PLAIN_KERNELS[name][0], None
-    fam, _, sfx = name.partition("_")
-    if fam in TYPED_FAMILIES:
+    fam = typed_family(name)
+    if fam is not None:
+        sfx = name[len(fam) + 1:]
         for qt in family_types(fam):
             if QTYPE_SUFFIX[qt] == sfx:
                 return TYPED_FAMILIES[fam][0], qt
     raise KeyError(f"unknown CUDA kernel {name!r}")
 
 
+def typed_family(name: str) -> Optional[str]:
+    """The typed family a kernel name belongs to ("moe_matvec_q4_0" -> "moe_matvec"), or None."""
+    best = None
+    for fam in TYPED_FAMILIES:
+        if name.startswith(fam + "_") and (best is None or len(fam) > len(best)):
+            best = fam
+    return best
+
+
 def signature(name: str) -> str:
     if name in PLAIN_KERNELS:
         return PLAIN_KERNELS[name][1]
-    fam = name.partition("_")[0]
     kernel_file(name)   # validates the suffix
-    return TYPED_FAMILIES[fam][1]
+    return TYPED_FAMILIES[typed_family(name)][1]
 
 
 def typed_kernel(family: str, qtype: QT) -> str:
