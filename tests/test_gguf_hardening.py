@@ -424,10 +424,17 @@ def test_mmproj_file(tmp_path, how):
     expect(tmp_path, data, E.UnsupportedModelError, "mmproj", "not a text model", "gemma4")
 
 
-def test_moe_gemma4(tmp_path):
+def test_expert_keys_on_a_dense_file(tmp_path):
+    """Expert keys that the tensors do not back: refused, naming what is missing."""
     data, hdr = fixture()
-    expect(tmp_path, add_kv(data, hdr, "gemma4.expert_count", U32, 128), E.UnsupportedModelError,
-           "mixture-of-experts", "128 experts", "dense")
+    expect(tmp_path, add_kv(data, hdr, "gemma4.expert_count", U32, 128), E.MetadataError,
+           "expert_used_count is 0; it must be between 1 and expert_count (128)")
+    data = add_kv(data, hdr, "gemma4.expert_count", U32, 128)
+    hdr = scan(data, len(data))
+    data = add_kv(data, hdr, "gemma4.expert_used_count", U32, 8)
+    hdr = scan(data, len(data))
+    data = add_kv(data, hdr, "gemma4.expert_feed_forward_length", U32, 704)
+    expect(tmp_path, data, E.MetadataError, "expert_count is 128 but no layer has expert tensors")
 
 
 def test_quant_type_without_kernel(tmp_path):

@@ -246,6 +246,9 @@ def load_config(f: GGUFFile) -> ModelConfig:
             n_expert=n_expert if moe else 0, n_expert_used=n_expert_used if moe else 0,
             expert_ffn=expert_ffn if moe else 0, fused_gate_up=moe != "split"))
 
+    if n_expert and not any(L.moe for L in layers):
+        raise MetadataError(f"expert_count is {n_expert} but no layer has expert tensors "
+                            f"(blk.N.ffn_gate_inp.weight, ffn_gate_up_exps, ffn_down_exps)")
     emb = f.tensor("token_embd.weight")
     if emb.n_cols != n_embd:
         raise MetadataError(f"token_embd.weight has {emb.n_cols} columns, embedding_length is {n_embd}")
