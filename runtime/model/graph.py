@@ -230,7 +230,7 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
 def _moe_block(b: _Builder, L, x: str, eps: float) -> str:
     """The routed experts of a Gemma 4 MoE layer on the post-attention residual x; returns the
     buffer holding post_ffw_norm_2(sum of the weighted expert outputs)."""
-    cfg, p, E, k, F = b.cfg, f"blk.{L.index}.", b.cfg.n_embd, L.n_expert_used, L.expert_ffn
+    p, E, k, F = f"blk.{L.index}.", b.cfg.n_embd, L.n_expert_used, L.expert_ffn
     nk = b.n * k
     r = b.emit(p + "router_norm", RmsNorm(b.buf("router_in", E), x, b.norm(router_norm_name(L.index), E), eps, E))
     lg = b.matmul(p + "router", "router_logits", r, p + "ffn_gate_inp.weight", L.n_expert)
