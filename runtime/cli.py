@@ -63,10 +63,11 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
     from . import memory_plan as M
     from .gguf_file import GGUFFile
     from .model.config import load_config
-    from .model.graph import weight_specs
+    from .model.graph import model_weight_specs
 
     f = GGUFFile(model)
-    cfg, specs = load_config(f), weight_specs(f)
+    cfg = load_config(f)
+    specs, _ = model_weight_specs(cfg, f)
     on_cpu = plan_backend in ("cpu", "numpy")
     if budget is not None:
         budget_bytes = M.parse_size(budget)

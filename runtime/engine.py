@@ -15,9 +15,7 @@ from .errors import ContextOverflowError, G4rtError
 from .gguf_file import GGUFFile
 from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
-from .model.graph import build_graph, derived_weights, kv_caches, weight_specs
-from .ops import WeightSpec
-from .quant_types import QT
+from .model.graph import build_graph, kv_caches, model_weight_specs
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
@@ -56,10 +54,7 @@ class Engine:
                  slots: int = 1, ring_slack: int = 0, **backend_options):
         self.file = GGUFFile(path)
         self.config: ModelConfig = load_config(self.file)
-        self.specs = weight_specs(self.file)
-        self.derived = derived_weights(self.config, self.file)
-        for name, arr in self.derived.items():
-            self.specs[name] = WeightSpec(name, QT.F32, arr.shape[0], arr.shape[1])
+        self.specs, self.derived = model_weight_specs(self.config, self.file)
         self.prefill_chunk = max(1, int(prefill_chunk))
         # Default: the trained length capped at DEFAULT_CTX and by the budget when one is given
         # (never a blind 256K allocation); an explicit ctx over budget is refused with what fits.

@@ -314,3 +314,14 @@ def test_synth_writes_a_loadable_moe_file(tmp_path):
     assert np.all(np.isfinite(outs[0]))
     if len(outs) == 2:
         assert rel_err(outs[1], outs[0]) < 1e-3
+
+
+@NEED_MOE
+def test_memory_plan_of_a_moe_file():
+    """`g4rt info --plan` on a MoE file: the derived router weights are part of the graph."""
+    from click.testing import CliRunner
+    from g4rt.cli import main
+    r = CliRunner().invoke(main, ["info", "--plan", str(MOE / "models" / "g4-moe-Q4_K_M.gguf"), "--backend", "cuda",
+                                  "--budget", "1GiB"])
+    assert r.exit_code == 0, r.output
+    assert "all 6 layers on the GPU" in r.output and "fits" in r.output

@@ -19,7 +19,7 @@ from ..gguf_file import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore,
                    MatMul, MoeMatMul, MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap,
                    WeightSpec)
-from ..quant_types import check_supported, dequantize_rows
+from ..quant_types import QT, check_supported, dequantize_rows
 from .config import ModelConfig
 
 
@@ -51,6 +51,15 @@ def weight_specs(f: GGUFFile) -> dict[str, WeightSpec]:
     for name, t in f.tensors.items():
         specs[name] = WeightSpec(name, t.qtype, t.n_rows, t.n_cols, int(t.shape[2]) if len(t.shape) == 3 else 0)
     return specs
+
+
+def model_weight_specs(cfg: ModelConfig, f: GGUFFile) -> tuple[dict[str, WeightSpec], dict[str, np.ndarray]]:
+    """Every weight a model's graph names: the file's tensors and the derived ones (F32 [1, n])."""
+    specs = weight_specs(f)
+    derived = derived_weights(cfg, f)
+    for name, arr in derived.items():
+        specs[name] = WeightSpec(name, QT.F32, arr.shape[0], arr.shape[1])
+    return specs, derived
 
 
 def cache_names(layer: int, slot: int = 0) -> tuple[str, str]:
