@@ -160,6 +160,11 @@ size_t g4_sizeof_exec(void);
 /* Kernels. Matmul (gemm.c dispatches: one row -> matvec.c, several -> tiled gemm). */
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 size_t g4_matmul_scratch(const g4_cmd *c, int nth);
+/* gemm.c's tiled product, one task on the calling thread (see g4_gemm_block in gemm.c). */
+size_t g4_gemm_scratch(void);
+int g4_gemm_nr(void);
+int g4_gemm_tp(void);
+void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_t r1, void *ws);
 /* matvec.c, one activation row x (in_cols floats) against W rows [o0, o1): y[o] = W[o] . x.
  * g4_matvec_prepare() runs once per activation row and thread before any g4_matvec() on that row
  * and may precompute from x into ws (g4_matvec_scratch(c) bytes, e.g. per-block sums of x). */

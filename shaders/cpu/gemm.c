@@ -352,32 +352,44 @@ void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
         return;
     }
     const gemm_plan p = plan_of(c, nth);
-    uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
-    float *panels = (float *)ws;
-    float *tmp = (float *)(ws + G4_ALIGN64((size_t)TP * KC * NR * sizeof(float)));
-    const int64_t K = c->in_cols, N = c->cols;
+    void *ws = g4_ws(ex, ith);
     for (;;) {
         int64_t t = g4_chunk(ex);
         if (t >= p.n_ptask * p.nrb) break;
         int64_t pt = t / p.nrb, rbi = t % p.nrb;
         int64_t pb0 = pt * p.tp, pb1 = pb0 + p.tp < p.n_panels ? pb0 + p.tp : p.n_panels;
         int64_t r0 = rbi * p.rb, r1 = r0 + p.rb < c->rows ? r0 + p.rb : c->rows;
-        for (int64_t k0 = 0; k0 < K; k0 += KC) {
-            int kc = (int)(K - k0 < KC ? K - k0 : KC);
+        g4_gemm_block(c, pb0, pb1, r0, r1, ws);
+    }
+}
+
+size_t g4_gemm_scratch(void) { return tiled_scratch(); }
+int g4_gemm_nr(void) { return NR; }
+int g4_gemm_tp(void) { return TP; }
+
+/* One task of the tiled product on the calling thread: out rows [r0, r1) x weight panels
+ * [pb0, pb1) (at most TP; NR weight rows each), ws = g4_gemm_scratch() bytes. Also called by
+ * moe.c on an expert's gathered rows. */
+void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_t r1, void *ws_) {
+    uint8_t *ws = (uint8_t *)ws_;
+    float *panels = (float *)ws;
+    float *tmp = (float *)(ws + G4_ALIGN64((size_t)TP * KC * NR * sizeof(float)));
+    const int64_t K = c->in_cols, N = c->cols;
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        int kc = (int)(K - k0 < KC ? K - k0 : KC);
+        for (int64_t pb = pb0; pb < pb1; pb++) {
+            int64_t o0 = pb * NR;
+            int n = (int)(N - o0 < NR ? N - o0 : NR);
+            pack_panel(c, o0, n, k0, kc, panels + (size_t)(pb - pb0) * KC * NR, tmp);
+        }
+        /* token tiles outer: a tile's A block (MR x kc) stays in L1 across the task's panels,
+         * which stream from L2 */
+        for (int64_t r = r0; r < r1; r += MR) {
+            int64_t re = r + MR < r1 ? r + MR : r1;
             for (int64_t pb = pb0; pb < pb1; pb++) {
                 int64_t o0 = pb * NR;
                 int n = (int)(N - o0 < NR ? N - o0 : NR);
-                pack_panel(c, o0, n, k0, kc, panels + (size_t)(pb - pb0) * KC * NR, tmp);
-            }
-            /* token tiles outer: a tile's A block (MR x kc) stays in L1 across the task's
-             * panels, which stream from L2 */
-            for (int64_t r = r0; r < r1; r += MR) {
-                int64_t re = r + MR < r1 ? r + MR : r1;
-                for (int64_t pb = pb0; pb < pb1; pb++) {
-                    int64_t o0 = pb * NR;
-                    int n = (int)(N - o0 < NR ? N - o0 : NR);
-                    tile_rows(c, panels + (size_t)(pb - pb0) * KC * NR, o0, n, k0, kc, r, re);
-                }
+                tile_rows(c, panels + (size_t)(pb - pb0) * KC * NR, o0, n, k0, kc, r, re);
             }
         }
     }

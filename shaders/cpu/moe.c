@@ -10,9 +10,11 @@
  *            row0 = 1: x has one row per selection, else one per token shared by its k selections.
  * MOE_SUM    a = y [rows*k, cols], b = route; out[r] = sum over j in order of route[r][j] * y[r*k+j].
  *
- * The expert matmul runs matvec.c's kernels on every (expert, chunk of output features) item,
- * for that expert's selections only: decode reads only the chosen experts' bytes, and a batch
- * reads each used expert's weights once (a chunk stays in cache across its selections).
+ * The expert matmul reads only the chosen experts' bytes. Few tokens (decode): matvec.c's kernels
+ * on every (expert, chunk of output features) item, for that expert's selections only. A batch:
+ * each thread claims whole experts, gathers the expert's selections' input rows into its scratch
+ * and runs gemm.c's tiled product on them, so each used expert's weights are decoded once per
+ * batch, then scatters the rows back to their selections.
  */
 #include "g4cpu.h"
 
@@ -79,17 +81,60 @@ static int64_t moe_chunk(const g4_cmd *c, int nth) {
     return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
 }
 
+#define MOE_GEMM_MIN_ROWS 9      /* tokens from which a batch goes through the tiled product */
+#define A64(n) (((size_t)(n) + 63) / 64 * 64)
+
 size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth) {
     (void)nth;
     g4_cmd sub = *c;
     sub.op = G4_OP_MATMUL;
     sub.w_rows = c->cols;
-    return (g4_matvec_scratch(&sub) + 63) / 64 * 64;
+    if (c->rows >= MOE_GEMM_MIN_ROWS)   /* a token picks an expert once: at most rows selections each */
+        return A64(g4_gemm_scratch()) + A64((size_t)c->rows * c->in_cols * 4) + A64((size_t)c->rows * c->cols * 4)
+               + A64((size_t)c->rows * 8);
+    return A64(g4_matvec_scratch(&sub));
+}
+
+static void moe_matmul_gemm(const g4_cmd *c, g4_exec *ex, int ith) {
+    const int64_t K = c->in_cols, N = c->cols, R = c->rows, k = c->group, E = c->n_head;
+    uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
+    void *gw = ws;
+    float *A = (float *)(ws + A64(g4_gemm_scratch()));
+    float *T = (float *)((uint8_t *)A + A64((size_t)R * K * 4));
+    int64_t *sel = (int64_t *)((uint8_t *)T + A64((size_t)R * N * 4));
+    const int64_t nr = g4_gemm_nr(), tp = g4_gemm_tp(), np = (N + nr - 1) / nr;
+    g4_cmd sub = *c;
+    sub.op = G4_OP_MATMUL;
+    sub.w_rows = N;
+    sub.a = A;
+    sub.out = T;
+    for (;;) {
+        const int64_t e = g4_chunk(ex);
+        if (e >= E) break;
+        int64_t m = 0;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < k; j++)
+                if ((int64_t)c->b[r * 2 * k + k + j] == e) {
+                    const int64_t s = r * k + j;
+                    memcpy(A + m * K, c->a + (c->row0 ? s : r) * K, (size_t)K * 4);
+                    sel[m++] = s;
+                }
+        if (m == 0) continue;
+        sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
+        sub.rows = (int32_t)m;
+        for (int64_t pb = 0; pb < np; pb += tp)
+            g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
+        for (int64_t i = 0; i < m; i++) memcpy(c->out + sel[i] * N, T + i * N, (size_t)N * 4);
+    }
 }
 
 void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     const int64_t K = c->in_cols, N = c->cols, R = c->rows, k = c->group, E = c->n_head;
     if (R <= 0 || N <= 0) return;
+    if (R >= MOE_GEMM_MIN_ROWS) {
+        moe_matmul_gemm(c, ex, ith);
+        return;
+    }
     const int64_t cs = moe_chunk(c, nth), nchunk = (N + cs - 1) / cs;
     void *ws = g4_ws(ex, ith);
     g4_cmd sub = *c;            /* one expert's matrix as a plain matmul command */
