@@ -62,7 +62,7 @@ class _LoadProgress:
             self.bar.close()
 
 
-def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None):
+def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None, ring_slack=0):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
@@ -72,7 +72,7 @@ def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None):
     progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     gpu_layers=gpu_layers, threads=threads)
+                     gpu_layers=gpu_layers, threads=threads, ring_slack=ring_slack)
     finally:
         progress.close()
     if not quiet:
@@ -146,8 +146,12 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
 def chat(model, system, show_thinking, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session."""
+    from .engine import CHAT_RING_SLACK
     from .generation import ChatSession
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
+    # longer sliding rings: each turn keeps the history's KV although the template re-renders the
+    # previous answer differently from how it was generated
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"],
+              ring_slack=CHAT_RING_SLACK)
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     _base_model_notice(m)
     if not kw["quiet"]:

@@ -72,12 +72,12 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     state = ServerState(config, ServerMetrics(parallel))
 
     def loader():
-        from .engine import DEFAULT_PREFILL_CHUNK
+        from .engine import CHAT_RING_SLACK
         from .generation import load
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
         m = load(model, backend=backend, ctx=ctx, gpu_layers=gpu_layers, threads=threads, slots=parallel,
-                 ring_slack=DEFAULT_PREFILL_CHUNK)
+                 ring_slack=CHAT_RING_SLACK)
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
                    f"of {m.engine.ctx} tokens", err=True)
         return m

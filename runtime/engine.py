@@ -19,6 +19,24 @@ from .model.graph import build_graph, kv_caches, model_weight_specs
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
+#: Shorter shared prefixes are prefilled again: reusing a few tokens (BOS, a template header) saves
+#: nothing, and prefill cut at a different place gives slightly different float rounding.
+MIN_PREFIX_REUSE = 16
+#: Extra sliding-ring rows for callers that reuse a cached prefix across chat turns (the server,
+#: `g4rt chat`): as llama.cpp's SWA cache, one prefill chunk beyond the window.
+CHAT_RING_SLACK = DEFAULT_PREFILL_CHUNK
+
+
+def common_prefix(a, b) -> int:
+    """How many leading tokens two id sequences share."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if diff.size else n
+
+
 #: Recorded graphs kept per engine: prompts of every length would otherwise each keep one (a
 #: server sees thousands); the decode graphs are used every step and so never leave.
 MAX_RECORDED_GRAPHS = 24
@@ -148,6 +166,12 @@ class Engine:
             if cached_len > rows and cached_len - common > rows - window:
                 return 0
         return common
+
+    def prefix_to_keep(self, cached: list[int], ids: list[int]) -> int:
+        """Cached positions a new sequence `ids` can keep from a slot holding `cached`: the shared
+        prefix (at least one token of ids left to run), when exact (reusable_prefix) and worth it."""
+        keep = self.reusable_prefix(len(cached), common_prefix(cached, ids[:-1]))
+        return keep if keep >= MIN_PREFIX_REUSE else 0
 
     def truncate(self, n: int, slot: int = 0) -> None:
         """Move a slot back to position n (see reusable_prefix for when that is exact)."""

@@ -105,19 +105,16 @@ class Model:
         return out
 
     def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
-        """Bring the KV cache to `ids`; reuse it when `ids` extends what is cached (chat turns).
-
-        Only a pure extension is reused: rewinding would need sliding-window ring rows that
-        later positions have already overwritten."""
+        """Bring the KV cache to `ids`, keeping the prefix it shares with what is cached (the next
+        chat turn) when moving back there is exact (Engine.prefix_to_keep: sliding rings longer
+        than the window allow it past a wrap)."""
         if len(ids) > self.engine.ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds "
                                        f"{self.engine.ctx}; use a larger --ctx or a shorter prompt")
-        n_cached = len(self._cached)
-        if n_cached and len(ids) > n_cached and ids[:n_cached] == self._cached:
-            new = ids[n_cached:]
-        else:
-            self.engine.reset()
-            self._cached, new, n_cached = [], ids, 0
+        n_cached = self.engine.prefix_to_keep(self._cached, ids)
+        self.engine.truncate(n_cached)
+        self._cached = self._cached[:n_cached]
+        new = ids[n_cached:]
         try:
             logits = self.engine.forward(np.asarray(new, dtype=np.int32))[-1]
         except BaseException:

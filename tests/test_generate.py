@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
 import g4rt
 from g4rt.cli import main
-from g4rt.generation import ChatSession, GenerationStats
+from g4rt.generation import ChatSession, GenerationStats  # noqa: F401
 from g4rt.sampling import Sampler
 
 pytestmark = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
@@ -131,3 +131,26 @@ def test_cli_subprocess_errors_and_streaming(tmp_path):
     long_prompt = cmd[:6] + ["The capital of France is Paris"] + cmd[7:]
     small = subprocess.run(long_prompt + ["--ctx", "4"], capture_output=True, text=True)
     assert small.returncode != 0 and "context" in small.stderr and "Traceback" not in small.stderr
+
+
+def test_next_chat_turn_keeps_the_history_past_a_wrapped_window():
+    """Gemma 4's template re-renders the previous answer without its empty thinking block, so the
+    next turn's prompt leaves the cached sequence a few tokens before its end. With sliding rings
+    longer than the window (g4rt chat's ring slack) the engine moves back there exactly even
+    after the 16-position window wrapped; without, the whole history is prefilled again."""
+    from g4rt.engine import CHAT_RING_SLACK
+    path = FIXTURES / "models" / "g4-dense-Q4_0.gguf"          # sliding window 16
+    answers = []
+    for slack in (CHAT_RING_SLACK, 0):
+        m = g4rt.load(path, backend="cpu", ctx=512, ring_slack=slack)
+        chat = ChatSession(m, system="You are a careful assistant who answers in full sentences.")
+        "".join(chat.send("Describe the water cycle in a few words, please.", max_tokens=12, temperature=0))
+        first_total = m.last_stats.prompt_tokens + m.last_stats.generated_tokens
+        answers.append("".join(chat.send("And then what happens?", max_tokens=12, temperature=0)))
+        stats = m.last_stats
+        if slack:
+            assert first_total > 16 and stats.reused_tokens >= first_total - 20, (first_total, stats.reused_tokens)
+        else:
+            assert stats.reused_tokens == 0
+        m.engine.close()
+    assert answers[0] == answers[1]          # the kept prefix gives the answer a fresh prefill gives

@@ -223,7 +223,7 @@ def test_next_chat_turn_reuses_the_cache(client, model):
     msgs2 = msgs + [{"role": "assistant", "content": first.choices[0].message.content or ""},
                     {"role": "user", "content": "And then?"}]
     second = client.chat.completions.create(model=MODEL_ID, messages=msgs2, max_tokens=12, temperature=0)
-    from g4rt.server.scheduler import common_prefix
+    from g4rt.engine import common_prefix
     shared = common_prefix(model.encode_prompt(msgs, chat=True), model.encode_prompt(msgs2, chat=True))
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert shared > 40 and shared <= cached < second.usage.prompt_tokens

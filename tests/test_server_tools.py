@@ -57,7 +57,7 @@ class ScriptedEngine:
     def truncate(self, n, slot=0):
         self._pos = n
 
-    def reusable_prefix(self, cached_len, common):
+    def prefix_to_keep(self, cached, ids):
         return 0
 
     def position(self, slot=0):
@@ -227,3 +227,23 @@ def test_base_model_chat_says_so(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert cli.stderr.count("pretrained base model") == 1
+
+
+def test_a_job_that_cannot_start_fails_alone(real_model):
+    """An engine error while a job is admitted answers that request with an error; the worker
+    keeps serving the next one (no hang)."""
+    client, eng, state = make_client(real_model, "Fine.<turn|>")
+    calls = {"n": 0}
+
+    def flaky(cached, ids):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return 0
+    eng.prefix_to_keep = flaky
+    with pytest.raises(openai.InternalServerError) as e:
+        client.chat.completions.create(model="gemma4", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert "boom" in str(e.value)
+    r = client.chat.completions.create(model="gemma4", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert r.choices[0].message.content == "Fine."
+    state.shutdown()

@@ -24,11 +24,6 @@ from ..tokenizer import StreamDecoder
 from .output_text import StopMatcher
 
 
-#: Shorter shared prefixes are prefilled again: reusing a few tokens (BOS, a template header) saves
-#: nothing, and prefill cut at a different place gives slightly different float rounding.
-MIN_PREFIX_REUSE = 16
-
-
 class QueueFullError(G4rtError):
     """Every slot is busy and the wait queue is full."""
 
@@ -100,15 +95,6 @@ class Slot:
     last_used: float = 0.0
     decoder: Optional[StreamDecoder] = None
     stopper: Optional[StopMatcher] = None
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if diff.size else n
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
@@ -199,13 +185,19 @@ class Scheduler:
             if not free:
                 return
             self._queue.popleft()
-            best, keep = None, -1
-            for s in sorted(free, key=lambda s: s.last_used):
-                k = self.engine.reusable_prefix(len(s.cached), common_prefix(s.cached, job.ids[:-1]))
-                k = k if k >= MIN_PREFIX_REUSE else 0
-                if k > keep:
-                    best, keep = s, k
-            self._start(best, job, keep)
+            try:
+                best, keep = None, -1
+                for s in sorted(free, key=lambda s: s.last_used):
+                    k = self.engine.prefix_to_keep(s.cached, job.ids)
+                    if k > keep:
+                        best, keep = s, k
+                self._start(best, job, keep)
+            except Exception as e:      # a job that cannot start fails alone; the worker goes on
+                if best is not None:
+                    self._reset(best)
+                    best.job = None
+                msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
+                self._send(job, ErrorEvent(f"generation failed: {msg}", 500))
 
     def _start(self, slot: Slot, job: Job, keep: int) -> None:
         self.engine.truncate(keep, slot.index)
