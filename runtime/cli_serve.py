@@ -19,11 +19,6 @@ class ServeError(G4rtError):
     """The server could not start or its model could not load."""
 
 
-def _size(text: str) -> int:
-    from .memory_plan import parse_size
-    return parse_size(text)
-
-
 @click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
@@ -57,6 +52,7 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     to the bundled Gemma 3 270M. Ctrl-C or SIGTERM stops the server cleanly."""
     import uvicorn
 
+    from .memory_plan import parse_size
     from .server.app import ServerConfig, ServerState, create_app
     from .server.metrics import ServerMetrics
 
@@ -67,7 +63,7 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
     if not Path(model).is_file():
         raise ServeError(f"{model}: no such file")
     config = ServerConfig(model_id=Path(model).stem, aliases=tuple(aliases) + (Path(model).name,),
-                          api_key=api_key or None, max_body=_size(max_body), cors_origins=tuple(cors_origins),
+                          api_key=api_key or None, max_body=parse_size(max_body), cors_origins=tuple(cors_origins),
                           truncate=truncate, timeout_s=timeout, queue=queue)
     state = ServerState(config, ServerMetrics(parallel))
 

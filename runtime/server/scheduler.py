@@ -78,7 +78,6 @@ class Job:
     logits: Optional[np.ndarray] = None
     reused: int = 0
     generated: int = 0
-    started: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: float = 0.0
@@ -130,8 +129,7 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise ShuttingDownError("the server is shutting down")
-            busy = sum(s.job is not None for s in self.slots)
-            if busy == len(self.slots) and len(self._queue) >= self.queue_limit:
+            if self.busy_slots() == len(self.slots) and len(self._queue) >= self.queue_limit:
                 raise QueueFullError(f"all {len(self.slots)} slots are busy and {len(self._queue)} "
                                      f"requests are waiting (--queue {self.queue_limit})")
             self._queue.append(job)
@@ -155,9 +153,6 @@ class Scheduler:
 
     def busy_slots(self) -> int:
         return sum(s.job is not None for s in self.slots)
-
-    def queue_depth(self) -> int:
-        return len(self._queue)
 
     def slot_info(self) -> list[dict]:
         out = []
@@ -206,7 +201,6 @@ class Scheduler:
         slot.decoder = StreamDecoder(self.tokenizer)
         slot.stopper = StopMatcher(job.stops)
         job.reused, job.pending, job.history = keep, list(job.ids[keep:]), list(job.ids)
-        job.started = time.perf_counter()
 
     def _run(self) -> None:
         while True:

@@ -46,9 +46,7 @@ void g4_k_moe_route(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
             }
             o[k + j] = (float)best;
             if (j == 0) first = l[best];
-            double p = exp((double)l[best] - first);   /* the softmax denominator cancels */
-            o[j] = (float)p;                           /* kept in double below */
-            sum += p;
+            sum += exp((double)l[best] - first);       /* the softmax denominator cancels */
         }
         for (int64_t j = 0; j < k; j++) {
             const int64_t e = (int64_t)o[k + j];
