@@ -25,6 +25,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from . import ops as O
+from .cli_generate import placement_options
 from .quant_types import block_geometry, row_bytes
 
 
@@ -70,10 +71,15 @@ class _Timed:
 
 
 def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_options: dict,
-                warmup: bool = True, echo=None) -> dict:
+                warmup: bool = True, echo=None, place: Optional[dict] = None) -> dict:
+    """place: --gpu-layers / --cpu-moe / --n-cpu-moe (a hybrid with the native CPU backend)."""
     from .engine import Engine
     t0 = time.perf_counter()
-    eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 2, **backend_options)
+    if place and (place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None):
+        from .generation import load
+        eng = load(model, backend=backend, ctx=n_prompt + n_gen + 2, **place, **backend_options).engine
+    else:
+        eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 2, **backend_options)
     load_s = time.perf_counter() - t0
     try:
         rng = np.random.default_rng(0)
@@ -295,11 +301,12 @@ def _cpu_threads() -> int:
               help="CPU threads (native CPU backend; default: the physical cores); llama-bench gets the same")
 @click.option("--int8", "int8", is_flag=True,
               help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
+@placement_options
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  threads, int8, llama_bench):
+                  threads, int8, llama_bench, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
     from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -323,8 +330,11 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
         else:
             if model is None:
                 raise click.UsageError("MODEL is required (or pass --ops)")
-            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo)
-            exe = find_llama_bench(llama_bench)
+            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo, place)
+            hybrid = place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None
+            if hybrid:
+                res["placement"] = place
+            exe = None if hybrid else find_llama_bench(llama_bench)
             if exe:
                 on_cpu = backend in ("cpu", "numpy")
                 n_threads = threads or (_cpu_threads() if on_cpu else None)
@@ -333,6 +343,8 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
                 if echo:
                     for line in summary_lines(res, res["llama_cpp"]):
                         echo(line)
+            elif echo and hybrid:
+                echo("  llama.cpp: not compared (a GPU + CPU placement; llama-bench here is a CPU build)")
             elif echo:
                 echo("  llama.cpp: llama-bench not found (set G4RT_LLAMA_BENCH or --llama-bench PATH to compare)")
     except G4rtError as e:

@@ -16,6 +16,25 @@ THREADS_OPTION = click.option("--threads", "-t", type=click.IntRange(1), default
                               help="CPU threads (native CPU backend; default: the physical cores).")
 
 
+def placement_options(f):
+    """Where the layers and experts run when the GPU cannot hold everything (as llama.cpp's)."""
+    for opt in reversed([
+        click.option("--gpu-layers", type=click.IntRange(0), default=None,
+                     help="Only the first N layers on the GPU backend, the rest on the CPU."),
+        click.option("--cpu-moe", is_flag=True,
+                     help="Mixture-of-experts models: keep every layer's experts in RAM and run them on "
+                          "the CPU; attention, the dense MLP and the router stay on the GPU."),
+        click.option("--n-cpu-moe", type=click.IntRange(0), default=None, metavar="N",
+                     help="As --cpu-moe for the experts of the first N layers only."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def placement(kw) -> dict:
+    return dict(gpu_layers=kw.pop("gpu_layers"), cpu_moe=kw.pop("cpu_moe"), n_cpu_moe=kw.pop("n_cpu_moe"))
+
+
 def _sampling_options(f):
     for opt in reversed([
         click.option("-n", "--max-tokens", type=click.IntRange(1), default=256, show_default=True,
@@ -30,8 +49,7 @@ def _sampling_options(f):
         click.option("--seed", type=int, default=None, help="Seed: same seed, same output (per backend)."),
         click.option("--ctx", type=click.IntRange(1), default=None, help="Context size in tokens."),
         click.option("--backend", type=BACKENDS, default="auto", show_default=True),
-        click.option("--gpu-layers", type=click.IntRange(0), default=None,
-                     help="Only the first N layers on the GPU backend, the rest on the CPU."),
+        placement_options,
         THREADS_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
     ]):
@@ -62,7 +80,7 @@ class _LoadProgress:
             self.bar.close()
 
 
-def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None, ring_slack=0):
+def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
@@ -72,7 +90,7 @@ def _load(model_path, backend, ctx, quiet, gpu_layers=None, threads=None, ring_s
     progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     gpu_layers=gpu_layers, threads=threads, ring_slack=ring_slack)
+                     threads=threads, ring_slack=ring_slack, **(place or {}))
     finally:
         progress.close()
     if not quiet:
@@ -118,7 +136,7 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
     if prompt is not None and prompt_file is not None:
         raise click.UsageError("give either -p or -f, not both")
     text = prompt if prompt is not None else prompt_file.read()
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"])
     chat = chat or system is not None
     if chat:
         _base_model_notice(m)
@@ -150,7 +168,7 @@ def chat(model, system, show_thinking, **kw):
     from .generation import ChatSession
     # longer sliding rings: each turn keeps the history's KV although the template re-renders the
     # previous answer differently from how it was generated
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], kw["gpu_layers"], kw["threads"],
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
               ring_slack=CHAT_RING_SLACK)
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     _base_model_notice(m)

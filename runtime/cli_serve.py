@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_generate import BACKENDS, THREADS_OPTION
+from .cli_generate import BACKENDS, THREADS_OPTION, placement, placement_options
 from .errors import G4rtError
 
 
@@ -32,8 +32,7 @@ class ServeError(G4rtError):
               help="Requests that may wait for a slot; past that, 503 with Retry-After.")
 @click.option("--ctx", type=click.IntRange(2), default=None, help="Context size per slot, in tokens.")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True)
-@click.option("--gpu-layers", type=click.IntRange(0), default=None,
-              help="Only the first N layers on the GPU backend, the rest on the CPU.")
+@placement_options
 @THREADS_OPTION
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Most seconds one request may take (it then ends with finish_reason 'length').")
@@ -44,8 +43,8 @@ class ServeError(G4rtError):
               help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.")
 @click.option("--alias", "aliases", multiple=True, help="Another model name clients may ask for (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
-def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers, threads, timeout, truncate,
-          max_body, cors_origins, aliases, quiet):
+def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, timeout, truncate,
+          max_body, cors_origins, aliases, quiet, **place):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
     The model loads in the background: GET /health answers 503 until it is ready. MODEL defaults
@@ -72,8 +71,8 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, gpu_layers,
         from .generation import load
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
-        m = load(model, backend=backend, ctx=ctx, gpu_layers=gpu_layers, threads=threads, slots=parallel,
-                 ring_slack=CHAT_RING_SLACK)
+        m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel,
+                 ring_slack=CHAT_RING_SLACK, **placement(place))
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
                    f"of {m.engine.ctx} tokens", err=True)
         return m

@@ -219,30 +219,66 @@ class ChatSession:
             self.messages.append({"role": "assistant", "content": answer})
 
 
+def _check_expert_placement(path, moe_layers: int, what: str) -> None:
+    """Expert placement on a model without experts, or past its layers, is a mistake to name
+    (before any device is opened; the header scan is cheap)."""
+    from .backends.hybrid import ALL_LAYERS
+    from .gguf_file import GGUFFile
+    from .model.config import load_config
+    cfg = load_config(GGUFFile(path))
+    if not any(L.moe for L in cfg.layers):
+        raise G4rtError(f"{what}: this model has no mixture-of-experts layers")
+    if moe_layers != ALL_LAYERS and moe_layers > cfg.n_layer:
+        raise G4rtError(f"--n-cpu-moe {moe_layers} is more than the model's {cfg.n_layer} layers")
+
+
+def expert_layers(cpu_moe: bool, n_cpu_moe: Optional[int]) -> int:
+    """--cpu-moe / --n-cpu-moe N as a layer count (0: no expert placement)."""
+    if cpu_moe and n_cpu_moe is not None:
+        raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
+    if n_cpu_moe is not None and n_cpu_moe < 0:
+        raise G4rtError(f"--n-cpu-moe must be >= 0, got {n_cpu_moe}")
+    from .backends.hybrid import ALL_LAYERS
+    return ALL_LAYERS if cpu_moe else int(n_cpu_moe or 0)
+
+
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
-         threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, **backend_options) -> Model:
+         threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, cpu_moe: bool = False,
+         n_cpu_moe: Optional[int] = None, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
-    backend (for models that do not fit in device memory). threads: CPU threads (native CPU
-    backend, also the CPU half of a hybrid; default: the physical cores). slots, ring_slack: KV
-    caches for several sequences and longer sliding rings (the server's; see Engine)."""
+    backend (for models that do not fit in device memory). cpu_moe / n_cpu_moe: keep the expert
+    tensors of every MoE layer (or of the first N layers) on the native CPU backend, which runs
+    their expert products, while the rest of those layers runs on the GPU. threads: CPU threads
+    (native CPU backend, also the CPU half of a hybrid; default: the physical cores). slots,
+    ring_slack: KV caches for several sequences and longer sliding rings (the server's; see Engine)."""
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
+    moe_layers = expert_layers(cpu_moe, n_cpu_moe)
     reason = f"requested {backend}"
     if backend == "auto":
         backend, reason = pick_backend()
     if backend not in ("cpu", "numpy", "vulkan", "cuda"):
         raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, numpy, vulkan or cuda)")
-    if gpu_layers is not None:
+    if gpu_layers is not None or moe_layers:
+        what = "--gpu-layers" if gpu_layers is not None else "--cpu-moe" if cpu_moe else "--n-cpu-moe"
         if backend in ("cpu", "numpy"):
-            raise G4rtError("--gpu-layers needs a GPU backend (--backend cuda or vulkan)")
+            raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
+                            "everything already runs on the CPU")
+        if moe_layers:
+            _check_expert_placement(path, moe_layers, what)
         from .backends.hybrid import create_hybrid
         backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
-                                    cpu_options={"threads": threads} if threads else None)
-        reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
+                                    cpu_options={"threads": threads} if threads else None,
+                                    cpu_moe_layers=moe_layers)
+        if gpu_layers is not None:
+            reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
+        if moe_layers:
+            reason += ("; experts of every MoE layer" if cpu_moe else f"; experts of layers 0-{moe_layers - 1}") \
+                + " on the CPU"
         engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack)
     else:
         if threads is not None:

@@ -25,6 +25,7 @@ from ..errors import G4rtError
 
 _LAYER = re.compile(r"^blk\.(\d+)(?:\.|\s|$)")
 INPUT_LABEL = "hybrid_input"
+KEPT_LABEL = "hybrid_kept"
 
 
 def layer_of(label: str) -> Optional[int]:
@@ -173,3 +174,124 @@ def sub_graphs(graph: O.Graph, part: Partition, input_prefix: str) -> tuple[Opti
     return front, back, inputs
 
 
+
+
+# ---- many segments: expert ops of MoE layers on the back side (--cpu-moe) -----------------------
+def expert_op_ranges(graph: O.Graph) -> dict[int, tuple[int, int]]:
+    """Per layer, the ops [start, end) that multiply by 3-D expert tensors: from the first op that
+    reads one to the last, plus the weighted sums (moe_sum) right after it. What runs in between
+    (the gate/up slices, the activation) reads only what those ops wrote, so the range's inputs
+    are the activation rows and the route, and its output the summed row."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for i, (op, label) in enumerate(zip(graph.ops, _labels(graph))):
+        if not any(graph.weights[w].experts for w in O.op_weights(op) if w in graph.weights):
+            continue
+        layer = layer_of(label)
+        if layer is None:
+            raise G4rtError(f"op {i} reads expert weights but its label {label!r} names no layer")
+        start, _ = ranges.get(layer, (i, i + 1))
+        ranges[layer] = (start, i + 1)
+    for layer, (start, end) in ranges.items():
+        while end < len(graph.ops) and graph.ops[end].kind == "moe_sum":
+            end += 1
+        ranges[layer] = (start, end)
+    return ranges
+
+
+@dataclass
+class Segment:
+    """A contiguous run of ops on one side, with what crosses its edges."""
+    start: int
+    end: int
+    side: str                                               # "front" or "back"
+    weights: set[str] = field(default_factory=set)
+    caches: set[str] = field(default_factory=set)
+    inputs: list[str] = field(default_factory=list)         # read here, written by an earlier segment
+    exports: list[str] = field(default_factory=list)        # written here, an input of a later segment
+    kept_in: list[str] = field(default_factory=list)        # as inputs, from a segment on the same side
+    kept_out: list[str] = field(default_factory=list)       # as exports, for a segment on the same side
+
+
+def op_sides(graph: O.Graph, front_layers: int, back_expert_layers: int) -> list[str]:
+    """The side of every op: the first `front_layers` layers in front (layers_split), except the
+    expert ops of layers < `back_expert_layers`, which go to the back."""
+    split = layers_split(front_layers)(graph)
+    sides = ["front" if i < split else "back" for i in range(len(graph.ops))]
+    for layer, (start, end) in expert_op_ranges(graph).items():
+        if layer < back_expert_layers:
+            sides[start:end] = ["back"] * (end - start)
+    return sides
+
+
+def segments(graph: O.Graph, sides: list[str], keep: frozenset = frozenset()) -> list[Segment]:
+    """Cut the op list where the side changes; say what each segment needs and hands on.
+    keep: the sides that can keep a buffer on the device from one of their segments to a later
+    one (a persistent copy, see segment_graph); elsewhere it goes through the host."""
+    if len(sides) != len(graph.ops):
+        raise G4rtError(f"{len(sides)} sides for {len(graph.ops)} ops")
+    segs: list[Segment] = []
+    for i, side in enumerate(sides):
+        if segs and segs[-1].side == side:
+            segs[-1].end = i + 1
+        else:
+            segs.append(Segment(i, i + 1, side))
+    last_writer: dict[str, int] = {}
+    cache_side: dict[str, str] = {}
+    for j, seg in enumerate(segs):
+        written: set[str] = set()
+        for op in graph.ops[seg.start:seg.end]:
+            seg.weights.update(O.op_weights(op))
+            for c in op_caches(graph, op):
+                if cache_side.setdefault(c, seg.side) != seg.side:
+                    raise G4rtError(f"cache {c} would be used on both sides; a placement must keep "
+                                    "each KV cache on one side")
+                seg.caches.add(c)
+            for r in op.reads():
+                if r in graph.buffers and r != graph.tokens and r not in written and r in last_writer \
+                        and r not in seg.inputs and r not in seg.kept_in:
+                    producer = segs[last_writer[r]]
+                    kept = producer.side == seg.side and seg.side in keep
+                    (seg.kept_in if kept else seg.inputs).append(r)
+                    out = producer.kept_out if kept else producer.exports
+                    if r not in out:
+                        out.append(r)
+            if op.out in graph.buffers:
+                written.add(op.out)
+        for b in written:
+            last_writer[b] = j
+    return segs
+
+
+def input_name(graph: O.Graph, buffer: str) -> str:
+    """The f32 input a segment receives `buffer` in: shared by every segment graph of this shape
+    on a backend (segments run one after another, and each copies its inputs in first)."""
+    buf = graph.buffers[buffer]
+    return f"{INPUT_LABEL}.{buf.rows}x{buf.cols}.{buffer}"
+
+
+def kept_name(graph: O.Graph, buffer: str) -> str:
+    """The persistent device copy a segment leaves `buffer` in for a later one on its side."""
+    buf = graph.buffers[buffer]
+    return f"{KEPT_LABEL}.{buf.rows}x{buf.cols}.{buffer}"
+
+
+def segment_graph(graph: O.Graph, seg: Segment) -> O.Graph:
+    """The segment as a graph of its own: leading Slice ops copy its inputs (and the copies an
+    earlier segment on its side kept) into place; trailing ones keep what a later one needs.
+    Inputs and kept copies are declared like caches: persistent, f32, shared by name."""
+    labels = _labels(graph)
+    pre = [O.Slice(b, input_name(graph, b), 0, 0) for b in seg.inputs] + \
+          [O.Slice(b, kept_name(graph, b), 0, 0) for b in seg.kept_in]
+    post = [O.Slice(kept_name(graph, b), b, 0, 0) for b in seg.kept_out]
+    ops = pre + list(graph.ops[seg.start:seg.end]) + post
+    caches = {c: graph.caches[c] for c in sorted(seg.caches)}
+    for name, b in [(input_name(graph, b), b) for b in seg.inputs] + \
+                   [(kept_name(graph, b), b) for b in seg.kept_in + seg.kept_out]:
+        caches[name] = O.KvCache(name, graph.buffers[b].rows, graph.buffers[b].cols)
+    final = seg.end == len(graph.ops)
+    output = graph.output if final else (seg.exports[-1] if seg.exports else
+                                         next(op.out for op in reversed(ops) if op.out in graph.buffers))
+    return O.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, ops), caches=caches,
+                   weights={w: graph.weights[w] for w in sorted(seg.weights)}, ops=ops, output=output,
+                   tokens=graph.tokens,
+                   labels=[INPUT_LABEL] * len(pre) + labels[seg.start:seg.end] + [KEPT_LABEL] * len(post))

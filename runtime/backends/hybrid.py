@@ -1,5 +1,7 @@
 """Split one graph across two backends: a contiguous prefix of the op list runs on the `front`
-backend (e.g. the GPU), the rest on the `back` backend (e.g. the CPU reference).
+backend (e.g. the GPU), the rest on the `back` backend (e.g. the CPU reference). With
+`back_expert_layers` (--cpu-moe / --n-cpu-moe) the expert products of MoE layers also run on the
+back, between front segments (SegmentedGraph: one graph per segment, hand-overs through the host).
 
 Nothing here knows any model. The boundary is an op index chosen by the caller; `layers_split(n)`
 picks it from the op labels ("blk.N ..." is GGUF's per-layer tensor naming, which graph labels
@@ -32,7 +34,8 @@ import numpy as np
 from .. import ops as O
 from ..errors import G4rtError
 from .base import Backend, CompiledGraph, OpObserver, WeightSource
-from .graph_split import Partition, layers_split, partition, snap_split, sub_graphs
+from .graph_split import (Partition, Segment, input_name, kept_name, layers_split, op_sides, partition,
+                          segment_graph, segments, snap_split, sub_graphs)
 
 
 # ---- moving arrays in and out of backends ----------------------------------------------------
@@ -71,9 +74,14 @@ class HybridBackend(Backend):
     name = "hybrid"
 
     def __init__(self, front: Backend, back: Backend, split: Union[int, Callable[[O.Graph], int]],
-                 check_memory: bool = True, batch: int = 512):
+                 check_memory: bool = True, batch: int = 512, back_expert_layers: int = 0):
+        """back_expert_layers: the expert ops of layers below this run on `back` too, between
+        front segments (--cpu-moe / --n-cpu-moe); needs a layer-count split rule."""
         self.front, self.back = front, back
         self.split_rule = split
+        self.back_expert_layers = int(back_expert_layers)
+        if self.back_expert_layers and not hasattr(split, "front_layers"):
+            raise G4rtError("expert placement needs a layer split (layers_split)")
         self.check_memory = check_memory
         self.batch = batch
         self.specs: dict[str, O.WeightSpec] = {}
@@ -98,18 +106,18 @@ class HybridBackend(Backend):
         s = self.split_rule(graph) if callable(self.split_rule) else int(self.split_rule)
         return snap_split(graph, s)
 
-    def _prepare(self, graph: O.Graph, part: Partition) -> None:
+    def _prepare(self, graph: O.Graph, part: Partition, used: tuple[bool, bool],
+                 fits: Optional[Callable[[], None]] = None) -> None:
+        """Load each used side's weights and allocate its caches (the first graph decides)."""
         if self.source is None:
             raise G4rtError("HybridBackend: load_weights must be called before compile")
         # A device with limited memory checks that its part fits before anything is uploaded
         # (the backend knows how it allocates; the hybrid does not).
-        if part.split > 0 and self.check_memory and hasattr(self.front, "check_split_fits") \
-                and self._alloc["front"] is None:
-            self.front.check_split_fits(graph, {c: graph.caches[c] for c in graph.caches if c in self.caches},
-                                        part.split, batch=self.batch)
-        for side, be, need, caches in (("front", self.front, part.front_weights, part.front_caches),
-                                       ("back", self.back, part.back_weights, part.back_caches)):
-            if (side == "front" and part.split == 0) or (side == "back" and part.split == len(graph.ops)):
+        if used[0] and self.check_memory and fits is not None and self._alloc["front"] is None:
+            fits()
+        for side, be, need, caches, on in (("front", self.front, part.front_weights, part.front_caches, used[0]),
+                                           ("back", self.back, part.back_weights, part.back_caches, used[1])):
+            if not on:
                 continue
             missing = need - self._loaded[side]
             if missing:
@@ -133,12 +141,43 @@ class HybridBackend(Backend):
                 raise G4rtError("HybridBackend: this graph needs KV caches on a side other than the "
                                 "first graph placed them (graphs of one model must split alike)")
 
-    def compile(self, graph: O.Graph) -> "HybridGraph":
+    def _model_caches(self, graph: O.Graph) -> dict:
+        return {c: graph.caches[c] for c in graph.caches if c in self.caches}
+
+    def compile(self, graph: O.Graph) -> CompiledGraph:
+        if self.back_expert_layers:
+            return self._compile_segments(graph)
         split = self.split_index(graph)
         part = partition(graph, split)
-        self._prepare(graph, part)
+        fits = None
+        if hasattr(self.front, "check_split_fits"):
+            def fits():
+                self.front.check_split_fits(graph, self._model_caches(graph), part.split, batch=self.batch)
+        self._prepare(graph, part, (part.split > 0, part.split < len(graph.ops)), fits)
         self.last_partition = part
         return HybridGraph(self, graph, part)
+
+    def _compile_segments(self, graph: O.Graph) -> "SegmentedGraph":
+        sides = op_sides(graph, self.split_rule.front_layers, self.back_expert_layers)
+        keep = frozenset(side for side, be in (("front", self.front), ("back", self.back))
+                         if hasattr(be, "declare_kept"))
+        segs = segments(graph, sides, keep)
+        part = Partition(split=-1)          # the union per side (for loading and allocation)
+        for seg in segs:
+            w, c = (part.front_weights, part.front_caches) if seg.side == "front" else \
+                   (part.back_weights, part.back_caches)
+            w.update(seg.weights)
+            c.update(seg.caches)
+        part.transfers = [b for seg in segs for b in seg.inputs]
+        front_ops = [i for i, sd in enumerate(sides) if sd == "front"]
+        fits = None
+        if hasattr(self.front, "check_ops_fit"):
+            def fits():
+                self.front.check_ops_fit(graph, self._model_caches(graph), front_ops, batch=self.batch)
+        self._prepare(graph, part, ("front" in sides, "back" in sides), fits)
+        self.last_partition = part
+        self.last_segments = segs
+        return SegmentedGraph(self, graph, segs)
 
     def close(self) -> None:
         try:
@@ -194,13 +233,78 @@ class HybridGraph(CompiledGraph):
         return self.back.run(tokens, pos0, back_obs)
 
 
-def create_hybrid(gpu_layers: int, gpu: str = "cuda", cpu: str = "cpu",
+class SegmentedGraph(CompiledGraph):
+    """Segments alternating between the two backends (a GPU layer's attention, then its experts
+    on the CPU, then the rest of the layer on the GPU, ...). Each segment is a graph of its own
+    on its backend; what one hands to a later one goes through the host as f32 rows."""
+
+    def __init__(self, backend: HybridBackend, graph: O.Graph, segs: list[Segment]):
+        self.backend, self.graph, self.segments = backend, graph, segs
+        self.compiled = []
+        shape = lambda b: (graph.buffers[b].rows, graph.buffers[b].cols)      # noqa: E731
+        for seg in segs:
+            be = self._side(seg)
+            declare_inputs(be, {input_name(graph, b): shape(b) for b in seg.inputs})
+            if seg.kept_in or seg.kept_out:
+                be.declare_kept({kept_name(graph, b): shape(b) for b in seg.kept_in + seg.kept_out})
+            self.compiled.append(be.compile(segment_graph(graph, seg)))
+        # bytes through the host per call (what stays on a device is not counted)
+        self.transfer_bytes = sum(int(np.prod(shape(b))) * 4 for seg in segs for b in seg.inputs)
+
+    def _side(self, seg: Segment) -> Backend:
+        return self.backend.front if seg.side == "front" else self.backend.back
+
+    def run(self, tokens, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+        carried: dict[str, np.ndarray] = {}
+        out = None
+        for seg, cg in zip(self.segments, self.compiled):
+            if seg.inputs:
+                write_inputs(self._side(seg), {input_name(self.graph, b): carried[b] for b in seg.inputs})
+            n_pre, n_ops = len(seg.inputs) + len(seg.kept_in), seg.end - seg.start
+            out = _run_and_read(cg, tokens, pos0, seg.exports, carried, observer,
+                                lambda idx, n=n_pre, m=n_ops, s=seg.start: idx - n + s if n <= idx < n + m else None)
+        return out
+
+
+def _run_and_read(cg: CompiledGraph, tokens, pos0: int, want: list[str], values: dict,
+                  observer: Optional[OpObserver], to_global: Callable[[int], Optional[int]]) -> np.ndarray:
+    """Run a compiled graph, putting copies of the buffers named in `want` into `values`; the
+    observer sees the graph's own ops under their indices in the whole graph."""
+    if observer is None and (not want or hasattr(cg, "read_buffers")):
+        out = cg.run(tokens, pos0)
+        if want:
+            values.update(cg.read_buffers(want))
+        return out
+    wanted = set(want)
+
+    def obs(idx, op, arr):
+        if op.out in wanted:
+            values[op.out] = np.array(arr, dtype=np.float32, copy=True)
+        g = to_global(idx)
+        if observer is not None and g is not None:
+            observer(g, op, arr)
+    out = cg.run(tokens, pos0, obs)
+    missing = wanted - set(values)
+    if missing:
+        raise G4rtError(f"hybrid: a segment did not produce {', '.join(sorted(missing))}")
+    return out
+
+
+ALL_LAYERS = 1 << 30
+
+
+def create_hybrid(gpu_layers: Optional[int], gpu: str = "cuda", cpu: str = "cpu",
                   gpu_options: Optional[dict] = None, cpu_options: Optional[dict] = None,
-                  **kwargs) -> HybridBackend:
-    """`--gpu-layers N`: the first N layers (and the ops before them) on `gpu`, the rest on `cpu`."""
+                  cpu_moe_layers: int = 0, **kwargs) -> HybridBackend:
+    """`--gpu-layers N`: the first N layers (and the ops before them) on `gpu`, the rest on `cpu`
+    (None: every layer on `gpu`). `cpu_moe_layers` (--n-cpu-moe N; --cpu-moe is every layer):
+    the expert matmuls of layers below N run on `cpu` too, their weights only there."""
     from . import create_backend
-    if gpu_layers < 0:
+    if gpu_layers is not None and gpu_layers < 0:
         raise G4rtError(f"--gpu-layers must be >= 0, got {gpu_layers}")
+    if cpu_moe_layers < 0:
+        raise G4rtError(f"--n-cpu-moe must be >= 0, got {cpu_moe_layers}")
     front = create_backend(gpu, **(gpu_options or {}))
     back = create_backend(cpu, **(cpu_options or {}))
-    return HybridBackend(front, back, layers_split(gpu_layers), **kwargs)
+    split = layers_split(ALL_LAYERS if gpu_layers is None else gpu_layers)
+    return HybridBackend(front, back, split, back_expert_layers=cpu_moe_layers, **kwargs)

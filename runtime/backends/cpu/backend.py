@@ -119,6 +119,10 @@ class CpuBackend(Backend):
             if name not in self.inputs:
                 self.inputs[name] = np.zeros((rows, cols), np.float32)
 
+    def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """Persistent f32 copies a hybrid segment leaves for a later one (written by Slice)."""
+        self.declare_inputs(shapes)
+
     def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
         for name, a in arrays.items():
             np.copyto(self.inputs[name], np.asarray(a, np.float32).reshape(self.inputs[name].shape))
@@ -182,6 +186,10 @@ class CpuGraph(CompiledGraph):
             else:
                 observer(i, op, self.low.buffers[op.out].copy())
         return self.out
+
+    def read_buffers(self, names) -> dict[str, np.ndarray]:
+        """Copies of buffers after the last run (the hybrid's hand-over)."""
+        return {nm: np.array(self.low.buffers[nm], np.float32) for nm in names}
 
 
 __all__ = ["CpuBackend", "CpuGraph", "default_threads", "physical_cores"]

@@ -82,7 +82,7 @@ def lower(graph: O.Graph, weight_raw: Callable[[str], np.ndarray], vector: Calla
             c.cache_rows, c.cache_f16 = ck.shape[0], int(cache_f16)
             c.a, c.b, c.cache_k, c.cache_v = _ptr(k), _ptr(buf(op.v)), _ptr(ck), _ptr(cv)
             continue
-        out = bufs[op.out]
+        out = inputs[op.out] if isinstance(op, O.Slice) and op.out in inputs else bufs[op.out]
         c.rows, c.cols, c.in_cols = out.shape[0], out.shape[1], out.shape[1]
         c.out = _ptr(out)
         if isinstance(op, O.EmbedLookup):

@@ -42,7 +42,8 @@ from ...quant_types import row_bytes as q_row_bytes
 from . import kernels as K
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 from .driver import CudaError, check, compile_many, cuda_available, open_driver
-from .plan import ALIGN, DEFAULT_RESERVE, cache_bytes, gib, plan_memory, plan_weights, weight_bytes
+from .plan import (ALIGN, DEFAULT_RESERVE, cache_bytes, gib, ops_bytes, plan_memory, plan_weights, reserve_for,
+                   weight_bytes)
 
 __all__ = ["CudaBackend", "CudaGraph", "cuda_available"]
 
@@ -241,6 +242,16 @@ class CudaBackend(Backend):
         """Raise a G4rtError naming what fits when ops [0, split) of `graph` do not fit this GPU."""
         plan = plan_memory(graph, caches, kv_dtype=self.kv_dtype, free_bytes=self.free_bytes(), batch=batch)
         plan.check_split(split, what=self.device_name)
+
+    def check_ops_fit(self, graph: O.Graph, caches: dict, ops: list[int], batch: int) -> None:
+        """Raise a G4rtError when the ops at these indices (a hybrid's GPU share) do not fit."""
+        need = ops_bytes(graph, [graph.ops[i] for i in ops], caches, self.kv_dtype, batch, self.sm_count)
+        free = self.free_bytes()
+        avail = max(0, free - reserve_for(free))
+        if need > avail:
+            raise G4rtError(f"the part placed on {self.device_name} needs {need / 2**30:.2f} GiB but "
+                            f"{avail / 2**30:.2f} GiB is available: keep more experts on the CPU "
+                            f"(--cpu-moe, a larger --n-cpu-moe), fewer --gpu-layers or a smaller --ctx")
 
     def _alloc(self, nbytes: int, what: str) -> int:
         nbytes = max(int(nbytes), 1)
@@ -445,6 +456,11 @@ class CudaBackend(Backend):
             arr.ptr = self._alloc(arr.nbytes, f"input {name}")
             self._memset0(arr.ptr, arr.nbytes, f"input {name}")
             self.inputs[name] = arr
+
+    def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """Persistent f32 copies a hybrid segment leaves for a later one on this GPU (written by
+        Slice), so that the residual stream never leaves the device between segments."""
+        self.declare_inputs(shapes)
 
     def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
         self._activate()
@@ -801,7 +817,8 @@ class CudaGraph(CompiledGraph):
                 L.append(_Launch("softcap", grid, K.EW_THREADS, [x, out, nel, float(op.cap)]))
         elif isinstance(op, O.Slice):
             XR, XC = self._shape(op.x)
-            if op.out not in self.graph.buffers:
+            kept = op.out in self.graph.caches and op.out in be.inputs
+            if op.out not in self.graph.buffers and not kept:
                 raise G4rtError(f"output {op.out!r} must be an activation buffer")
             R, C = self._shape(op.out)
             if op.row0 < 0 or op.col0 < 0 or op.row0 + R > XR or op.col0 + C > XC:
@@ -814,7 +831,7 @@ class CudaGraph(CompiledGraph):
                 if src.f16:
                     raise G4rtError(f"slicing the f16 cache {op.x!r} is not supported")
             x = self._ref(op.x)
-            out = self._out(op, (R, C))
+            out = ("C", op.out) if kept else self._out(op, (R, C))
             L.append(_Launch("slice", (K.ew_grid(R * C), 1, 1), K.EW_THREADS,
                              [x, out, R, C, XC, op.row0, op.col0]))
         elif isinstance(op, O.MoeRoute):

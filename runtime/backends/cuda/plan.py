@@ -164,6 +164,43 @@ class Plan:
             f"would fit (--gpu-layers {k})")
 
 
+def reserve_for(free_bytes: Optional[int]) -> int:
+    """Device memory kept free for the driver and runtime."""
+    return DEFAULT_RESERVE if free_bytes is None else min(DEFAULT_RESERVE, int(0.05 * free_bytes) + (256 << 20))
+
+
+def _weights_of(graph: O.Graph, ops: list[O.Op], vec: set[str]) -> int:
+    names = set()
+    for op in ops:
+        names.update(O.op_weights(op))
+    total = 0
+    for w in names:
+        spec = graph.weights.get(w)
+        if spec is None:
+            continue
+        total += weight_bytes(spec)
+        if w in vec:
+            total += _align(spec.rows * spec.cols * 4)
+    return total
+
+
+def _caches_of(graph: O.Graph, ops: list[O.Op], caches: dict[str, O.KvCache], kv_dtype: str) -> int:
+    names = set()
+    for op in ops:
+        names |= op_caches(graph, op)
+    return sum(cache_bytes(caches[c], kv_dtype) for c in names if c in caches)
+
+
+def ops_bytes(graph: O.Graph, ops: list[O.Op], caches: dict[str, O.KvCache], kv_dtype: str = "f16",
+              batch: Optional[int] = None, sm_count: int = 132) -> int:
+    """What a device needs to run `ops` of `graph` (any subset: e.g. a layer split whose
+    expert ops stay on the CPU): their weights, the caches they touch and their scratch."""
+    if not ops:
+        return 0
+    return (_weights_of(graph, ops, vector_weights(graph)) + _caches_of(graph, ops, caches, kv_dtype)
+            + scratch_bytes(graph, ops, batch, sm_count))
+
+
 def plan_memory(graph: O.Graph, caches: Optional[dict[str, O.KvCache]] = None, kv_dtype: str = "f16",
                 free_bytes: Optional[int] = None, batch: Optional[int] = None,
                 reserve_bytes: Optional[int] = None, sm_count: int = 132) -> Plan:
@@ -174,30 +211,10 @@ def plan_memory(graph: O.Graph, caches: Optional[dict[str, O.KvCache]] = None, k
     memory (None: unknown, everything "fits")."""
     caches = dict(graph.caches if caches is None else caches)
     if reserve_bytes is None:
-        reserve_bytes = DEFAULT_RESERVE if free_bytes is None else min(
-            DEFAULT_RESERVE, int(0.05 * free_bytes) + (256 << 20))
+        reserve_bytes = reserve_for(free_bytes)
     vec = vector_weights(graph)
-
-    def weights_of(ops: list[O.Op]) -> int:
-        names = set()
-        for op in ops:
-            names.update(O.op_weights(op))
-        total = 0
-        for w in names:
-            spec = graph.weights.get(w)
-            if spec is None:
-                continue
-            total += weight_bytes(spec)
-            if w in vec:
-                total += _align(spec.rows * spec.cols * 4)
-        return total
-
-    def caches_of(ops: list[O.Op]) -> int:
-        names = set()
-        for op in ops:
-            names |= op_caches(graph, op)
-        return sum(cache_bytes(caches[c], kv_dtype) for c in names if c in caches)
-
+    weights_of = lambda ops: _weights_of(graph, ops, vec)              # noqa: E731
+    caches_of = lambda ops: _caches_of(graph, ops, caches, kv_dtype)   # noqa: E731
     W = weights_of(graph.ops)
     # every allocated cache counts, read or not (the backend allocates them all)
     KV = sum(cache_bytes(c, kv_dtype) for c in caches.values())

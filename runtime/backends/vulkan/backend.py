@@ -207,6 +207,8 @@ class VulkanBackend(Backend):
         self._cache_arenas: list = []
         self._params = None
         self._params_cap = 0
+        self.inputs: dict[str, tuple[object, int, int]] = {}     # name -> (tensor, rows, cols)
+        self.kept: dict[str, tuple[object, int, int]] = {}       # device-only, same shape
         self._dummy = self._storage(64)
         self._fence = self.mgr.tensor_t(np.zeros(1, np.uint32), T.device)
         self.weight_bytes_total = 0
@@ -401,6 +403,39 @@ class VulkanBackend(Backend):
         for c, ai, off, words in plan:
             self.caches[c.name] = _Cache(c, self._cache_arenas[ai], off, words)
 
+    def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """f32 buffers that graphs read like caches (by name) and that the host fills before a
+        run (write_inputs): how a hybrid segment receives the other backend's activations."""
+        for name, (rows, cols) in shapes.items():
+            old = self.inputs.get(name)
+            if old is not None and old[1:] == (rows, cols):
+                continue
+            if rows * cols * 4 > self.max_bytes:
+                raise G4rtError(f"hybrid input {name} ({rows}x{cols}) exceeds one Vulkan storage buffer")
+            self.inputs[name] = (self.mgr.tensor_t(np.zeros(rows * cols, np.float32), self._T.device), rows, cols)
+
+    def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """Persistent f32 copies a hybrid segment leaves for a later one on this device (written
+        by Slice): they never go through the host."""
+        for name, (rows, cols) in shapes.items():
+            old = self.kept.get(name)
+            if old is not None and old[1:] == (rows, cols):
+                continue
+            if rows * cols * 4 > self.max_bytes:
+                raise G4rtError(f"hybrid buffer {name} ({rows}x{cols}) exceeds one Vulkan storage buffer")
+            self.kept[name] = (self._storage(rows * cols, np.float32), rows, cols)
+
+    def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
+        """Staged on the host; each graph that reads an input uploads it as it starts."""
+        for name, a in arrays.items():
+            if name not in self.inputs:
+                raise G4rtError(f"input {name!r} was not declared")
+            t, rows, cols = self.inputs[name]
+            a = np.asarray(a, np.float32)
+            if a.size != rows * cols:
+                raise G4rtError(f"input {name!r}: {a.shape} for a [{rows}, {cols}] buffer")
+            t.data()[:] = a.reshape(-1)
+
     def params_for(self, n_tokens: int):
         """The parameters buffer (pos0, n, -, -, token ids), shared by all graphs that fit it."""
         if self._params is None or self._params_cap < n_tokens:
@@ -420,6 +455,8 @@ class VulkanBackend(Backend):
             self._vec_cache.clear()
             self._rope_cache.clear()
             self._cache_arenas.clear()
+            self.inputs.clear()
+            self.kept.clear()
             self._staging = self._dummy = self._fence = self._params = None
             self.mgr.destroy()
             self.mgr = None
@@ -437,6 +474,7 @@ class VulkanGraph(CompiledGraph):
         self.op_dispatches: list[list[_Dispatch]] = [self._plan(op) for op in graph.ops]
         self.seq = self._record()
         self._op_seqs: Optional[list] = None
+        self._reads: dict = {}
         self.last_replay_s = 0.0
 
     # ---- layout -------------------------------------------------------------------------
@@ -465,6 +503,13 @@ class VulkanGraph(CompiledGraph):
                 pieces.append(_Piece(r0, r1, be._arena(ai), off))
                 off += -(-words // _ALIGN_WORDS) * _ALIGN_WORDS
             self.locs[buf.name] = _Loc(buf.rows, buf.cols, pieces)
+        self.input_tensors = []
+        for name in g.caches:
+            if name in be.inputs or name in be.kept:
+                t, rows, cols = be.inputs.get(name) or be.kept[name]
+                self.locs[name] = _Loc(rows, cols, [_Piece(0, rows, t, 0)])
+                if name in be.inputs:
+                    self.input_tensors.append(t)
 
     def loc(self, name: str) -> _Loc:
         return self.locs[name]
@@ -716,7 +761,7 @@ class VulkanGraph(CompiledGraph):
     def _record(self):
         be, kp = self.backend, self.kp
         seq = be.mgr.sequence()
-        seq.record(kp.OpTensorSyncDevice([self.params]))
+        seq.record(kp.OpTensorSyncDevice([self.params] + self.input_tensors))
         for i, ds in enumerate(self.op_dispatches):
             if be.barriers and i:
                 seq.record(kp.OpTensorSyncLocal([be._fence]))
@@ -750,6 +795,30 @@ class VulkanGraph(CompiledGraph):
         self.seq.eval()
         self.last_replay_s = time.perf_counter() - t0
         return self._read_output()
+
+    def read_buffers(self, names) -> dict[str, np.ndarray]:
+        """Buffers of the last run, as float32 copies (before another graph runs: the arenas
+        are shared). The copy plan is recorded once per set of names."""
+        names = tuple(names)
+        plan = self._reads.get(names)
+        if plan is None:
+            be, offs, at = self.backend, {}, 0
+            for nm in names:
+                loc = self.loc(nm)
+                offs[nm] = (at, loc.rows, loc.cols)
+                at += loc.rows * loc.cols
+            rb = be.mgr.tensor_t(np.zeros(max(1, at), np.float32), be._T.device)
+            seq = be.mgr.sequence()
+            for nm, (base, _, cols) in offs.items():
+                for p in self.loc(nm).pieces:
+                    seq.record(be.op_dispatch(be._copy_dispatch(p.tensor, p.off, rb, base + p.row0 * cols,
+                                                                (p.row1 - p.row0) * cols)))
+            seq.record(self.kp.OpTensorSyncLocal([rb]))
+            plan = self._reads[names] = (seq, rb, offs)
+        seq, rb, offs = plan
+        seq.eval()
+        data = rb.data()
+        return {nm: np.array(data[a:a + r * c], np.float32).reshape(r, c) for nm, (a, r, c) in offs.items()}
 
     # ---- observer: op by op, reading each output back ------------------------------------
     def _readback_plan(self, op) -> tuple[list[_Dispatch], int]:
