@@ -48,12 +48,19 @@ def main(ctx, debug):
 @click.option("--kv-dtype", "kv_dtype", type=click.Choice(["f16", "f32"]), default=None,
               help="[--plan] KV cache type (default: f32 on numpy, f16 on cpu and GPUs).")
 @click.option("--batch", type=int, default=512, show_default=True, help="[--plan] Prefill batch size.")
+@click.option("--cpu-moe", "cpu_moe", is_flag=True,
+              help="[--plan] Keep every layer's expert tensors in host RAM (a MoE model on a GPU backend).")
+@click.option("--n-cpu-moe", "n_cpu_moe", type=int, default=None, metavar="N",
+              help="[--plan] As --cpu-moe for the experts of the first N layers only.")
+@click.option("--host-budget", "host_budget", default=None,
+              help="[--plan] Host RAM for what --cpu-moe / --n-cpu-moe keep there (default: available RAM).")
 @click.pass_context
-def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch):
+def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
-                                   ("kv_dtype", "--kv-dtype"), ("batch", "--batch"))
+                                   ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
+                                   ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
@@ -65,10 +72,13 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
     from .model.config import load_config
     from .model.graph import model_weight_specs
 
+    if cpu_moe and n_cpu_moe is not None:
+        raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
     f = GGUFFile(model)
     cfg = load_config(f)
     specs, _ = model_weight_specs(cfg, f)
     on_cpu = plan_backend in ("cpu", "numpy")
+    moe_layers = _plan_expert_layers(cfg, plan_backend, cpu_moe, n_cpu_moe)
     if budget is not None:
         budget_bytes = M.parse_size(budget)
     elif on_cpu:
@@ -84,13 +94,30 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch)
     # Only the numpy reference materializes [heads, tokens, keys] attention scores.
     materialized = plan_backend == "numpy"
     n_ctx = plan_ctx or M.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
-                                          materialized_attention=materialized)
+                                          materialized_attention=materialized, cpu_moe_layers=moe_layers)
+    # what stays in host RAM must fit there too (only expert placement puts anything there)
+    host_bytes = (M.parse_size(host_budget) if host_budget is not None else M.available_ram()) if moe_layers else None
     plan = M.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
                        materialized_attention=materialized, device="CPU" if on_cpu else f"GPU ({plan_backend})",
-                       model=Path(model).name, check=False)
+                       model=Path(model).name, check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes)
     click.echo(plan.markdown())
     if not plan.fits:
         raise plan.error()
+
+
+def _plan_expert_layers(cfg, backend: str, cpu_moe: bool, n_cpu_moe) -> int:
+    """--cpu-moe / --n-cpu-moe N as the number of leading layers whose experts are in host RAM."""
+    if not cpu_moe and n_cpu_moe is None:
+        return 0
+    what = "--cpu-moe" if cpu_moe else "--n-cpu-moe"
+    if not any(L.moe for L in cfg.layers):
+        raise G4rtError(f"{what}: this model has no mixture-of-experts layers")
+    if backend in ("cpu", "numpy"):
+        raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
+                        "everything is in host RAM already")
+    if n_cpu_moe is not None and not 0 <= n_cpu_moe <= cfg.n_layer:
+        raise G4rtError(f"--n-cpu-moe must be in 0..{cfg.n_layer} (the model's layers), got {n_cpu_moe}")
+    return cfg.n_layer if cpu_moe else n_cpu_moe
 
 
 @main.command()

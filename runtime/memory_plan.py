@@ -11,8 +11,11 @@ Pure arithmetic over a ModelConfig and its weight specs; nothing is allocated. T
 
 Placement is either everything on one device, or a hybrid split with the first `gpu_layers`
 layers (their weights and caches) on the device and the rest plus the non-layer tensors
-(embeddings, output head) on the host. Backend-specific planners (e.g. CUDA's) build on
-`layer_weight_bytes`, `kv_bytes_per_layer` and `scratch_bytes`.
+(embeddings, output head) on the host. On a mixture-of-experts model `cpu_moe_layers` = N
+(--n-cpu-moe N; --cpu-moe is every layer) also keeps the routed-expert tensors of layers < N in
+host RAM, where the CPU runs their products, while the rest of those layers stays on the device.
+Backend-specific planners (e.g. CUDA's) build on `layer_weight_bytes`, `kv_bytes_per_layer` and
+`scratch_bytes`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from gguf import GGMLQuantizationType
 
 from .errors import G4rtError, InsufficientMemoryError
 from .model.config import LayerConfig, ModelConfig
-from .model.graph import build_graph
+from .model.graph import build_graph, router_norm_name
 from .ops import WeightSpec
 from .quant_types import row_bytes
 
@@ -59,6 +62,35 @@ def layer_weight_bytes(cfg: ModelConfig, specs: dict[str, WeightSpec]) -> tuple[
         else:
             other += tensor_bytes(s)
     return per_layer, other
+
+
+def expert_weight_bytes(cfg: ModelConfig, specs: dict[str, WeightSpec]) -> list[int]:
+    """Bytes of each layer's routed-expert tensors (the 3-D `*_exps.weight`, WeightSpec.experts > 0)."""
+    per_layer = [0] * cfg.n_layer
+    for name, s in specs.items():
+        i = _layer_index(name)
+        if s.experts and i is not None and i < cfg.n_layer:
+            per_layer[i] += tensor_bytes(s)
+    return per_layer
+
+
+def expert_scratch_bytes(cfg: ModelConfig, batch: int) -> int:
+    """Host activations of one MoE layer's expert products run on the CPU (reused layer to layer):
+    per token its input row, route and output row, and per chosen expert gate+up and down rows."""
+    return max((4 * batch * (L.n_expert_used * (2 * L.expert_ffn + cfg.n_embd) + 2 * cfg.n_embd + 2 * L.n_expert_used)
+                for L in cfg.layers if L.moe), default=0)
+
+
+def moe_transfer_bytes(cfg: ModelConfig, cpu_moe_layers: int) -> int:
+    """Bytes crossing between device and host per token when the experts of layers < N run on the
+    host: each such MoE layer sends its f32 input row and route (weights and indices as f32) and
+    gets its f32 output row back."""
+    return sum(4 * (2 * cfg.n_embd + 2 * L.n_expert_used) for L in cfg.layers[:cpu_moe_layers] if L.moe)
+
+
+def cpu_moe_option(n: int, n_layer: int) -> str:
+    """The command-line spelling of an expert placement."""
+    return "--cpu-moe" if n >= n_layer else f"--n-cpu-moe {n}"
 
 
 def kv_rows(layer: LayerConfig, ctx: int) -> int:
@@ -140,10 +172,17 @@ class Plan:
     # what fits the budget at these settings (filled by make_plan when a budget is given)
     fit_ctx: Optional[int] = None
     fit_gpu_layers: Optional[int] = None
+    cpu_moe_layers: int = 0      # the experts of layers < this are in host RAM (--n-cpu-moe)
+    experts_device: int = 0      # routed-expert weight bytes (part of weights_device / weights_host)
+    experts_host: int = 0
+    moe_transfer: int = 0        # bytes per token between device and host for the host-side experts
+    host_budget: Optional[int] = None
+    fit_cpu_moe: Optional[int] = None   # fewest layers whose experts must be on the host to fit
 
     @property
     def hybrid(self) -> bool:
-        return self.gpu_layers < self.n_layer
+        """Anything on the host: a layer split or experts kept in host RAM."""
+        return self.gpu_layers < self.n_layer or self.experts_host > 0
 
     @property
     def device_total(self) -> int:
@@ -154,8 +193,30 @@ class Plan:
         return self.weights_host + self.kv_host + self.scratch_host
 
     @property
-    def fits(self) -> bool:
+    def fits_device(self) -> bool:
         return self.budget is None or self.device_total <= self.budget
+
+    @property
+    def fits_host(self) -> bool:
+        return self.host_budget is None or self.host_total <= self.host_budget
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_device and self.fits_host
+
+    @property
+    def moe(self) -> bool:
+        return self.experts_device + self.experts_host > 0
+
+    def placement(self) -> str:
+        place = (f"first {self.gpu_layers} of {self.n_layer} layers on the {self.device}"
+                 if self.gpu_layers < self.n_layer else f"all {self.n_layer} layers on the {self.device}")
+        if self.cpu_moe_layers >= self.n_layer:
+            place += ", every layer's experts in host RAM (--cpu-moe)"
+        elif self.cpu_moe_layers:
+            place += (f", the experts of layers 0-{self.cpu_moe_layers - 1} in host RAM "
+                      f"(--n-cpu-moe {self.cpu_moe_layers})")
+        return place
 
     def advice(self) -> str:
         """One line: what is needed, and what would fit instead."""
@@ -163,27 +224,41 @@ class Plan:
         need = (f"{self.model} at context {self.ctx} ({kv} KV) needs {human(self.device_total)} on the "
                 f"{self.device} (weights {human(self.weights_device)}, KV cache {human(self.kv_device)}, "
                 f"scratch {human(self.scratch_device)})")
+        if self.hybrid:
+            need += f" and {human(self.host_total)} in host RAM"
         if self.fits:
-            return need + (f", within the budget of {human(self.budget)}" if self.budget else "")
+            within = ([f"the budget of {human(self.budget)}"] if self.budget else []) + \
+                ([f"the host budget of {human(self.host_budget)}"] if self.host_budget else [])
+            return need + (", within " + " and ".join(within) if within else "")
+        over = ([] if self.fits_device else [f"the budget of {human(self.budget)}"]) + \
+            ([] if self.fits_host else [f"the host RAM budget of {human(self.host_budget)}"])
+        return f"{need}, more than {' and '.join(over)}{self._fit_tail()}"
+
+    def _fit_tail(self) -> str:
         options = []
         if self.fit_ctx:
             options.append(f"a context of {self.fit_ctx} (--ctx {self.fit_ctx})")
         if self.fit_gpu_layers and self.fit_gpu_layers < self.n_layer:
             options.append(f"{self.fit_gpu_layers} of {self.n_layer} layers on the {self.device} at context {self.ctx}")
-        tail = ("; it would fit with " + ", or with ".join(options)) if options else \
-            "; nothing fits: the weights alone exceed it" if self.weights_device > self.budget else \
-            "; not even a minimal context fits"
-        return f"{need}, more than the budget of {human(self.budget)}{tail}"
+        if self.fit_cpu_moe is not None:
+            which = f"the experts of {self.fit_cpu_moe} of {self.n_layer} layers" if self.fit_cpu_moe else "no experts"
+            options.append(f"{which} in host RAM ({cpu_moe_option(self.fit_cpu_moe, self.n_layer)}) "
+                           f"at context {self.ctx}")
+        if options:
+            return "; it would fit with " + ", or with ".join(options)
+        if not self.fits_device and self.weights_device > self.budget:
+            return "; nothing fits: the weights alone exceed it"
+        if not self.fits_host and self.weights_host > self.host_budget:
+            return "; nothing fits: the weights in host RAM alone exceed it"
+        return "; not even a minimal context fits"
 
     def error(self) -> InsufficientMemoryError:
         return InsufficientMemoryError(self.advice())
 
     def markdown(self) -> str:
         kv = {2: "f16", 4: "f32"}.get(self.kv_bytes, f"{self.kv_bytes} B")
-        place = (f"first {self.gpu_layers} of {self.n_layer} layers on the {self.device}" if self.hybrid
-                 else f"all {self.n_layer} layers on the {self.device}")
         lines = [f"## Memory plan: {self.model}", "",
-                 f"Context {self.ctx}, prefill batch {self.batch}, KV cache {kv}, {place}.", ""]
+                 f"Context {self.ctx}, prefill batch {self.batch}, KV cache {kv}, {self.placement()}.", ""]
         cols = ["part", self.device] + (["host"] if self.hybrid else [])
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
@@ -191,24 +266,44 @@ class Plan:
             cells = [name, human(dev)] + ([human(host)] if self.hybrid else [])
             lines.append("| " + " | ".join(cells) + " |")
         row("weights", self.weights_device, self.weights_host)
+        if self.moe:
+            row("&nbsp; routed experts", self.experts_device, self.experts_host)
         row("KV cache", self.kv_device, self.kv_host)
         lines.append(f"| &nbsp; sliding layers | {human(self.kv_sliding)} (all) |" + (" |" if self.hybrid else ""))
         lines.append(f"| &nbsp; global layers | {human(self.kv_global)} (all) |" + (" |" if self.hybrid else ""))
         row("scratch (activations)", self.scratch_device, self.scratch_host)
         row("**total**", self.device_total, self.host_total)
         lines.append("")
-        if self.budget is not None:
-            verdict = "fits" if self.fits else "does NOT fit"
-            lines.append(f"Budget {human(self.budget)}: {verdict} "
-                         f"({human(abs(self.budget - self.device_total))} "
-                         f"{'to spare' if self.fits else 'over'}).")
-            if self.fit_ctx is not None:
-                lines.append(f"Largest context in this budget: {self.fit_ctx}.")
-            if self.fit_gpu_layers is not None and self.device != "CPU":
-                lines.append(f"Most layers on the {self.device} at context {self.ctx}: "
-                             f"{self.fit_gpu_layers} of {self.n_layer}.")
-            lines.append("")
+        if self.moe_transfer:
+            lines += [f"Host-side experts: {human(self.moe_transfer)} cross between the {self.device} and the "
+                      "host per token (each such layer's input row and route out, its output row back).", ""]
+        if self.budget is not None or self.host_budget is not None:
+            lines += self._budget_lines() + [""]
         return "\n".join(lines)
+
+    def _budget_lines(self) -> list[str]:
+        lines = []
+        for name, total, budget, ok in (("Budget", self.device_total, self.budget, self.fits_device),
+                                        ("Host RAM budget", self.host_total, self.host_budget, self.fits_host)):
+            if budget is not None:
+                lines.append(f"{name} {human(budget)}: {'fits' if ok else 'does NOT fit'} "
+                             f"({human(abs(budget - total))} {'to spare' if ok else 'over'}).")
+        if self.fit_ctx is not None:
+            lines.append(f"Largest context in this budget: {self.fit_ctx}.")
+        if self.fit_gpu_layers is not None and self.device != "CPU":
+            lines.append(f"Most layers on the {self.device} at context {self.ctx}: "
+                         f"{self.fit_gpu_layers} of {self.n_layer}.")
+        if self.moe and self.budget is not None and self.device != "CPU":
+            lines.append(f"Fewest layers with their experts in host RAM at context {self.ctx}: " + (
+                "none fits, even with --cpu-moe." if self.fit_cpu_moe is None else
+                "0 (none needed)." if self.fit_cpu_moe == 0 else
+                f"{self.fit_cpu_moe} ({cpu_moe_option(self.fit_cpu_moe, self.n_layer)})."))
+        return lines
+
+
+def _within(plan: Plan, budget: Optional[int], host_budget: Optional[int] = None) -> bool:
+    return (budget is None or plan.device_total <= budget) and \
+        (host_budget is None or plan.host_total <= host_budget)
 
 
 class _Planner:
@@ -221,6 +316,7 @@ class _Planner:
         self.cfg, self.specs, self.batch, self.kv_bytes = cfg, specs, max(1, int(batch)), kv_bytes
         self.materialized = materialized_attention
         self.layer_w, self.other_w = layer_weight_bytes(cfg, specs)
+        self.expert_w = expert_weight_bytes(cfg, specs)
         self._scratch: dict[int, int] = {}
 
     def scratch(self, ctx: int) -> int:
@@ -230,63 +326,109 @@ class _Planner:
         extra = attention_score_bytes(self.cfg, n, ctx) if self.materialized else 0
         return self._scratch[n] + extra
 
-    def plan(self, ctx: int, gpu_layers: Optional[int], **labels) -> Plan:
-        cfg = self.cfg
+    def _check(self, ctx: int, k: int, n_moe: int) -> None:
+        n_layer = self.cfg.n_layer
         if ctx <= 0:
             raise G4rtError(f"context size must be positive, got {ctx}")
+        if not 0 <= k <= n_layer:
+            raise G4rtError(f"gpu_layers must be in 0..{n_layer}, got {k}")
+        if not 0 <= n_moe <= n_layer:
+            raise G4rtError(f"cpu_moe_layers must be in 0..{n_layer}, got {n_moe}")
+        if n_moe and not any(self.expert_w):
+            raise G4rtError("expert placement (--cpu-moe, --n-cpu-moe) needs a mixture-of-experts model; "
+                            "this one has no expert tensors")
+
+    def plan(self, ctx: int, gpu_layers: Optional[int], cpu_moe_layers: int = 0, **labels) -> Plan:
+        cfg = self.cfg
         k = cfg.n_layer if gpu_layers is None else gpu_layers
-        if not 0 <= k <= cfg.n_layer:
-            raise G4rtError(f"gpu_layers must be in 0..{cfg.n_layer}, got {k}")
+        self._check(ctx, k, cpu_moe_layers)
         kv = kv_bytes_per_layer(cfg, ctx, self.kv_bytes)
         on_dev = lambda i: i < k                                           # noqa: E731
         all_dev = k == cfg.n_layer
+        split_moe = min(cpu_moe_layers, k)     # device layers whose experts stay on the host
+        dev_w = [w - (self.expert_w[i] if i < split_moe else 0) for i, w in enumerate(self.layer_w[:k])]
+        weights_device = sum(dev_w) + (self.other_w if all_dev else 0)
+        experts_host = sum(self.expert_w[:split_moe]) + sum(self.expert_w[k:])
         scratch = self.scratch(ctx)
         return Plan(
             ctx=ctx, batch=min(self.batch, ctx), kv_bytes=self.kv_bytes, n_layer=cfg.n_layer, gpu_layers=k,
-            weights_device=sum(w for i, w in enumerate(self.layer_w) if on_dev(i)) + (self.other_w if all_dev else 0),
-            weights_host=sum(w for i, w in enumerate(self.layer_w) if not on_dev(i)) + (0 if all_dev else self.other_w),
+            weights_device=weights_device,
+            weights_host=sum(self.layer_w) + self.other_w - weights_device,
             kv_device=sum(b for i, b in enumerate(kv) if on_dev(i)),
             kv_host=sum(b for i, b in enumerate(kv) if not on_dev(i)),
             kv_sliding=sum(b for L, b in zip(cfg.layers, kv) if L.window),
             kv_global=sum(b for L, b in zip(cfg.layers, kv) if not L.window),
             scratch_device=scratch if k > 0 or all_dev else 0,
-            scratch_host=0 if all_dev else scratch, **labels)
+            scratch_host=self._host_scratch(ctx, scratch, all_dev, split_moe),
+            cpu_moe_layers=cpu_moe_layers, experts_device=sum(self.expert_w) - experts_host,
+            experts_host=experts_host, moe_transfer=moe_transfer_bytes(cfg, split_moe), **labels)
 
-    def max_context(self, budget: int, gpu_layers: Optional[int], limit: int) -> int:
+    def _host_scratch(self, ctx: int, scratch: int, all_dev: bool, split_moe: int) -> int:
+        if not all_dev:
+            return scratch           # a layer split runs whole layers on the host
+        if any(self.expert_w[:split_moe]):
+            return expert_scratch_bytes(self.cfg, min(self.batch, ctx))
+        return 0
+
+    def max_context(self, budget: Optional[int], gpu_layers: Optional[int], limit: int, cpu_moe_layers: int = 0,
+                    host_budget: Optional[int] = None) -> int:
+        fits = lambda ctx: _within(self.plan(ctx, gpu_layers, cpu_moe_layers), budget, host_budget)  # noqa: E731
         lo, hi = 0, limit            # invariant: lo fits (0 = nothing), hi + 1 does not or is past limit
-        if self.plan(1, gpu_layers).device_total > budget:
+        if not fits(1):
             return 0
         lo = 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self.plan(mid, gpu_layers).device_total <= budget:
+            if fits(mid):
                 lo = mid
             else:
                 hi = mid - 1
         return lo
 
-    def max_gpu_layers(self, budget: int, ctx: int) -> int:
+    def max_gpu_layers(self, budget: Optional[int], ctx: int, cpu_moe_layers: int = 0) -> int:
         best = 0
         for k in range(self.cfg.n_layer + 1):
-            if self.plan(ctx, k).device_total <= budget:
+            if _within(self.plan(ctx, k, cpu_moe_layers), budget):
                 best = k
             else:
                 break
         return best
 
+    def min_cpu_moe_layers(self, budget: Optional[int], ctx: int, gpu_layers: Optional[int],
+                           host_budget: Optional[int] = None) -> Optional[int]:
+        """The fewest leading layers whose experts must be on the host for the device to fit (the
+        device part shrinks and the host part grows with N, so the first N that fits the device
+        is also the best chance for the host); None if none fits or the model has no experts."""
+        if not any(self.expert_w):
+            return None
+        for n in range(self.cfg.n_layer + 1):
+            p = self.plan(ctx, gpu_layers, n)
+            if _within(p, budget):
+                return n if _within(p, None, host_budget) else None
+        return None
+
 
 def make_plan(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, *, kv_bytes: int = 2,
               batch: int = DEFAULT_BATCH, budget: Optional[int] = None, gpu_layers: Optional[int] = None,
               materialized_attention: bool = False, device: str = "device", model: str = "model",
-              check: bool = True) -> Plan:
-    """The memory plan at context `ctx`. With a budget, also what fits it; with check=True a plan
-    over budget raises InsufficientMemoryError naming a context or layer split that would fit."""
+              check: bool = True, cpu_moe_layers: int = 0, host_budget: Optional[int] = None) -> Plan:
+    """The memory plan at context `ctx`. With a budget (device) or host_budget (host RAM), also what
+    fits them; with check=True a plan over budget raises InsufficientMemoryError naming a context,
+    layer split or expert placement that would fit."""
     p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention)
-    plan = p.plan(ctx, gpu_layers, device=device, model=model, budget=budget)
-    if budget is not None:
-        fit_ctx = p.max_context(budget, gpu_layers, max(ctx, cfg.context_length))
-        fit_layers = p.max_gpu_layers(budget, ctx)
-        plan = Plan(**{**plan.__dict__, "fit_ctx": fit_ctx, "fit_gpu_layers": fit_layers})
+    plan = p.plan(ctx, gpu_layers, cpu_moe_layers, device=device, model=model, budget=budget,
+                  host_budget=host_budget)
+    if budget is not None or host_budget is not None:
+        fit_layers = p.max_gpu_layers(budget, ctx, cpu_moe_layers)
+        # more layers on the device only shrink the host part: if the most that fit the device
+        # overflow the host, no split fits
+        if not _within(p.plan(ctx, fit_layers, cpu_moe_layers), None, host_budget):
+            fit_layers = None
+        plan = Plan(**{**plan.__dict__,
+                       "fit_ctx": p.max_context(budget, gpu_layers, max(ctx, cfg.context_length),
+                                                cpu_moe_layers, host_budget),
+                       "fit_gpu_layers": fit_layers,
+                       "fit_cpu_moe": p.min_cpu_moe_layers(budget, ctx, gpu_layers, host_budget)})
         if check and not plan.fits:
             raise plan.error()
     return plan
@@ -294,39 +436,101 @@ def make_plan(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, *, kv_by
 
 def max_context(cfg: ModelConfig, specs: dict[str, WeightSpec], budget: int, *, kv_bytes: int = 2,
                 batch: int = DEFAULT_BATCH, gpu_layers: Optional[int] = None,
-                materialized_attention: bool = False, limit: Optional[int] = None) -> int:
+                materialized_attention: bool = False, limit: Optional[int] = None, cpu_moe_layers: int = 0) -> int:
     """The largest context (<= limit, default the trained length) whose plan fits `budget`; 0 if none."""
     p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention)
-    return p.max_context(budget, gpu_layers, limit or cfg.context_length)
+    return p.max_context(budget, gpu_layers, limit or cfg.context_length, cpu_moe_layers)
 
 
 def max_gpu_layers(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, budget: int, *,
-                   kv_bytes: int = 2, batch: int = DEFAULT_BATCH, materialized_attention: bool = False) -> int:
+                   kv_bytes: int = 2, batch: int = DEFAULT_BATCH, materialized_attention: bool = False,
+                   cpu_moe_layers: int = 0) -> int:
     """The most leading layers (0..n_layer) whose weights, caches and scratch fit `budget` on the device;
     n_layer means the whole model (with the embeddings and output head) fits."""
-    return _Planner(cfg, specs, batch, kv_bytes, materialized_attention).max_gpu_layers(budget, ctx)
+    return _Planner(cfg, specs, batch, kv_bytes, materialized_attention).max_gpu_layers(budget, ctx, cpu_moe_layers)
+
+
+def min_cpu_moe_layers(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, budget: int, *,
+                       kv_bytes: int = 2, batch: int = DEFAULT_BATCH, gpu_layers: Optional[int] = None,
+                       materialized_attention: bool = False, host_budget: Optional[int] = None) -> Optional[int]:
+    """The smallest N such that with the experts of layers < N in host RAM (--n-cpu-moe N) the
+    device part fits `budget` (and the host part `host_budget`); None if even --cpu-moe does not."""
+    p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention)
+    return p.min_cpu_moe_layers(budget, ctx, gpu_layers, host_budget)
 
 
 def default_context(cfg: ModelConfig, specs: dict[str, WeightSpec], budget: Optional[int] = None, *,
-                    kv_bytes: int = 4, batch: int = DEFAULT_BATCH, materialized_attention: bool = False) -> int:
+                    kv_bytes: int = 4, batch: int = DEFAULT_BATCH, materialized_attention: bool = False,
+                    cpu_moe_layers: int = 0) -> int:
     """The trained length, capped at 8192 and, when a budget is known, at what fits it."""
     ctx = min(cfg.context_length, DEFAULT_CTX_CAP)
     if budget is None:
         return ctx
-    fit = max_context(cfg, specs, budget, kv_bytes=kv_bytes, batch=batch,
+    fit = max_context(cfg, specs, budget, kv_bytes=kv_bytes, batch=batch, cpu_moe_layers=cpu_moe_layers,
                       materialized_attention=materialized_attention, limit=ctx)
     if fit == 0:
         raise make_plan(cfg, specs, min(ctx, 256), kv_bytes=kv_bytes, batch=batch, budget=budget,
-                        materialized_attention=materialized_attention, check=False).error()
+                        cpu_moe_layers=cpu_moe_layers, materialized_attention=materialized_attention,
+                        check=False).error()
     return fit if fit == ctx or fit < _CTX_STEP else fit // _CTX_STEP * _CTX_STEP
 
 
 # ---- synthetic models (no file): for tables and tests ------------------------------------------------
-def dense_gemma4(*, n_layer: int, n_embd: int, n_head: int, ffn: int, head_dim_swa: int, n_kv_swa: int,
-                 head_dim: int, n_kv: int, window: int, period: int, n_vocab: int, context_length: int,
-                 matrix_type: QT = QT.Q4_0, norm_type: QT = QT.F32) -> tuple[ModelConfig, dict[str, WeightSpec]]:
-    """A dense Gemma 4 config and weight specs shaped like a real file (every `period`-th layer
-    global), tied embeddings, every matrix of `matrix_type` (Q4_0 as Google's QAT files)."""
+QuantMix = Callable[[str, int], QT]      # (tensor name, row width) -> the type of a matrix
+
+# llama-quantize's fallback for rows that are no multiple of a K-quant's 256-value super-block
+_K_FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
+
+
+def _fallback(qt: QT, cols: int) -> QT:
+    return _K_FALLBACK.get(qt, qt) if cols % 256 else qt
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def llama_q4_k_m(cfg: ModelConfig) -> QuantMix:
+    """llama-quantize's Q4_K_M (llama_tensor_get_type) for a Gemma 4 file with more than 8 experts:
+    Q4_K, except Q6_K for the tied token embedding (it is the output head), for the attn_v tensors
+    use_more_bits picks (counted over the layers that have one; K = V global layers have none, and
+    their attn_k stays Q4_K) and for ffn_down and ffn_down_exps of the layers it picks. Rows whose
+    width is no multiple of 256 fall back (Q4_K -> Q5_0, Q6_K -> Q8_0): on the 26B-A4B the 2112-wide
+    dense and 704-wide expert down projections. Routers and norms stay F32 (not matrices here)."""
+    v_layers = [L.index for L in cfg.layers if L.has_v_proj]
+
+    def mix(name: str, cols: int) -> QT:
+        i = _layer_index(name)
+        if name == "token_embd.weight":
+            qt = QT.Q6_K
+        elif name.endswith(".attn_v.weight"):
+            qt = QT.Q6_K if _more_bits(v_layers.index(i), len(v_layers)) else QT.Q4_K
+        elif ".ffn_down" in name:
+            qt = QT.Q6_K if _more_bits(i, cfg.n_layer) else QT.Q4_K
+        else:
+            qt = QT.Q4_K
+        return _fallback(qt, cols)
+    return mix
+
+
+def quant_mix(cfg: ModelConfig, quant: Union[QT, str]) -> QuantMix:
+    """"Q4_K_M" (llama_q4_k_m), or one type for every matrix (a GGMLQuantizationType or its name)."""
+    if quant == "Q4_K_M":
+        return llama_q4_k_m(cfg)
+    try:
+        qt = QT[quant] if isinstance(quant, str) else QT(quant)
+    except (KeyError, ValueError):
+        raise G4rtError(f"unknown quantization {quant!r} (a GGML type such as Q4_0 or Q8_0, or Q4_K_M)") from None
+    return lambda name, cols: _fallback(qt, cols)
+
+
+def _gemma4_config(*, n_layer: int, n_embd: int, n_head: int, ffn: int, head_dim_swa: int, n_kv_swa: int,
+                   head_dim: int, n_kv: int, window: int, period: int, n_vocab: int, context_length: int,
+                   k_eq_v: bool = False, n_expert: int = 0, n_expert_used: int = 0,
+                   expert_ffn: int = 0) -> ModelConfig:
+    """Every `period`-th layer global (K = V there when k_eq_v), tied embeddings, every layer MoE
+    when n_expert is set."""
     layers = []
     for i in range(n_layer):
         sl = (i + 1) % period != 0
@@ -334,33 +538,60 @@ def dense_gemma4(*, n_layer: int, n_embd: int, n_head: int, ffn: int, head_dim_s
         layers.append(LayerConfig(
             index=i, sliding=sl, n_head=n_head, n_kv_head=n_kv_swa if sl else n_kv, head_dim=D, ffn_dim=ffn,
             rope_base=1e4 if sl else 1e6, rope_dims=D, rope_freq_factors=not sl, window=window if sl else 0,
-            kv_source=i, has_v_proj=True))
-    cfg = ModelConfig(architecture="gemma4", family="gemma4", n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab,
-                      context_length=context_length, rms_eps=1e-6, final_softcap=30.0, attn_scale=1.0,
-                      v_norm=True, embed_scale=math.sqrt(n_embd), per_layer_dim=0, shared_kv_layers=0,
-                      tied_output=True, layers=tuple(layers))
+            kv_source=i, has_v_proj=sl or not k_eq_v, n_expert=n_expert, n_expert_used=n_expert_used,
+            expert_ffn=expert_ffn))
+    return ModelConfig(architecture="gemma4", family="gemma4", n_layer=n_layer, n_embd=n_embd, n_vocab=n_vocab,
+                       context_length=context_length, rms_eps=1e-6, final_softcap=30.0, attn_scale=1.0,
+                       v_norm=True, embed_scale=math.sqrt(n_embd), per_layer_dim=0, shared_kv_layers=0,
+                       tied_output=True, layers=tuple(layers))
+
+
+def _gemma4_specs(cfg: ModelConfig, matrix: QuantMix, norm_type: QT) -> dict[str, WeightSpec]:
+    """The tensors of a llama.cpp-converted file of this config, plus the router norm weights the
+    loader derives (graph.derived_weights), which are held like weights; checked by build_graph."""
+    E = cfg.n_embd
     specs: dict[str, WeightSpec] = {}
 
-    def add(nm, rows, cols, qt):
-        specs[nm] = WeightSpec(nm, qt, rows, cols)
-    add("token_embd.weight", n_vocab, n_embd, matrix_type)
-    add("output_norm.weight", 1, n_embd, norm_type)
-    add("rope_freqs.weight", 1, head_dim // 2, QT.F32)
-    for L in layers:
+    def add(nm, rows, cols, qt=None, experts=0):
+        specs[nm] = WeightSpec(nm, matrix(nm, cols) if qt is None else qt, rows, cols, experts)
+    add("token_embd.weight", cfg.n_vocab, E)
+    add("output_norm.weight", 1, E, norm_type)
+    add("rope_freqs.weight", 1, max(L.head_dim for L in cfg.layers) // 2, QT.F32)
+    for L in cfg.layers:
         p = f"blk.{L.index}."
-        for nm, w in (("attn_norm", n_embd), ("post_attention_norm", n_embd), ("ffn_norm", n_embd),
-                      ("post_ffw_norm", n_embd), ("attn_q_norm", L.head_dim), ("attn_k_norm", L.head_dim),
-                      ("layer_output_scale", 1)):
+        for nm, w in (("attn_norm", E), ("post_attention_norm", E), ("ffn_norm", E), ("post_ffw_norm", E),
+                      ("attn_q_norm", L.head_dim), ("attn_k_norm", L.head_dim), ("layer_output_scale", 1)):
             add(p + nm + ".weight", 1, w, norm_type)
-        add(p + "attn_q.weight", L.q_width, n_embd, matrix_type)
-        add(p + "attn_k.weight", L.kv_width, n_embd, matrix_type)
-        add(p + "attn_v.weight", L.kv_width, n_embd, matrix_type)
-        add(p + "attn_output.weight", n_embd, L.q_width, matrix_type)
-        add(p + "ffn_gate.weight", ffn, n_embd, matrix_type)
-        add(p + "ffn_up.weight", ffn, n_embd, matrix_type)
-        add(p + "ffn_down.weight", n_embd, ffn, matrix_type)
+        add(p + "attn_q.weight", L.q_width, E)
+        add(p + "attn_k.weight", L.kv_width, E)
+        if L.has_v_proj:
+            add(p + "attn_v.weight", L.kv_width, E)
+        add(p + "attn_output.weight", E, L.q_width)
+        add(p + "ffn_gate.weight", L.ffn_dim, E)
+        add(p + "ffn_up.weight", L.ffn_dim, E)
+        add(p + "ffn_down.weight", E, L.ffn_dim)
+        if L.moe:
+            X, F = L.n_expert, L.expert_ffn
+            add(p + "ffn_gate_inp.weight", X, E, QT.F32)        # llama-quantize never quantizes the router
+            add(router_norm_name(L.index), 1, E, QT.F32)
+            add(p + "ffn_gate_up_exps.weight", X * 2 * F, E, experts=X)
+            add(p + "ffn_down_exps.weight", X * E, F, experts=X)
+            for nm, w in (("ffn_gate_inp.scale", E), ("ffn_down_exps.scale", X), ("pre_ffw_norm_2.weight", E),
+                          ("post_ffw_norm_1.weight", E), ("post_ffw_norm_2.weight", E)):
+                add(p + nm, 1, w, norm_type)
     build_graph(cfg, specs, 1, 16)    # the same shape checks a real file gets
-    return cfg, specs
+    return specs
+
+
+def dense_gemma4(*, n_layer: int, n_embd: int, n_head: int, ffn: int, head_dim_swa: int, n_kv_swa: int,
+                 head_dim: int, n_kv: int, window: int, period: int, n_vocab: int, context_length: int,
+                 matrix_type: QT = QT.Q4_0, norm_type: QT = QT.F32) -> tuple[ModelConfig, dict[str, WeightSpec]]:
+    """A dense Gemma 4 config and weight specs shaped like a real file (every `period`-th layer
+    global), tied embeddings, every matrix of `matrix_type` (Q4_0 as Google's QAT files)."""
+    cfg = _gemma4_config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, ffn=ffn, head_dim_swa=head_dim_swa,
+                         n_kv_swa=n_kv_swa, head_dim=head_dim, n_kv=n_kv, window=window, period=period,
+                         n_vocab=n_vocab, context_length=context_length)
+    return cfg, _gemma4_specs(cfg, lambda name, cols: matrix_type, norm_type)
 
 
 def gemma4_12b_shape(context_length: int = 131072) -> tuple[ModelConfig, dict[str, WeightSpec]]:
@@ -370,3 +601,18 @@ def gemma4_12b_shape(context_length: int = 131072) -> tuple[ModelConfig, dict[st
     return dense_gemma4(n_layer=48, n_embd=3840, n_head=16, ffn=15360, head_dim_swa=256, n_kv_swa=8,
                         head_dim=512, n_kv=4, window=1024, period=6, n_vocab=262144,
                         context_length=context_length)
+
+
+def gemma4_26b_a4b_shape(matrix_type: Union[QT, str] = QT.Q4_0,
+                         context_length: int = 262144) -> tuple[ModelConfig, dict[str, WeightSpec]]:
+    """The 26B-A4B's shape (its published configuration): hidden 2816, 30 layers (5 sliding : 1
+    global, window 1024), 16 query heads, sliding head_dim 256 / 8 KV heads, global head_dim 512 /
+    2 KV heads with K = V (no attn_v), in every layer a dense MLP of 2112 beside 128 routed experts
+    of width 704 (top 8, gate and up fused), vocabulary 262144, tied embeddings, trained context
+    262144. matrix_type: one type for every matrix (Q4_0 as Google's QAT file, Q8_0, ...) or
+    "Q4_K_M" (llama_q4_k_m); routers and norms F32."""
+    cfg = _gemma4_config(n_layer=30, n_embd=2816, n_head=16, ffn=2112, head_dim_swa=256, n_kv_swa=8,
+                         head_dim=512, n_kv=2, window=1024, period=6, n_vocab=262144,
+                         context_length=context_length, k_eq_v=True, n_expert=128, n_expert_used=8,
+                         expert_ffn=704)
+    return cfg, _gemma4_specs(cfg, quant_mix(cfg, matrix_type), QT.F32)

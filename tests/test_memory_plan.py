@@ -18,6 +18,8 @@ from g4rt.model.config import load_config
 from g4rt.model.graph import build_graph, kv_caches, weight_specs
 
 needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
+MOE_FILE = FIXTURES.parent / "fixtures-moe" / "models" / "g4-moe-Q4_0-pure.gguf"
+needs_moe = pytest.mark.skipif(not MOE_FILE.is_file(), reason=f"{MOE_FILE} (the MoE fixture) is absent")
 GiB = 1 << 30
 
 
@@ -170,6 +172,191 @@ def test_memory_table_doc_is_current():
     spec.loader.exec_module(mod)
     doc = M.__file__.replace("runtime/memory_plan.py", "docs/memory-plan.md")
     assert open(doc).read() == mod.build(12 * GiB, 512 << 20), "rerun scripts/memory_table.py"
+
+
+# ---- mixture of experts: the 26B-A4B, --cpu-moe / --n-cpu-moe ------------------------------------------
+@pytest.fixture(scope="module")
+def moe26():
+    return M.gemma4_26b_a4b_shape("Q4_K_M")
+
+
+def test_26b_shape_and_weights():
+    E, V, X, F, FFN = 2816, 262144, 128, 704, 2112
+    experts = 30 * X * 3 * F * E                                        # gate+up and down, every layer
+    sliding = E * (4096 + 2048 + 2048) + 4096 * E                       # q, k, v, o
+    glob = E * (8192 + 1024) + 8192 * E                                 # q, k (= v), o
+    matrices = experts + 25 * sliding + 5 * glob + 30 * 3 * E * FFN + V * E
+    # F32: router, 7 norms + router scale + derived router norm (E wide), expert scales, output scale,
+    # q/k norms, output norm, rope_freqs
+    f32 = 4 * (30 * (X * E + 9 * E + X + 1) + 25 * 2 * 256 + 5 * 2 * 512 + E + 256)
+    sizes = {}
+    for q, bits in (("Q4_0", 4.5), ("Q8_0", 8.5)):
+        cfg, specs = M.gemma4_26b_a4b_shape(q)
+        plan = M.make_plan(cfg, specs, 4096)
+        assert plan.weights_device == matrices * bits / 8 + f32
+        assert plan.experts_device == experts * bits / 8 and plan.experts_host == 0
+        sizes[q] = plan.weights_device
+    assert 25e9 < matrices < 26e9                                       # "26B" parameters
+    assert 13 * GiB < sizes["Q4_0"] < 15 * GiB and 24 * GiB < sizes["Q8_0"] < 27 * GiB
+    cfg, specs = M.gemma4_26b_a4b_shape("Q4_K_M")
+    assert sizes["Q4_0"] < M.make_plan(cfg, specs, 4096).weights_device < sizes["Q8_0"]
+    assert cfg.n_layer == 30 and cfg.context_length == 262144 and cfg.tied_output
+    is_sliding = [(i + 1) % 6 != 0 for i in range(30)]
+    assert [L.has_v_proj for L in cfg.layers] == [L.sliding for L in cfg.layers] == is_sliding  # K = V when global
+    assert all(L.moe and (L.n_expert, L.n_expert_used, L.expert_ffn) == (X, 8, F) for L in cfg.layers)
+    assert specs["blk.0.ffn_gate_up_exps.weight"].experts == X and specs["blk.0.ffn_gate_inp.weight"].qtype == M.QT.F32
+    # Q4_K_M: Q6_K head, Q4_K elsewhere, 704/2112-wide rows fall back (Q4_K -> Q5_0, Q6_K -> Q8_0)
+    assert specs["token_embd.weight"].qtype == M.QT.Q6_K and specs["blk.3.ffn_gate_up_exps.weight"].qtype == M.QT.Q4_K
+    down = [specs[f"blk.{i}.ffn_down_exps.weight"].qtype for i in range(30)]
+    assert set(down) == {M.QT.Q5_0, M.QT.Q8_0} and down.count(M.QT.Q8_0) == 14
+    assert down == [specs[f"blk.{i}.ffn_down.weight"].qtype for i in range(30)]
+    assert {specs[f"blk.{i}.attn_v.weight"].qtype for i in range(30) if (i + 1) % 6} == {M.QT.Q4_K, M.QT.Q6_K}
+    with pytest.raises(G4rtError, match="unknown quantization"):
+        M.gemma4_26b_a4b_shape("Q3_X")
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
+def test_26b_shape_matches_synth(qtype):
+    """The plan's 26B-A4B and `g4rt synth --moe` describe the same file (the plan adds the router
+    norm weights the loader derives)."""
+    from g4rt.model.graph import router_norm_name
+    from g4rt.synth import MOE_26B, tensor_plan
+    _, specs = M.gemma4_26b_a4b_shape(qtype)
+    ours = {n: (s.qtype, s.rows, s.cols) for n, s in specs.items() if n not in {router_norm_name(i) for i in range(30)}}
+    assert ours == {n: (qt, r, c) for n, qt, r, c in tensor_plan(30, M.QT[qtype], 262144, MOE_26B)}
+
+
+def test_cpu_moe_conserves_bytes(moe26):
+    cfg, specs = moe26
+    full = M.make_plan(cfg, specs, 8192)
+    experts = M.expert_weight_bytes(cfg, specs)
+    for k in (None, 20, 0):
+        for n in (0, 1, 7, 29, 30):
+            p = M.make_plan(cfg, specs, 8192, gpu_layers=k, cpu_moe_layers=n)
+            assert p.weights_device + p.weights_host == full.weights_device
+            assert p.experts_device + p.experts_host == sum(experts) == full.experts_device
+            assert p.kv_device + p.kv_host == full.kv_device and p.cpu_moe_layers == n
+            assert p.hybrid == (n > 0 or k is not None)
+    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=7)
+    assert p.weights_host == p.experts_host == sum(experts[:7]) and p.kv_host == 0
+    assert p.weights_device == full.weights_device - sum(experts[:7]) and p.scratch_device == full.scratch_device
+    assert 0 < p.scratch_host < 100 << 20                     # the expert products' activations only
+    assert p.moe_transfer == 7 * (2 * 2816 * 4 + 2 * 8 * 4)
+    assert M.make_plan(cfg, specs, 8192, cpu_moe_layers=30).experts_device == 0
+    with pytest.raises(G4rtError, match="0..30"):
+        M.make_plan(cfg, specs, 8192, cpu_moe_layers=31)
+
+
+def test_n_cpu_moe_is_monotone(moe26):
+    cfg, specs = moe26
+    plans = [M.make_plan(cfg, specs, 32768, cpu_moe_layers=n) for n in range(31)]
+    for a, b in zip(plans, plans[1:]):
+        assert b.device_total < a.device_total and b.host_total > a.host_total
+        assert b.experts_host > a.experts_host
+    with_split = [M.make_plan(cfg, specs, 32768, gpu_layers=20, cpu_moe_layers=n).device_total for n in range(31)]
+    assert with_split == sorted(with_split, reverse=True)
+    assert len(set(with_split[20:])) == 1                     # the experts of layers >= 20 are on the host anyway
+
+
+def test_fewest_cpu_moe_layers_is_the_smallest_that_fits(moe26):
+    cfg, specs = moe26
+    ctx = 65536
+    plans = [M.make_plan(cfg, specs, ctx, cpu_moe_layers=n) for n in range(31)]
+
+    def brute(budget, host_budget=None):
+        return next((n for n, p in enumerate(plans) if p.device_total <= budget
+                     and (host_budget is None or p.host_total <= host_budget)), None)
+    budgets = [p.device_total + d for p in plans[::3] for d in (-1, 0)] + [plans[-1].device_total - 1, 64 * GiB]
+    for budget in budgets:
+        assert M.min_cpu_moe_layers(cfg, specs, ctx, budget) == brute(budget)
+    hosts = [plans[12].host_total, plans[12].host_total - 1]
+    for host in hosts:
+        assert M.min_cpu_moe_layers(cfg, specs, ctx, plans[12].device_total, host_budget=host) == \
+            brute(plans[12].device_total, host)
+    # the plan over budget suggests it, and the error names it
+    budget = plans[12].device_total
+    plan = M.make_plan(cfg, specs, ctx, budget=budget, check=False, model="26b", device="GPU")
+    assert not plan.fits and plan.fit_cpu_moe == brute(budget) == 12
+    assert "12 (--n-cpu-moe 12)" in plan.markdown()
+    with pytest.raises(InsufficientMemoryError, match="--n-cpu-moe 12"):
+        M.make_plan(cfg, specs, ctx, budget=budget)
+    assert M.make_plan(cfg, specs, ctx, budget=budget, cpu_moe_layers=12).fits
+    assert M.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).fit_cpu_moe == 30
+    assert "(--cpu-moe)" in M.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).advice()
+
+
+def test_host_budget(moe26):
+    cfg, specs = moe26
+    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=64 * GiB)
+    assert p.fits and "within the budget of 11.00 GiB and the host budget of 64.00 GiB" in p.advice()
+    small = p.host_total - 1
+    with pytest.raises(InsufficientMemoryError, match="more than the host RAM budget") as ei:
+        M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=small)
+    fewer = M.min_cpu_moe_layers(cfg, specs, 8192, 11 * GiB, host_budget=small)
+    assert fewer is not None and f"--n-cpu-moe {fewer}" in str(ei.value)
+    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=GiB, check=False)
+    assert not p.fits_host and p.fits_device and p.fit_cpu_moe is None and p.fit_gpu_layers is None
+    assert "weights in host RAM alone exceed it" in p.advice() and "does NOT fit" in p.markdown()
+    assert M.make_plan(cfg, specs, 8192, budget=11 * GiB, check=False).fits_host    # nothing on the host
+
+
+@needs_fixtures
+def test_cpu_moe_needs_experts():
+    _, cfg, specs = model("g4-dense-Q4_0-pure")
+    with pytest.raises(G4rtError, match="no expert tensors"):
+        M.make_plan(cfg, specs, 512, cpu_moe_layers=1)
+    assert M.min_cpu_moe_layers(cfg, specs, 512, 1 << 40) is None
+
+
+@needs_moe
+def test_cli_plan_cpu_moe(capsys):
+    path = str(MOE_FILE)
+    base = ["info", path, "--plan", "--backend", "cuda", "--budget", "1GiB", "--host-budget", "1GiB"]
+    assert run(base + ["--cpu-moe"]) == 0
+    out = capsys.readouterr().out
+    assert "all 6 layers on the GPU (cuda), every layer's experts in host RAM (--cpu-moe)" in out
+    assert "| part | GPU (cuda) | host |" in out and "| &nbsp; routed experts | 0 B |" in out
+    assert "Host RAM budget 1.00 GiB: fits" in out
+    assert run(base + ["--n-cpu-moe", "2"]) == 0
+    assert "the experts of layers 0-1 in host RAM (--n-cpu-moe 2)" in capsys.readouterr().out
+    assert run(["info", path, "--plan", "--backend", "vulkan", "--budget", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "| &nbsp; routed experts |" in out and "| host |" not in out
+    # over budget: the fewest host-side expert layers that fit is named
+    f = GGUFFile(MOE_FILE)
+    cfg = load_config(f)
+    from g4rt.model.graph import model_weight_specs
+    specs, _ = model_weight_specs(cfg, f)
+    budget = M.make_plan(cfg, specs, 4096, cpu_moe_layers=3).device_total
+    assert run(["info", path, "--plan", "--backend", "cuda", "--budget", str(budget), "--ctx", "4096"]) == 1
+    assert "--n-cpu-moe 3" in capsys.readouterr().err
+    assert run(["info", path, "--plan", "--backend", "cuda", "--budget", str(budget), "--ctx", "4096",
+                "--n-cpu-moe", "3", "--host-budget", "1GiB"]) == 0
+    capsys.readouterr()
+
+
+@needs_moe
+@pytest.mark.parametrize("args,message", [
+    (["--n-cpu-moe", "7"], "--n-cpu-moe must be in 0..6"),
+    (["--n-cpu-moe", "-1"], "--n-cpu-moe must be in 0..6"),
+    (["--cpu-moe", "--n-cpu-moe", "2"], "not both"),
+    (["--cpu-moe", "--backend", "cpu"], "needs a GPU backend"),
+    (["--cpu-moe", "--host-budget", "1MiB"], "more than the host RAM budget of 1.00 MiB"),
+])
+def test_cli_plan_cpu_moe_refusals(capsys, args, message):
+    argv = ["info", str(MOE_FILE), "--plan", "--backend", "cuda", "--budget", "1GiB"] + args
+    assert run(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("g4rt: error: ") and message in err
+
+
+@needs_fixtures
+def test_cli_plan_cpu_moe_on_a_dense_model(capsys):
+    path = str(FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf")
+    assert run(["info", path, "--plan", "--backend", "cuda", "--budget", "1GiB", "--cpu-moe"]) == 1
+    assert "no mixture-of-experts layers" in capsys.readouterr().err
+    assert run(["info", path, "--n-cpu-moe", "1"]) == 1
+    assert "only apply with --plan" in capsys.readouterr().err
 
 
 # ---- engine: default ctx, budget, run-time limits ------------------------------------------------------
