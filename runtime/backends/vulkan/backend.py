@@ -406,24 +406,22 @@ class VulkanBackend(Backend):
     def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
         """f32 buffers that graphs read like caches (by name) and that the host fills before a
         run (write_inputs): how a hybrid segment receives the other backend's activations."""
-        for name, (rows, cols) in shapes.items():
-            old = self.inputs.get(name)
-            if old is not None and old[1:] == (rows, cols):
-                continue
-            if rows * cols * 4 > self.max_bytes:
-                raise G4rtError(f"hybrid input {name} ({rows}x{cols}) exceeds one Vulkan storage buffer")
-            self.inputs[name] = (self.mgr.tensor_t(np.zeros(rows * cols, np.float32), self._T.device), rows, cols)
+        self._declare(self.inputs, shapes, lambda words: self.mgr.tensor_t(np.zeros(words, np.float32),
+                                                                           self._T.device))
 
     def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
         """Persistent f32 copies a hybrid segment leaves for a later one on this device (written
-        by Slice): they never go through the host."""
+        by Slice): device-only storage, they never go through the host."""
+        self._declare(self.kept, shapes, lambda words: self._storage(words, np.float32))
+
+    def _declare(self, table: dict, shapes: dict[str, tuple[int, int]], make) -> None:
         for name, (rows, cols) in shapes.items():
-            old = self.kept.get(name)
+            old = table.get(name)
             if old is not None and old[1:] == (rows, cols):
                 continue
             if rows * cols * 4 > self.max_bytes:
                 raise G4rtError(f"hybrid buffer {name} ({rows}x{cols}) exceeds one Vulkan storage buffer")
-            self.kept[name] = (self._storage(rows * cols, np.float32), rows, cols)
+            table[name] = (make(rows * cols), rows, cols)
 
     def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
         """Staged on the host; each graph that reads an input uploads it as it starts."""
