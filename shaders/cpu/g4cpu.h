@@ -51,6 +51,14 @@
 extern "C" {
 #endif
 
+/* Batches of up to this many rows are row-exact: every row gets the bits a one-row batch (a
+ * decode step) would give it, so speculative verification and several sequences decoded
+ * together reproduce plain decoding token for token. Matmuls of such batches run the decode
+ * matvec per row (the weights still stream from memory once); attention runs each row as a
+ * one-row attention over the batch's earlier rows as the cache holds them. */
+#define G4_ROW_EXACT_MAX 16
+#define G4_ALIGN64(x) (((size_t)(x) + 63) & ~(size_t)63)
+
 /* GGML tensor type ids (gguf.GGMLQuantizationType). */
 enum {
     G4_F32 = 0, G4_F16 = 1, G4_Q4_0 = 2, G4_Q4_1 = 3, G4_Q5_0 = 6, G4_Q5_1 = 7, G4_Q8_0 = 8,

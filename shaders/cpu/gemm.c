@@ -3,7 +3,7 @@
  * fp32-exact: weights are decoded exactly to float32 (g4_dequant_row, or read as is for F32),
  * activations stay float32, products accumulate in float32 (FMA on AVX2 / AVX-512).
  *
- * Few rows (decode; rows <= matvec_rows_max(type), 1..8 by type and ISA, measured): each thread
+ * Few rows (decode, and batches up to G4_ROW_EXACT_MAX rows, which must be row-exact): each thread
  * prepares every activation row once (g4_matvec_prepare, into its own scratch), then claims
  * chunks of 16..64 output features (g4_chunk) and runs g4_matvec (matvec.c) for each row on the
  * chunk, so a chunk's weights come from memory once and stay in cache for the other rows.
@@ -75,7 +75,6 @@
 #error "G4_GEMM_KC must be a multiple of 256"
 #endif
 
-#define G4_ALIGN64(x) (((size_t)(x) + 63) & ~(size_t)63)
 #define G4_INLINE static inline __attribute__((always_inline))
 
 /* ---- vector abstraction for the micro-kernel ---- */
@@ -288,35 +287,19 @@ static size_t matvec_ws(const g4_cmd *c) { return G4_ALIGN64(g4_matvec_scratch(c
 /* Most rows that go through matvec.c (per row, with the weights of a chunk reused from cache)
  * rather than the tiled path, whose fixed cost is decoding + packing every weight once. Measured
  * on a 3840 x 15360 product (Sapphire Rapids, 1 thread): the rows where both cost the same. */
-static int matvec_rows_max(int qtype) {
+/* Row-exact batches (g4cpu.h) take the matvec path. It was also measured the faster one up to
+ * 1 (F32) .. 8 (Q4_0, Q8_0) rows; from there to 16 rows it costs prefill some speed for exactness. */
+static int use_matvec(const g4_cmd *c) {
 #ifdef G4_GEMM_MATVEC_ROWS
-    (void)qtype;
-    return G4_GEMM_MATVEC_ROWS;
+    return c->rows <= G4_GEMM_MATVEC_ROWS;     /* tests: the tiled path from this many rows on */
 #else
-    switch (qtype) {
-#if defined(G4_AVX512)
-    case G4_F32: return 1;                  /* reading f32 rows is the cost either way */
-    case G4_F16: case G4_BF16: return 7;
-    case G4_Q4_0: case G4_Q4_1: case G4_Q5_0: case G4_Q5_1: case G4_Q8_0: return 8;
-    case G4_Q4_K: case G4_Q5_K: return 7;
-    case G4_Q6_K: return 4;
-#elif defined(G4_AVX2)
-    case G4_F32: return 1;
-    case G4_F16: case G4_BF16: return 5;
-    case G4_Q4_0: case G4_Q4_1: case G4_Q5_0: case G4_Q5_1: case G4_Q8_0: return 5;
-    case G4_Q4_K: case G4_Q5_K: return 5;
-    case G4_Q6_K: return 4;
-#else
-    case G4_F32: return 2;                  /* portable matvec decodes slowly: tiled early */
-#endif
-    default: return 1;
-    }
+    return c->rows <= G4_ROW_EXACT_MAX;
 #endif
 }
 
 size_t g4_matmul_scratch(const g4_cmd *c, int nth) {
     (void)nth;
-    if (c->rows <= matvec_rows_max(c->qtype)) return matvec_ws(c) * (size_t)(c->rows > 0 ? c->rows : 1);
+    if (use_matvec(c)) return matvec_ws(c) * (size_t)(c->rows > 0 ? c->rows : 1);
     return tiled_scratch();
 }
 
@@ -339,7 +322,7 @@ static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
 
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     if (c->rows <= 0 || c->cols <= 0) return;
-    if (c->rows <= matvec_rows_max(c->qtype)) {
+    if (use_matvec(c)) {
         matmul_matvec(c, ex, ith, nth);
         return;
     }

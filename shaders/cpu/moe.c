@@ -79,7 +79,7 @@ static int64_t moe_chunk(const g4_cmd *c, int nth) {
     return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
 }
 
-#define MOE_GEMM_MIN_ROWS 9      /* tokens from which a batch goes through the tiled product */
+#define MOE_GEMM_MIN_ROWS (G4_ROW_EXACT_MAX + 1)   /* tokens from which a batch goes through the tiled product */
 #define A64(n) (((size_t)(n) + 63) / 64 * 64)
 
 size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth) {

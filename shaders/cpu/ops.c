@@ -493,6 +493,10 @@ void g4_k_kv_store(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
 typedef struct {
     int64_t pos0, rows, D, nh, nkv, rep, hc, nhc, rb, nrb, window, cr, kvw, qw;
     int f16;
+    /* Row-exact batches (below): the cache holds positions < cpos; positions [cpos, pos0) are
+     * earlier rows of this batch, read from rk / rv (rounded as the cache would hold them). */
+    int64_t cpos;
+    const void *rk, *rv;
 } att_geo;
 
 static void att_geo_init(att_geo *g, const g4_cmd *c, int64_t pos0) {
@@ -511,6 +515,8 @@ static void att_geo_init(att_geo *g, const g4_cmd *c, int64_t pos0) {
     g->kvw = g->nkv * g->D;
     g->qw = g->nh * g->D;
     g->f16 = c->cache_f16 != 0;
+    g->cpos = pos0;
+    g->rk = g->rv = NULL;
 }
 
 /* First key position of the query at position p (the cache holds the last cr positions only). */
@@ -540,7 +546,7 @@ typedef struct {
 
 static int att_runs(const att_geo *g, const g4_cmd *c, int64_t kvh, int64_t ka, int64_t kb, att_run *runs) {
     int nr = 0;
-    int64_t cb = kb < g->pos0 ? kb : g->pos0;   /* cache positions [ka, cb) */
+    int64_t cb = kb < g->cpos ? kb : g->cpos;   /* cache positions [ka, cb) */
     int64_t p = ka;
     while (p < cb) {
         int64_t row = p % g->cr, n = cb - p;
@@ -554,6 +560,17 @@ static int att_runs(const att_geo *g, const g4_cmd *c, int64_t kvh, int64_t ka, 
         r->j0 = p - ka;
         r->n = n;
         p += n;
+    }
+    if (g->cpos < g->pos0 && kb > g->cpos && ka < g->pos0) {   /* earlier batch rows, as cached */
+        int64_t b0 = ka > g->cpos ? ka : g->cpos, b1 = kb < g->pos0 ? kb : g->pos0;
+        size_t off = (size_t)(b0 - g->cpos) * g->kvw + kvh * g->D;
+        att_run *r = &runs[nr++];
+        r->f16 = g->f16;
+        r->k = g->f16 ? (const void *)((const uint16_t *)g->rk + off) : (const void *)((const float *)g->rk + off);
+        r->v = g->f16 ? (const void *)((const uint16_t *)g->rv + off) : (const void *)((const float *)g->rv + off);
+        r->stride = g->kvw;
+        r->j0 = b0 - ka;
+        r->n = b1 - b0;
     }
     if (kb > g->pos0) {   /* this batch's rows [max(ka, pos0), kb) */
         int64_t b0 = ka > g->pos0 ? ka : g->pos0;
@@ -702,7 +719,7 @@ static void att_core(const att_geo *g, const g4_cmd *c, int64_t kvh, int nq, con
         return;
     }
     const int64_t ld = round16(nk);
-    att_run runs[3];
+    att_run runs[4];
     const int nr = att_runs(g, c, kvh, ka, kb, runs);
     /* scores */
     for (int r = 0; r < nr; r++)
@@ -803,9 +820,21 @@ size_t g4_attention_scratch(const g4_cmd *c, int nth) {
     return (size_t)(nq * round16(att_max_keys(&g)) * 4);   /* a multiple of 64 bytes */
 }
 
+static size_t att_partials_bytes(int64_t rows, const g4_cmd *c, int nth) {
+    return (size_t)nth * (size_t)rows * (size_t)c->n_head * (size_t)att_pstride(c->group) * 4;
+}
+
+/* A row-exact batch's f16 copy of its K and V rows (none for an f32 cache: rows are read in place). */
+static size_t att_copy_bytes(const g4_cmd *c) {
+    return c->cache_f16 ? G4_ALIGN64((size_t)c->rows * (size_t)(c->n_kv_head > 0 ? c->n_kv_head : 1) * c->group * 2) : 0;
+}
+
 size_t g4_attention_shared(const g4_cmd *c, int nth) {
-    if (nth <= 1 || c->rows > ATT_SPLIT_ROWS || c->rows <= 0) return 0;
-    return (size_t)nth * (size_t)c->rows * (size_t)c->n_head * (size_t)att_pstride(c->group) * 4;
+    if (c->rows <= 0) return 0;
+    if (c->rows > 1 && c->rows <= G4_ROW_EXACT_MAX)    /* one row at a time: a one-row split + the copy */
+        return (nth > 1 ? G4_ALIGN64(att_partials_bytes(1, c, nth)) : 0) + 2 * att_copy_bytes(c);
+    if (nth <= 1 || c->rows > ATT_SPLIT_ROWS) return 0;
+    return att_partials_bytes(c->rows, c, nth);
 }
 
 /* Split key positions across threads? Same answer on every thread (barrier below). */
@@ -818,20 +847,69 @@ static int att_use_split(const att_geo *g, const g4_cmd *c, const g4_exec *ex, i
     return span >= ATT_SPLIT_KEYS;
 }
 
+static void att_run_op(const att_geo *gp, const g4_cmd *c, g4_exec *ex, int ith, int nth, int dynamic);
+
+/* Row-exact batches (2..G4_ROW_EXACT_MAX rows: speculative verification, several sequences'
+ * decode steps) give every row the bits a one-row decode step would: each row runs as a one-row
+ * attention (same key range, same split, same summation order) that reads the batch's earlier
+ * rows as the cache would hold them (f16-rounded copies here) instead of the batch's float rows. */
+static void att_rows_exact(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
+    const int64_t rows = c->rows, D = c->group, nkv = c->n_kv_head > 0 ? c->n_kv_head : 1;
+    const int64_t kvw = nkv * D, qw = (int64_t)c->n_head * D;
+    const void *rk = c->b, *rv = c->c;
+    if (c->cache_f16) {
+        uint8_t *copy = (uint8_t *)ex->shared + (nth > 1 ? G4_ALIGN64(att_partials_bytes(1, c, nth)) : 0);
+        uint16_t *ck = (uint16_t *)copy, *cv = (uint16_t *)(copy + att_copy_bytes(c));
+        int64_t r0, r1;
+        split_even(rows, ith, nth, &r0, &r1);
+        if (r1 > r0) {
+            store_row(ck, 1, r0 * kvw, c->b + r0 * kvw, (r1 - r0) * kvw);
+            store_row(cv, 1, r0 * kvw, c->c + r0 * kvw, (r1 - r0) * kvw);
+        }
+        g4_barrier(ex);
+        rk = ck;
+        rv = cv;
+    }
+    for (int64_t j = 0; j < rows; j++) {
+        g4_cmd cj = *c;
+        cj.rows = 1;
+        cj.a = c->a + j * qw;
+        cj.b = c->b + j * kvw;
+        cj.c = c->c + j * kvw;
+        cj.out = c->out + j * qw;
+        att_geo g;
+        att_geo_init(&g, &cj, ex->pos0 + j);
+        g.cpos = ex->pos0;
+        g.rk = rk;
+        g.rv = rv;
+        att_run_op(&g, &cj, ex, ith, nth, 0);
+        g4_barrier(ex);             /* the split's partials are reused by the next row */
+    }
+}
+
 void g4_k_attention(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
+    if (c->rows <= 0 || c->group <= 0 || c->n_head <= 0) return;
+    if (c->rows > 1 && c->rows <= G4_ROW_EXACT_MAX) {
+        att_rows_exact(c, ex, ith, nth);
+        return;
+    }
     att_geo g;
     att_geo_init(&g, c, ex->pos0);
-    if (g.rows <= 0 || g.D <= 0 || g.nh <= 0) return;
+    att_run_op(&g, c, ex, ith, nth, 1);
+}
+
+/* One attention op over geometry g. dynamic: units claimed with g4_chunk (once per command),
+ * else dealt out by thread index (a row-exact batch runs several of these in one command). */
+static void att_run_op(const att_geo *gp, const g4_cmd *c, g4_exec *ex, int ith, int nth, int dynamic) {
+    const att_geo g = *gp;
     float *S = (float *)g4_ws(ex, ith);
     const int64_t units = att_units(&g);
     att_unit U;
     float *dst[ATT_QMAX], *mo[ATT_QMAX], *ls[ATT_QMAX];
 
     if (!att_use_split(&g, c, ex, nth)) {
-        /* whole units, claimed dynamically, longest (last rows) first */
-        for (;;) {
-            int64_t k = g4_chunk(ex);
-            if (k >= units) break;
+        /* whole units, longest (last rows) first */
+        for (int64_t k = dynamic ? g4_chunk(ex) : ith; k < units; k = dynamic ? g4_chunk(ex) : k + nth) {
             att_unit_get(&g, c, units - 1 - k, &U);
             for (int x = 0; x < U.nq; x++) dst[x] = c->out + U.row[x] * g.qw + U.head[x] * g.D;
             att_core(&g, c, U.kvh, U.nq, U.q, dst, U.lo, U.hi, U.ka, U.kb, NULL, NULL, S);

@@ -1,0 +1,64 @@
+"""Row-exact small batches on the native CPU backend: a batch of up to G4_ROW_EXACT_MAX (16) rows
+gives every row the very bits a one-row decode step gives it. Speculative verification and
+several sequences decoded together rest on this: they reproduce plain greedy decoding token for
+token only if a row's logits do not depend on what else is in its batch."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES
+
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+pytestmark = pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
+MOE = FIXTURES.parent / "fixtures-moe"
+ROW_EXACT_MAX = 16
+
+
+def _case(path, ref, start, kv_dtype, threads, sizes):
+    from g4rt.engine import Engine
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    r = np.load(ref)
+    ids = max((r[k] for k in r.files if k.startswith("ids")), key=len)
+    start = min(start, len(ids) - ROW_EXACT_MAX)
+    # ring slack: moving back over a wrapped sliding window must be exact (Engine.reusable_prefix)
+    e = Engine(path, backend="cpu", ctx=len(ids) + 8, kv_dtype=kv_dtype, ring_slack=ROW_EXACT_MAX,
+               threads=threads)
+    try:
+        e.forward(ids[:start])
+        p = e.pos
+        decode = np.concatenate([e.forward([t]) for t in ids[start:start + max(sizes)]])
+        for n in sizes:
+            e.truncate(p)
+            batch = e.forward(ids[start:start + n], all_logits=True)
+            np.testing.assert_array_equal(batch, decode[:n], err_msg=f"{path.name}: a batch of {n} rows")
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("name", ["g4-dense-Q4_0-pure", "g4-dense-Q4_K_M", "g4-dense-Q6_K", "g4-dense-F32",
+                                  "g4-dense-BF16", "g4-dense-Q8_0", "g4-dense-keqv-Q4_K_M", "g4-edge-Q4_K_M",
+                                  "g4-dense-untied-Q4_0-pure"])
+@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
+def test_batch_rows_equal_decode_steps(name, kv_dtype):
+    """Window-16 fixtures with 40 tokens cached: the batch crosses ring wraps."""
+    _case(FIXTURES / "models" / f"{name}.gguf", FIXTURES / "ref" / f"{name}.exact.npz", 40, kv_dtype, 2,
+          (2, 5, 9, ROW_EXACT_MAX))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_context_split_attention_is_row_exact(threads):
+    """1,000 cached positions: decode splits the keys across threads (flash-decoding); each row of
+    a batch takes the same split."""
+    name = "g4-dense-w1024-Q4_0-pure"
+    _case(FIXTURES / "models" / f"{name}.gguf", FIXTURES / "ref" / f"{name}.long.exact.npz", 1000, "f16",
+          threads, (3, ROW_EXACT_MAX))
+
+
+def test_moe_batch_rows_equal_decode_steps():
+    name = "g4-moe-Q4_K_M"
+    _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 2, (2, ROW_EXACT_MAX))
