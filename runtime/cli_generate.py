@@ -31,6 +31,35 @@ def placement_options(f):
     return f
 
 
+def speculative_options(f):
+    """Speculative decoding (as llama.cpp's --model-draft / --spec ngram)."""
+    for opt in reversed([
+        click.option("--draft", type=click.Path(dir_okay=False), default=None, metavar="MODEL.gguf",
+                     help="Speculative decoding: a smaller model with the same vocabulary drafts tokens "
+                          "that the model checks in one batched pass (greedy output unchanged)."),
+        click.option("--spec", type=click.Choice(["ngram"]), default=None,
+                     help="Speculative decoding without a draft model: propose what followed the last "
+                          "n tokens earlier in the context (edits, summaries, code)."),
+        click.option("--draft-max", type=click.IntRange(1, 15), default=8, show_default=True,
+                     help="Most tokens drafted per verification."),
+        click.option("--draft-min", type=click.IntRange(0, 15), default=0, show_default=True,
+                     help="Fewer drafted tokens than this: decode plainly instead."),
+        click.option("--draft-backend", type=click.Choice(["cpu", "numpy", "vulkan", "cuda"]), default=None,
+                     help="Backend of the draft model (default: the model's)."),
+        click.option("--draft-p-min", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+                     help="Stop drafting when the draft's top probability falls below this (0 = never)."),
+        click.option("--ngram-n", type=click.IntRange(1, 16), default=3, show_default=True,
+                     help="With --spec ngram: the longest context suffix looked up."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def speculation(kw) -> dict:
+    return {k: kw.pop(k) for k in ("draft", "spec", "draft_max", "draft_min", "draft_backend", "draft_p_min",
+                                   "ngram_n")}
+
+
 def placement(kw) -> dict:
     return dict(gpu_layers=kw.pop("gpu_layers"), cpu_moe=kw.pop("cpu_moe"), n_cpu_moe=kw.pop("n_cpu_moe"))
 
@@ -50,6 +79,7 @@ def _sampling_options(f):
         click.option("--ctx", type=click.IntRange(1), default=None, help="Context size in tokens."),
         click.option("--backend", type=BACKENDS, default="auto", show_default=True),
         placement_options,
+        speculative_options,
         THREADS_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
     ]):
@@ -80,7 +110,7 @@ class _LoadProgress:
             self.bar.close()
 
 
-def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0):
+def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
@@ -90,7 +120,7 @@ def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=
     progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     threads=threads, ring_slack=ring_slack, **(place or {}))
+                     threads=threads, ring_slack=ring_slack, **(place or {}), **(spec or {}))
     finally:
         progress.close()
     if not quiet:
@@ -110,7 +140,8 @@ def _summary(model) -> str:
     s = model.last_stats
     return (f"[prompt {s.prompt_tokens} tokens ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
             f"decode {s.decode_tps:.1f} tok/s, {s.generated_tokens} generated, stop: {s.stop_reason}, "
-            f"backend {model.backend_name}, device {model.device_name}]")
+            f"backend {model.backend_name}, device {model.device_name}"
+            + (f"; {s.speculative.summary()}" if s.speculative else "") + "]")
 
 
 def _gen_kwargs(kw) -> dict:
@@ -136,7 +167,7 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
     if prompt is not None and prompt_file is not None:
         raise click.UsageError("give either -p or -f, not both")
     text = prompt if prompt is not None else prompt_file.read()
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"])
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw))
     chat = chat or system is not None
     if chat:
         _base_model_notice(m)
@@ -169,7 +200,7 @@ def chat(model, system, show_thinking, **kw):
     # longer sliding rings: each turn keeps the history's KV although the template re-renders the
     # previous answer differently from how it was generated
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
-              ring_slack=CHAT_RING_SLACK)
+              ring_slack=CHAT_RING_SLACK, spec=speculation(kw))
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     _base_model_notice(m)
     if not kw["quiet"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -20,6 +20,7 @@ from .chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_th
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
 from .sampling import Sampler
+from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .tokenizer import StreamDecoder, load_tokenizer
 
 Messages = Sequence[dict]
@@ -34,6 +35,7 @@ class GenerationStats:
     decode_s: float = 0.0
     stop_reason: str = ""           # "eog", "max_tokens", "context_full", "interrupted"
     thinking: str = ""
+    speculative: Optional[SpecStats] = None      # with a drafter: acceptance, tokens per step
 
     @property
     def prefill_tps(self) -> float:
@@ -50,13 +52,22 @@ class GenerationStats:
 class Model:
     """A model bound to a backend, with its tokenizer and chat template."""
 
-    def __init__(self, engine: Engine, backend_reason: str = ""):
+    def __init__(self, engine: Engine, backend_reason: str = "", speculator: Optional[Speculator] = None):
         self.engine = engine
         self.backend_reason = backend_reason
+        self.speculator = speculator
         self.tokenizer = load_tokenizer(engine.file)
         self._template = None
         self._cached: list[int] = []      # the token sequence whose KV the engine holds
         self.last_stats = GenerationStats()
+
+    def close(self) -> None:
+        """Release the backend (and a draft model's)."""
+        try:
+            if self.speculator is not None:
+                self.speculator.close()
+        finally:
+            self.engine.close()
 
     @property
     def backend_name(self) -> str:
@@ -138,32 +149,63 @@ class Model:
         logits, stats.reused_tokens = self._prefill(ids)
         stats.prefill_s = time.perf_counter() - t0
         history = list(ids)
+        spec = self.speculator
+        if spec is not None:
+            spec.stats = stats.speculative = SpecStats()
         t1 = time.perf_counter()
         try:
+            tok = sampler.sample(logits, history) if stats.generated_tokens < max_tokens else None
             while True:
-                if stats.generated_tokens >= max_tokens:
+                if tok is None:
                     stats.stop_reason = "max_tokens"
                     return
-                tok = sampler.sample(logits, history)
+                # `tok` is decided but not yet in the KV cache
                 if self.tokenizer.is_eog(tok):
                     stats.stop_reason = "eog"
                     return
                 history.append(tok)
                 stats.generated_tokens += 1
                 yield tok
-                if should_stop and should_stop():
-                    stats.stop_reason = "interrupted"
+                if self._should_end(stats, max_tokens, should_stop, len(history) - 1):
                     return
-                if stats.generated_tokens >= max_tokens:
-                    stats.stop_reason = "max_tokens"
-                    return
-                if self.engine.pos >= self.engine.ctx:
-                    stats.stop_reason = "context_full"
-                    return
-                logits = self.engine.forward([tok])[-1]
-                self._cached.append(tok)
+                if spec is None:
+                    logits = self.engine.forward([tok])[-1]
+                    self._cached.append(tok)
+                    tok = sampler.sample(logits, history)
+                    continue
+                try:
+                    out = spec.step(tok, history, sampler, budget=max_tokens - stats.generated_tokens)
+                except BaseException:
+                    self.engine.reset()
+                    self._cached = []
+                    raise
+                # the cache now holds tok and the accepted proposals out[:-1]
+                self._cached = history + out[:-1]
+                for t in out[:-1]:
+                    if self.tokenizer.is_eog(t):
+                        stats.stop_reason = "eog"
+                        return
+                    history.append(t)
+                    stats.generated_tokens += 1
+                    yield t
+                    if self._should_end(stats, max_tokens, should_stop, len(history) - 1):
+                        return
+                tok = out[-1]
         finally:
             stats.decode_s = time.perf_counter() - t1
+
+    def _should_end(self, stats: GenerationStats, max_tokens: int, should_stop, fed: int) -> bool:
+        """After a token was yielded: stop for the caller, the token budget or a full context
+        (`fed`: the tokens before it, which plain decoding has in the cache by then)."""
+        if should_stop and should_stop():
+            stats.stop_reason = "interrupted"
+        elif stats.generated_tokens >= max_tokens:
+            stats.stop_reason = "max_tokens"
+        elif fed >= self.engine.ctx:
+            stats.stop_reason = "context_full"
+        else:
+            return False
+        return True
 
     def generate(self, prompt: Union[str, Messages], max_tokens: int = 256, *, chat: Optional[bool] = None,
                  system: Optional[str] = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -245,7 +287,9 @@ def expert_layers(cpu_moe: bool, n_cpu_moe: Optional[int]) -> int:
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
          threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, cpu_moe: bool = False,
-         n_cpu_moe: Optional[int] = None, **backend_options) -> Model:
+         n_cpu_moe: Optional[int] = None, draft=None, spec: Optional[str] = None,
+         draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: Optional[str] = None,
+         draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
@@ -253,11 +297,17 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     tensors of every MoE layer (or of the first N layers) on the native CPU backend, which runs
     their expert products, while the rest of those layers runs on the GPU. threads: CPU threads
     (native CPU backend, also the CPU half of a hybrid; default: the physical cores). slots,
-    ring_slack: KV caches for several sequences and longer sliding rings (the server's; see Engine)."""
+    ring_slack: KV caches for several sequences and longer sliding rings (the server's; see Engine).
+    draft / spec="ngram": speculative decoding with a draft model (same vocabulary; on
+    `draft_backend`, default the target's backend) or prompt lookup; draft_max proposals per
+    verification, at least draft_min (see speculative.py)."""
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
     moe_layers = expert_layers(cpu_moe, n_cpu_moe)
+    speculating = draft is not None or spec is not None
+    if speculating:
+        ring_slack = max(ring_slack, draft_max)      # proposals are taken back exactly
     reason = f"requested {backend}"
     if backend == "auto":
         backend, reason = pick_backend()
@@ -287,4 +337,15 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
             backend_options["threads"] = threads
         engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack,
                         **backend_options)
-    return Model(engine, reason)
+    speculator = None
+    if speculating:
+        try:
+            speculator = create_speculator(engine, load_tokenizer(engine.file), draft=draft, spec=spec,
+                                           draft_max=draft_max, draft_min=draft_min,
+                                           draft_backend=draft_backend or backend, draft_p_min=draft_p_min,
+                                           ngram_n=ngram_n, threads=threads)
+        except BaseException:
+            engine.close()
+            raise
+        reason += f"; speculative: {speculator.drafter.name}, up to {draft_max} tokens ahead"
+    return Model(engine, reason, speculator)

@@ -73,6 +73,11 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         """One token id from `logits` (float32[n_vocab]); `history` holds the ids so far."""
+        return self.draw(*self.distribution(logits, history))
+
+    def distribution(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """What `sample` draws from: candidate ids, highest logit first, and their unnormalized
+        weights (float64). Greedy (temperature 0) is one candidate of weight 1."""
         logits = np.asarray(logits)
         if logits.ndim != 1 or logits.shape[0] == 0:
             raise SamplingError(f"logits must be a non-empty vector, got shape {logits.shape}")
@@ -80,7 +85,7 @@ class Sampler:
         if np.isnan(logits).any():
             raise SamplingError("logits contain NaN")
         if self.temperature == 0.0:
-            return int(np.argmax(logits))  # first of equal maxima
+            return np.array([int(np.argmax(logits))]), np.ones(1)  # first of equal maxima
         if not np.isfinite(logits.max()):
             raise SamplingError("no finite logit to sample from")
 
@@ -99,10 +104,15 @@ class Sampler:
         if self.min_p > 0.0:
             keep = cand >= cand.max() + np.log(self.min_p)
             ids, cand = ids[keep], cand[keep]
-
         cand = cand / self.temperature
-        p = np.exp(cand - cand.max())
-        cdf = np.cumsum(p)
+        return ids, np.exp(cand - cand.max())
+
+    def draw(self, ids: np.ndarray, weights: np.ndarray) -> int:
+        """One of `ids` with probability proportional to `weights` (the seeded generator; greedy
+        draws nothing from it)."""
+        if self.temperature == 0.0:
+            return int(ids[0])
+        cdf = np.cumsum(weights)
         r = self.rng.random() * cdf[-1]
         k = int(np.searchsorted(cdf, r, side="right"))
         return int(ids[min(k, len(ids) - 1)])

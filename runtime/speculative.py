@@ -1,0 +1,300 @@
+"""Speculative decoding: a drafter proposes the next tokens, the target model checks them all in
+one batched pass and keeps the longest acceptable prefix plus one token of its own.
+
+Drafters (both greedy, so every proposal is a point mass q = δ(d)):
+- `NgramDrafter` (prompt lookup): the tokens that followed the latest earlier occurrence of the
+  context's last n tokens (edits, summaries, code, chat history repeat their input);
+- `ModelDrafter`: a smaller model with the target's vocabulary, run greedily k tokens ahead on its
+  own engine and KV cache.
+
+Verification feeds [last token] + proposals as one batch with all logits. Row i is the target's
+distribution after proposal i - 1. Greedy: proposal i is kept while it equals the target's choice.
+Sampling: the standard rule (Leviathan et al. 2023; Chen et al. 2023) with q = δ(d): keep d with
+probability p(d), else draw from p without d (the normalized max(0, p - q)), so every emitted token
+follows the target's own distribution p (the sampler's, after penalties, top-k/p, min-p and
+temperature). After the step the target's cache is moved back to the kept tokens: exact because
+the sliding rings hold `window + draft_max` rows (Engine.reusable_prefix). The native CPU backend
+computes batches of up to 16 rows row-exactly (docs/speculative.md), so greedy speculative output
+is token for token plain greedy output there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .engine import Engine, common_prefix
+from .errors import G4rtError
+from .sampling import Sampler
+
+DEFAULT_DRAFT_MAX = 8
+DEFAULT_NGRAM_N = 3
+#: Proposals per verification: the native CPU backend is row-exact up to 16 rows (1 + 15).
+MAX_DRAFT = 15
+
+
+class SpeculativeError(G4rtError):
+    """A draft model or speculative setting that cannot work with this target."""
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, history: Sequence[int], k: int, slot: int = 0) -> list[int]:
+        """Up to k tokens that may follow `history` (fewer, or none, when unsure)."""
+
+    def close(self) -> None: ...
+
+
+class NgramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens of the context (n
+    from `n` down to `n_min`) and propose what followed it."""
+
+    name = "ngram"
+
+    def __init__(self, n: int = DEFAULT_NGRAM_N, n_min: int = 1):
+        if n < 1 or not 1 <= n_min <= n:
+            raise SpeculativeError(f"--ngram-n must be >= 1, got {n}")
+        self.n, self.n_min = int(n), int(n_min)
+
+    def propose(self, history: Sequence[int], k: int, slot: int = 0) -> list[int]:
+        h = np.asarray(history, dtype=np.int64)
+        L = len(h)
+        for m in range(min(self.n, L - 1), self.n_min - 1, -1):
+            tail = h[L - m:]
+            # candidate starts i < L - m with h[i:i+m] == tail (the occurrence must end before the tail)
+            starts = np.flatnonzero(h[:L - m] == tail[0])
+            for j in range(1, m):
+                starts = starts[h[starts + j] == tail[j]] if starts.size else starts
+            if starts.size:
+                s = int(starts[-1]) + m                      # the latest occurrence's continuation
+                return [int(t) for t in h[s:min(L, s + k)]]
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class ModelDrafter:
+    """A draft model on its own engine: brought to the context (keeping what it already holds),
+    then run greedily up to k tokens; it stops early below `p_min` confidence (0 = never)."""
+
+    name = "draft"
+
+    def __init__(self, engine: Engine, p_min: float = 0.0):
+        if not 0.0 <= p_min < 1.0:
+            raise SpeculativeError(f"--draft-p-min must be in [0, 1), got {p_min}")
+        self.engine, self.p_min = engine, float(p_min)
+        self._cached: list[list[int]] = [[] for _ in range(engine.slots)]
+
+    def propose(self, history: Sequence[int], k: int, slot: int = 0) -> list[int]:
+        eng, cached = self.engine, self._cached[slot]
+        history = list(history)
+        if len(history) + k > eng.ctx:
+            return []
+        keep = eng.reusable_prefix(len(cached), min(common_prefix(cached, history), len(history) - 1))
+        eng.truncate(keep, slot)
+        self._cached[slot] = cached = history[:keep]
+        logits = eng.forward(history[keep:], slot=slot)[-1]
+        cached.extend(history[keep:])
+        out: list[int] = []
+        while len(out) < k:
+            t = int(np.argmax(logits))
+            if self.p_min > 0.0 and _top_probability(logits) < self.p_min:
+                break
+            out.append(t)
+            if len(out) == k:
+                break
+            logits = eng.forward([t], slot=slot)[-1]
+            cached.append(t)
+        return out
+
+    def forget(self, slot: int = 0) -> None:
+        """The slot's cache no longer matches anything (a failed step)."""
+        self.engine.reset(slot)
+        self._cached[slot] = []
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _top_probability(logits: np.ndarray) -> float:
+    x = logits.astype(np.float64)
+    return float(1.0 / np.exp(x - x.max()).sum())
+
+
+# ---- the acceptance rule -----------------------------------------------------------------------
+def accept_or_replace(sampler: Sampler, logits: np.ndarray, history: Sequence[int], proposal: int) -> tuple[int, bool]:
+    """The target's token at a position where the drafter proposed `proposal` (a point mass):
+    (proposal, True) when kept, else (the target's own replacement, False). Greedy keeps it iff it
+    is the target's argmax; sampling keeps it with probability p(proposal) and otherwise draws from
+    p with the proposal removed, which leaves every emitted token distributed as p."""
+    ids, w = sampler.distribution(logits, history)
+    if sampler.temperature == 0.0:
+        t = int(ids[0])
+        return t, t == proposal
+    hit = np.flatnonzero(ids == proposal)
+    p = float(w[hit[0]] / w.sum()) if hit.size else 0.0
+    if p > 0.0 and sampler.rng.random() < p:
+        return proposal, True
+    if hit.size:
+        w = w.copy()
+        w[hit[0]] = 0.0
+    return sampler.draw(ids, w), False
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+@dataclass
+class SpecStats:
+    steps: int = 0            # verification passes
+    drafted: int = 0          # tokens proposed
+    accepted: int = 0         # proposals kept
+    emitted: int = 0          # tokens produced by verification passes (kept + the target's own)
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.emitted / self.steps if self.steps else 0.0
+
+    def summary(self) -> str:
+        return (f"speculative: {self.accepted}/{self.drafted} drafted tokens accepted "
+                f"({100 * self.acceptance:.0f} %), {self.tokens_per_step:.2f} tokens per verification")
+
+    def as_dict(self) -> dict:
+        return dict(draft_n=self.drafted, draft_n_accepted=self.accepted, verify_steps=self.steps,
+                    acceptance=round(self.acceptance, 4), tokens_per_step=round(self.tokens_per_step, 3))
+
+
+# ---- one step ----------------------------------------------------------------------------------
+class Speculator:
+    """Drives a target engine with a drafter: `step` turns one sampled token into that token's
+    verified continuation."""
+
+    def __init__(self, target: Engine, drafter: Drafter, draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0):
+        if not 1 <= draft_max <= MAX_DRAFT:
+            raise SpeculativeError(f"--draft-max must be in 1..{MAX_DRAFT}, got {draft_max}")
+        if not 0 <= draft_min <= draft_max:
+            raise SpeculativeError(f"--draft-min must be in 0..--draft-max ({draft_max}), got {draft_min}")
+        if target.ring_slack < draft_max:
+            raise SpeculativeError(f"the target's sliding rings hold {target.ring_slack} extra rows; "
+                                   f"drafting {draft_max} tokens ahead needs {draft_max} (load it with ring_slack)")
+        self.target, self.drafter = target, drafter
+        self.draft_max, self.draft_min = int(draft_max), int(draft_min)
+        self.stats = SpecStats()
+
+    def step(self, tok: int, history: list[int], sampler: Sampler, slot: int = 0, budget: int = 1 << 30) -> list[int]:
+        """`tok` is the last token of `history`, sampled but not yet in the target's cache. Feed it
+        with the drafter's proposals, keep what the target accepts and return the tokens that follow
+        `tok`: the accepted proposals, then the target's own next token (at least one token). The
+        cache then holds history + the accepted proposals (not the returned last token).
+        budget: at most this many tokens are wanted (no point drafting past max_tokens)."""
+        eng = self.target
+        pos = eng.position(slot)
+        room = min(self.draft_max, eng.ctx - pos - 1, budget - 1)
+        t0 = time.perf_counter()
+        proposals = self.drafter.propose(history, room, slot) if room >= max(1, self.draft_min) else []
+        proposals = proposals[:max(room, 0)]
+        if len(proposals) < self.draft_min:
+            proposals = []
+        t1 = time.perf_counter()
+        rows = eng.forward([tok] + proposals, all_logits=True, slot=slot)
+        t2 = time.perf_counter()
+        out: list[int] = []
+        seen = list(history)
+        for i, d in enumerate(proposals):
+            t, kept = accept_or_replace(sampler, rows[i], seen, d)
+            out.append(t)
+            seen.append(t)
+            if not kept:
+                break
+        else:
+            out.append(sampler.sample(rows[len(proposals)], seen))
+        eng.truncate(pos + len(out), slot)          # tok + the kept proposals stay cached
+        st = self.stats
+        st.draft_s += t1 - t0
+        st.verify_s += t2 - t1
+        if proposals:
+            st.steps += 1
+            st.drafted += len(proposals)
+            st.accepted += len(out) - 1
+            st.emitted += len(out)
+        return out
+
+    def close(self) -> None:
+        self.drafter.close()
+
+
+# ---- vocabularies --------------------------------------------------------------------------------
+def check_same_vocabulary(target, draft) -> None:
+    """Refuse a draft whose tokenizer differs from the target's, naming the first difference."""
+    if target.n_vocab != draft.n_vocab:
+        raise SpeculativeError(f"the draft model's vocabulary has {draft.n_vocab} tokens, the target's "
+                               f"{target.n_vocab}: a draft must share the target's vocabulary")
+    for name in ("bos_id", "eos_id", "eot_id"):
+        a, b = getattr(target, name), getattr(draft, name)
+        if a != b:
+            raise SpeculativeError(f"the draft model's {name.replace('_id', '')} token is {b}, the target's {a}")
+    for i, (a, b) in enumerate(zip(target.tokens, draft.tokens)):
+        if a != b:
+            raise SpeculativeError(f"the draft model's token {i} is {b!r}, the target's {a!r}: "
+                                   "a draft must share the target's vocabulary")
+    for i in range(target.n_vocab):
+        if target.is_eog(i) != draft.is_eog(i) or target.attr(i) != draft.attr(i):
+            raise SpeculativeError(f"token {i} ({target.tokens[i]!r}) is special in one vocabulary and "
+                                   "not the other")
+
+
+# ---- building one --------------------------------------------------------------------------------
+def check_draft_fits(path, ctx: int, backend: str, slots: int = 1) -> None:
+    """Refuse, before loading, a draft model whose weights and KV cache exceed the host RAM still
+    available (the native CPU and numpy backends; a GPU backend checks its own memory as it loads)."""
+    if backend not in ("cpu", "numpy"):
+        return
+    from .gguf_file import GGUFFile
+    from .memory_plan import available_ram, make_plan
+    from .model.config import load_config
+    from .model.graph import model_weight_specs
+    avail = available_ram()
+    if avail is None:
+        return
+    f = GGUFFile(path)
+    cfg = load_config(f)
+    specs, _ = model_weight_specs(cfg, f)
+    plan = make_plan(cfg, specs, ctx, kv_bytes=2 if backend == "cpu" else 4, check=False,
+                     device="CPU", model=f"draft model {f.path.name}")
+    need = plan.device_total + plan.kv_device * (slots - 1)
+    if need > avail:
+        raise SpeculativeError(f"the draft model {f.path.name} needs {need / 2**30:.2f} GiB at context {ctx} "
+                               f"but {avail / 2**30:.2f} GiB of RAM is available; use a smaller draft, "
+                               "--spec ngram, or a smaller --ctx")
+
+
+def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str | None = None,
+                      draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: str = "cpu",
+                      draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N,
+                      threads: int | None = None) -> Speculator:
+    """A Speculator for `target` from `--draft PATH` or `--spec ngram` (one of them)."""
+    if (draft is None) == (spec is None):
+        raise SpeculativeError("give a draft model (--draft) or --spec ngram, not both")
+    if spec is not None and spec != "ngram":
+        raise SpeculativeError(f"unknown --spec {spec!r} (ngram)")
+    if spec == "ngram":
+        return Speculator(target, NgramDrafter(ngram_n), draft_max, draft_min)
+    from .tokenizer import load_tokenizer
+    check_same_vocabulary(target_tokenizer, load_tokenizer(draft))
+    check_draft_fits(draft, target.ctx, draft_backend, target.slots)
+    opts = {"threads": threads} if threads and draft_backend == "cpu" else {}
+    eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max, **opts)
+    try:
+        return Speculator(target, ModelDrafter(eng, draft_p_min), draft_max, draft_min)
+    except BaseException:
+        eng.close()
+        raise
