@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .cli_generate import BACKENDS, THREADS_OPTION, placement, placement_options
+from .cli_generate import BACKENDS, THREADS_OPTION, placement, placement_options, speculation, speculative_options
 from .errors import G4rtError
 
 
@@ -33,6 +33,7 @@ class ServeError(G4rtError):
 @click.option("--ctx", type=click.IntRange(2), default=None, help="Context size per slot, in tokens.")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True)
 @placement_options
+@speculative_options
 @THREADS_OPTION
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Most seconds one request may take (it then ends with finish_reason 'length').")
@@ -66,13 +67,15 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, ti
                           truncate=truncate, timeout_s=timeout, queue=queue)
     state = ServerState(config, ServerMetrics(parallel))
 
+    spec = speculation(place)
+
     def loader():
         from .engine import CHAT_RING_SLACK
         from .generation import load
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
         m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel,
-                 ring_slack=CHAT_RING_SLACK, **placement(place))
+                 ring_slack=CHAT_RING_SLACK, **placement(place), **spec)
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
                    f"of {m.engine.ctx} tokens", err=True)
         return m

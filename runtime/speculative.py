@@ -189,6 +189,8 @@ class Speculator:
         self.target, self.drafter = target, drafter
         self.draft_max, self.draft_min = int(draft_max), int(draft_min)
         self.stats = SpecStats()
+        self.last_drafted = 0                       # proposals in the last step
+        self.last_logits: np.ndarray = np.zeros((0, 0), np.float32)   # its rows, one per returned token
 
     def step(self, tok: int, history: list[int], sampler: Sampler, slot: int = 0, budget: int = 1 << 30) -> list[int]:
         """`tok` is the last token of `history`, sampled but not yet in the target's cache. Feed it
@@ -218,6 +220,7 @@ class Speculator:
         else:
             out.append(sampler.sample(rows[len(proposals)], seen))
         eng.truncate(pos + len(out), slot)          # tok + the kept proposals stay cached
+        self.last_drafted, self.last_logits = len(proposals), rows
         st = self.stats
         st.draft_s += t1 - t0
         st.verify_s += t2 - t1

@@ -264,3 +264,47 @@ def test_cli_summary_reports_the_speculation():
     assert plain.returncode == 0 and spec.returncode == 0, spec.stderr
     assert spec.stdout == plain.stdout
     assert "speculative:" in spec.stderr and "tokens per verification" in spec.stderr
+
+
+# ---- the server ------------------------------------------------------------------------------------
+@NEED_FIXTURES
+@NEED_CC
+@pytest.mark.parametrize("spec_args", [["--spec", "ngram", "--draft-max", "4"],
+                                       ["--draft", str(MODELS / "g4-dense-untied-Q8_0.gguf"), "--draft-max", "6"]],
+                         ids=["ngram", "draft"])
+def test_server_with_speculation_answers_as_plain_decoding(tmp_path, spec_args):
+    """Greedy completions, streamed and not, with two slots busy at once: the same text as plain
+    in-process decoding, logprobs for every token, and llama-server's draft counts in `timings`."""
+    import threading
+
+    import httpx
+
+    from g4rt.generation import load
+    from server_util import ServerProcess
+    path = MODELS / "g4-dense-untied-F32.gguf"
+    prompts = ["one two three one two three one two", "a b c d a b c d a b"]
+    m = load(path, backend="cpu", ctx=256)
+    want = {p: m.tokenizer.decode(list(m.generate_ids(m.encode_prompt(p), 20))) for p in prompts}
+    m.close()
+    srv = ServerProcess(path, "--backend", "cpu", "--parallel", "2", "--ctx", "256", *spec_args,
+                        log_dir=tmp_path).wait_ready()
+    try:
+        got = {}
+
+        def ask(p):
+            r = httpx.post(srv.url + "/v1/completions", json={"prompt": p, "max_tokens": 20, "temperature": 0,
+                                                               "logprobs": 1}, timeout=120)
+            got[p] = r.json()
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for p in prompts:
+            body = got[p]
+            assert body["choices"][0]["text"] == want[p], body
+            assert len(body["choices"][0]["logprobs"]["tokens"]) == body["usage"]["completion_tokens"]
+            assert body["timings"]["draft_n"] >= body["timings"]["draft_n_accepted"] >= 0
+        assert any(got[p]["timings"]["draft_n"] > 0 for p in prompts)
+    finally:
+        assert srv.stop() == 0, srv.logs()

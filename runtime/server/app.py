@@ -70,7 +70,8 @@ class ServerState:
             self.base_model = False
         # Gemma 4's thinking channel is only parsed where the vocabulary has its markers
         self.thinking = model._think_ids[0] is not None and model._think_ids[1] is not None
-        self.scheduler = Scheduler(model.engine, model.tokenizer, self.config.queue, self.metrics)
+        self.scheduler = Scheduler(model.engine, model.tokenizer, self.config.queue, self.metrics,
+                                   speculator=getattr(model, "speculator", None))
         self.model = model
         if self.base_model:
             log.warning("g4rt serve: %s", BASE_MODEL_NOTICE)

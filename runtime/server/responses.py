@@ -25,6 +25,9 @@ def timings_body(u: dict, stop_reason: str) -> dict:
             "predicted_per_second", "time_to_first_token_ms", "slot")
     out = {k: u[k] for k in keys}
     out["cache_n"] = u["cached_tokens"]
+    for k in ("draft_n", "draft_n_accepted"):           # with a draft model or prompt lookup
+        if k in u:
+            out[k] = u[k]
     out["stop_reason"] = stop_reason
     return out
 

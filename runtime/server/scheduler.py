@@ -81,6 +81,9 @@ class Job:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: float = 0.0
+    next_tok: Optional[int] = None        # speculative: the target's token after the kept proposals
+    draft_n: int = 0
+    draft_accepted: int = 0
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -113,8 +116,9 @@ def token_logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
 class Scheduler:
     """Owns the engine on one worker thread; `submit` queues jobs from any thread."""
 
-    def __init__(self, engine, tokenizer, queue_limit: int = 64, metrics=None):
+    def __init__(self, engine, tokenizer, queue_limit: int = 64, metrics=None, speculator=None):
         self.engine, self.tokenizer = engine, tokenizer
+        self.speculator = speculator
         self.queue_limit = int(queue_limit)
         self.metrics = metrics
         self.slots = [Slot(i) for i in range(engine.slots)]
@@ -268,6 +272,8 @@ class Scheduler:
             "predicted_per_second": (max(job.generated - 1, 0) / job.decode_s) if job.decode_s > 0 else 0.0,
             "time_to_first_token_ms": job.first_token_s * 1e3, "slot": slot.index,
         }
+        if self.speculator is not None:      # llama-server's names
+            usage.update(draft_n=job.draft_n, draft_n_accepted=job.draft_accepted)
         if self.metrics is not None:
             self.metrics.record_generation(usage)
         self._end(slot, DoneEvent(finish_reason, stop_reason, usage))
@@ -295,31 +301,51 @@ class Scheduler:
             if job.pending:
                 return
         t0 = time.perf_counter()
-        tok = job.sampler.sample(job.logits, job.history)
+        tok, job.next_tok = (job.next_tok, None) if job.next_tok is not None else \
+            (job.sampler.sample(job.logits, job.history), None)
+        if self._emit(slot, tok, job.logits):
+            return
+        spec = self.speculator
+        try:
+            if spec is None:
+                job.logits = eng.forward([tok], slot=i)[-1]
+                slot.cached.append(tok)
+            else:
+                out = spec.step(tok, job.history, job.sampler, slot=i, budget=job.max_tokens - job.generated)
+                slot.cached = job.history + out[:-1]      # the cache: tok and the kept proposals
+                job.draft_n += spec.last_drafted
+                job.draft_accepted += len(out) - 1
+                rows = spec.last_logits
+                for t, row in zip(out[:-1], rows):
+                    if self._emit(slot, t, row):
+                        return
+                job.next_tok, job.logits = out[-1], rows[len(out) - 1]
+        except BaseException:
+            self._reset(slot)
+            raise
+        finally:
+            job.decode_s += time.perf_counter() - t0
+
+    def _emit(self, slot: Slot, tok: int, logits: np.ndarray) -> bool:
+        """Hand one decided token to the client; True when the job ended with it."""
+        job = slot.job
         if self.tokenizer.is_eog(tok):
             self._finish(slot, "stop", "eog")
-            return
+            return True
         job.generated += 1
         job.history.append(tok)
         if job.generated == 1:
             job.first_token_s = time.perf_counter() - job.submitted
-        lp = [token_logprobs(job.logits, tok, job.top_logprobs)] if job.top_logprobs is not None else []
+        lp = [token_logprobs(logits, tok, job.top_logprobs)] if job.top_logprobs is not None else []
         text, stopped = slot.stopper.push(slot.decoder.push(tok))
         if text or lp:
             self._send(job, TextEvent(text, lp))
         if stopped:
             self._finish(slot, "stop", "stop_string")
-            return
-        if job.generated >= job.max_tokens:
+        elif job.generated >= job.max_tokens:
             self._finish(slot, "length", "max_tokens")
-            return
-        if eng.position(i) >= eng.ctx:
+        elif len(job.history) - 1 >= self.engine.ctx:      # plain decoding has the rest cached by now
             self._finish(slot, "length", "context_full")
-            return
-        try:
-            job.logits = eng.forward([tok], slot=i)[-1]
-        except BaseException:
-            self._reset(slot)
-            raise
-        slot.cached.append(tok)
-        job.decode_s += time.perf_counter() - t0
+        else:
+            return False
+        return True
