@@ -25,7 +25,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from . import ops as O
-from .cli_generate import placement_options
+from .cli_generate import placement_options, speculative_options
 from .quant_types import block_geometry, row_bytes
 
 
@@ -302,11 +302,15 @@ def _cpu_threads() -> int:
 @click.option("--int8", "int8", is_flag=True,
               help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
 @placement_options
+@speculative_options
+@click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
+@click.option("--verify-cost", type=click.IntRange(1, 15), default=None, metavar="K",
+              help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  threads, int8, llama_bench, **place):
+                  threads, int8, llama_bench, text, verify_cost, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
     from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -324,9 +328,21 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
     if device is not None and backend not in ("cpu", "numpy"):
         opts["device"] = int(device) if str(device).isdigit() else device
     echo = None if as_json else click.echo
+    from .cli_generate import speculation
+    spec = speculation(place)
+    speculating = spec["draft"] is not None or spec["spec"] is not None
     try:
         if ops_mode:
             res = bench_ops(backend, opts, reps, only, echo)
+        elif verify_cost or speculating:
+            from .bench_speculative import bench_speculative, verify_costs
+            if model is None:
+                raise click.UsageError("MODEL is required")
+            res = {"model": str(model), "backend": backend}
+            if verify_cost:
+                res["verify_cost"] = verify_costs(model, backend, verify_cost, opts, reps=max(reps, 5), echo=echo)
+            if speculating:
+                res["speculative"] = bench_speculative(model, backend, n_gen, opts, spec, text, echo=echo)
         else:
             if model is None:
                 raise click.UsageError("MODEL is required (or pass --ops)")

@@ -62,3 +62,45 @@ def test_long_context_split_attention_is_row_exact(threads):
 def test_moe_batch_rows_equal_decode_steps():
     name = "g4-moe-Q4_K_M"
     _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 2, (2, ROW_EXACT_MAX))
+
+
+def _isas():
+    try:
+        from g4rt.backends.cpu.compiler import supported_isas
+        return supported_isas()
+    except Exception:                 # noqa: BLE001 - no compiler: the module skips anyway
+        return ["scalar"]
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
+def test_matmul_rows_equal_one_row_matmuls(qtype, isa):
+    """Every weight type, every code path the host runs: a matmul of n <= 16 rows gives each row
+    the bits of that row's one-row matmul (the multi-row kernels decode a block once for several
+    rows and must not change any row's arithmetic)."""
+    from gguf import GGMLQuantizationType as QT
+
+    from g4rt import ops as O
+    from g4rt.backends.cpu import CpuBackend
+    from op_cases import Case, random_weight, rng
+    qt = QT[qtype]
+    K = 512
+    n = 11
+    x = rng.standard_normal((n, K)).astype(np.float32)
+    raw = random_weight(qt, 37, K)
+
+    def run(rows):
+        c = Case(len(rows))
+        xi = c.input("x", x[rows])
+        w = c.src.add_raw("w", qt, raw, K)
+        c.ops.append(O.MatMul(c.buf("y", 37), xi, w))
+        be = CpuBackend(isa=isa, threads=2)
+        be.load_weights(c.src.specs, c.src)
+        be.allocate_caches({})
+        try:
+            return np.array(be.compile(c.graph("y")).run(np.arange(len(rows)), 0))
+        finally:
+            be.close()
+    together = run(list(range(n)))
+    for r in range(n):
+        np.testing.assert_array_equal(together[r], run([r])[0], err_msg=f"{qtype} row {r}")

@@ -179,6 +179,9 @@ void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_
 size_t g4_matvec_scratch(const g4_cmd *c);
 void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws);
 void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1);
+/* The same for R rows at once, each row's result bit for bit g4_matvec's (weights decoded once). */
+void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
+                    int64_t o0, int64_t o1);
 
 /* Element-wise and the rest (ops.c). */
 void g4_k_embed(const g4_cmd *c, g4_exec *ex, int ith, int nth);

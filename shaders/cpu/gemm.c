@@ -291,7 +291,7 @@ static size_t matvec_ws(const g4_cmd *c) { return G4_ALIGN64(g4_matvec_scratch(c
  * 1 (F32) .. 8 (Q4_0, Q8_0) rows; from there to 16 rows it costs prefill some speed for exactness. */
 static int use_matvec(const g4_cmd *c) {
 #ifdef G4_GEMM_MATVEC_ROWS
-    return c->rows <= G4_GEMM_MATVEC_ROWS;     /* tests: the tiled path from this many rows on */
+    return c->rows <= G4_GEMM_MATVEC_ROWS && c->rows <= G4_ROW_EXACT_MAX;   /* tests: tiled from here */
 #else
     return c->rows <= G4_ROW_EXACT_MAX;
 #endif
@@ -304,11 +304,20 @@ size_t g4_matmul_scratch(const g4_cmd *c, int nth) {
 }
 
 static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
+    /* rows <= G4_ROW_EXACT_MAX here (use_matvec), or the G4_GEMM_MATVEC_ROWS test override */
     const int64_t K = c->in_cols, N = c->cols;
     const int rows = c->rows;
     uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
     const size_t mw = matvec_ws(c);
-    for (int r = 0; r < rows; r++) g4_matvec_prepare(c, c->a + r * K, ws + r * mw);
+    const float *xs[G4_ROW_EXACT_MAX];
+    void *wss[G4_ROW_EXACT_MAX];
+    float *ys[G4_ROW_EXACT_MAX];
+    for (int r = 0; r < rows; r++) {
+        g4_matvec_prepare(c, c->a + r * K, ws + r * mw);
+        xs[r] = c->a + r * K;
+        wss[r] = ws + r * mw;
+        ys[r] = c->out + r * N;
+    }
     /* chunks of 16..64 features, ~8 per thread at least */
     int64_t cs = N / (8 * (int64_t)nth);
     cs = cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
@@ -316,7 +325,7 @@ static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
         int64_t o0 = g4_chunk(ex) * cs;
         if (o0 >= N) break;
         int64_t o1 = o0 + cs < N ? o0 + cs : N;
-        for (int r = 0; r < rows; r++) g4_matvec(c, c->a + r * K, ws + r * mw, c->out + r * N, o0, o1);
+        g4_matvec_rows(c, rows, xs, wss, ys, o0, o1);
     }
 }
 

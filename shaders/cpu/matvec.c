@@ -144,6 +144,8 @@ static inline __m128i k4_unpack_v(const uint8_t *scales) {
 }
 #endif
 
+#define G4_AI_MV static inline __attribute__((always_inline))
+
 #if defined(__GNUC__) && !defined(__clang__)
 #define G4_PRAGMA(x) _Pragma(#x)
 #define G4_UNROLL(n) G4_PRAGMA(GCC unroll n)
@@ -391,6 +393,173 @@ static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
 }
 
 /* ======================================================================================= */
+
+/* Several activation rows against the same weight rows (row-exact batches, speculative
+ * verification): a block's codes are decoded once and applied to up to ROWS_G rows, each row
+ * through exactly the operations of its one-row kernel above (same accumulators, same order), so
+ * every row's result is bit for bit the one-row result. */
+#define ROWS_G 8
+
+G4_AI_MV void q8_0_rows_t(const int R, const uint8_t *w, const float *const *x, int64_t nb, float *out) {
+    __m512 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+#define Q8R(p, bo, acc) do { \
+        const __m512 q0_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 2)))); \
+        const __m512 q1_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 18)))); \
+        const __m512 d_ = _mm512_set1_ps(HT(p)); \
+        for (int r = 0; r < R; r++) { \
+            const float *xb_ = x[r] + (bo); \
+            const __m512 s_ = _mm512_fmadd_ps(q1_, _mm512_loadu_ps(xb_ + 16), _mm512_mul_ps(q0_, _mm512_loadu_ps(xb_))); \
+            acc[r] = _mm512_fmadd_ps(s_, d_, acc[r]); \
+        } } while (0)
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *p = w + b * 34;
+        PF(p); PF(p + 64);
+        Q8R(p, b * QK, a0);
+        Q8R(p + 34, b * QK + QK, a1);
+    }
+    if (b < nb) Q8R(w + b * 34, b * QK, a0);
+#undef Q8R
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(a0[r], a1[r]));
+}
+
+/* Q4_1 / Q5_0 / Q5_1: the decoded weights w0, w1 are shared; each row adds two FMAs. */
+G4_AI_MV void nib_rows_t(const int R, const uint8_t *w, const float *const *x, int64_t nb, float *out,
+                         int bs, int qo, int ho, int mo, float off) {
+    const __m512 tbl = _mm512_add_ps(TBL_0_15, _mm512_set1_ps(-off));
+    __m512 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * bs;
+        PF(p);
+        const __m512 d = _mm512_set1_ps(HT(p));
+        const __m512 t = mo ? _mm512_fmadd_ps(tbl, d, _mm512_set1_ps(HT(p + mo))) : _mm512_mul_ps(tbl, d);
+        const __m512i v = zx16(p + qo);
+        __m512 w0 = _mm512_permutexvar_ps(v, t), w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t);
+        if (ho) {
+            const uint32_t qh = rd32(p + ho);
+            const __m512 d16 = _mm512_mul_ps(d, _mm512_set1_ps(16.0f));
+            w0 = _mm512_mask_add_ps(w0, (__mmask16)(qh & 0xffffu), w0, d16);
+            w1 = _mm512_mask_add_ps(w1, (__mmask16)(qh >> 16), w1, d16);
+        }
+        for (int r = 0; r < R; r++) {
+            const float *xb = x[r] + b * QK;
+            a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), a0[r]);
+            a1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(a0[r], a1[r]));
+}
+
+/* Q4_K / Q5_K: codes and scales shared, the mins term per row (in super-block order, as above). */
+G4_AI_MV void k45_rows_t(const int R, const uint8_t *w, const float *const *x, const float *const *sx,
+                         int64_t nsb, float *out, int five) {
+    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 c16 = _mm512_set1_ps(16.0f);
+    const int bs = five ? 176 : 144, qo = five ? 48 : 16;
+    __m512 a0[ROWS_G], a1[ROWS_G], am[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = am[r] = _mm512_setzero_ps();
+    float s[16] __attribute__((aligned(64)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * bs, *qs = blk + qo;
+        PF(blk); PF(blk + 64); PF(blk + 128);
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_unpack_v(blk + 4)));
+        _mm512_store_ps(s, _mm512_mul_ps(f, _mm512_set1_ps(HT(blk))));
+        const __m512 dmin = _mm512_set1_ps(HT(blk + 2));
+        for (int r = 0; r < R; r++)
+            am[r] = _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_maskz_loadu_ps(0x00ff, sx[r] + i * 8)), dmin, am[r]);
+        __m256i vh = _mm256_setzero_si256();
+        if (five) vh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *q = qs + j * 32;
+            const __m512i v0 = zx16(q), v1 = zx16(q + 16);
+            __m512 l0 = _mm512_permutexvar_ps(v0, tbl), l1 = _mm512_permutexvar_ps(v1, tbl);
+            __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4));
+            if (five) {
+                const __mmask32 ml = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j))));
+                const __mmask32 mh = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
+                l0 = _mm512_mask_add_ps(l0, (__mmask16)ml, l0, c16);
+                l1 = _mm512_mask_add_ps(l1, (__mmask16)(ml >> 16), l1, c16);
+                h0 = _mm512_mask_add_ps(h0, (__mmask16)mh, h0, c16);
+                h1 = _mm512_mask_add_ps(h1, (__mmask16)(mh >> 16), h1, c16);
+            }
+            const __m512 s0 = _mm512_set1_ps(s[8 + 2 * j]), s1 = _mm512_set1_ps(s[8 + 2 * j + 1]);
+            for (int r = 0; r < R; r++) {
+                const float *xj = x[r] + i * QKK + j * 64;
+                const __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xj + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xj)));
+                const __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xj + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xj + 32)));
+                a0[r] = _mm512_fmadd_ps(sl, s0, a0[r]);
+                a1[r] = _mm512_fmadd_ps(sh, s1, a1[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_sub_ps(_mm512_add_ps(a0[r], a1[r]), am[r]));
+}
+
+/* Q6_K: the codes of a half assembled once (as dot_q6_k), the products per row. */
+G4_AI_MV void q6_k_rows_t(const int R, const uint8_t *w, const float *const *x, int64_t nsb, float *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
+    const __m512i shv = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    __m512 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+    float s[16] __attribute__((aligned(64)));
+    int8_t qb[128] __attribute__((aligned(64)));
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        PF(blk); PF(blk + 64); PF(blk + 128); PF(blk + 192);
+        _mm512_store_ps(s, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128((const __m128i *)(blk + 192)))), _mm512_set1_ps(HT(blk + 208))));
+        for (int h = 0; h < 2; h++) {
+            const __m512i L = _mm512_loadu_si512((const void *)(ql + 64 * h));
+            const __m512i H = _mm512_srlv_epi16(
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qh + 32 * h))), shv);
+            _mm512_store_si512((void *)qb, _mm512_sub_epi8(_mm512_ternarylogic_epi32(
+                _mm512_and_si512(L, m4), _mm512_slli_epi16(H, 4), m30, 0xF8), c32));
+            _mm512_store_si512((void *)(qb + 64), _mm512_sub_epi8(_mm512_ternarylogic_epi32(
+                _mm512_and_si512(_mm512_srli_epi16(L, 4), m4), H, m30, 0xF8), c32));
+            const float *sh = s + 8 * h;
+            for (int g = 0; g < 8; g += 2) {
+                const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(qb + 16 * g))));
+                const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(qb + 16 * g + 16))));
+                const __m512 s0 = _mm512_set1_ps(sh[g]), s1 = _mm512_set1_ps(sh[g + 1]);
+                for (int r = 0; r < R; r++) {
+                    const float *xh = x[r] + i * QKK + 128 * h;
+                    a0[r] = _mm512_fmadd_ps(_mm512_mul_ps(q0, _mm512_loadu_ps(xh + 16 * g)), s0, a0[r]);
+                    a1[r] = _mm512_fmadd_ps(_mm512_mul_ps(q1, _mm512_loadu_ps(xh + 16 * g + 16)), s1, a1[r]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(a0[r], a1[r]));
+}
+
+G4_AI_MV void q4_0_rows_t(const int R, const uint8_t *w, const float *const *xq, int64_t nb, float *out) {
+    const __m512 id = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm512_setzero_ps();
+#define Q40R(p, bo, acc) do { \
+        const __m512i v_ = zx16((p) + 2); \
+        const __m512 lo_ = _mm512_permutexvar_ps(v_, id), by_ = _mm512_cvtepi32_ps(v_); \
+        const __m512 d_ = _mm512_set1_ps(HT(p)); \
+        for (int r = 0; r < R; r++) { \
+            const float *xb_ = xq[r] + (bo); \
+            const __m512 s_ = _mm512_fmadd_ps(lo_, _mm512_loadu_ps(xb_), \
+                _mm512_fmadd_ps(by_, _mm512_loadu_ps(xb_ + 16), _mm512_loadu_ps(xb_ + 32))); \
+            acc[r] = _mm512_fmadd_ps(s_, d_, acc[r]); \
+        } } while (0)
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const uint8_t *p = w + b * 18;
+        PF(p);
+        Q40R(p, b * 48, a0);
+        Q40R(p + 18, b * 48 + 48, a1);
+    }
+    if (b < nb) Q40R(w + b * 18, b * 48, a0);
+#undef Q40R
+    for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(a0[r], a1[r]));
+}
+
 #elif defined(G4_AVX2)
 
 static inline float hsum8(__m256 v) {
@@ -673,6 +842,56 @@ static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
 }
 
 /* ======================================================================================= */
+
+/* Several activation rows against the same weight rows: see the AVX-512 section. */
+#define ROWS_G 4
+
+G4_AI_MV void q8_0_rows_t(const int R, const uint8_t *w, const float *const *x, int64_t nb, float *out) {
+    __m256 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 34, *q = p + 2;
+        PF(p);
+        const __m256 c0 = _mm256_cvtepi32_ps(sx8(q)), c1 = _mm256_cvtepi32_ps(sx8(q + 8));
+        const __m256 c2 = _mm256_cvtepi32_ps(sx8(q + 16)), c3 = _mm256_cvtepi32_ps(sx8(q + 24));
+        const __m256 d = _mm256_broadcast_ss(&HT(p));
+        for (int r = 0; r < R; r++) {
+            const float *xb = x[r] + b * QK;
+            __m256 s0 = _mm256_mul_ps(c0, _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(c1, _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb + 24), s1);
+            a0[r] = _mm256_fmadd_ps(s0, d, a0[r]);
+            a1[r] = _mm256_fmadd_ps(s1, d, a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
+}
+
+G4_AI_MV void q4_0_rows_t(const int R, const uint8_t *w, const float *const *xq, int64_t nb, float *out) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256 a0[ROWS_G], a1[ROWS_G];
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 18;
+        PF(p);
+        const __m256i va = zx8(p + 2), vb = zx8(p + 10);
+        const __m256 ca = _mm256_cvtepi32_ps(va), cb = _mm256_cvtepi32_ps(vb);
+        const __m256 la = _mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), lb = _mm256_cvtepi32_ps(_mm256_and_si256(vb, m4));
+        const __m256 d = _mm256_broadcast_ss(&HT(p));
+        for (int r = 0; r < R; r++) {
+            const float *xb = xq[r] + b * 48;
+            __m256 s0 = _mm256_fmadd_ps(ca, _mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 32));
+            __m256 s1 = _mm256_fmadd_ps(cb, _mm256_loadu_ps(xb + 24), _mm256_loadu_ps(xb + 40));
+            s0 = _mm256_fmadd_ps(la, _mm256_loadu_ps(xb), s0);
+            s1 = _mm256_fmadd_ps(lb, _mm256_loadu_ps(xb + 8), s1);
+            a0[r] = _mm256_fmadd_ps(s0, d, a0[r]);
+            a1[r] = _mm256_fmadd_ps(s1, d, a1[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
+}
+
 #else /* portable C */
 
 static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
@@ -896,4 +1115,73 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
     case G4_Q6_K: for (o = o0; o < o1; o++) y[o] = dot_q6_k(W + o * rb, x, nsb); break;
     default: break;
     }
+}
+
+/* R activation rows against W rows [o0, o1): y[r][o] = W[o] . x[r], each bit for bit what
+ * g4_matvec gives that row alone; Q8_0 and Q4_0 (SIMD builds) decode each block once for up to
+ * ROWS_G rows, other types run g4_matvec per row. ws[r]: row r's g4_matvec_prepare scratch. */
+#if defined(G4_AVX2)
+/* the row count as a constant, so that each case unrolls its row loop */
+#if ROWS_G > 4
+#define ROWS_SWITCH(CALL) switch (g) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+    case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; case 7: CALL(7); break; \
+    default: CALL(8); break; }
+#else
+#define ROWS_SWITCH(CALL) switch (g) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
+    default: CALL(4); break; }
+#endif
+#define CALL_Q8_0(n) q8_0_rows_t(n, wo, xs, nb, v)
+#define CALL_Q4_0(n) q4_0_rows_t(n, wo, xs, nb, v)
+#define CALL_Q4_1(n) nib_rows_t(n, wo, xs, nb, v, 20, 4, 0, 2, 0.0f)
+#define CALL_Q5_0(n) nib_rows_t(n, wo, xs, nb, v, 22, 6, 2, 0, 16.0f)
+#define CALL_Q5_1(n) nib_rows_t(n, wo, xs, nb, v, 24, 8, 4, 2, 0.0f)
+#define CALL_Q4_K(n) k45_rows_t(n, wo, xs, ss, nsb, v, 0)
+#define CALL_Q5_K(n) k45_rows_t(n, wo, xs, ss, nsb, v, 1)
+#define CALL_Q6_K(n) q6_k_rows_t(n, wo, xs, nsb, v)
+#endif
+
+void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
+                    int64_t o0, int64_t o1) {
+#if defined(G4_AVX2)
+    const uint8_t *W = (const uint8_t *)c->w;
+    const int64_t rb = c->w_row_bytes, nb = c->in_cols / QK, nsb = c->in_cols / QKK;
+    const int qt = c->qtype;
+    int fused = qt == G4_Q8_0 || qt == G4_Q4_0;
+#if defined(G4_AVX512)
+    fused = fused || qt == G4_Q4_1 || qt == G4_Q5_0 || qt == G4_Q5_1 || qt == G4_Q4_K || qt == G4_Q5_K
+            || qt == G4_Q6_K;
+#endif
+    if (R > 1 && fused) {
+        f16tab_init();
+        for (int r0 = 0; r0 < R; r0 += ROWS_G) {
+            const int g = R - r0 < ROWS_G ? R - r0 : ROWS_G;
+            const float *xs[ROWS_G], *ss[ROWS_G];
+            for (int r = 0; r < g; r++) {
+                xs[r] = qt == G4_Q4_0 ? (const float *)ws[r0 + r] : x[r0 + r];
+                ss[r] = (const float *)ws[r0 + r];
+            }
+            (void)ss;
+            for (int64_t o = o0; o < o1; o++) {
+                const uint8_t *wo = W + o * rb;
+                float v[ROWS_G];
+                switch (qt) {
+                case G4_Q8_0: ROWS_SWITCH(CALL_Q8_0) break;
+                case G4_Q4_0: ROWS_SWITCH(CALL_Q4_0) break;
+#if defined(G4_AVX512)
+                case G4_Q4_1: ROWS_SWITCH(CALL_Q4_1) break;
+                case G4_Q5_0: ROWS_SWITCH(CALL_Q5_0) break;
+                case G4_Q5_1: ROWS_SWITCH(CALL_Q5_1) break;
+                case G4_Q4_K: ROWS_SWITCH(CALL_Q4_K) break;
+                case G4_Q5_K: ROWS_SWITCH(CALL_Q5_K) break;
+                case G4_Q6_K: ROWS_SWITCH(CALL_Q6_K) break;
+#endif
+                default: break;
+                }
+                for (int r = 0; r < g; r++) y[r0 + r][o] = v[r];
+            }
+        }
+        return;
+    }
+#endif
+    for (int r = 0; r < R; r++) g4_matvec(c, x[r], ws[r], y[r], o0, o1);
 }
