@@ -75,10 +75,13 @@ def all_variants() -> list[Variant]:
         out.append(variant("matvec", QTYPE=qid, NTOK=8))
         out.append(variant("matmul", QTYPE=qid))
         out.append(variant("matmul_rows", QTYPE=qid, NTOK=1))
+        out.append(variant("matmul_rows", QTYPE=qid, NTOK=8))
         out.append(variant("matmul_tokens", QTYPE=qid))
         out.append(variant("moe_matvec", QTYPE=qid))
     for kv in (True, False):
         out.append(variant("attention", KV_F16=True) if kv else variant("attention"))
+        if kv:
+            out.append(variant("attention", KV_F16=True, ROUND_BATCH=True))
         out.append(variant("attention_rows", KV_F16=True) if kv else variant("attention_rows"))
         out.append(variant("kv_store", KV_F16=True) if kv else variant("kv_store"))
     for name in ("rmsnorm", "rope", "gelu_mul", "gelu", "add", "mul", "scale", "softcap", "slice", "copy",

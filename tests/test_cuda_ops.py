@@ -317,7 +317,7 @@ def test_matvec_long_rows_many_tiles(qtype):
 
 @pytest.mark.parametrize("qtype", [QT.F32, QT.F16, QT.BF16], ids=lambda t: t.name)
 @pytest.mark.parametrize("cols", [100, 98, 33])
-@pytest.mark.parametrize("n", [1, 9])
+@pytest.mark.parametrize("n", [1, 9, 20])
 def test_matmul_float_types_odd_widths(qtype, cols, n):
     # widths that are not a multiple of 32 (partial groups) or of 4 (unaligned activation rows)
     check_matmul(_cuda, qtype, n, rows=11, cols=cols)

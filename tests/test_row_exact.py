@@ -1,4 +1,4 @@
-"""Row-exact small batches on the native CPU backend: a batch of up to G4_ROW_EXACT_MAX (16) rows
+"""Row-exact small batches on the native CPU backend (and the numpy reference): a batch of up to G4_ROW_EXACT_MAX (16) rows
 gives every row the very bits a one-row decode step gives it. Speculative verification and
 several sequences decoded together rest on this: they reproduce plain greedy decoding token for
 token only if a row's logits do not depend on what else is in its batch."""
@@ -18,7 +18,7 @@ MOE = FIXTURES.parent / "fixtures-moe"
 ROW_EXACT_MAX = 16
 
 
-def _case(path, ref, start, kv_dtype, threads, sizes):
+def _case(path, ref, start, kv_dtype, threads, sizes, backend="cpu"):
     from g4rt.engine import Engine
     if not path.is_file():
         pytest.skip(f"{path} is absent")
@@ -26,8 +26,14 @@ def _case(path, ref, start, kv_dtype, threads, sizes):
     ids = max((r[k] for k in r.files if k.startswith("ids")), key=len)
     start = min(start, len(ids) - ROW_EXACT_MAX)
     # ring slack: moving back over a wrapped sliding window must be exact (Engine.reusable_prefix)
-    e = Engine(path, backend="cpu", ctx=len(ids) + 8, kv_dtype=kv_dtype, ring_slack=ROW_EXACT_MAX,
-               threads=threads)
+    if backend == "cuda-sim":
+        from test_cuda_sim import sim
+        e = Engine(path, backend=sim(kv_dtype), ctx=len(ids) + 8, ring_slack=ROW_EXACT_MAX)
+    else:
+        opts = {"threads": threads} if backend == "cpu" else {}
+        if backend.startswith("vulkan"):
+            backend, opts = "vulkan", {"kernels": backend.split(":")[1]}
+        e = Engine(path, backend=backend, ctx=len(ids) + 8, kv_dtype=kv_dtype, ring_slack=ROW_EXACT_MAX, **opts)
     try:
         e.forward(ids[:start])
         p = e.pos
@@ -59,9 +65,35 @@ def test_long_context_split_attention_is_row_exact(threads):
           threads, (3, ROW_EXACT_MAX))
 
 
+@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32"])
+@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
+def test_numpy_reference_is_row_exact_too(name, kv_dtype):
+    _case(FIXTURES / "models" / f"{name}.gguf", FIXTURES / "ref" / f"{name}.exact.npz", 40, kv_dtype, 1,
+          (2, 9, ROW_EXACT_MAX), backend="numpy")
+
+
+def _gpu_backends():
+    from conftest import vulkan_skip_reason
+    from g4rt.backends.cuda.simulator import sim_available
+    vk = pytest.mark.skipif(vulkan_skip_reason() is not None, reason=str(vulkan_skip_reason()))
+    ok, why = sim_available()
+    return [pytest.param("vulkan:cpu", marks=vk), pytest.param("vulkan:gpu", marks=vk),
+            pytest.param("cuda-sim", marks=pytest.mark.skipif(not ok, reason=str(why)))]
+
+
+@pytest.mark.parametrize("backend", _gpu_backends())
+@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure"])
+@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
+def test_gpu_backends_are_row_exact_too(backend, name, kv_dtype):
+    """Vulkan (both kernel sets, on lavapipe) and the CUDA kernels (on the simulator)."""
+    _case(FIXTURES / "models" / f"{name}.gguf", FIXTURES / "ref" / f"{name}.exact.npz", 40, kv_dtype, 1,
+          (2, 9, ROW_EXACT_MAX), backend=backend)
+
+
 def test_moe_batch_rows_equal_decode_steps():
     name = "g4-moe-Q4_K_M"
     _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 2, (2, ROW_EXACT_MAX))
+    _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 1, (3,), backend="numpy")
 
 
 def _isas():

@@ -29,13 +29,31 @@ def _prompt(name, i=3, n=None, long=False):
 
 def _greedy(path, ids, n, backend="cpu", **spec):
     from g4rt.generation import GenerationStats, load
-    m = load(path, backend=backend, ctx=len(ids) + n + 24, **spec)
+    if backend == "cuda-sim":           # the CUDA kernels on the CPU simulator, through the engine
+        m = _load_sim(path, len(ids) + n + 24, **spec)
+    else:
+        m = load(path, backend=backend, ctx=len(ids) + n + 24, **spec)
     try:
         st = GenerationStats()
         out = list(m.generate_ids(ids, n, stats=st))
         return out, st
     finally:
         m.close()
+
+
+def _load_sim(path, ctx, **spec):
+    from g4rt.engine import Engine
+    from g4rt.generation import Model
+    from g4rt.speculative import create_speculator
+    from g4rt.tokenizer import load_tokenizer
+    from test_cuda_sim import sim
+    k = spec.get("draft_max", 8)
+    e = Engine(path, backend=sim(), ctx=ctx, ring_slack=k)
+    sp = None
+    if spec:
+        sp = create_speculator(e, load_tokenizer(e.file), draft=spec.get("draft"), spec=spec.get("spec"),
+                               draft_max=k, draft_backend="numpy")
+    return Model(e, "cuda simulator", sp)
 
 
 # ---- greedy identity ---------------------------------------------------------------------------
@@ -66,6 +84,41 @@ def test_greedy_identity_on_every_fixture(name):
         got, st = _greedy(path, ids, 32, **spec)
         assert got == plain, (spec, st.speculative)
         assert st.speculative.steps > 0
+
+
+def _other_backends():
+    from conftest import vulkan_skip_reason
+    from g4rt.backends.cuda.simulator import sim_available
+    ok, why = sim_available()
+    return ["numpy",
+            pytest.param("vulkan", marks=pytest.mark.skipif(vulkan_skip_reason() is not None,
+                                                            reason=str(vulkan_skip_reason()))),
+            pytest.param("cuda-sim", marks=pytest.mark.skipif(not ok, reason=str(why)))]
+
+
+@NEED_FIXTURES
+@pytest.mark.parametrize("name", ALL)
+def test_greedy_identity_on_every_fixture_with_the_numpy_reference(name):
+    path = MODELS / f"{name}.gguf"
+    ids = _prompt(name)
+    plain, _ = _greedy(path, ids, 24, "numpy")
+    got, st = _greedy(path, ids, 24, "numpy", draft=_family_draft(name), draft_max=8)
+    assert got == plain, st.speculative
+
+
+@NEED_FIXTURES
+@pytest.mark.parametrize("backend", _other_backends()[1:])
+@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32"])
+def test_greedy_identity_on_the_gpu_backends(backend, name):
+    """Vulkan (lavapipe) and the CUDA kernels (simulator) are row-exact too: speculative output
+    equals their own plain greedy output (K = 4, a same-family draft)."""
+    path = MODELS / f"{name}.gguf"
+    ids = _prompt(name)
+    n = 12 if backend == "cuda-sim" else 24
+    plain, _ = _greedy(path, ids, n, backend)
+    got, st = _greedy(path, ids, n, backend, draft=_family_draft(name), draft_max=4)
+    assert got == plain, st.speculative
+    assert st.speculative.steps > 0
 
 
 @NEED_FIXTURES

@@ -12,6 +12,9 @@
 // the 32 lanes); then the 4 warps are merged and the block writes (m, l, acc[0..D)) to `part`.
 // attn_combine: grid (n_head, n_rows) merges the n_split partial results of each query head.
 // fp32 scores, expf softmax, fp32 accumulation.
+// round_batch (row-exact small batches, with an f16 cache): the batch's rows before the query's
+// own are read rounded to half, as a one-row decode step reads them from the cache; with the
+// decode step's n_split each row then gets a decode step's bits.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -19,13 +22,14 @@
 
 __device__ __forceinline__ float ld_kv(const float* p, int i) { return p[i]; }
 __device__ __forceinline__ float ld_kv(const u16* p, int i) { return f16_to_f32(p[i]); }
+__device__ __forceinline__ float as_cached(float x, bool round) { return round ? f16_to_f32(f32_to_f16(x)) : x; }
 
 template <typename KV, int DPL>
 __device__ __forceinline__ void attn_partial_impl(
         const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
         const KV* __restrict__ ck, const KV* __restrict__ cv, float* __restrict__ part,
         const int* __restrict__ params, int n_head, int n_kv_head, int D, int window, int ring,
-        float scale, int n_split) {
+        float scale, int n_split, int round_batch) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][DPL * 32];
     const float NEG_INF = __int_as_float(0xff800000);
@@ -61,10 +65,11 @@ __device__ __forceinline__ void attn_partial_impl(
             if (kp < c1) {
                 if (kp >= pos0) {
                     const float* kr = k + (size_t)(kp - pos0) * kvstride + kvh * D;
+                    const bool rnd = round_batch && kp < p;
 #pragma unroll
                     for (int i = 0; i < DPL; i++) {
                         const int d = lane + 32 * i;
-                        if (d < D) dot += qv[i] * kr[d];
+                        if (d < D) dot += qv[i] * as_cached(kr[d], rnd);
                     }
                 } else {
                     const KV* kr = ck + (size_t)(kp % ring) * kvstride + kvh * D;
@@ -96,10 +101,11 @@ __device__ __forceinline__ void attn_partial_impl(
             l += pe;
             if (kp >= pos0) {
                 const float* vr = v + (size_t)(kp - pos0) * kvstride + kvh * D;
+                const bool rnd = round_batch && kp < p;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
                     const int d = lane + 32 * i;
-                    if (d < D) acc[i] += pe * vr[d];
+                    if (d < D) acc[i] += pe * as_cached(vr[d], rnd);
                 }
             } else {
                 const KV* vr = cv + (size_t)(kp % ring) * kvstride + kvh * D;
@@ -154,9 +160,9 @@ __device__ __forceinline__ void attn_partial_impl(
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attn_partial_##name(            \
             const float* q, const float* k, const float* v, const KV* ck, const KV* cv,         \
             float* part, const int* params, int n_head, int n_kv_head, int D, int window,       \
-            int ring, float scale, int n_split) {                                               \
+            int ring, float scale, int n_split, int round_batch) {                              \
         attn_partial_impl<KV, DPL>(q, k, v, ck, cv, part, params, n_head, n_kv_head, D, window, \
-                                   ring, scale, n_split);                                       \
+                                   ring, scale, n_split, round_batch);                          \
     }
 // name: cache type and the largest head dimension served (DPL = D / 32 per lane)
 G4RT_ATTN(f16_d64, u16, 2)

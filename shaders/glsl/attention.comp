@@ -7,6 +7,9 @@
 // D/8 + 2*WG/8 loop iterations, which keeps a 8K-token context far below llvmpipe's 65535-iteration
 // loop limit (see common.glsl); the runtime refuses spans where it would not.
 // Define KV_F16: the caches hold IEEE halfs packed two per 32-bit word (else f32).
+// Define ROUND_BATCH (row-exact small batches, with KV_F16): the batch's rows before the query's
+// own are read rounded to half, as a decode step reads them from the cache, so that every row of
+// the batch gets the bits a one-row decode step would.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #define WG 64
@@ -31,6 +34,12 @@ layout(push_constant) uniform PC {
     uint ck_off, cv_off;   // word offsets of the caches in their buffers
 } pc;
 #include "common.glsl"
+
+#ifdef ROUND_BATCH
+float as_cached(float x, uint kp, uint p) { return kp < p ? unpackHalf2x16(packHalf2x16(vec2(x, 0.0))).x : x; }
+#else
+float as_cached(float x, uint kp, uint p) { return x; }
+#endif
 
 shared float q_s[MAXD];
 shared float p_s[WG];
@@ -81,7 +90,7 @@ void main() {
                 if (kp >= pos0) {
                     uint kb = pc.k_off + (kp - pos0) * pc.k_stride + kvh * D;
                     for (uint d = 0u; d < D; d += 8u) {
-                        [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * ks[kb + d + u];
+                        [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * as_cached(ks[kb + d + u], kp, p);
                     }
                 } else {
                     uint slot = kp % pc.ring;
@@ -112,13 +121,13 @@ void main() {
                 for (; i + 8u <= nb; i += 8u) {
                     [[unroll]] for (uint u = 0u; u < 8u; u++) {
                         uint vp = first + k0 + i + u;
-                        a += p_s[i + u] * (vp >= pos0 ? vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d]
+                        a += p_s[i + u] * (vp >= pos0 ? as_cached(vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
                                                        : cache_v(vp % pc.ring, kvh * D + d));
                     }
                 }
                 for (; i < nb; i++) {
                     uint vp = first + k0 + i;
-                    a += p_s[i] * (vp >= pos0 ? vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d]
+                    a += p_s[i] * (vp >= pos0 ? as_cached(vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
                                               : cache_v(vp % pc.ring, kvh * D + d));
                 }
                 acc[j] = a;

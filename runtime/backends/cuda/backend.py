@@ -543,6 +543,13 @@ class CudaBackend(Backend):
         return plan_memory(graph, graph.caches, self.kv_dtype, self.free_bytes(), batch, sm_count=self.sm_count)
 
 
+def _rows(ref: tuple, row0: int, cols: int) -> tuple:
+    """An arena reference moved down `row0` rows of `cols` floats."""
+    if ref[0] != "A":
+        raise G4rtError("a row offset needs an activation buffer")
+    return ("A", ref[1] + row0 * cols * 4)
+
+
 class CudaGraph(CompiledGraph):
     """One graph lowered to kernel launches; recorded as a CUDA graph on its first run."""
 
@@ -703,9 +710,13 @@ class CudaGraph(CompiledGraph):
                 q, ds = self._quantized(op.x, x, R, Kc, L)
                 L.append(_Launch(K.typed_kernel("matvec8", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
                                  K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, q, ds, dst, Oc, Kc, R]))
-            elif R <= K.MV_MAXN:
-                L.append(_Launch(K.typed_kernel("matvec", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
-                                 K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, x, dst, Oc, Kc, R]))
+            elif R <= K.ROW_EXACT_MAX:
+                # decode's matvec, MV_MAXN rows a launch: a row's sums do not depend on the batch
+                for r0 in range(0, R, K.MV_MAXN):
+                    rn = min(K.MV_MAXN, R - r0)
+                    L.append(_Launch(K.typed_kernel("matvec", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
+                                     K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, _rows(x, r0, Kc),
+                                                       _rows(dst, r0, Oc), Oc, Kc, rn]))
             else:
                 L.append(_Launch(K.typed_kernel("matmul", w.spec.qtype),
                                  (-(-Oc // K.MM_BO), -(-R // K.MM_BT), 1), K.MM_THREADS,
@@ -763,15 +774,18 @@ class CudaGraph(CompiledGraph):
             except ValueError as e:
                 raise G4rtError(str(e)) from None
             ring = ck.rows
-            max_keys = min(op.window, ring + R) if op.window > 0 else ring + R
-            ns = K.attn_splits(max_keys, R, H, be.sm_count)
+            exact = R <= K.ROW_EXACT_MAX        # each row split as a one-row decode step splits it
+            rows_seen = 1 if exact else R
+            max_keys = min(op.window, ring + rows_seen) if op.window > 0 else ring + rows_seen
+            ns = K.attn_splits(max_keys, rows_seen, H, be.sm_count)
             part = self._scratch(R * H * ns * (D + 2) * 4)
             q, k, v = self._ref(op.q), self._ref(op.k), self._ref(op.v)
             inplace = op.out in (op.q, op.k, op.v)
             dst = self._scratch(R * H * D * 4) if inplace else self._out(op, (R, H * D))
             L.append(_Launch(kern, (ns, H, R), K.ATT_THREADS,
                              [q, k, v, ("C", op.cache_k), ("C", op.cache_v), part, ("PARAMS",),
-                              H, Hkv, D, int(op.window), ring, float(op.scale), ns]))
+                              H, Hkv, D, int(op.window), ring, float(op.scale), ns,
+                              int(exact and R > 1 and ck.f16)]))
             L.append(_Launch("attn_combine", (H, R, 1), K.ATT_THREADS, [part, dst, H, D, ns]))
             if inplace:
                 L.append(self._copy(dst, self._out(op, (R, H * D)), R, H * D))

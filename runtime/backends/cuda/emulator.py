@@ -344,7 +344,7 @@ class EmulatedDriver:
         return np.float16 if "_f16" in name else np.float32
 
     def _attn_partial(self, name, grid, args):
-        q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns = args
+        q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns, round_batch = args
         dmax = int(name.rsplit("_d", 1)[1])
         if D > dmax:
             raise EmulatedFault(f"{name} launched for head dim {D}")
@@ -375,10 +375,13 @@ class EmulatedDriver:
                         continue
                     kp = np.arange(c0, c1)
                     fresh = kp >= pos0
-                    keys = np.where(fresh[:, None], Kb[np.clip(kp - pos0, 0, R - 1), kvh],
-                                    CK[kp % ring, kvh].astype(np.float32))
-                    vals = np.where(fresh[:, None], Vb[np.clip(kp - pos0, 0, R - 1), kvh],
-                                    CV[kp % ring, kvh].astype(np.float32))
+                    kb, vb = Kb[np.clip(kp - pos0, 0, R - 1), kvh], Vb[np.clip(kp - pos0, 0, R - 1), kvh]
+                    if round_batch:          # earlier batch rows as the f16 cache holds them
+                        early = (kp < p)[:, None]
+                        kb = np.where(early, kb.astype(np.float16).astype(np.float32), kb)
+                        vb = np.where(early, vb.astype(np.float16).astype(np.float32), vb)
+                    keys = np.where(fresh[:, None], kb, CK[kp % ring, kvh].astype(np.float32))
+                    vals = np.where(fresh[:, None], vb, CV[kp % ring, kvh].astype(np.float32))
                     sc = (keys @ Q[r, h]) * np.float32(scale)
                     m = sc.max()
                     e = np.exp(sc - m)

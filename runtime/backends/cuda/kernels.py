@@ -66,11 +66,12 @@ PLAIN_KERNELS: dict[str, tuple[str, str]] = {
 for _kv in ("f16", "f32"):
     for _d in ATTN_HEAD_DIMS:
         # q, k, v, ck, cv, part, params, n_head, n_kv_head, D, window, ring, scale, n_split
-        PLAIN_KERNELS[f"attn_partial_{_kv}_d{_d}"] = ("attention.cu", "PPPPPPPiiiiifi")
+        PLAIN_KERNELS[f"attn_partial_{_kv}_d{_d}"] = ("attention.cu", "PPPPPPPiiiiifii")
 
 # Geometry (must match the kernels' #defines)
 MV_WARPS = 4          # matvec.cu: rows per block (one warp each)
 MV_MAXN = 4           # matvec.cu: largest batch served by the matvec kernels
+ROW_EXACT_MAX = 16    # batches up to this size are row-exact (matvec launches, decode's attention split)
 MM_BO, MM_BT, MM_THREADS = 64, 64, 256      # matmul.cu tile
 ATT_THREADS = 128     # attention.cu: 4 warps
 Q8_GROUPS_PER_BLOCK = 4   # matvec8.cu quantize_q8: one warp per 32-value group

@@ -66,11 +66,35 @@ def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int,
     keys = np.concatenate([cache_k[past % ring], k], axis=0) if len(past) else k
     vals = np.concatenate([cache_v[past % ring], v], axis=0) if len(past) else v
     kpos = np.concatenate([past, pos0 + np.arange(n)])
-    qpos = pos0 + np.arange(n)
+    return _attend(q, keys, vals, kpos, pos0 + np.arange(n), n_head, n_kv_head, head_dim, window, scale)
+
+
+def attention_rows_exact(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int, head_dim: int,
+                         window: int, scale: float, cache_dtype) -> np.ndarray:
+    """A small batch, each row exactly as a one-row decode step computes it: its own key range,
+    and the batch's earlier rows as the cache would hold them (rounded to `cache_dtype`)."""
+    rounded_k = k.astype(cache_dtype).astype(np.float32)
+    rounded_v = v.astype(cache_dtype).astype(np.float32)
+    ring = cache_k.shape[0]
+    out = []
+    for j in range(q.shape[0]):
+        p = pos0 + j
+        first = max(0, p - window + 1) if window else 0
+        past = np.arange(first, p)
+        old, new = past[past < pos0], past[past >= pos0] - pos0
+        keys = np.concatenate([cache_k[old % ring], rounded_k[new], k[j:j + 1]], axis=0)
+        vals = np.concatenate([cache_v[old % ring], rounded_v[new], v[j:j + 1]], axis=0)
+        kpos = np.concatenate([past, [p]])
+        out.append(_attend(q[j:j + 1], keys, vals, kpos, np.array([p]), n_head, n_kv_head, head_dim, window, scale))
+    return np.concatenate(out, axis=0)
+
+
+def _attend(q, keys, vals, kpos, qpos, n_head: int, n_kv_head: int, head_dim: int, window: int,
+            scale: float) -> np.ndarray:
+    n, T = q.shape[0], len(kpos)
     allowed = kpos[None, :] <= qpos[:, None]
     if window:
         allowed &= kpos[None, :] > qpos[:, None] - window
-    T = len(kpos)
     qh = q.reshape(n, n_head, head_dim).transpose(1, 0, 2)                  # [H, n, D]
     kh = keys.reshape(T, n_kv_head, head_dim).transpose(1, 0, 2)           # [Hkv, T, D]
     vh = vals.reshape(T, n_kv_head, head_dim).transpose(1, 0, 2)
@@ -84,6 +108,13 @@ def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int,
     p /= p.sum(axis=-1, keepdims=True)
     out = np.matmul(p, vh)                                                   # [H, n, D]
     return out.transpose(1, 0, 2).reshape(n, n_head * head_dim).astype(np.float32)
+
+
+def matmul_rows_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T one row at a time (a matrix-vector product each): a row's result does not depend
+    on the other rows of a small batch."""
+    wt = w.T
+    return np.stack([x[i] @ wt for i in range(x.shape[0])])
 
 
 class NumpyBackend(Backend):
@@ -154,9 +185,11 @@ def moe_matmul(x: np.ndarray, route: np.ndarray, w: np.ndarray, n_expert: int) -
     ids = route[:, k:].astype(np.int64).reshape(-1)                 # selection s = r*k + j
     src = np.arange(rows * k) if x.shape[0] == rows * k else np.repeat(np.arange(rows), k)
     out = np.empty((rows * k, N), np.float32)
+    exact = rows <= ROW_EXACT_MAX
     for e in np.unique(ids):                                        # each expert's rows at once
         s = np.flatnonzero(ids == e)
-        out[s] = x[src[s]] @ w[e * N:(e + 1) * N].T
+        we = w[e * N:(e + 1) * N]
+        out[s] = matmul_rows_exact(x[src[s]], we) if exact else x[src[s]] @ we.T
     return out
 
 
@@ -169,6 +202,11 @@ def moe_sum(y: np.ndarray, route: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Batches of up to this many rows are row-exact (each row what a one-row batch gives it), as on
+#: the native CPU backend: speculative verification reproduces plain decoding.
+ROW_EXACT_MAX = 16
+
+
 class NumpyGraph(CompiledGraph):
     def __init__(self, backend: "NumpyBackend", graph: O.Graph):
         self.backend, self.graph = backend, graph
@@ -177,7 +215,8 @@ class NumpyGraph(CompiledGraph):
         # One-row products are memory-bound: BLAS threads only add wake-up and spin costs there
         # (measured 665 ms vs 89 ms per Gemma 3 270M decode step on 2 cores), so decode runs the
         # BLAS single-threaded; batched prefill keeps all threads for its GEMMs.
-        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens == 1 else contextlib.nullcontext()
+        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens <= ROW_EXACT_MAX \
+            else contextlib.nullcontext()
         with limit:
             return self._run(tokens, pos0, observer)
 
@@ -197,7 +236,8 @@ class NumpyGraph(CompiledGraph):
             if isinstance(op, O.EmbedLookup):
                 res = be.embedding_rows(op.table, tokens) * np.float32(op.scale)
             elif isinstance(op, O.MatMul):
-                res = get(op.x) @ be.weight(op.weight).T
+                x = get(op.x)
+                res = matmul_rows_exact(x, be.weight(op.weight)) if n <= ROW_EXACT_MAX else x @ be.weight(op.weight).T
             elif isinstance(op, O.RmsNorm):
                 w = be.weight(op.weight).reshape(-1) if op.weight else None
                 res = rms_norm(get(op.x), w, op.eps, op.group)
@@ -205,9 +245,11 @@ class NumpyGraph(CompiledGraph):
                 ff = be.weight(op.freq_factors).reshape(-1) if op.freq_factors else None
                 res = rope(get(op.x), positions, op.head_dim, op.n_rot, op.base, ff)
             elif isinstance(op, O.Attention):
-                res = attention(get(op.q), get(op.k), get(op.v), get(op.cache_k).astype(np.float32),
-                                get(op.cache_v).astype(np.float32), pos0, op.n_head, op.n_kv_head,
-                                op.head_dim, op.window, op.scale)
+                args = (get(op.q), get(op.k), get(op.v), get(op.cache_k).astype(np.float32),
+                        get(op.cache_v).astype(np.float32), pos0, op.n_head, op.n_kv_head, op.head_dim,
+                        op.window, op.scale)
+                res = attention_rows_exact(*args, caches[op.cache_k].dtype) if 1 < n <= ROW_EXACT_MAX \
+                    else attention(*args)
             elif isinstance(op, O.KvStore):
                 ck, cv = caches[op.out], caches[op.cache_v]
                 ring = ck.shape[0]

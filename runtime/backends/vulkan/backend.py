@@ -48,7 +48,11 @@ _ARENA_CAP = 256 << 20        # never bind more than this in one descriptor (VRA
 _ALIGN_WORDS = 64             # 256-byte alignment of buffers inside an arena
 _STAGING_WORDS = 8 << 20      # 32 MiB host staging for device-only uploads
 _MAX_GROUPS = 32768          # per grid dimension (a power of two below the 65535 limit)
-_MATVEC_MAX_TOKENS = 8        # batches up to this size use the matrix-vector kernel
+_MATVEC_MAX_TOKENS = 8        # tokens per matrix-vector dispatch (more: several dispatches)
+#: Batches of up to this many rows are row-exact (every row the bits of a one-row decode step):
+#: their matmuls take the decode kernels, whose per-token sums do not depend on the batch, and their
+#: attention runs attention.comp per row with the batch's earlier rows rounded as the cache holds them.
+ROW_EXACT_MAX = 16
 _ATTN_MAX_HEAD_DIM = 512      # MAXD in attention.comp
 
 #: push-constant words per kernel (must match the `PC` blocks of the shaders)
@@ -630,8 +634,11 @@ class VulkanGraph(CompiledGraph):
         kv = dict(KV_F16=True) if be.kv_f16 else {}
         # the barrier-free kernel for batches on CPU drivers, where its loops stay short enough
         span = (op.window + 8) if op.window else ck.cache.rows + self.n
-        use_rows = (be.kernels == "cpu" and self.n > 1 and op.head_dim % 32 == 0
+        exact = 1 < self.n <= ROW_EXACT_MAX
+        use_rows = (be.kernels == "cpu" and self.n > 1 and not exact and op.head_dim % 32 == 0
                     and span * (2 * op.head_dim // 32 + 1) < 60000)
+        if exact and be.kv_f16:
+            kv = dict(kv, ROUND_BATCH=True)     # earlier rows of the batch, as the f16 cache holds them
         res = []
         for r0, r1 in _bands(out.rows, [(q, 0), (out, 0)]):
             qt, qo = q.at(r0, r1)
@@ -693,26 +700,33 @@ class VulkanGraph(CompiledGraph):
                             f"{op.x} ({x.cols} cols) -> {op.out} ({out.cols} cols)")
         qid = QTYPE_IDS[w.spec.qtype.name]
         res = []
+        exact = out.rows <= ROW_EXACT_MAX
         for r0, r1 in _bands(out.rows, [(x, 0), (out, 0)]):
-            xt, xo = x.at(r0, r1)
-            ot, oo = out.at(r0, r1)
-            n = r1 - r0
-            for c in w.chunks:
-                wr = c.row1 - c.row0
-                pc = _u32(xo, x.cols, oo, out.cols, n, x.cols, wr, w.row_bytes, c.row0, c.byte_off)
-                if be.kernels == "cpu" and n == 1:
-                    var = variant("matmul_rows", QTYPE=qid, NTOK=1)
-                    groups = _groups(-(-wr // 8))
-                elif be.kernels == "cpu":
-                    var = variant("matmul_tokens", QTYPE=qid)
-                    groups = _groups(-(-wr // 8) * -(-n // 8))
-                elif n <= _MATVEC_MAX_TOKENS:
-                    var = variant("matvec", QTYPE=qid, NTOK=1 if n == 1 else _MATVEC_MAX_TOKENS)
-                    groups = _groups(-(-wr // 4))
-                else:
-                    var = variant("matmul", QTYPE=qid)
-                    groups = _groups(-(-wr // 32) * -(-n // 32))
-                res.append(_Dispatch(var, (c.tensor, xt, ot), groups, pc))
+            # row-exact batches on GPU kernels: the decode matvec, MATVEC_MAX_TOKENS rows a dispatch
+            step = _MATVEC_MAX_TOKENS if exact and be.kernels != "cpu" else r1 - r0
+            for t0 in range(r0, r1, step):
+                t1 = min(r1, t0 + step)
+                xt, xo = x.at(t0, t1)
+                ot, oo = out.at(t0, t1)
+                n = t1 - t0
+                for c in w.chunks:
+                    wr = c.row1 - c.row0
+                    pc = _u32(xo, x.cols, oo, out.cols, n, x.cols, wr, w.row_bytes, c.row0, c.byte_off)
+                    if be.kernels == "cpu" and (n == 1 or exact):
+                        # per-token sums independent of NTOK: decode and small batches agree bit for bit
+                        ntok = 1 if n == 1 else _MATVEC_MAX_TOKENS
+                        var = variant("matmul_rows", QTYPE=qid, NTOK=ntok)
+                        groups = _groups(-(-wr // 8) * -(-n // ntok))
+                    elif be.kernels == "cpu":
+                        var = variant("matmul_tokens", QTYPE=qid)
+                        groups = _groups(-(-wr // 8) * -(-n // 8))
+                    elif n <= _MATVEC_MAX_TOKENS:
+                        var = variant("matvec", QTYPE=qid, NTOK=1 if n == 1 else _MATVEC_MAX_TOKENS)
+                        groups = _groups(-(-wr // 4))
+                    else:
+                        var = variant("matmul", QTYPE=qid)
+                        groups = _groups(-(-wr // 32) * -(-n // 32))
+                    res.append(_Dispatch(var, (c.tensor, xt, ot), groups, pc))
         return res
 
     # ---- mixture of experts (whole buffers: the route is read by every dispatch) ----------------
