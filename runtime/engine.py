@@ -76,18 +76,19 @@ class Engine:
         self.prefill_chunk = max(1, int(prefill_chunk))
         # Default: the trained length capped at DEFAULT_CTX and by the budget when one is given
         # (never a blind 256K allocation); an explicit ctx over budget is refused with what fits.
-        kv_bytes = kv_value_bytes(backend, backend_options.get("kv_dtype"))
-        self.ctx = int(ctx or default_context(self.config, self.specs, memory_budget, kv_bytes=kv_bytes,
-                                              batch=self.prefill_chunk))
-        if self.ctx <= 0:
-            raise G4rtError(f"context size must be positive, got {self.ctx}")
         self.slots = int(slots)
         if self.slots < 1:
             raise G4rtError(f"the number of sequence slots must be at least 1, got {slots}")
         self.ring_slack = max(0, int(ring_slack))
+        kv_bytes = kv_value_bytes(backend, backend_options.get("kv_dtype"))
+        layout = dict(ring_slack=self.ring_slack, slots=self.slots)    # the caches allocated below
+        self.ctx = int(ctx or default_context(self.config, self.specs, memory_budget, kv_bytes=kv_bytes,
+                                              batch=self.prefill_chunk, **layout))
+        if self.ctx <= 0:
+            raise G4rtError(f"context size must be positive, got {self.ctx}")
         if memory_budget is not None:
             make_plan(self.config, self.specs, self.ctx, kv_bytes=kv_bytes, batch=self.prefill_chunk,
-                      budget=memory_budget, model=self.file.path.name)
+                      budget=memory_budget, model=self.file.path.name, **layout)
         # The one-token graph names every weight the model uses: validate and upload those.
         probe = build_graph(self.config, self.specs, 1, self.ctx, ring_slack=self.ring_slack)
         self.backend = create_backend(backend, **backend_options) if isinstance(backend, str) else backend

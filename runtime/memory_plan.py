@@ -93,13 +93,15 @@ def cpu_moe_option(n: int, n_layer: int) -> str:
     return "--cpu-moe" if n >= n_layer else f"--n-cpu-moe {n}"
 
 
-def kv_rows(layer: LayerConfig, ctx: int) -> int:
-    return min(ctx, layer.window) if layer.window else ctx
+def kv_rows(layer: LayerConfig, ctx: int, ring_slack: int = 0) -> int:
+    """Cached positions of a layer: a sliding layer's ring holds the window plus `ring_slack` rows
+    (kept so that a sequence can move back exactly: chat turns, speculative decoding)."""
+    return min(ctx, layer.window + ring_slack) if layer.window else ctx
 
 
-def kv_bytes_per_layer(cfg: ModelConfig, ctx: int, kv_bytes: int) -> list[int]:
+def kv_bytes_per_layer(cfg: ModelConfig, ctx: int, kv_bytes: int, ring_slack: int = 0) -> list[int]:
     """K and V cache bytes held by each layer (0 for layers reading another layer's cache)."""
-    return [2 * kv_rows(L, ctx) * L.kv_width * kv_bytes if L.owns_kv else 0 for L in cfg.layers]
+    return [2 * kv_rows(L, ctx, ring_slack) * L.kv_width * kv_bytes if L.owns_kv else 0 for L in cfg.layers]
 
 
 def scratch_bytes(cfg: ModelConfig, specs: dict[str, WeightSpec], batch: int, ctx: int) -> int:
@@ -310,9 +312,12 @@ class _Planner:
     """Caches the ctx-independent parts so searches over ctx or layers stay cheap."""
 
     def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], batch: int, kv_bytes: int,
-                 materialized_attention: bool):
+                 materialized_attention: bool, ring_slack: int = 0, slots: int = 1):
         if kv_bytes <= 0:
             raise G4rtError(f"KV bytes per value must be positive, got {kv_bytes}")
+        if slots < 1 or ring_slack < 0:
+            raise G4rtError(f"sequence slots must be >= 1 and ring slack >= 0, got {slots} / {ring_slack}")
+        self.ring_slack, self.slots = int(ring_slack), int(slots)
         self.cfg, self.specs, self.batch, self.kv_bytes = cfg, specs, max(1, int(batch)), kv_bytes
         self.materialized = materialized_attention
         self.layer_w, self.other_w = layer_weight_bytes(cfg, specs)
@@ -342,7 +347,7 @@ class _Planner:
         cfg = self.cfg
         k = cfg.n_layer if gpu_layers is None else gpu_layers
         self._check(ctx, k, cpu_moe_layers)
-        kv = kv_bytes_per_layer(cfg, ctx, self.kv_bytes)
+        kv = [b * self.slots for b in kv_bytes_per_layer(cfg, ctx, self.kv_bytes, self.ring_slack)]
         on_dev = lambda i: i < k                                           # noqa: E731
         all_dev = k == cfg.n_layer
         split_moe = min(cpu_moe_layers, k)     # device layers whose experts stay on the host
@@ -411,11 +416,13 @@ class _Planner:
 def make_plan(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, *, kv_bytes: int = 2,
               batch: int = DEFAULT_BATCH, budget: Optional[int] = None, gpu_layers: Optional[int] = None,
               materialized_attention: bool = False, device: str = "device", model: str = "model",
-              check: bool = True, cpu_moe_layers: int = 0, host_budget: Optional[int] = None) -> Plan:
+              check: bool = True, cpu_moe_layers: int = 0, host_budget: Optional[int] = None,
+              ring_slack: int = 0, slots: int = 1) -> Plan:
     """The memory plan at context `ctx`. With a budget (device) or host_budget (host RAM), also what
     fits them; with check=True a plan over budget raises InsufficientMemoryError naming a context,
-    layer split or expert placement that would fit."""
-    p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention)
+    layer split or expert placement that would fit. ring_slack, slots: extra sliding-ring rows and
+    sequences, each with its own KV cache (as Engine allocates them)."""
+    p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention, ring_slack, slots)
     plan = p.plan(ctx, gpu_layers, cpu_moe_layers, device=device, model=model, budget=budget,
                   host_budget=host_budget)
     if budget is not None or host_budget is not None:
@@ -436,9 +443,10 @@ def make_plan(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int, *, kv_by
 
 def max_context(cfg: ModelConfig, specs: dict[str, WeightSpec], budget: int, *, kv_bytes: int = 2,
                 batch: int = DEFAULT_BATCH, gpu_layers: Optional[int] = None,
-                materialized_attention: bool = False, limit: Optional[int] = None, cpu_moe_layers: int = 0) -> int:
+                materialized_attention: bool = False, limit: Optional[int] = None, cpu_moe_layers: int = 0,
+                ring_slack: int = 0, slots: int = 1) -> int:
     """The largest context (<= limit, default the trained length) whose plan fits `budget`; 0 if none."""
-    p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention)
+    p = _Planner(cfg, specs, batch, kv_bytes, materialized_attention, ring_slack, slots)
     return p.max_context(budget, gpu_layers, limit or cfg.context_length, cpu_moe_layers)
 
 
@@ -461,17 +469,17 @@ def min_cpu_moe_layers(cfg: ModelConfig, specs: dict[str, WeightSpec], ctx: int,
 
 def default_context(cfg: ModelConfig, specs: dict[str, WeightSpec], budget: Optional[int] = None, *,
                     kv_bytes: int = 4, batch: int = DEFAULT_BATCH, materialized_attention: bool = False,
-                    cpu_moe_layers: int = 0) -> int:
+                    cpu_moe_layers: int = 0, ring_slack: int = 0, slots: int = 1) -> int:
     """The trained length, capped at 8192 and, when a budget is known, at what fits it."""
     ctx = min(cfg.context_length, DEFAULT_CTX_CAP)
     if budget is None:
         return ctx
     fit = max_context(cfg, specs, budget, kv_bytes=kv_bytes, batch=batch, cpu_moe_layers=cpu_moe_layers,
-                      materialized_attention=materialized_attention, limit=ctx)
+                      materialized_attention=materialized_attention, limit=ctx, ring_slack=ring_slack, slots=slots)
     if fit == 0:
         raise make_plan(cfg, specs, min(ctx, 256), kv_bytes=kv_bytes, batch=batch, budget=budget,
                         cpu_moe_layers=cpu_moe_layers, materialized_attention=materialized_attention,
-                        check=False).error()
+                        check=False, ring_slack=ring_slack, slots=slots).error()
     return fit if fit == ctx or fit < _CTX_STEP else fit // _CTX_STEP * _CTX_STEP
 
 

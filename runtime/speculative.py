@@ -256,7 +256,7 @@ def check_same_vocabulary(target, draft) -> None:
 
 
 # ---- building one --------------------------------------------------------------------------------
-def check_draft_fits(path, ctx: int, backend: str, slots: int = 1) -> None:
+def check_draft_fits(path, ctx: int, backend: str, slots: int = 1, ring_slack: int = 0) -> None:
     """Refuse, before loading, a draft model whose weights and KV cache exceed the host RAM still
     available (the native CPU and numpy backends; a GPU backend checks its own memory as it loads)."""
     if backend not in ("cpu", "numpy"):
@@ -272,8 +272,8 @@ def check_draft_fits(path, ctx: int, backend: str, slots: int = 1) -> None:
     cfg = load_config(f)
     specs, _ = model_weight_specs(cfg, f)
     plan = make_plan(cfg, specs, ctx, kv_bytes=2 if backend == "cpu" else 4, check=False,
-                     device="CPU", model=f"draft model {f.path.name}")
-    need = plan.device_total + plan.kv_device * (slots - 1)
+                     device="CPU", model=f"draft model {f.path.name}", ring_slack=ring_slack, slots=slots)
+    need = plan.device_total
     if need > avail:
         raise SpeculativeError(f"the draft model {f.path.name} needs {need / 2**30:.2f} GiB at context {ctx} "
                                f"but {avail / 2**30:.2f} GiB of RAM is available; use a smaller draft, "
@@ -293,7 +293,7 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
         return Speculator(target, NgramDrafter(ngram_n), draft_max, draft_min)
     from .tokenizer import load_tokenizer
     check_same_vocabulary(target_tokenizer, load_tokenizer(draft))
-    check_draft_fits(draft, target.ctx, draft_backend, target.slots)
+    check_draft_fits(draft, target.ctx, draft_backend, target.slots, draft_max)
     opts = {"threads": threads} if threads and draft_backend == "cpu" else {}
     eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max, **opts)
     try:

@@ -433,3 +433,18 @@ def test_cli_plan(capsys):
     assert cap.err.count("\n") == 1
     assert run(["info", path, "--ctx", "64"]) == 1
     assert "only apply with --plan" in capsys.readouterr().err
+
+
+def test_ring_slack_and_slots_are_planned():
+    """Longer sliding rings (chat, speculative decoding) and several sequence slots (the server)
+    are counted as the engine allocates them."""
+    cfg, specs = M.gemma4_12b_shape()
+    base = M.make_plan(cfg, specs, 8192)
+    slack = M.make_plan(cfg, specs, 8192, ring_slack=8)
+    slots = M.make_plan(cfg, specs, 8192, slots=3)
+    n_sliding = sum(1 for L in cfg.layers if L.window and L.owns_kv)
+    width = next(L.kv_width for L in cfg.layers if L.window)
+    assert slack.kv_sliding - base.kv_sliding == n_sliding * 2 * 8 * width * 2
+    assert slack.kv_global == base.kv_global
+    assert slots.kv_device == 3 * base.kv_device
+    assert M.max_context(cfg, specs, 10 << 30, slots=2) < M.max_context(cfg, specs, 10 << 30)

@@ -166,6 +166,11 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
     }
 }
 
+void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
+                    int64_t o0, int64_t o1) {
+    for (int r = 0; r < R; r++) g4_matvec(c, x[r], ws[r], y[r], o0, o1);
+}
+
 /* ---- a pool stand-in ---- */
 typedef struct { const g4_cmd *c; g4_exec *ex; int ith, nth; } shim_job;
 
