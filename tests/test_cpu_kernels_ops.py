@@ -496,8 +496,9 @@ def _attention_case(rng, *, n_head, n_kv, D, window, cache_rows, pos0, rows, f16
     k = np.ascontiguousarray(hist_k[pos0:])
     v = np.ascontiguousarray(hist_v[pos0:])
     scale = 1.0 / math.sqrt(D)
-    want = ref.attention(q, k, v, ck.astype(np.float32), cv.astype(np.float32), pos0, n_head, n_kv, D,
-                         window, scale)
+    args = (q, k, v, ck.astype(np.float32), cv.astype(np.float32), pos0, n_head, n_kv, D, window, scale)
+    # a row-exact batch reads its earlier rows as the cache holds them (the reference's definition)
+    want = ref.attention_rows_exact(*args, dt) if 1 < rows <= ROW_EXACT_MAX else ref.attention(*args)
     fields = dict(op=OP_ATTENTION, rows=rows, cols=n_head * D, in_cols=n_head * D, group=D,
                   n_head=n_head, n_kv_head=n_kv, window=window, cache_rows=cache_rows,
                   cache_f16=int(f16), scale=scale, a=q, b=k, c=v, cache_k=ck, cache_v=cv)
@@ -520,6 +521,26 @@ ATT_CASES = [
 ]
 
 
+ROW_EXACT_MAX = 16      # g4cpu.h: batches up to this many rows run row by row (row-exact)
+
+
+def _units(rows, n_head, n_kv):
+    """Work units of one attention (row block, kv head, <= 16 heads)."""
+    rep = n_head // n_kv
+    hc = min(rep, 16)
+    return -(-rows // max(1, 8 // hc)) * n_kv * -(-rep // hc)
+
+
+def _barriers(nth, rows, n_head, n_kv, f16, split):
+    """Barrier calls the kernel makes (the shim counts one per thread per call). A row-exact batch
+    (2..16 rows): the f16 copy of its K/V rows, then per row its one-row attention (one more when
+    that row splits its keys) and a barrier; else one barrier when the keys are split."""
+    if 1 < rows <= ROW_EXACT_MAX:
+        split1 = split and nth > 1 and _units(1, n_head, n_kv) % nth != 0
+        return nth * (int(f16) + rows * (1 + int(split1)))
+    return nth if split and nth > 1 and _units(rows, n_head, n_kv) % nth else 0
+
+
 @pytest.mark.parametrize("f16", [False, True])
 @pytest.mark.parametrize("case", ATT_CASES, ids=lambda c: "h{}kv{}d{}w{}c{}p{}r{}".format(*c))
 def test_attention(lib, case, f16):
@@ -531,7 +552,8 @@ def test_attention(lib, case, f16):
     for nth in THREADS:
         out = _nan_like((rows, n_head * D))
         barriers = lib.run(nth, pos0=pos0, out=out, **fields)
-        assert barriers == 0        # short contexts: whole (row, head) units, no split-K
+        # short contexts: whole (row, head) units, no split-K
+        assert barriers == _barriers(nth, rows, n_head, n_kv, f16, split=False)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5)
         if first is None:
             first = out
@@ -555,12 +577,7 @@ def test_attention_split_k(lib, f16, n_head, n_kv, D, window, cache_rows, pos0, 
         barriers = lib.run(nth, pos0=pos0, out=out, **fields)
         np.testing.assert_allclose(out, want, rtol=1e-4, atol=2e-5)
         # whole units are (row block, kv head, <= 16 heads); split-K when they do not divide evenly
-        rep = n_head // n_kv
-        hc = min(rep, 16)
-        units = -(-rows // max(1, 8 // hc)) * n_kv * -(-rep // hc)
-        assert barriers == (nth if units % nth else 0)
-        if nth == 1:
-            assert barriers == 0
+        assert barriers == _barriers(nth, rows, n_head, n_kv, f16, split=True)
 
 
 def test_attention_extremes(lib):

@@ -1161,6 +1161,7 @@ void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *
                 ss[r] = (const float *)ws[r0 + r];
             }
             (void)ss;
+            (void)nsb;
             for (int64_t o = o0; o < o1; o++) {
                 const uint8_t *wo = W + o * rb;
                 float v[ROWS_G];
