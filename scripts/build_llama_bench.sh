@@ -11,6 +11,9 @@
 #   LLAMA_BENCH_FORCE=1       rebuild even when the binary is already there
 #   LLAMA_BENCH_JOBS          parallel compile jobs (default: nproc)
 #   PYTHON                    interpreter whose pip downloads the sdist (default python3)
+#   LLAMA_BENCH_SPEC=1        also build the speculative-decoding examples llama-lookup (prompt
+#                             lookup) and llama-speculative-simple (a draft model), for
+#                             docs/benchmarks/speculative.md
 #
 # Logs go to stderr; the last line on stdout is the absolute path of the binary, so
 #   G4RT_LLAMA_BENCH=$(scripts/build_llama_bench.sh) g4rt bench --llama-bench auto ...
@@ -176,6 +179,12 @@ if cmake --build "$BUILD_DIR" --target help 2>/dev/null | grep -Eq '(^|[ :.])lla
 else
     log "no llama-batched-bench target in this llama.cpp (optional; skipped)"
 fi
+if [[ "${LLAMA_BENCH_SPEC:-0}" == 1 ]]; then
+    log "building llama-lookup and llama-speculative-simple (examples on)"
+    cmake -DLLAMA_BUILD_EXAMPLES=ON "$BUILD_DIR" >>"$CONFIG_LOG" 2>&1 || die "reconfigure with examples failed"
+    cmake --build "$BUILD_DIR" --config Release --target llama-lookup llama-speculative-simple -j "$JOBS" >&2 \
+        || log "warning: a speculative example did not build (optional; continuing)"
+fi
 log "compiled in $((SECONDS - start)) s"
 
 # --- install into the cache ------------------------------------------------------------------
@@ -189,6 +198,8 @@ install_bin() {  # name -> copies $BUILD_DIR/bin/<name> to $BIN_DIR/<name> atomi
 }
 install_bin llama-bench || die "llama-bench was not produced under $BUILD_DIR"
 install_bin llama-batched-bench || true
+install_bin llama-lookup || true
+install_bin llama-speculative-simple || true
 
 if command -v ldd >/dev/null 2>&1 && ldd "$BIN" 2>/dev/null | grep -Eq 'lib(llama|ggml)'; then
     die "$BIN links shared libllama/libggml; expected a standalone binary"
