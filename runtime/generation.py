@@ -154,12 +154,11 @@ class Model:
             spec.stats = stats.speculative = SpecStats()
         t1 = time.perf_counter()
         try:
-            tok = sampler.sample(logits, history) if stats.generated_tokens < max_tokens else None
-            while True:
-                if tok is None:
-                    stats.stop_reason = "max_tokens"
-                    return
-                # `tok` is decided but not yet in the KV cache
+            # decided tokens: all but the last are in the KV cache already (kept proposals)
+            pending = [sampler.sample(logits, history)] if max_tokens > 0 else []
+            stats.stop_reason = "max_tokens"
+            while pending:
+                tok = pending.pop(0)
                 if self.tokenizer.is_eog(tok):
                     stats.stop_reason = "eog"
                     return
@@ -168,29 +167,20 @@ class Model:
                 yield tok
                 if self._should_end(stats, max_tokens, should_stop, len(history) - 1):
                     return
+                if pending:
+                    continue
                 if spec is None:
                     logits = self.engine.forward([tok])[-1]
                     self._cached.append(tok)
-                    tok = sampler.sample(logits, history)
+                    pending = [sampler.sample(logits, history)]
                     continue
                 try:
-                    out = spec.step(tok, history, sampler, budget=max_tokens - stats.generated_tokens)
+                    pending = spec.step(tok, history, sampler, budget=max_tokens - stats.generated_tokens)
                 except BaseException:
                     self.engine.reset()
                     self._cached = []
                     raise
-                # the cache now holds tok and the accepted proposals out[:-1]
-                self._cached = history + out[:-1]
-                for t in out[:-1]:
-                    if self.tokenizer.is_eog(t):
-                        stats.stop_reason = "eog"
-                        return
-                    history.append(t)
-                    stats.generated_tokens += 1
-                    yield t
-                    if self._should_end(stats, max_tokens, should_stop, len(history) - 1):
-                        return
-                tok = out[-1]
+                self._cached = history + pending[:-1]      # tok and the kept proposals
         finally:
             stats.decode_s = time.perf_counter() - t1
 

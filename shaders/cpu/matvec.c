@@ -224,79 +224,11 @@ static inline float dot_half(const uint8_t *w8, const float *x, int64_t K, int b
 static float dot_f16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 0); }
 static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) { return dot_half(w8, x, K, 1); }
 
-static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-#define Q8B(p, xb, acc) do { \
-        const __m512 q0_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 2)))); \
-        const __m512 q1_ = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((p) + 18)))); \
-        const __m512 s_ = _mm512_fmadd_ps(q1_, _mm512_loadu_ps((xb) + 16), _mm512_mul_ps(q0_, _mm512_loadu_ps(xb))); \
-        acc = _mm512_fmadd_ps(s_, _mm512_set1_ps(HT(p)), acc); } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        const uint8_t *p = w + b * 34;
-        PF(p); PF(p + 64);
-        Q8B(p, x + b * QK, a0);
-        Q8B(p + 34, x + b * QK + QK, a1);
-    }
-    if (b < nb) Q8B(w + b * 34, x + b * QK, a0);
-#undef Q8B
-    return hsum16(_mm512_add_ps(a0, a1));
-}
-
 static inline __m512i zx16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
-
-/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s; 6 uops a block. */
-static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) {
-    const __m512 id = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-#define Q40B(p, xb, acc) do { \
-        const __m512i v_ = zx16((p) + 2); \
-        const __m512 s_ = _mm512_fmadd_ps(_mm512_permutexvar_ps(v_, id), _mm512_loadu_ps(xb), \
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(v_), _mm512_loadu_ps((xb) + 16), _mm512_loadu_ps((xb) + 32))); \
-        acc = _mm512_fmadd_ps(s_, _mm512_set1_ps(HT(p)), acc); } while (0)
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        const uint8_t *p = w + b * 18;
-        PF(p);
-        Q40B(p, xq + b * 48, a0);
-        Q40B(p + 18, xq + b * 48 + 48, a1);
-    }
-    if (b < nb) Q40B(w + b * 18, xq + b * 48, a0);
-#undef Q40B
-    return hsum16(_mm512_add_ps(a0, a1));
-}
 
 /* Q4_1, Q5_0, Q5_1: the 16-entry table holds the block's weights d*q (+ m) themselves; Q5's
  * fifth bit adds 16*d under a mask from qh. */
 #define TBL_0_15 _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
-
-static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, const float *x, int64_t nb,
-                                                            int bs, int qo, int ho, int mo, float off) {
-    const __m512 tbl = _mm512_add_ps(TBL_0_15, _mm512_set1_ps(-off));
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = w + b * bs;
-        const float *xb = x + b * QK;
-        PF(p);
-        const __m512 d = _mm512_set1_ps(HT(p));
-        const __m512 t = mo ? _mm512_fmadd_ps(tbl, d, _mm512_set1_ps(HT(p + mo))) : _mm512_mul_ps(tbl, d);
-        const __m512i v = zx16(p + qo);
-        __m512 w0 = _mm512_permutexvar_ps(v, t), w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t);
-        if (ho) {
-            const uint32_t qh = rd32(p + ho);
-            const __m512 d16 = _mm512_mul_ps(d, _mm512_set1_ps(16.0f));
-            w0 = _mm512_mask_add_ps(w0, (__mmask16)(qh & 0xffffu), w0, d16);
-            w1 = _mm512_mask_add_ps(w1, (__mmask16)(qh >> 16), w1, d16);
-        }
-        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), a0);
-        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), a1);
-    }
-    return hsum16(_mm512_add_ps(a0, a1));
-}
-
-static float dot_q4_1(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 20, 4, 0, 2, 0.0f); }
-static float dot_q5_0(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 22, 6, 2, 0, 16.0f); }
-static float dot_q5_1(const uint8_t *w, const float *x, int64_t nb) { return dot_nib(w, x, nb, 24, 8, 4, 2, 0.0f); }
 
 /* Q4_K / Q5_K super-block scales: s[8..15] = d*sc[0..7]; am += dmin * m[j] * sx[j] (lanes 0..7). */
 static inline __m512 k4_scales(const uint8_t *blk, const float *sxb, float *s, __m512 am) {
@@ -560,6 +492,15 @@ G4_AI_MV void q4_0_rows_t(const int R, const uint8_t *w, const float *const *xq,
     for (int r = 0; r < R; r++) out[r] = hsum16(_mm512_add_ps(a0[r], a1[r]));
 }
 
+
+/* The one-row kernels are the multi-row ones with one row (the same code once inlined). */
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) { float y; q8_0_rows_t(1, w, &x, nb, &y); return y; }
+/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s; 6 uops a block. */
+static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) { float y; q4_0_rows_t(1, w, &xq, nb, &y); return y; }
+static float dot_q4_1(const uint8_t *w, const float *x, int64_t nb) { float y; nib_rows_t(1, w, &x, nb, &y, 20, 4, 0, 2, 0.0f); return y; }
+static float dot_q5_0(const uint8_t *w, const float *x, int64_t nb) { float y; nib_rows_t(1, w, &x, nb, &y, 22, 6, 2, 0, 16.0f); return y; }
+static float dot_q5_1(const uint8_t *w, const float *x, int64_t nb) { float y; nib_rows_t(1, w, &x, nb, &y, 24, 8, 4, 2, 0.0f); return y; }
+
 #elif defined(G4_AVX2)
 
 static inline float hsum8(__m256 v) {
@@ -625,23 +566,6 @@ static inline __m256i sx8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_lo
 static const float k5tab[256][8] __attribute__((aligned(32))) = {K5_64(0), K5_64(64), K5_64(128), K5_64(192)};
 #define K5(b) _mm256_load_ps(k5tab[(b) & 0xff])
 
-static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = w + b * 34, *q = p + 2;
-        const float *xb = x + b * QK;
-        PF(p);
-        __m256 s0 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(q)), _mm256_loadu_ps(xb));
-        __m256 s1 = _mm256_mul_ps(_mm256_cvtepi32_ps(sx8(q + 8)), _mm256_loadu_ps(xb + 8));
-        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(q + 16)), _mm256_loadu_ps(xb + 16), s0);
-        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sx8(q + 24)), _mm256_loadu_ps(xb + 24), s1);
-        const __m256 d = _mm256_broadcast_ss(&HT(p));
-        a0 = _mm256_fmadd_ps(s0, d, a0);
-        a1 = _mm256_fmadd_ps(s1, d, a1);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
-}
-
 /* sum over the 32 codes (0..15) of a 4-bit block times x, as two 8-lane partials. */
 #define NIB32(q, xb, s0, s1) do { \
         const __m256i va = zx8(q), vb = zx8((q) + 8), m4 = _mm256_set1_epi32(15); \
@@ -687,25 +611,6 @@ static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, con
     return hsum8(_mm256_add_ps(a0, a1)) + (mo ? ao : -off * ao);
 }
 
-/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s. */
-static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) {
-    const __m256i m4 = _mm256_set1_epi32(15);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = w + b * 18;
-        const float *xb = xq + b * 48;
-        PF(p);
-        const __m256i va = zx8(p + 2), vb = zx8(p + 10);
-        __m256 s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(va), _mm256_loadu_ps(xb + 16), _mm256_loadu_ps(xb + 32));
-        __m256 s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(vb), _mm256_loadu_ps(xb + 24), _mm256_loadu_ps(xb + 40));
-        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), _mm256_loadu_ps(xb), s0);
-        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), _mm256_loadu_ps(xb + 8), s1);
-        const __m256 d = _mm256_broadcast_ss(&HT(p));
-        a0 = _mm256_fmadd_ps(s0, d, a0);
-        a1 = _mm256_fmadd_ps(s1, d, a1);
-    }
-    return hsum8(_mm256_add_ps(a0, a1));
-}
 static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
     return dot_nib(w, x, sx, nb, 20, 4, 0, 2, 0.0f);
 }
@@ -891,6 +796,12 @@ G4_AI_MV void q4_0_rows_t(const int R, const uint8_t *w, const float *const *xq,
     }
     for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
 }
+
+
+/* The one-row kernels are the multi-row ones with one row (the same code once inlined). */
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) { float y; q8_0_rows_t(1, w, &x, nb, &y); return y; }
+/* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s. */
+static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) { float y; q4_0_rows_t(1, w, &xq, nb, &y); return y; }
 
 #else /* portable C */
 
