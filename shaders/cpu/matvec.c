@@ -237,12 +237,32 @@ static inline __m512 k4_scales(const uint8_t *blk, const float *sxb, float *s, _
     return _mm512_fmadd_ps(_mm512_mul_ps(f, _mm512_maskz_loadu_ps(0x00ff, sxb)), _mm512_set1_ps(HT(blk + 2)), am);
 }
 
+/* Q4_K / Q5_K: sub-block pair j of a super-block as floats: l0, l1 the low nibbles of qs[32j ..
+ * 32j+32) (through vpermps, an identity table), h0, h1 the high ones (through vcvtdq2ps: port
+ * balance); Q5_K adds 16 where its qh bits are set. */
+G4_AI_MV void k45_codes(const uint8_t *q, __m256i vh, int j, int five, __m512 *l0, __m512 *l1, __m512 *h0,
+                        __m512 *h1) {
+    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 c16 = _mm512_set1_ps(16.0f);
+    const __m512i v0 = zx16(q), v1 = zx16(q + 16);
+    *l0 = _mm512_permutexvar_ps(v0, tbl);
+    *l1 = _mm512_permutexvar_ps(v1, tbl);
+    *h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4));
+    *h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4));
+    if (five) {
+        const __mmask32 ml = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j))));
+        const __mmask32 mh = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
+        *l0 = _mm512_mask_add_ps(*l0, (__mmask16)ml, *l0, c16);
+        *l1 = _mm512_mask_add_ps(*l1, (__mmask16)(ml >> 16), *l1, c16);
+        *h0 = _mm512_mask_add_ps(*h0, (__mmask16)mh, *h0, c16);
+        *h1 = _mm512_mask_add_ps(*h1, (__mmask16)(mh >> 16), *h1, c16);
+    }
+}
+
 /* Q4_K / Q5_K: sub-block 2j are the low nibbles of qs[32j .. 32j+32), 2j+1 the high ones; the
  * low nibbles go through vpermps (identity table), the high through vcvtdq2ps (port balance). */
 static inline __attribute__((always_inline)) float dot_k45(const uint8_t *w, const float *x, const float *sx,
                                                             int64_t nsb, int five) {
-    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 c16 = _mm512_set1_ps(16.0f);
     const int bs = five ? 176 : 144, qo = five ? 48 : 16;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, am = a0;
     /* scales one super-block ahead, double-buffered: the broadcasts below then read values
@@ -261,17 +281,8 @@ static inline __attribute__((always_inline)) float dot_k45(const uint8_t *w, con
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = qs + j * 32;
             const float *xj = xs + j * 64;
-            const __m512i v0 = zx16(q), v1 = zx16(q + 16);
-            __m512 l0 = _mm512_permutexvar_ps(v0, tbl), l1 = _mm512_permutexvar_ps(v1, tbl);
-            __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4));
-            if (five) {
-                const __mmask32 ml = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j))));
-                const __mmask32 mh = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
-                l0 = _mm512_mask_add_ps(l0, (__mmask16)ml, l0, c16);
-                l1 = _mm512_mask_add_ps(l1, (__mmask16)(ml >> 16), l1, c16);
-                h0 = _mm512_mask_add_ps(h0, (__mmask16)mh, h0, c16);
-                h1 = _mm512_mask_add_ps(h1, (__mmask16)(mh >> 16), h1, c16);
-            }
+            __m512 l0, l1, h0, h1;
+            k45_codes(q, vh, j, five, &l0, &l1, &h0, &h1);
             const __m512 sl = _mm512_fmadd_ps(l1, _mm512_loadu_ps(xj + 16), _mm512_mul_ps(l0, _mm512_loadu_ps(xj)));
             const __m512 sh = _mm512_fmadd_ps(h1, _mm512_loadu_ps(xj + 48), _mm512_mul_ps(h0, _mm512_loadu_ps(xj + 32)));
             a0 = _mm512_fmadd_ps(sl, _mm512_set1_ps(s[8 + 2 * j]), a0);
@@ -387,8 +398,6 @@ G4_AI_MV void nib_rows_t(const int R, const uint8_t *w, const float *const *x, i
 /* Q4_K / Q5_K: codes and scales shared, the mins term per row (in super-block order, as above). */
 G4_AI_MV void k45_rows_t(const int R, const uint8_t *w, const float *const *x, const float *const *sx,
                          int64_t nsb, float *out, int five) {
-    const __m512 tbl = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 c16 = _mm512_set1_ps(16.0f);
     const int bs = five ? 176 : 144, qo = five ? 48 : 16;
     __m512 a0[ROWS_G], a1[ROWS_G], am[ROWS_G];
     for (int r = 0; r < R; r++) a0[r] = a1[r] = am[r] = _mm512_setzero_ps();
@@ -405,17 +414,8 @@ G4_AI_MV void k45_rows_t(const int R, const uint8_t *w, const float *const *x, c
         if (five) vh = _mm256_loadu_si256((const __m256i *)(blk + 16));
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = qs + j * 32;
-            const __m512i v0 = zx16(q), v1 = zx16(q + 16);
-            __m512 l0 = _mm512_permutexvar_ps(v0, tbl), l1 = _mm512_permutexvar_ps(v1, tbl);
-            __m512 h0 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), h1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4));
-            if (five) {
-                const __mmask32 ml = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j))));
-                const __mmask32 mh = _mm256_test_epi8_mask(vh, _mm256_set1_epi8((char)(1 << (2 * j + 1))));
-                l0 = _mm512_mask_add_ps(l0, (__mmask16)ml, l0, c16);
-                l1 = _mm512_mask_add_ps(l1, (__mmask16)(ml >> 16), l1, c16);
-                h0 = _mm512_mask_add_ps(h0, (__mmask16)mh, h0, c16);
-                h1 = _mm512_mask_add_ps(h1, (__mmask16)(mh >> 16), h1, c16);
-            }
+            __m512 l0, l1, h0, h1;
+            k45_codes(q, vh, j, five, &l0, &l1, &h0, &h1);
             const __m512 s0 = _mm512_set1_ps(s[8 + 2 * j]), s1 = _mm512_set1_ps(s[8 + 2 * j + 1]);
             for (int r = 0; r < R; r++) {
                 const float *xj = x[r] + i * QKK + j * 64;
