@@ -566,59 +566,62 @@ static inline __m256i sx8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_lo
 static const float k5tab[256][8] __attribute__((aligned(32))) = {K5_64(0), K5_64(64), K5_64(128), K5_64(192)};
 #define K5(b) _mm256_load_ps(k5tab[(b) & 0xff])
 
-/* sum over the 32 codes (0..15) of a 4-bit block times x, as two 8-lane partials. */
-#define NIB32(q, xb, s0, s1) do { \
-        const __m256i va = zx8(q), vb = zx8((q) + 8), m4 = _mm256_set1_epi32(15); \
-        s0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), _mm256_loadu_ps(xb)); \
-        s1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), _mm256_loadu_ps((xb) + 8)); \
-        s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(va, 4)), _mm256_loadu_ps((xb) + 16), s0); \
-        s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(vb, 4)), _mm256_loadu_ps((xb) + 24), s1); \
-    } while (0)
-
-/* 5-bit codes: 4-bit nibble + 16 where the qh bit is set. */
-#define NIB32H(q, qh, xb, s0, s1) do { \
-        const __m256i va = zx8(q), vb = zx8((q) + 8), m4 = _mm256_set1_epi32(15); \
-        s0 = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), K5(qh)), _mm256_loadu_ps(xb)); \
-        s1 = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_and_si256(vb, m4)), K5((qh) >> 8)), _mm256_loadu_ps((xb) + 8)); \
-        s0 = _mm256_fmadd_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(va, 4)), K5((qh) >> 16)), _mm256_loadu_ps((xb) + 16), s0); \
-        s1 = _mm256_fmadd_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(vb, 4)), K5((qh) >> 24)), _mm256_loadu_ps((xb) + 24), s1); \
-    } while (0)
-
 /* bs: block bytes; qo: offset of qs; ho: offset of qh (0: none); mo: offset of the f16 min (0:
  * none); off: code offset (8 for Q4_0, 16 for Q5_0, 0 with a min). The offset / min term is
  * a scalar FMA per block against the per-block sums of x. */
-static inline __attribute__((always_inline)) float dot_nib(const uint8_t *w, const float *x, const float *sx,
-                                                            int64_t nb, int bs, int qo, int ho, int mo, float off) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    float ao = 0.0f;
+G4_AI_MV void nib_rows_t(const int R, const uint8_t *w, const float *const *x, const float *const *sx, int64_t nb,
+                         float *out, int bs, int qo, int ho, int mo, float off) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    __m256 a0[4], a1[4];
+    float ao[4];
+    for (int r = 0; r < R; r++) {
+        a0[r] = a1[r] = _mm256_setzero_ps();
+        ao[r] = 0.0f;
+    }
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = w + b * bs;
-        const float *xb = x + b * QK;
+        const uint8_t *p = w + b * bs, *q = p + qo;
         PF(p);
-        __m256 s0, s1;
-        if (ho) {
+        const __m256i va = zx8(q), vb = zx8(q + 8);
+        __m256 c0 = _mm256_cvtepi32_ps(_mm256_and_si256(va, m4)), c1 = _mm256_cvtepi32_ps(_mm256_and_si256(vb, m4));
+        __m256 c2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(va, 4)), c3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(vb, 4));
+        if (ho) {                                   /* 5-bit codes: + 16 where the qh bit is set */
             const uint32_t qh = rd32(p + ho);
-            NIB32H(p + qo, qh, xb, s0, s1);
-        } else {
-            NIB32(p + qo, xb, s0, s1);
+            c0 = _mm256_add_ps(c0, K5(qh));
+            c1 = _mm256_add_ps(c1, K5(qh >> 8));
+            c2 = _mm256_add_ps(c2, K5(qh >> 16));
+            c3 = _mm256_add_ps(c3, K5(qh >> 24));
         }
         const float *dp = &HT(p);
         const __m256 d = _mm256_broadcast_ss(dp);
-        a0 = _mm256_fmadd_ps(s0, d, a0);
-        a1 = _mm256_fmadd_ps(s1, d, a1);
-        ao += (mo ? HT(p + mo) : *dp) * sx[b];
+        const float dm = mo ? HT(p + mo) : *dp;
+        for (int r = 0; r < R; r++) {
+            const float *xb = x[r] + b * QK;
+            __m256 s0 = _mm256_mul_ps(c0, _mm256_loadu_ps(xb));
+            __m256 s1 = _mm256_mul_ps(c1, _mm256_loadu_ps(xb + 8));
+            s0 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb + 16), s0);
+            s1 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb + 24), s1);
+            a0[r] = _mm256_fmadd_ps(s0, d, a0[r]);
+            a1[r] = _mm256_fmadd_ps(s1, d, a1[r]);
+            ao[r] += dm * sx[r][b];
+        }
     }
-    return hsum8(_mm256_add_ps(a0, a1)) + (mo ? ao : -off * ao);
+    for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(a0[r], a1[r])) + (mo ? ao[r] : -off * ao[r]);
 }
 
 static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
-    return dot_nib(w, x, sx, nb, 20, 4, 0, 2, 0.0f);
+    float y;
+    nib_rows_t(1, w, &x, &sx, nb, &y, 20, 4, 0, 2, 0.0f);
+    return y;
 }
 static float dot_q5_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
-    return dot_nib(w, x, sx, nb, 22, 6, 2, 0, 16.0f);
+    float y;
+    nib_rows_t(1, w, &x, &sx, nb, &y, 22, 6, 2, 0, 16.0f);
+    return y;
 }
 static float dot_q5_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
-    return dot_nib(w, x, sx, nb, 24, 8, 4, 2, 0.0f);
+    float y;
+    nib_rows_t(1, w, &x, &sx, nb, &y, 24, 8, 4, 2, 0.0f);
+    return y;
 }
 
 /* d*sc[0..7] into s[0..7]; returns dmin*m[0..7]. */
@@ -1043,9 +1046,15 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
 #endif
 #define CALL_Q8_0(n) q8_0_rows_t(n, wo, xs, nb, v)
 #define CALL_Q4_0(n) q4_0_rows_t(n, wo, xs, nb, v)
+#if defined(G4_AVX512)
 #define CALL_Q4_1(n) nib_rows_t(n, wo, xs, nb, v, 20, 4, 0, 2, 0.0f)
 #define CALL_Q5_0(n) nib_rows_t(n, wo, xs, nb, v, 22, 6, 2, 0, 16.0f)
 #define CALL_Q5_1(n) nib_rows_t(n, wo, xs, nb, v, 24, 8, 4, 2, 0.0f)
+#else                                   /* AVX2: the offset term from the per-block sums of x */
+#define CALL_Q4_1(n) nib_rows_t(n, wo, xs, ss, nb, v, 20, 4, 0, 2, 0.0f)
+#define CALL_Q5_0(n) nib_rows_t(n, wo, xs, ss, nb, v, 22, 6, 2, 0, 16.0f)
+#define CALL_Q5_1(n) nib_rows_t(n, wo, xs, ss, nb, v, 24, 8, 4, 2, 0.0f)
+#endif
 #define CALL_Q4_K(n) k45_rows_t(n, wo, xs, ss, nsb, v, 0)
 #define CALL_Q5_K(n) k45_rows_t(n, wo, xs, ss, nsb, v, 1)
 #define CALL_Q6_K(n) q6_k_rows_t(n, wo, xs, nsb, v)
@@ -1057,10 +1066,9 @@ void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *
     const uint8_t *W = (const uint8_t *)c->w;
     const int64_t rb = c->w_row_bytes, nb = c->in_cols / QK, nsb = c->in_cols / QKK;
     const int qt = c->qtype;
-    int fused = qt == G4_Q8_0 || qt == G4_Q4_0;
+    int fused = qt == G4_Q8_0 || qt == G4_Q4_0 || qt == G4_Q4_1 || qt == G4_Q5_0 || qt == G4_Q5_1;
 #if defined(G4_AVX512)
-    fused = fused || qt == G4_Q4_1 || qt == G4_Q5_0 || qt == G4_Q5_1 || qt == G4_Q4_K || qt == G4_Q5_K
-            || qt == G4_Q6_K;
+    fused = fused || qt == G4_Q4_K || qt == G4_Q5_K || qt == G4_Q6_K;
 #endif
     if (R > 1 && fused) {
         f16tab_init();
@@ -1079,10 +1087,10 @@ void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *
                 switch (qt) {
                 case G4_Q8_0: ROWS_SWITCH(CALL_Q8_0) break;
                 case G4_Q4_0: ROWS_SWITCH(CALL_Q4_0) break;
-#if defined(G4_AVX512)
                 case G4_Q4_1: ROWS_SWITCH(CALL_Q4_1) break;
                 case G4_Q5_0: ROWS_SWITCH(CALL_Q5_0) break;
                 case G4_Q5_1: ROWS_SWITCH(CALL_Q5_1) break;
+#if defined(G4_AVX512)
                 case G4_Q4_K: ROWS_SWITCH(CALL_Q4_K) break;
                 case G4_Q5_K: ROWS_SWITCH(CALL_Q5_K) break;
                 case G4_Q6_K: ROWS_SWITCH(CALL_Q6_K) break;
