@@ -361,3 +361,25 @@ def test_server_with_speculation_answers_as_plain_decoding(tmp_path, spec_args):
         assert any(got[p]["timings"]["draft_n"] > 0 for p in prompts)
     finally:
         assert srv.stop() == 0, srv.logs()
+
+
+@NEED_FIXTURES
+@NEED_CC
+@pytest.mark.parametrize("spec", [dict(spec="ngram", draft_max=8), dict(draft=MODELS / "g4-dense-untied-Q8_0.gguf",
+                                                                        draft_max=8)], ids=["ngram", "draft"])
+def test_speculation_stops_where_plain_decoding_stops(spec):
+    """A context that fills up, a token budget that ends inside a verification: the same tokens and
+    the same stop reason as plain decoding."""
+    from g4rt.generation import GenerationStats, load
+    path = MODELS / "g4-dense-untied-F32.gguf"
+    ids = _prompt("g4-dense-untied-F32", 0)
+    for ctx, n in ((len(ids) + 11, 64), (len(ids) + 64, 13)):
+        runs = []
+        for opts in ({}, spec):
+            m = load(path, backend="cpu", ctx=ctx, **opts)
+            try:
+                st = GenerationStats()
+                runs.append((list(m.generate_ids(ids, n, stats=st)), st.stop_reason))
+            finally:
+                m.close()
+        assert runs[0] == runs[1], (ctx, n, runs)
