@@ -54,13 +54,19 @@ def main(ctx, debug):
               help="[--plan] As --cpu-moe for the experts of the first N layers only.")
 @click.option("--host-budget", "host_budget", default=None,
               help="[--plan] Host RAM for what --cpu-moe / --n-cpu-moe keep there (default: available RAM).")
+@click.option("--parallel", "-np", "parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="[--plan] Sequence slots, each with its own KV cache (g4rt serve --parallel).")
+@click.option("--draft-max", "draft_max", type=click.IntRange(0, 15), default=0, show_default=True,
+              help="[--plan] Speculative decoding: the sliding rings keep this many more rows.")
 @click.pass_context
-def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget):
+def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
+         parallel, draft_max):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
                                    ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
-                                   ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"))
+                                   ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
+                                   ("parallel", "--parallel"), ("draft_max", "--draft-max"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
@@ -93,13 +99,15 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
         raise G4rtError(f"--batch must be positive, got {batch}")
     # Only the numpy reference materializes [heads, tokens, keys] attention scores.
     materialized = plan_backend == "numpy"
+    layout = dict(slots=parallel, ring_slack=draft_max)      # the caches the engine would allocate
     n_ctx = plan_ctx or M.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
-                                          materialized_attention=materialized, cpu_moe_layers=moe_layers)
+                                          materialized_attention=materialized, cpu_moe_layers=moe_layers, **layout)
     # what stays in host RAM must fit there too (only expert placement puts anything there)
     host_bytes = (M.parse_size(host_budget) if host_budget is not None else M.available_ram()) if moe_layers else None
     plan = M.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
                        materialized_attention=materialized, device="CPU" if on_cpu else f"GPU ({plan_backend})",
-                       model=Path(model).name, check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes)
+                       model=Path(model).name, check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes,
+                       **layout)
     click.echo(plan.markdown())
     if not plan.fits:
         raise plan.error()

@@ -180,6 +180,8 @@ class Plan:
     moe_transfer: int = 0        # bytes per token between device and host for the host-side experts
     host_budget: Optional[int] = None
     fit_cpu_moe: Optional[int] = None   # fewest layers whose experts must be on the host to fit
+    slots: int = 1               # sequences, each with its own KV cache
+    ring_slack: int = 0          # extra rows in every sliding ring
 
     @property
     def hybrid(self) -> bool:
@@ -260,7 +262,8 @@ class Plan:
     def markdown(self) -> str:
         kv = {2: "f16", 4: "f32"}.get(self.kv_bytes, f"{self.kv_bytes} B")
         lines = [f"## Memory plan: {self.model}", "",
-                 f"Context {self.ctx}, prefill batch {self.batch}, KV cache {kv}, {self.placement()}.", ""]
+                 f"Context {self.ctx}, prefill batch {self.batch}, KV cache {kv}{self._kv_layout()}, "
+                 f"{self.placement()}.", ""]
         cols = ["part", self.device] + (["host"] if self.hybrid else [])
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
@@ -282,6 +285,10 @@ class Plan:
         if self.budget is not None or self.host_budget is not None:
             lines += self._budget_lines() + [""]
         return "\n".join(lines)
+
+    def _kv_layout(self) -> str:
+        out = f" for {self.slots} sequence slots" if self.slots > 1 else ""
+        return out + (f" (sliding rings {self.ring_slack} rows longer than the window)" if self.ring_slack else "")
 
     def _budget_lines(self) -> list[str]:
         lines = []
@@ -356,6 +363,7 @@ class _Planner:
         experts_host = sum(self.expert_w[:split_moe]) + sum(self.expert_w[k:])
         scratch = self.scratch(ctx)
         return Plan(
+            slots=self.slots, ring_slack=self.ring_slack,
             ctx=ctx, batch=min(self.batch, ctx), kv_bytes=self.kv_bytes, n_layer=cfg.n_layer, gpu_layers=k,
             weights_device=weights_device,
             weights_host=sum(self.layer_w) + self.other_w - weights_device,

@@ -448,3 +448,20 @@ def test_ring_slack_and_slots_are_planned():
     assert slack.kv_global == base.kv_global
     assert slots.kv_device == 3 * base.kv_device
     assert M.max_context(cfg, specs, 10 << 30, slots=2) < M.max_context(cfg, specs, 10 << 30)
+
+
+def test_cli_plan_counts_parallel_slots_and_draft_rows(capsys):
+    """`g4rt info --plan --parallel S --draft-max K`: the KV cache of S slots with K-row-longer rings."""
+    from g4rt.cli import main
+    path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    kv = {}
+    for args in ([], ["--parallel", "4", "--draft-max", "8"]):
+        with pytest.raises(SystemExit) as e:
+            main.main(["info", str(path), "--plan", "--ctx", "4096", "--budget", "1GiB", *args], standalone_mode=True)
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        kv[len(args)] = next(line for line in out.splitlines() if line.startswith("| KV cache"))
+    assert "4 sequence slots" in out and "8 rows longer" in out
+    assert kv[0] != kv[4]
