@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType as QT
 
 from . import ops as O
 from .cli_generate import placement_options, speculative_options
+from .speculative import MAX_DRAFT
 from .quant_types import block_geometry, row_bytes
 
 
@@ -304,7 +305,7 @@ def _cpu_threads() -> int:
 @placement_options
 @speculative_options
 @click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
-@click.option("--verify-cost", type=click.IntRange(1, 15), default=None, metavar="K",
+@click.option("--verify-cost", type=click.IntRange(1, MAX_DRAFT), default=None, metavar="K",
               help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "

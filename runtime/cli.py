@@ -12,6 +12,7 @@ import numpy as np
 from . import __version__
 from .cli_generate import THREADS_OPTION
 from .errors import G4rtError, ParityError
+from .speculative import MAX_DRAFT
 
 BACKEND_CHOICE = click.Choice(["cpu", "numpy", "vulkan", "cuda"])
 
@@ -56,7 +57,7 @@ def main(ctx, debug):
               help="[--plan] Host RAM for what --cpu-moe / --n-cpu-moe keep there (default: available RAM).")
 @click.option("--parallel", "-np", "parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="[--plan] Sequence slots, each with its own KV cache (g4rt serve --parallel).")
-@click.option("--draft-max", "draft_max", type=click.IntRange(0, 15), default=0, show_default=True,
+@click.option("--draft-max", "draft_max", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
               help="[--plan] Speculative decoding: the sliding rings keep this many more rows.")
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
@@ -78,13 +79,11 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
     from .model.config import load_config
     from .model.graph import model_weight_specs
 
-    if cpu_moe and n_cpu_moe is not None:
-        raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
     f = GGUFFile(model)
     cfg = load_config(f)
     specs, _ = model_weight_specs(cfg, f)
     on_cpu = plan_backend in ("cpu", "numpy")
-    moe_layers = _plan_expert_layers(cfg, plan_backend, cpu_moe, n_cpu_moe)
+    moe_layers = M.expert_layers_on_host(cfg, plan_backend, cpu_moe, n_cpu_moe)
     if budget is not None:
         budget_bytes = M.parse_size(budget)
     elif on_cpu:
@@ -111,21 +110,6 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
     click.echo(plan.markdown())
     if not plan.fits:
         raise plan.error()
-
-
-def _plan_expert_layers(cfg, backend: str, cpu_moe: bool, n_cpu_moe) -> int:
-    """--cpu-moe / --n-cpu-moe N as the number of leading layers whose experts are in host RAM."""
-    if not cpu_moe and n_cpu_moe is None:
-        return 0
-    what = "--cpu-moe" if cpu_moe else "--n-cpu-moe"
-    if not any(L.moe for L in cfg.layers):
-        raise G4rtError(f"{what}: this model has no mixture-of-experts layers")
-    if backend in ("cpu", "numpy"):
-        raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
-                        "everything is in host RAM already")
-    if n_cpu_moe is not None and not 0 <= n_cpu_moe <= cfg.n_layer:
-        raise G4rtError(f"--n-cpu-moe must be in 0..{cfg.n_layer} (the model's layers), got {n_cpu_moe}")
-    return cfg.n_layer if cpu_moe else n_cpu_moe
 
 
 @main.command()

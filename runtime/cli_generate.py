@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .errors import G4rtError
+from .speculative import MAX_DRAFT
 
 BACKENDS = click.Choice(["auto", "cpu", "numpy", "vulkan", "cuda"])
 
@@ -40,9 +41,9 @@ def speculative_options(f):
         click.option("--spec", type=click.Choice(["ngram"]), default=None,
                      help="Speculative decoding without a draft model: propose what followed the last "
                           "n tokens earlier in the context (edits, summaries, code)."),
-        click.option("--draft-max", type=click.IntRange(1, 15), default=8, show_default=True,
+        click.option("--draft-max", type=click.IntRange(1, MAX_DRAFT), default=8, show_default=True,
                      help="Most tokens drafted per verification."),
-        click.option("--draft-min", type=click.IntRange(0, 15), default=0, show_default=True,
+        click.option("--draft-min", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
                      help="Fewer drafted tokens than this: decode plainly instead."),
         click.option("--draft-backend", type=click.Choice(["cpu", "numpy", "vulkan", "cuda"]), default=None,
                      help="Backend of the draft model (default: the model's)."),

@@ -19,6 +19,9 @@ from .backends import pick_backend
 from .chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
+from .gguf_file import GGUFFile
+from .memory_plan import expert_layers_on_host
+from .model.config import load_config
 from .sampling import Sampler
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .tokenizer import StreamDecoder, load_tokenizer
@@ -251,29 +254,6 @@ class ChatSession:
             self.messages.append({"role": "assistant", "content": answer})
 
 
-def _check_expert_placement(path, moe_layers: int, what: str) -> None:
-    """Expert placement on a model without experts, or past its layers, is a mistake to name
-    (before any device is opened; the header scan is cheap)."""
-    from .backends.hybrid import ALL_LAYERS
-    from .gguf_file import GGUFFile
-    from .model.config import load_config
-    cfg = load_config(GGUFFile(path))
-    if not any(L.moe for L in cfg.layers):
-        raise G4rtError(f"{what}: this model has no mixture-of-experts layers")
-    if moe_layers != ALL_LAYERS and moe_layers > cfg.n_layer:
-        raise G4rtError(f"--n-cpu-moe {moe_layers} is more than the model's {cfg.n_layer} layers")
-
-
-def expert_layers(cpu_moe: bool, n_cpu_moe: Optional[int]) -> int:
-    """--cpu-moe / --n-cpu-moe N as a layer count (0: no expert placement)."""
-    if cpu_moe and n_cpu_moe is not None:
-        raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
-    if n_cpu_moe is not None and n_cpu_moe < 0:
-        raise G4rtError(f"--n-cpu-moe must be >= 0, got {n_cpu_moe}")
-    from .backends.hybrid import ALL_LAYERS
-    return ALL_LAYERS if cpu_moe else int(n_cpu_moe or 0)
-
-
 def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          progress: Optional[Callable[[int], None]] = None, gpu_layers: Optional[int] = None,
          threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, cpu_moe: bool = False,
@@ -294,7 +274,6 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     if path is None:
         from .default_model import default_model_path
         path = default_model_path()
-    moe_layers = expert_layers(cpu_moe, n_cpu_moe)
     speculating = draft is not None or spec is not None
     if speculating:
         ring_slack = max(ring_slack, draft_max)      # proposals are taken back exactly
@@ -303,13 +282,13 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         backend, reason = pick_backend()
     if backend not in ("cpu", "numpy", "vulkan", "cuda"):
         raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, numpy, vulkan or cuda)")
+    moe_layers = 0
+    if cpu_moe or n_cpu_moe is not None:       # checked on the header, before any device opens
+        moe_layers = expert_layers_on_host(load_config(GGUFFile(path)), backend, cpu_moe, n_cpu_moe)
     if gpu_layers is not None or moe_layers:
-        what = "--gpu-layers" if gpu_layers is not None else "--cpu-moe" if cpu_moe else "--n-cpu-moe"
         if backend in ("cpu", "numpy"):
-            raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
+            raise G4rtError(f"--gpu-layers needs a GPU backend (--backend cuda or vulkan); on {backend} "
                             "everything already runs on the CPU")
-        if moe_layers:
-            _check_expert_placement(path, moe_layers, what)
         from .backends.hybrid import create_hybrid
         backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
                                     cpu_options={"threads": threads} if threads else None,

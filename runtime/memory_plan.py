@@ -88,6 +88,27 @@ def moe_transfer_bytes(cfg: ModelConfig, cpu_moe_layers: int) -> int:
     return sum(4 * (2 * cfg.n_embd + 2 * L.n_expert_used) for L in cfg.layers[:cpu_moe_layers] if L.moe)
 
 
+def expert_layers_on_host(cfg: ModelConfig, backend: str, cpu_moe: bool, n_cpu_moe: Optional[int]) -> int:
+    """--cpu-moe / --n-cpu-moe N as the number of leading layers whose experts stay in host RAM
+    (0: none), or a G4rtError naming what is wrong with the request."""
+    if not cpu_moe and n_cpu_moe is None:
+        return 0
+    if cpu_moe and n_cpu_moe is not None:
+        raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
+    what = "--cpu-moe" if cpu_moe else "--n-cpu-moe"
+    if backend in ("cpu", "numpy"):
+        raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
+                        "everything already runs on the CPU")
+    if not any(L.moe for L in cfg.layers):
+        raise G4rtError(f"{what}: this model has no mixture-of-experts layers")
+    if cpu_moe:
+        return cfg.n_layer
+    if not 0 <= n_cpu_moe <= cfg.n_layer:
+        raise G4rtError(f"--n-cpu-moe must be in 0..{cfg.n_layer}, got {n_cpu_moe}"
+                        + (f" (more than the model's {cfg.n_layer} layers)" if n_cpu_moe > cfg.n_layer else ""))
+    return n_cpu_moe
+
+
 def cpu_moe_option(n: int, n_layer: int) -> str:
     """The command-line spelling of an expert placement."""
     return "--cpu-moe" if n >= n_layer else f"--n-cpu-moe {n}"

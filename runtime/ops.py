@@ -229,6 +229,12 @@ class MoeSum(Op):
     _read_fields: ClassVar = ("y", "route")
 
 
+#: Part of the contract: a batch of up to this many rows is row-exact on every backend (each row
+#: gets the bits a one-row batch, a decode step, gives it), so speculative verification and several
+#: sequences decoded together reproduce plain decoding. shaders/cpu/g4cpu.h has the same number.
+ROW_EXACT_MAX = 16
+
+
 OP_TYPES = (EmbedLookup, MatMul, RmsNorm, Rope, Attention, KvStore, GeluMul, Gelu, Add, Mul, Scale,
             Softcap, Slice, MoeRoute, MoeMatMul, MoeSum)
 

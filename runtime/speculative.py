@@ -13,9 +13,9 @@ Sampling: the standard rule (Leviathan et al. 2023; Chen et al. 2023) with q = Î
 probability p(d), else draw from p without d (the normalized max(0, p - q)), so every emitted token
 follows the target's own distribution p (the sampler's, after penalties, top-k/p, min-p and
 temperature). After the step the target's cache is moved back to the kept tokens: exact because
-the sliding rings hold `window + draft_max` rows (Engine.reusable_prefix). The native CPU backend
-computes batches of up to 16 rows row-exactly (docs/speculative.md), so greedy speculative output
-is token for token plain greedy output there.
+the sliding rings hold `window + draft_max` rows (Engine.reusable_prefix). Every backend computes
+batches of up to ops.ROW_EXACT_MAX rows row-exactly (docs/speculative.md), so greedy speculative
+output is token for token plain greedy output.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .engine import Engine, common_prefix
+from .engine import Engine, common_prefix, kv_value_bytes
 from .errors import G4rtError
+from .ops import ROW_EXACT_MAX
 from .sampling import Sampler
 
 DEFAULT_DRAFT_MAX = 8
 DEFAULT_NGRAM_N = 3
-#: Proposals per verification: the native CPU backend is row-exact up to 16 rows (1 + 15).
-MAX_DRAFT = 15
+#: Proposals per verification: the last token and the proposals form one row-exact batch.
+MAX_DRAFT = ROW_EXACT_MAX - 1
 
 
 class SpeculativeError(G4rtError):
@@ -111,11 +112,6 @@ class ModelDrafter:
             logits = eng.forward([t], slot=slot)[-1]
             cached.append(t)
         return out
-
-    def forget(self, slot: int = 0) -> None:
-        """The slot's cache no longer matches anything (a failed step)."""
-        self.engine.reset(slot)
-        self._cached[slot] = []
 
     def close(self) -> None:
         self.engine.close()
@@ -256,23 +252,22 @@ def check_same_vocabulary(target, draft) -> None:
 
 
 # ---- building one --------------------------------------------------------------------------------
-def check_draft_fits(path, ctx: int, backend: str, slots: int = 1, ring_slack: int = 0) -> None:
-    """Refuse, before loading, a draft model whose weights and KV cache exceed the host RAM still
-    available (the native CPU and numpy backends; a GPU backend checks its own memory as it loads)."""
+def check_draft_fits(f, ctx: int, backend: str, slots: int = 1, ring_slack: int = 0) -> None:
+    """Refuse, before loading, a draft model (an open GGUFFile) whose weights and KV cache exceed
+    the host RAM still available (the native CPU and numpy backends; a GPU backend checks its own
+    memory as it loads)."""
     if backend not in ("cpu", "numpy"):
         return
-    from .gguf_file import GGUFFile
     from .memory_plan import available_ram, make_plan
     from .model.config import load_config
     from .model.graph import model_weight_specs
     avail = available_ram()
     if avail is None:
         return
-    f = GGUFFile(path)
     cfg = load_config(f)
     specs, _ = model_weight_specs(cfg, f)
-    plan = make_plan(cfg, specs, ctx, kv_bytes=2 if backend == "cpu" else 4, check=False,
-                     device="CPU", model=f"draft model {f.path.name}", ring_slack=ring_slack, slots=slots)
+    plan = make_plan(cfg, specs, ctx, kv_bytes=kv_value_bytes(backend), check=False, device="CPU",
+                     model=f"draft model {f.path.name}", ring_slack=ring_slack, slots=slots)
     need = plan.device_total
     if need > avail:
         raise SpeculativeError(f"the draft model {f.path.name} needs {need / 2**30:.2f} GiB at context {ctx} "
@@ -291,9 +286,11 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
         raise SpeculativeError(f"unknown --spec {spec!r} (ngram)")
     if spec == "ngram":
         return Speculator(target, NgramDrafter(ngram_n), draft_max, draft_min)
+    from .gguf_file import GGUFFile
     from .tokenizer import load_tokenizer
-    check_same_vocabulary(target_tokenizer, load_tokenizer(draft))
-    check_draft_fits(draft, target.ctx, draft_backend, target.slots, draft_max)
+    f = GGUFFile(draft)                 # one header scan for both checks
+    check_same_vocabulary(target_tokenizer, load_tokenizer(f))
+    check_draft_fits(f, target.ctx, draft_backend, target.slots, draft_max)
     opts = {"threads": threads} if threads and draft_backend == "cpu" else {}
     eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max, **opts)
     try:

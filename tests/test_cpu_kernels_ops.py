@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from g4rt.backends.numpy_ref import backend as ref
+from g4rt.ops import ROW_EXACT_MAX     # g4cpu.h: batches this small run row by row
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "shaders" / "cpu"
@@ -519,9 +520,6 @@ ATT_CASES = [
     (2, 1, 20, 8, 8, 30, 6),          # tiny odd head size, window
     (4, 1, 256, 24, 24, 0, 64),       # pos0 0, prefill 64 > window 24
 ]
-
-
-ROW_EXACT_MAX = 16      # g4cpu.h: batches up to this many rows run row by row (row-exact)
 
 
 def _units(rows, n_head, n_kv):

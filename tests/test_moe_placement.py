@@ -63,15 +63,19 @@ def test_segments_alternate_and_hand_over_only_what_is_read(front_layers, moe_la
         if layer < min(moe_layers, cfg.n_layer):
             assert set(sides[s:e]) == {"back"}
     n_front_layers = min(front_layers, cfg.n_layer)
+    between = 0
     for seg in segs:
         if seg.side == "back" and seg.start < len(g.ops) and g.ops[seg.start].kind == "moe_matmul" \
                 and seg.end <= len(g.ops) and g.ops[seg.end - 1].kind == "moe_sum" \
                 and n_front_layers == cfg.n_layer:
             # an expert segment between GPU segments takes the normed row and the route
             assert sorted(seg.inputs) == ["moe_in", "route"], seg.inputs
+            between += 1
         for b in seg.inputs:      # an input is read before this segment writes it
             first_read = next(i for i in range(seg.start, seg.end) if b in g.ops[i].reads())
             assert not any(g.ops[i].out == b for i in range(seg.start, first_read))
+    if n_front_layers == cfg.n_layer:        # the check above ran for every moved layer
+        assert between == sum(1 for L in cfg.layers if L.moe and L.index < moe_layers)
     caches_by_side = {}
     for seg in segs:
         for c in seg.caches:

@@ -1,4 +1,4 @@
-"""Row-exact small batches on the native CPU backend (and the numpy reference): a batch of up to G4_ROW_EXACT_MAX (16) rows
+"""Row-exact small batches on every backend: a batch of up to ops.ROW_EXACT_MAX (16) rows
 gives every row the very bits a one-row decode step gives it. Speculative verification and
 several sequences decoded together rest on this: they reproduce plain greedy decoding token for
 token only if a row's logits do not depend on what else is in its batch."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
+from g4rt.ops import ROW_EXACT_MAX
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
 MOE = FIXTURES.parent / "fixtures-moe"
-ROW_EXACT_MAX = 16
 
 
 def _case(path, ref, start, kv_dtype, threads, sizes, backend="cpu"):
@@ -94,6 +94,14 @@ def test_moe_batch_rows_equal_decode_steps():
     name = "g4-moe-Q4_K_M"
     _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 2, (2, ROW_EXACT_MAX))
     _case(MOE / "models" / f"{name}.gguf", MOE / "ref" / f"{name}.exact.npz", 100, "f16", 1, (3,), backend="numpy")
+
+
+def test_the_c_kernels_use_the_contracts_limit():
+    """g4cpu.h cannot import ops.ROW_EXACT_MAX; it must state the same number."""
+    import re
+    from g4rt.backends.cpu.compiler import source_dir
+    header = (source_dir() / "g4cpu.h").read_text()
+    assert int(re.search(r"#define G4_ROW_EXACT_MAX (\d+)", header).group(1)) == ROW_EXACT_MAX
 
 
 def _isas():

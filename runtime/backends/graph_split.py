@@ -174,8 +174,6 @@ def sub_graphs(graph: O.Graph, part: Partition, input_prefix: str) -> tuple[Opti
     return front, back, inputs
 
 
-
-
 # ---- many segments: expert ops of MoE layers on the back side (--cpu-moe) -----------------------
 def expert_op_ranges(graph: O.Graph) -> dict[int, tuple[int, int]]:
     """Per layer, the ops [start, end) that multiply by 3-D expert tensors: from the first op that

@@ -149,10 +149,8 @@ class HybridBackend(Backend):
             return self._compile_segments(graph)
         split = self.split_index(graph)
         part = partition(graph, split)
-        fits = None
-        if hasattr(self.front, "check_split_fits"):
-            def fits():
-                self.front.check_split_fits(graph, self._model_caches(graph), part.split, batch=self.batch)
+        fits = (lambda: self.front.check_split_fits(graph, self._model_caches(graph), part.split, batch=self.batch)) \
+            if hasattr(self.front, "check_split_fits") else None
         self._prepare(graph, part, (part.split > 0, part.split < len(graph.ops)), fits)
         self.last_partition = part
         return HybridGraph(self, graph, part)
@@ -170,10 +168,8 @@ class HybridBackend(Backend):
             c.update(seg.caches)
         part.transfers = [b for seg in segs for b in seg.inputs]
         front_ops = [i for i, sd in enumerate(sides) if sd == "front"]
-        fits = None
-        if hasattr(self.front, "check_ops_fit"):
-            def fits():
-                self.front.check_ops_fit(graph, self._model_caches(graph), front_ops, batch=self.batch)
+        fits = (lambda: self.front.check_ops_fit(graph, self._model_caches(graph), front_ops, batch=self.batch)) \
+            if hasattr(self.front, "check_ops_fit") else None
         self._prepare(graph, part, ("front" in sides, "back" in sides), fits)
         self.last_partition = part
         self.last_segments = segs
@@ -205,64 +201,45 @@ class HybridGraph(CompiledGraph):
         values: dict[str, np.ndarray] = {}
         out = None
         if self.front is not None:
-            want = set(part.transfers)
-            direct = hasattr(self.front, "read_buffers") and observer is None
-            if direct:
-                out = self.front.run(tokens, pos0)
-                if want:
-                    values = self.front.read_buffers(list(part.transfers))
-            else:
-                def obs(idx, op, arr):
-                    if op.out in want:
-                        values[op.out] = np.array(arr, dtype=np.float32, copy=True)
-                    if observer:
-                        observer(idx, op, arr)
-                out = self.front.run(tokens, pos0, obs)
-            missing = want - set(values)
-            if missing:
-                raise G4rtError(f"hybrid: the front graph did not produce {', '.join(sorted(missing))}")
+            out = _run_and_read(self.front, tokens, pos0, part.transfers, values, observer, lambda idx: idx)
         if self.back is None:
             return out
         if values:
             write_inputs(self.backend.back, {self.inputs[b]: values[b] for b in part.transfers})
-        back_obs = None
-        if observer:
-            def back_obs(idx, op, arr):
-                if idx >= self.n_pre:
-                    observer(idx - self.n_pre + part.split, op, arr)
-        return self.back.run(tokens, pos0, back_obs)
+        n = self.n_pre
+        return _run_and_read(self.back, tokens, pos0, [], values, observer,
+                             lambda idx: idx - n + part.split if idx >= n else None)
 
 
 class SegmentedGraph(CompiledGraph):
     """Segments alternating between the two backends (a GPU layer's attention, then its experts
     on the CPU, then the rest of the layer on the GPU, ...). Each segment is a graph of its own
-    on its backend; what one hands to a later one goes through the host as f32 rows."""
+    on its backend; what crosses to the other side goes through the host as f32 rows, what a later
+    segment on the same side needs stays on that device (declare_kept)."""
 
     def __init__(self, backend: HybridBackend, graph: O.Graph, segs: list[Segment]):
         self.backend, self.graph, self.segments = backend, graph, segs
-        self.compiled = []
         shape = lambda b: (graph.buffers[b].rows, graph.buffers[b].cols)      # noqa: E731
+        self._steps = []         # per segment, what run() needs: fixed once recorded
         for seg in segs:
-            be = self._side(seg)
-            declare_inputs(be, {input_name(graph, b): shape(b) for b in seg.inputs})
+            be = backend.front if seg.side == "front" else backend.back
+            names = {b: input_name(graph, b) for b in seg.inputs}
+            declare_inputs(be, {name: shape(b) for b, name in names.items()})
             if seg.kept_in or seg.kept_out:
                 be.declare_kept({kept_name(graph, b): shape(b) for b in seg.kept_in + seg.kept_out})
-            self.compiled.append(be.compile(segment_graph(graph, seg)))
+            n_pre, n_ops = len(seg.inputs) + len(seg.kept_in), seg.end - seg.start
+            to_global = lambda idx, n=n_pre, m=n_ops, s=seg.start: idx - n + s if n <= idx < n + m else None  # noqa: E731
+            self._steps.append((be, names, be.compile(segment_graph(graph, seg)), seg.exports, to_global))
         # bytes through the host per call (what stays on a device is not counted)
         self.transfer_bytes = sum(int(np.prod(shape(b))) * 4 for seg in segs for b in seg.inputs)
-
-    def _side(self, seg: Segment) -> Backend:
-        return self.backend.front if seg.side == "front" else self.backend.back
 
     def run(self, tokens, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
         carried: dict[str, np.ndarray] = {}
         out = None
-        for seg, cg in zip(self.segments, self.compiled):
-            if seg.inputs:
-                write_inputs(self._side(seg), {input_name(self.graph, b): carried[b] for b in seg.inputs})
-            n_pre, n_ops = len(seg.inputs) + len(seg.kept_in), seg.end - seg.start
-            out = _run_and_read(cg, tokens, pos0, seg.exports, carried, observer,
-                                lambda idx, n=n_pre, m=n_ops, s=seg.start: idx - n + s if n <= idx < n + m else None)
+        for be, names, cg, exports, to_global in self._steps:
+            if names:
+                write_inputs(be, {name: carried[b] for b, name in names.items()})
+            out = _run_and_read(cg, tokens, pos0, exports, carried, observer, to_global)
         return out
 
 

@@ -566,6 +566,19 @@ static inline __m256i sx8(const uint8_t *p) { return _mm256_cvtepi8_epi32(_mm_lo
 static const float k5tab[256][8] __attribute__((aligned(32))) = {K5_64(0), K5_64(64), K5_64(128), K5_64(192)};
 #define K5(b) _mm256_load_ps(k5tab[(b) & 0xff])
 
+/* One row's share of a decoded 32-value block, c0..c3 its values 0-7, 8-15, 16-23, 24-31:
+ * s0 = c0 x[0..8) + c2 x[16..24), s1 = c1 x[8..16) + c3 x[24..32), then acc += d * s (the
+ * one-row order, which the multi-row kernels must keep). */
+G4_AI_MV void block32_row(__m256 c0, __m256 c1, __m256 c2, __m256 c3, __m256 d, const float *xb, __m256 *a0,
+                          __m256 *a1) {
+    __m256 s0 = _mm256_mul_ps(c0, _mm256_loadu_ps(xb));
+    __m256 s1 = _mm256_mul_ps(c1, _mm256_loadu_ps(xb + 8));
+    s0 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb + 16), s0);
+    s1 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb + 24), s1);
+    *a0 = _mm256_fmadd_ps(s0, d, *a0);
+    *a1 = _mm256_fmadd_ps(s1, d, *a1);
+}
+
 /* bs: block bytes; qo: offset of qs; ho: offset of qh (0: none); mo: offset of the f16 min (0:
  * none); off: code offset (8 for Q4_0, 16 for Q5_0, 0 with a min). The offset / min term is
  * a scalar FMA per block against the per-block sums of x. */
@@ -595,13 +608,7 @@ G4_AI_MV void nib_rows_t(const int R, const uint8_t *w, const float *const *x, c
         const __m256 d = _mm256_broadcast_ss(dp);
         const float dm = mo ? HT(p + mo) : *dp;
         for (int r = 0; r < R; r++) {
-            const float *xb = x[r] + b * QK;
-            __m256 s0 = _mm256_mul_ps(c0, _mm256_loadu_ps(xb));
-            __m256 s1 = _mm256_mul_ps(c1, _mm256_loadu_ps(xb + 8));
-            s0 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb + 16), s0);
-            s1 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb + 24), s1);
-            a0[r] = _mm256_fmadd_ps(s0, d, a0[r]);
-            a1[r] = _mm256_fmadd_ps(s1, d, a1[r]);
+            block32_row(c0, c1, c2, c3, d, x[r] + b * QK, &a0[r], &a1[r]);
             ao[r] += dm * sx[r][b];
         }
     }
@@ -763,15 +770,7 @@ G4_AI_MV void q8_0_rows_t(const int R, const uint8_t *w, const float *const *x, 
         const __m256 c0 = _mm256_cvtepi32_ps(sx8(q)), c1 = _mm256_cvtepi32_ps(sx8(q + 8));
         const __m256 c2 = _mm256_cvtepi32_ps(sx8(q + 16)), c3 = _mm256_cvtepi32_ps(sx8(q + 24));
         const __m256 d = _mm256_broadcast_ss(&HT(p));
-        for (int r = 0; r < R; r++) {
-            const float *xb = x[r] + b * QK;
-            __m256 s0 = _mm256_mul_ps(c0, _mm256_loadu_ps(xb));
-            __m256 s1 = _mm256_mul_ps(c1, _mm256_loadu_ps(xb + 8));
-            s0 = _mm256_fmadd_ps(c2, _mm256_loadu_ps(xb + 16), s0);
-            s1 = _mm256_fmadd_ps(c3, _mm256_loadu_ps(xb + 24), s1);
-            a0[r] = _mm256_fmadd_ps(s0, d, a0[r]);
-            a1[r] = _mm256_fmadd_ps(s1, d, a1[r]);
-        }
+        for (int r = 0; r < R; r++) block32_row(c0, c1, c2, c3, d, x[r] + b * QK, &a0[r], &a1[r]);
     }
     for (int r = 0; r < R; r++) out[r] = hsum8(_mm256_add_ps(a0[r], a1[r]));
 }

@@ -710,7 +710,7 @@ class CudaGraph(CompiledGraph):
                 q, ds = self._quantized(op.x, x, R, Kc, L)
                 L.append(_Launch(K.typed_kernel("matvec8", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
                                  K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, q, ds, dst, Oc, Kc, R]))
-            elif R <= K.ROW_EXACT_MAX:
+            elif R <= O.ROW_EXACT_MAX:
                 # decode's matvec, MV_MAXN rows a launch: a row's sums do not depend on the batch
                 for r0 in range(0, R, K.MV_MAXN):
                     rn = min(K.MV_MAXN, R - r0)
@@ -774,7 +774,7 @@ class CudaGraph(CompiledGraph):
             except ValueError as e:
                 raise G4rtError(str(e)) from None
             ring = ck.rows
-            exact = R <= K.ROW_EXACT_MAX        # each row split as a one-row decode step splits it
+            exact = R <= O.ROW_EXACT_MAX        # each row split as a one-row decode step splits it
             rows_seen = 1 if exact else R
             max_keys = min(op.window, ring + rows_seen) if op.window > 0 else ring + rows_seen
             ns = K.attn_splits(max_keys, rows_seen, H, be.sm_count)

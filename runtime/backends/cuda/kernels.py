@@ -71,7 +71,6 @@ for _kv in ("f16", "f32"):
 # Geometry (must match the kernels' #defines)
 MV_WARPS = 4          # matvec.cu: rows per block (one warp each)
 MV_MAXN = 4           # matvec.cu: largest batch served by the matvec kernels
-ROW_EXACT_MAX = 16    # batches up to this size are row-exact (matvec launches, decode's attention split)
 MM_BO, MM_BT, MM_THREADS = 64, 64, 256      # matmul.cu tile
 ATT_THREADS = 128     # attention.cu: 4 warps
 Q8_GROUPS_PER_BLOCK = 4   # matvec8.cu quantize_q8: one warp per 32-value group

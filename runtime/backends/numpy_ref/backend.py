@@ -185,7 +185,7 @@ def moe_matmul(x: np.ndarray, route: np.ndarray, w: np.ndarray, n_expert: int) -
     ids = route[:, k:].astype(np.int64).reshape(-1)                 # selection s = r*k + j
     src = np.arange(rows * k) if x.shape[0] == rows * k else np.repeat(np.arange(rows), k)
     out = np.empty((rows * k, N), np.float32)
-    exact = rows <= ROW_EXACT_MAX
+    exact = rows <= O.ROW_EXACT_MAX
     for e in np.unique(ids):                                        # each expert's rows at once
         s = np.flatnonzero(ids == e)
         we = w[e * N:(e + 1) * N]
@@ -202,11 +202,6 @@ def moe_sum(y: np.ndarray, route: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Batches of up to this many rows are row-exact (each row what a one-row batch gives it), as on
-#: the native CPU backend: speculative verification reproduces plain decoding.
-ROW_EXACT_MAX = 16
-
-
 class NumpyGraph(CompiledGraph):
     def __init__(self, backend: "NumpyBackend", graph: O.Graph):
         self.backend, self.graph = backend, graph
@@ -215,7 +210,7 @@ class NumpyGraph(CompiledGraph):
         # One-row products are memory-bound: BLAS threads only add wake-up and spin costs there
         # (measured 665 ms vs 89 ms per Gemma 3 270M decode step on 2 cores), so decode runs the
         # BLAS single-threaded; batched prefill keeps all threads for its GEMMs.
-        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens <= ROW_EXACT_MAX \
+        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens <= O.ROW_EXACT_MAX \
             else contextlib.nullcontext()
         with limit:
             return self._run(tokens, pos0, observer)
@@ -237,7 +232,7 @@ class NumpyGraph(CompiledGraph):
                 res = be.embedding_rows(op.table, tokens) * np.float32(op.scale)
             elif isinstance(op, O.MatMul):
                 x = get(op.x)
-                res = matmul_rows_exact(x, be.weight(op.weight)) if n <= ROW_EXACT_MAX else x @ be.weight(op.weight).T
+                res = matmul_rows_exact(x, be.weight(op.weight)) if n <= O.ROW_EXACT_MAX else x @ be.weight(op.weight).T
             elif isinstance(op, O.RmsNorm):
                 w = be.weight(op.weight).reshape(-1) if op.weight else None
                 res = rms_norm(get(op.x), w, op.eps, op.group)
@@ -248,7 +243,7 @@ class NumpyGraph(CompiledGraph):
                 args = (get(op.q), get(op.k), get(op.v), get(op.cache_k).astype(np.float32),
                         get(op.cache_v).astype(np.float32), pos0, op.n_head, op.n_kv_head, op.head_dim,
                         op.window, op.scale)
-                res = attention_rows_exact(*args, caches[op.cache_k].dtype) if 1 < n <= ROW_EXACT_MAX \
+                res = attention_rows_exact(*args, caches[op.cache_k].dtype) if 1 < n <= O.ROW_EXACT_MAX \
                     else attention(*args)
             elif isinstance(op, O.KvStore):
                 ck, cv = caches[op.out], caches[op.cache_v]

@@ -49,10 +49,6 @@ _ALIGN_WORDS = 64             # 256-byte alignment of buffers inside an arena
 _STAGING_WORDS = 8 << 20      # 32 MiB host staging for device-only uploads
 _MAX_GROUPS = 32768          # per grid dimension (a power of two below the 65535 limit)
 _MATVEC_MAX_TOKENS = 8        # tokens per matrix-vector dispatch (more: several dispatches)
-#: Batches of up to this many rows are row-exact (every row the bits of a one-row decode step):
-#: their matmuls take the decode kernels, whose per-token sums do not depend on the batch, and their
-#: attention runs attention.comp per row with the batch's earlier rows rounded as the cache holds them.
-ROW_EXACT_MAX = 16
 _ATTN_MAX_HEAD_DIM = 512      # MAXD in attention.comp
 
 #: push-constant words per kernel (must match the `PC` blocks of the shaders)
@@ -634,7 +630,8 @@ class VulkanGraph(CompiledGraph):
         kv = dict(KV_F16=True) if be.kv_f16 else {}
         # the barrier-free kernel for batches on CPU drivers, where its loops stay short enough
         span = (op.window + 8) if op.window else ck.cache.rows + self.n
-        exact = 1 < self.n <= ROW_EXACT_MAX
+        # row-exact batches (ops.ROW_EXACT_MAX): attention.comp per row, earlier rows as cached
+        exact = 1 < self.n <= O.ROW_EXACT_MAX
         use_rows = (be.kernels == "cpu" and self.n > 1 and not exact and op.head_dim % 32 == 0
                     and span * (2 * op.head_dim // 32 + 1) < 60000)
         if exact and be.kv_f16:
@@ -700,7 +697,7 @@ class VulkanGraph(CompiledGraph):
                             f"{op.x} ({x.cols} cols) -> {op.out} ({out.cols} cols)")
         qid = QTYPE_IDS[w.spec.qtype.name]
         res = []
-        exact = out.rows <= ROW_EXACT_MAX
+        exact = out.rows <= O.ROW_EXACT_MAX     # row-exact: the decode kernels, per-token sums
         for r0, r1 in _bands(out.rows, [(x, 0), (out, 0)]):
             # row-exact batches on GPU kernels: the decode matvec, MATVEC_MAX_TOKENS rows a dispatch
             step = _MATVEC_MAX_TOKENS if exact and be.kernels != "cpu" else r1 - r0
