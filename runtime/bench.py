@@ -307,11 +307,13 @@ def _cpu_threads() -> int:
 @click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
 @click.option("--verify-cost", type=click.IntRange(1, MAX_DRAFT), default=None, metavar="K",
               help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
+@click.option("--parallel", "parallel", default=None, metavar="1,2,4,8",
+              help="decode that many sequences together (comma-separated levels): aggregate and per-stream tokens/s")
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  threads, int8, llama_bench, text, verify_cost, **place):
+                  threads, int8, llama_bench, text, verify_cost, parallel, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from .errors import G4rtError
     from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -335,6 +337,17 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
     try:
         if ops_mode:
             res = bench_ops(backend, opts, reps, only, echo)
+        elif parallel:
+            from .bench_parallel import bench_parallel
+            if model is None:
+                raise click.UsageError("MODEL is required")
+            try:
+                levels = sorted({int(x) for x in parallel.split(",") if x.strip()})
+            except ValueError:
+                raise click.UsageError(f"--parallel takes comma-separated counts such as 1,2,4,8, not {parallel!r}")
+            if not levels or levels[0] < 1 or levels[-1] > 64:
+                raise click.UsageError("--parallel levels must be between 1 and 64")
+            res = bench_parallel(model, backend, levels, n_prompt, n_gen, opts, echo)
         elif verify_cost or speculating:
             from .bench_speculative import bench_speculative, verify_costs
             if model is None:

@@ -111,7 +111,7 @@ class _LoadProgress:
             self.bar.close()
 
 
-def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None):
+def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None, slots=1):
     from .generation import load
     if model_path is None:
         from .default_model import default_model_path
@@ -121,7 +121,7 @@ def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=
     progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     threads=threads, ring_slack=ring_slack, **(place or {}), **(spec or {}))
+                     threads=threads, ring_slack=ring_slack, slots=slots, **(place or {}), **(spec or {}))
     finally:
         progress.close()
     if not quiet:
@@ -158,15 +158,24 @@ def _gen_kwargs(kw) -> dict:
               help="Wrap the prompt in the model's chat template, or feed it as raw text.")
 @click.option("--system", help="System prompt (implies --chat).")
 @click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel in chat output.")
+@click.option("--batch", "batch_file", type=click.File("r", encoding="utf-8"), default=None,
+              help="A file of prompts (one per line, or JSON lines with a \"prompt\" field): generate for "
+                   "all, decoding --parallel of them together; prints one JSON line per prompt, in order.")
+@click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --batch: how many prompts decode together (KV cache slots).")
 @_sampling_options
-def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
+def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, parallel, **kw):
     """Generate text from a prompt, streaming it as it is produced.
 
     MODEL defaults to the bundled Gemma 3 270M when its package is installed."""
-    if prompt is None and prompt_file is None:
-        raise click.UsageError("give a prompt with -p TEXT or -f FILE")
-    if prompt is not None and prompt_file is not None:
-        raise click.UsageError("give either -p or -f, not both")
+    given = [x is not None for x in (prompt, prompt_file, batch_file)]
+    if not any(given):
+        raise click.UsageError("give a prompt with -p TEXT or -f FILE, or prompts with --batch FILE")
+    if sum(given) > 1:
+        raise click.UsageError("give one of -p, -f and --batch")
+    if batch_file is not None:
+        _run_batch(model, batch_file, parallel, chat or system is not None, system, kw)
+        return
     text = prompt if prompt is not None else prompt_file.read()
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw))
     chat = chat or system is not None
@@ -186,6 +195,58 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, **kw):
         click.echo(_summary(m), err=True)
     if interrupted:
         raise SystemExit(130)
+
+
+def read_batch_prompts(f) -> list[str]:
+    """Prompts of a --batch file: JSON lines ({"prompt": ...} or a JSON string) when every
+    non-blank line is JSON, else one prompt per non-blank line."""
+    import json
+    lines = [ln.rstrip("\r\n") for ln in f.read().splitlines()]
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise G4rtError(f"--batch {getattr(f, 'name', 'file')}: no prompts")
+    prompts = []
+    for n, ln in enumerate(lines, 1):
+        if not ln.lstrip().startswith(("{", '"')):
+            return lines
+        try:
+            obj = json.loads(ln)
+        except ValueError:
+            return lines
+        if isinstance(obj, dict):
+            obj = obj.get("prompt")
+        if not isinstance(obj, str) or not obj:
+            raise G4rtError(f"--batch line {n}: a JSON line needs a non-empty \"prompt\" string")
+        prompts.append(obj)
+    return prompts
+
+
+def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
+    import json
+    import time
+    from .batch_generate import BatchStats
+    spec = speculation(kw)
+    if spec["draft"] is not None or spec["spec"] is not None:
+        raise click.UsageError("--batch decodes prompts together without speculation: drop --draft / --spec")
+    prompts = read_batch_prompts(batch_file)
+    slots = min(parallel, len(prompts))
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], slots=slots)
+    stats = BatchStats()
+    t0 = time.perf_counter()
+    try:
+        results = m.generate_many(prompts, chat=chat, system=system, stats=stats, **_gen_kwargs(kw))
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+    for i, (p, r) in enumerate(zip(prompts, results)):
+        click.echo(json.dumps({"index": i, "prompt": p, "text": r.text, "tokens": len(r.tokens),
+                               "stop_reason": r.stop_reason}, ensure_ascii=False))
+    if not kw["quiet"]:
+        wall = time.perf_counter() - t0
+        gen = sum(len(r.tokens) for r in results)
+        click.echo(f"[{len(prompts)} prompts, {slots} together ({'batched' if m.engine.batched else 'in turn'}); "
+                   f"{gen} tokens generated in {wall:.1f} s = {gen / wall:.1f} tok/s in all; "
+                   f"{stats.steps} steps of {stats.mean_batch:.1f} rows on average; backend {m.backend_name}, "
+                   f"device {m.device_name}]", err=True)
 
 
 @click.command()

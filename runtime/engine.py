@@ -16,6 +16,7 @@ from .gguf_file import GGUFFile
 from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
 from .model.graph import build_graph, kv_caches, model_weight_specs
+from .ops import ROW_EXACT_MAX, Segment
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
@@ -96,9 +97,15 @@ class Engine:
             # a progress display learns the total first (bytes of every weight the model reads)
             progress.start(sum(int(self.weight_bytes(n).nbytes) for n in probe.weights))
         self.backend.load_weights(probe.weights, self, progress)
-        caches = {}
-        for slot in range(self.slots):
-            caches.update(kv_caches(self.config, self.ctx, slot, self.ring_slack))
+        # A backend that takes segments (ops.Segment) keeps every slot in one cache per layer and
+        # replays one graph for any mix of sequences; others get caches and graphs per slot.
+        self.batched = bool(getattr(self.backend, "supports_segments", False))
+        if self.batched:
+            caches = kv_caches(self.config, self.ctx, 0, self.ring_slack, self.slots)
+        else:
+            caches = {}
+            for slot in range(self.slots):
+                caches.update(kv_caches(self.config, self.ctx, slot, self.ring_slack))
         self.backend.allocate_caches(caches)
         self._graphs: OrderedDict[tuple[int, bool, int], CompiledGraph] = OrderedDict()
         self._pos = [0] * self.slots
@@ -110,11 +117,14 @@ class Engine:
         return self.file.tensor(name).raw
 
     def graph(self, n_tokens: int, all_logits: bool = False, slot: int = 0) -> CompiledGraph:
-        key = (n_tokens, all_logits and n_tokens > 1, slot)
+        """The recorded graph for a batch of n_tokens rows (on a batched engine one serves every
+        slot: the slot is chosen per call by the segments)."""
+        key = (n_tokens, all_logits and n_tokens > 1, 0 if self.batched else slot)
         g = self._graphs.get(key)
         if g is None:
-            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], slot,
-                                                 self.ring_slack))
+            slots = self.slots if self.batched else 1
+            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], key[2],
+                                                 self.ring_slack, slots))
             self._graphs[key] = g
             while len(self._graphs) > MAX_RECORDED_GRAPHS:
                 self._graphs.popitem(last=False)        # least recently used
@@ -198,12 +208,74 @@ class Engine:
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start:start + self.prefill_chunk]
             last = start + len(chunk) == len(ids)
-            out = self.graph(len(chunk), all_logits, slot).run(chunk, self._pos[slot])
+            at = [Segment(0, len(chunk), self._pos[slot], slot)] if self.batched and slot else self._pos[slot]
+            out = self.graph(len(chunk), all_logits, slot).run(chunk, at)
             self._pos[slot] += len(chunk)
             if all_logits or last:
                 outs.append(np.array(out, dtype=np.float32, copy=True))
         # one chunk (every decode step): its copy is the answer, no second copy of the logits
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+
+    def forward_batch(self, items) -> list[np.ndarray]:
+        """Feed several sequences at once: items are (slot, ids) with distinct slots; returns each
+        one's logits for its last token ([n_vocab]).
+
+        On a batched engine items share graph calls: packs of at most ROW_EXACT_MAX rows in all,
+        within which every row gets the bits it gets alone (row-exact), so a sequence's tokens
+        do not depend on what it was batched with; a longer item (a prompt chunk) runs alone, in
+        chunks as `forward` cuts them. Elsewhere the items run one after the other."""
+        items = [(int(slot), np.asarray(ids, dtype=np.int32).reshape(-1)) for slot, ids in items]
+        slots = [slot for slot, _ in items]
+        if len(set(slots)) != len(slots):
+            raise G4rtError(f"a batch holds each slot once, got slots {slots}")
+        out: list[Optional[np.ndarray]] = [None] * len(items)
+        pack: list[int] = []
+
+        def run_pack():
+            if len(pack) == 1:
+                i = pack[0]
+                out[i] = self.forward(items[i][1], slot=items[i][0])[-1]
+            elif pack:
+                out_rows = self._forward_segments([items[i] for i in pack])
+                for i, row in zip(pack, out_rows):
+                    out[i] = row
+            pack.clear()
+
+        rows = 0
+        for i, (slot, ids) in enumerate(items):
+            if not self.batched or len(ids) > ROW_EXACT_MAX:
+                out[i] = self.forward(ids, slot=slot)[-1]
+                continue
+            if rows + len(ids) > ROW_EXACT_MAX:
+                run_pack()
+                rows = 0
+            pack.append(i)
+            rows += len(ids)
+        run_pack()
+        return out
+
+    def _forward_segments(self, items) -> list[np.ndarray]:
+        """One graph call over several sequences' rows (an all-rows graph: each segment's last row
+        is its answer)."""
+        segs, row = [], 0
+        for slot, ids in items:
+            if not 0 <= slot < self.slots:
+                raise G4rtError(f"slot {slot} out of range (the engine has {self.slots})")
+            if len(ids) == 0:
+                raise G4rtError("no tokens to process")
+            pos = self._pos[slot]
+            if pos + len(ids) > self.ctx:
+                raise ContextOverflowError(
+                    f"slot {slot}: {pos + len(ids)} tokens do not fit the context of {self.ctx}; use a larger --ctx")
+            if ids.min() < 0 or ids.max() >= self.config.n_vocab:
+                raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
+            segs.append(Segment(row, len(ids), pos, slot))
+            row += len(ids)
+        tokens = np.concatenate([ids for _, ids in items])
+        logits = self.graph(row, all_logits=True).run(tokens, segs)
+        for slot, ids in items:
+            self._pos[slot] += len(ids)
+        return [np.array(logits[s.row0 + s.rows - 1], dtype=np.float32, copy=True) for s in segs]
 
     def close(self) -> None:
         self.backend.close()

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .backends import pick_backend
+from .batch_generate import BatchRequest, BatchResult, BatchStats, generate_batch
 from .chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
@@ -227,6 +228,36 @@ class Model:
         tail = dec.flush()
         if tail:
             yield tail
+
+    def generate_many(self, prompts: Sequence[Union[str, Messages, Sequence[int]]], max_tokens: int = 256, *,
+                      chat: Optional[bool] = None, system: Optional[str] = None, temperature: float = 0.0,
+                      top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repeat_penalty: float = 1.0,
+                      seed: Optional[int] = None, samplers: Optional[Sequence[Sampler]] = None,
+                      on_token: Optional[Callable[[int, int], None]] = None,
+                      cancelled: Optional[Callable[[int], bool]] = None,
+                      stats: Optional[BatchStats] = None, **template_opts) -> list[BatchResult]:
+        """Generate for many prompts, decoding up to the engine's slots (`g4rt.load(slots=N)`)
+        together in one batched pass per token; results (tokens and text) in prompt order.
+
+        A prompt is text, chat messages or token ids. Each prompt gets its own sampler (the same
+        settings and seed for every prompt, or `samplers`, one per prompt), so its output is the
+        one it gets alone whatever else is in the batch. on_token(i, token) streams; cancelled(i)
+        ends prompt i early. Speculative decoding does not apply here."""
+        ids = [list(p) if not isinstance(p, str) and p and isinstance(p[0], (int, np.integer))
+               else self.encode_prompt(p, chat=chat, system=system, **template_opts) for p in prompts]
+        if samplers is not None and len(samplers) != len(ids):
+            raise G4rtError(f"{len(samplers)} samplers for {len(ids)} prompts")
+        requests = [BatchRequest(x, max_tokens, samplers[i] if samplers is not None else
+                                 Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed))
+                    for i, x in enumerate(ids)]
+        self._cached = []        # slot 0 will hold another sequence
+        try:
+            results = generate_batch(self.engine, self.tokenizer.is_eog, requests, on_token, cancelled, stats)
+        finally:
+            self.engine.reset()
+        for r in results:
+            r.text = self.tokenizer.decode(r.tokens)
+        return results
 
 
 class ChatSession:

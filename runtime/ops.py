@@ -2,8 +2,11 @@
 
 A `Graph` is a flat list of ops over named 2-D buffers ([rows, cols], row-major, float32 unless
 stated) and named weights (GGUF tensors, kept in their block layout). It is built once per model,
-context and batch size, then replayed: the only per-call inputs are the token ids and `pos0`, the
-position of the first token of the batch. Row r of every activation belongs to position pos0 + r.
+context and batch size, then replayed: the only per-call inputs are the token ids and where the
+rows sit: a list of `Segment`s, each a run of consecutive rows that continue one sequence (its KV
+cache slot and the position of its first row). One sequence is the common case (`pos0`, an int:
+one segment of every row in slot 0); several let one pass decode many sequences (the server's
+parallel slots). Row-wise ops ignore segments; Rope, KvStore and Attention work per segment.
 
 Backends execute these ops and know nothing about any model; the model knows nothing about
 backends. Every op's semantics are defined by the CPU reference backend (backends/numpy_ref/backend.py).
@@ -16,6 +19,8 @@ from typing import ClassVar, Optional
 
 from gguf import GGMLQuantizationType
 
+from .errors import G4rtError
+
 
 @dataclass(frozen=True)
 class Buffer:
@@ -27,10 +32,50 @@ class Buffer:
 
 @dataclass(frozen=True)
 class KvCache:
-    """A persistent key or value cache. Position p lives in row p % rows (a ring when rows < ctx)."""
+    """A persistent key or value cache of `slots` sequence slots of `rows` rows each: position p
+    of slot s lives in row s * rows + p % rows (a ring when rows < ctx)."""
     name: str
     rows: int
     cols: int
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows row0 .. row0 + rows - 1 of a batch: one sequence's positions pos0 .. pos0 + rows - 1,
+    kept in KV cache slot `slot`."""
+    row0: int
+    rows: int
+    pos0: int
+    slot: int = 0
+
+
+def placement(at, n_tokens: int, slots: int = 1) -> tuple[Segment, ...]:
+    """The segments of a call: `at` is pos0 (one sequence in slot 0) or a sequence of Segments,
+    which must cover the rows in order, each in its own slot below `slots`."""
+    if isinstance(at, (int,)) or hasattr(at, "__index__"):
+        pos0 = int(at)
+        if pos0 < 0:
+            raise G4rtError(f"negative position {pos0}")
+        return (Segment(0, n_tokens, pos0, 0),)
+    segs = tuple(at)
+    row, seen = 0, set()
+    for s in segs:
+        if s.row0 != row or s.rows < 1 or s.pos0 < 0 or not 0 <= s.slot < slots or s.slot in seen:
+            raise G4rtError(f"bad segment {s} (rows so far {row}, {slots} slot(s), slots used {sorted(seen)})")
+        seen.add(s.slot)
+        row += s.rows
+    if row != n_tokens:
+        raise G4rtError(f"segments cover {row} rows, the graph has {n_tokens}")
+    return segs
+
+
+def segment_positions(segs) -> "list[int]":
+    """The position of every row."""
+    out = []
+    for s in segs:
+        out.extend(range(s.pos0, s.pos0 + s.rows))
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,7 +131,7 @@ class RmsNorm(Op):
 
 @dataclass(frozen=True)
 class Rope(Op):
-    """NeoX-style rotary embedding on each head of `head_dim` columns, at position pos0 + row.
+    """NeoX-style rotary embedding on each head of `head_dim` columns, at the row's position.
 
     Pair (i, i + n_rot/2) for i < n_rot/2 turns by angle pos * base^(-2i/n_rot) / freq_factors[i];
     columns past n_rot are left as they are."""
@@ -103,8 +148,10 @@ class Rope(Op):
 class Attention(Op):
     """Causal softmax(scale * q.k) v per head, GQA (q head h reads kv head h // (n_head/n_kv_head)).
 
-    Query row r (position p = pos0 + r) attends to positions max(0, p - window + 1) .. p (window 0:
-    all). Positions >= pos0 come from this batch's k/v rows, earlier ones from the caches."""
+    Per segment (one sequence, first position pos0, cache slot s): query row at position p attends
+    to that sequence's positions max(0, p - window + 1) .. p (window 0: all). Positions >= pos0
+    come from the segment's own k/v rows, earlier ones from slot s of the caches. Rows never see
+    another segment's keys."""
     kind: ClassVar[str] = "attention"
     q: str
     k: str
@@ -121,7 +168,8 @@ class Attention(Op):
 
 @dataclass(frozen=True)
 class KvStore(Op):
-    """Write this batch's k/v rows into the caches at rows (pos0 + r) % cache rows. `out` is cache_k."""
+    """Write each segment's k/v rows into its slot of the caches (position p of slot s at row
+    s * rows + p % rows; of a segment longer than the ring its last rows win). `out` is cache_k."""
     kind: ClassVar[str] = "kv_store"
     cache_v: str
     k: str

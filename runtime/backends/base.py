@@ -25,12 +25,19 @@ class CompiledGraph(ABC):
     graph: Graph
 
     @abstractmethod
-    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
-        """Execute the graph; return the output buffer ([rows, n_vocab] float32) as a numpy array."""
+    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
+        """Execute the graph; return the output buffer ([rows, n_vocab] float32) as a numpy array.
+
+        pos0: the position of the first row (one sequence, slot 0), or on a backend with
+        `supports_segments` a list of ops.Segment placing each sequence's rows."""
 
 
 class Backend(ABC):
     name: str = "?"
+    #: Runs a graph over several sequences at once (CompiledGraph.run given ops.Segment lists,
+    #: caches of several slots). A backend without it runs one sequence per call, each slot with
+    #: caches and graphs of its own (the engine arranges that).
+    supports_segments: bool = False
 
     @property
     def device_name(self) -> str:

@@ -3,8 +3,9 @@
 HTTP handlers never touch the model. They submit a `Job` (prompt ids, sampling, stops) and read
 `Event`s back through the job's `emit` callback. The worker admits queued jobs into free slots in
 arrival order (each to the slot whose cached KV shares the longest usable prefix with its prompt)
-and steps every busy slot in turn: a prefill chunk or one decode step each, so a long prompt never
-freezes the streams already running. Each slot keeps the KV of its last sequence (the prompt
+and steps every busy slot together: one batched pass (Engine.forward_batch) feeds each slot its
+next prompt chunk or its next token, so N streams share the weight reads and a long prompt never
+freezes the streams already running. (With speculative decoding, slots step in turn.) Each slot keeps the KV of its last sequence (the prompt
 cache). A cancelled job (client gone, timeout, shutdown) stops at its next step and frees its slot.
 """
 
@@ -216,13 +217,14 @@ class Scheduler:
                 self._admit()
                 self._update_gauges()
                 active = [s for s in self.slots if s.job is not None]
-            for slot in active:
-                try:
-                    self._step(slot)
-                except Exception as e:       # a failed step fails its job, never the worker
-                    self._reset(slot)
-                    msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
-                    self._end(slot, ErrorEvent(f"generation failed: {msg}", 500))
+            if self.speculator is None:
+                self._step_all(active)
+            else:
+                for slot in active:
+                    try:
+                        self._step(slot)
+                    except Exception as e:       # a failed step fails its job, never the worker
+                        self._fail(slot, e)
         with self._cv:
             jobs = [s.job for s in self.slots if s.job is not None] + list(self._queue)
             self._queue.clear()
@@ -231,6 +233,63 @@ class Scheduler:
             self._update_gauges()
         for job in jobs:
             self._send(job, ErrorEvent(self._stop_message, 503))
+
+    def _fail(self, slot: Slot, e: Exception) -> None:
+        self._reset(slot)
+        msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
+        self._end(slot, ErrorEvent(f"generation failed: {msg}", 500))
+
+    def _step_all(self, active: list[Slot]) -> None:
+        """One step of every busy slot in one batched pass (Engine.forward_batch): each slot's
+        next prompt chunk or its next token. Row-exact batching keeps every stream's tokens
+        those it gets alone."""
+        work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
+        for slot in active:
+            try:
+                ids = self._next_input(slot)
+            except Exception as e:
+                self._fail(slot, e)
+                continue
+            if ids is not None:
+                work.append((slot, ids, bool(slot.job.pending)))
+        if not work:
+            return
+        t0 = time.perf_counter()
+        try:
+            outs = self.engine.forward_batch([(slot.index, ids) for slot, ids, _ in work])
+        except Exception as e:      # a failed pass fails the jobs in it, never the worker
+            for slot, _, _ in work:
+                self._fail(slot, e)
+            return
+        dt = time.perf_counter() - t0
+        for (slot, ids, prefill), logits in zip(work, outs):
+            job = slot.job
+            job.logits = logits
+            slot.cached.extend(ids)
+            if prefill:
+                job.prefill_s += dt
+                del job.pending[:len(ids)]
+            else:
+                job.decode_s += dt
+
+    def _next_input(self, slot: Slot) -> Optional[list[int]]:
+        """What a slot feeds next: a prompt chunk, or its next token once decided and handed to
+        the client (None when the job ended instead)."""
+        job = slot.job
+        if job.cancelled.is_set():
+            self._end(slot, None)
+            return None
+        if job.timeout_s is not None and time.perf_counter() - job.submitted > job.timeout_s:
+            self._finish(slot, "length", "timeout")
+            return None
+        if job.pending:
+            return job.pending[:self.engine.prefill_chunk]
+        t0 = time.perf_counter()
+        tok = job.sampler.sample(job.logits, job.history)
+        ended = self._emit(slot, tok, job.logits)
+        if not ended:
+            job.decode_s += time.perf_counter() - t0
+        return None if ended else [tok]
 
     def _reset(self, slot: Slot) -> None:
         self.engine.reset(slot.index)

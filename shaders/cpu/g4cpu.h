@@ -72,7 +72,7 @@ enum {
     G4_OP_RMSNORM = 3,    /* each run of `group` cols: v / sqrt(mean(v^2) + eps) (* w[group]) */
     G4_OP_ROPE = 4,       /* NeoX rotary on heads of `group` cols, n_rot dims, freqs[n_rot/2] */
     G4_OP_ATTENTION = 5,  /* causal (windowed) GQA attention, see below                        */
-    G4_OP_KV_STORE = 6,   /* cache rows (pos0 + r) % cache_rows <- a (K) / b (V) rows          */
+    G4_OP_KV_STORE = 6,   /* cache rows (pos0 + r) % cache_rows <- a (K) / b (V) rows (per seg) */
     G4_OP_GELU_MUL = 7,   /* out = gelu_tanh(a) * b                                            */
     G4_OP_GELU = 8,       /* out = gelu_tanh(a)                                                */
     G4_OP_ADD = 9,        /* out = a + b                                                       */
@@ -140,12 +140,22 @@ typedef struct g4_exec {
     size_t ws_bytes;
     uint8_t *shared;           /* scratch shared by all threads */
     size_t shared_bytes;
+    /* Several sequences in one batch: n_segs > 0 segments of G4_SEG_FIELDS ints each (first
+     * row, rows, position of the first row, cache slot). ROPE, KV_STORE and ATTENTION then run
+     * once per segment, on its rows, at its positions, in its slot of the caches (slot s starts
+     * at row s * cache_rows); every other command is row-wise and runs over the whole batch.
+     * n_segs = 0: one sequence, rows at pos0 + r, slot 0. */
+    int32_t n_segs;
+    const int32_t *segs;
     /* set by g4_run */
+    int32_t in_segment;        /* the kernel runs one segment: deal work units out statically */
     g4_pool *pool;
     int nth;
     int32_t cmd_index;         /* index of the command being run */
     void *counters;            /* one atomic counter per command (g4_chunk) */
 } g4_exec;
+
+#define G4_SEG_FIELDS 4
 
 static inline void *g4_ws(const g4_exec *ex, int ith) { return ex->ws + (size_t)ith * ex->ws_bytes; }
 

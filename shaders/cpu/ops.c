@@ -829,12 +829,26 @@ static size_t att_copy_bytes(const g4_cmd *c) {
     return c->cache_f16 ? G4_ALIGN64((size_t)c->rows * (size_t)(c->n_kv_head > 0 ? c->n_kv_head : 1) * c->group * 2) : 0;
 }
 
+static size_t att_shared_rows(const g4_cmd *c, int64_t rows, int nth) {
+    if (rows <= 0) return 0;
+    if (rows > 1 && rows <= G4_ROW_EXACT_MAX) {   /* one row at a time: a one-row split + the copy */
+        g4_cmd cr = *c;
+        cr.rows = (int32_t)rows;
+        return (nth > 1 ? G4_ALIGN64(att_partials_bytes(1, c, nth)) : 0) + 2 * att_copy_bytes(&cr);
+    }
+    if (nth <= 1 || rows > ATT_SPLIT_ROWS) return 0;
+    return att_partials_bytes(rows, c, nth);
+}
+
+/* Enough for the whole batch and for any segment of it (a batch of several sequences runs the
+ * command once per segment, on fewer rows). */
 size_t g4_attention_shared(const g4_cmd *c, int nth) {
-    if (c->rows <= 0) return 0;
-    if (c->rows > 1 && c->rows <= G4_ROW_EXACT_MAX)    /* one row at a time: a one-row split + the copy */
-        return (nth > 1 ? G4_ALIGN64(att_partials_bytes(1, c, nth)) : 0) + 2 * att_copy_bytes(c);
-    if (nth <= 1 || c->rows > ATT_SPLIT_ROWS) return 0;
-    return att_partials_bytes(c->rows, c, nth);
+    size_t most = att_shared_rows(c, c->rows, nth);
+    for (int64_t r = 1; r < c->rows && r <= G4_ROW_EXACT_MAX; r++) {
+        size_t b = att_shared_rows(c, r, nth);
+        if (b > most) most = b;
+    }
+    return most;
 }
 
 /* Split key positions across threads? Same answer on every thread (barrier below). */
@@ -895,7 +909,7 @@ void g4_k_attention(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     }
     att_geo g;
     att_geo_init(&g, c, ex->pos0);
-    att_run_op(&g, c, ex, ith, nth, 1);
+    att_run_op(&g, c, ex, ith, nth, !ex->in_segment);   /* g4_chunk counts once per command */
 }
 
 /* One attention op over geometry g. dynamic: units claimed with g4_chunk (once per command),

@@ -155,6 +155,49 @@ size_t g4_shared_bytes(const g4_cmd *c, int nth) {
     return 0;
 }
 
+static int per_sequence(int op) {
+    return op == G4_OP_ROPE || op == G4_OP_KV_STORE || op == G4_OP_ATTENTION;
+}
+
+/* A per-sequence command over a batch of several segments: the command on each segment's rows
+ * (pointers moved to its first row and its cache slot) with the segment's pos0, one after the
+ * other, so each segment gets exactly the bits it gets alone. */
+static void run_segments(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
+    g4_exec es = *ex;
+    es.n_segs = 0;
+    es.in_segment = 1;
+    const int64_t D = c->group;
+    const int64_t kvw = c->op == G4_OP_ATTENTION ? (int64_t)(c->n_kv_head > 0 ? c->n_kv_head : 1) * D : c->cols;
+    const int64_t qw = c->op == G4_OP_ATTENTION ? (int64_t)c->n_head * D : c->cols;
+    const size_t slot_bytes = (size_t)c->cache_rows * (size_t)kvw * (c->cache_f16 ? 2 : 4);
+    for (int32_t s = 0; s < ex->n_segs; s++) {
+        const int32_t *sg = ex->segs + (size_t)s * G4_SEG_FIELDS;
+        const int64_t row0 = sg[0];
+        g4_cmd cs = *c;
+        cs.rows = sg[1];
+        es.pos0 = sg[2];
+        if (c->op == G4_OP_ROPE) {
+            cs.a = c->a + row0 * qw;
+            cs.out = c->out + row0 * qw;
+        } else {
+            if (c->op == G4_OP_KV_STORE) {
+                cs.a = c->a + row0 * kvw;
+                cs.b = c->b + row0 * kvw;
+            } else {
+                cs.a = c->a + row0 * qw;
+                cs.b = c->b + row0 * kvw;
+                cs.c = c->c + row0 * kvw;
+                cs.out = c->out + row0 * qw;
+            }
+            cs.cache_k = (uint8_t *)c->cache_k + (size_t)sg[3] * slot_bytes;
+            cs.cache_v = (uint8_t *)c->cache_v + (size_t)sg[3] * slot_bytes;
+        }
+        kernel_of(c->op)(&cs, &es, ith, nth);
+        /* attention's shared scratch (split partials, row copies) is reused by the next one */
+        if (c->op == G4_OP_ATTENTION && s + 1 < ex->n_segs) g4_barrier(ex);
+    }
+}
+
 /* Every thread's part of a job: each command, then the barrier. */
 static void run_commands(g4_pool *p, int ith) {
     /* Read the job once: after the last barrier thread 0 may already publish the next one. */
@@ -163,7 +206,10 @@ static void run_commands(g4_pool *p, int ith) {
     const int32_t begin = p->begin, end = p->end, nth = p->nth;
     for (int32_t i = begin; i < end; i++) {
         ex->cmd_index = i - begin;
-        kernel_of(cmds[i].op)(&cmds[i], ex, ith, nth);
+        if (ex->n_segs > 0 && per_sequence(cmds[i].op))
+            run_segments(&cmds[i], ex, ith, nth);
+        else
+            kernel_of(cmds[i].op)(&cmds[i], ex, ith, nth);
         g4_barrier(ex);
     }
 }

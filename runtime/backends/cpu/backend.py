@@ -53,6 +53,7 @@ def default_threads() -> int:
 
 class CpuBackend(Backend):
     name = "cpu"
+    supports_segments = True
 
     def __init__(self, threads: Optional[int] = None, kv_dtype: str = "f16", isa: Optional[str] = None):
         if kv_dtype not in ("f16", "f32"):
@@ -112,7 +113,7 @@ class CpuBackend(Backend):
 
     def allocate_caches(self, caches) -> None:
         dt = np.float16 if self.kv_dtype == "f16" else np.float32
-        self.caches = {c.name: np.zeros((c.rows, c.cols), dt) for c in caches.values()}
+        self.caches = {c.name: np.zeros((c.slots * c.rows, c.cols), dt) for c in caches.values()}
 
     def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
         for name, (rows, cols) in shapes.items():
@@ -164,14 +165,20 @@ class CpuGraph(CompiledGraph):
         ex.shared, ex.shared_bytes = self._shared.ctypes.data, shared
         self.ex = ex
         self.out = self.low.buffers[graph.output]
+        self._slots = min((c.slots for c in graph.caches.values()), default=1)
 
-    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
         n = self.graph.n_tokens
         tokens = np.asarray(tokens).reshape(-1)
         if len(tokens) != n:
             raise G4rtError(f"graph for {n} tokens got {len(tokens)}")
         self.low.tokens[:] = tokens
-        self.ex.pos0 = int(pos0)
+        segs = O.placement(pos0, n, self._slots)
+        if len(segs) == 1 and segs[0].slot == 0:
+            self.ex.pos0, self.ex.n_segs = segs[0].pos0, 0     # one sequence: the plain path
+        else:
+            self._segs = np.array([(s.row0, s.rows, s.pos0, s.slot) for s in segs], np.int32)
+            self.ex.pos0, self.ex.n_segs, self.ex.segs = segs[0].pos0, len(segs), self._segs.ctypes.data
         pool, cmds = self.backend.pool, self.low.cmds
         if observer is None:
             t0 = time.perf_counter()

@@ -79,7 +79,7 @@ def lower(graph: O.Graph, weight_raw: Callable[[str], np.ndarray], vector: Calla
             ck, cv = caches[op.out], caches[op.cache_v]
             k = buf(op.k)
             c.op, c.rows, c.cols, c.in_cols = N.OP_KV_STORE, k.shape[0], k.shape[1], k.shape[1]
-            c.cache_rows, c.cache_f16 = ck.shape[0], int(cache_f16)
+            c.cache_rows, c.cache_f16 = graph.caches[op.out].rows, int(cache_f16)
             c.a, c.b, c.cache_k, c.cache_v = _ptr(k), _ptr(buf(op.v)), _ptr(ck), _ptr(cv)
             continue
         out = inputs[op.out] if isinstance(op, O.Slice) and op.out in inputs else bufs[op.out]
@@ -114,7 +114,8 @@ def lower(graph: O.Graph, weight_raw: Callable[[str], np.ndarray], vector: Calla
         elif isinstance(op, O.Attention):
             ck, cv = caches[op.cache_k], caches[op.cache_v]
             c.op, c.group, c.n_head, c.n_kv_head = N.OP_ATTENTION, op.head_dim, op.n_head, op.n_kv_head
-            c.window, c.scale, c.cache_rows, c.cache_f16 = op.window, op.scale, ck.shape[0], int(cache_f16)
+            c.window, c.scale, c.cache_f16 = op.window, op.scale, int(cache_f16)
+            c.cache_rows = graph.caches[op.cache_k].rows      # per slot
             c.a, c.b, c.c = _ptr(buf(op.q)), _ptr(buf(op.k)), _ptr(buf(op.v))
             c.cache_k, c.cache_v = _ptr(ck), _ptr(cv)
         elif isinstance(op, O.GeluMul):

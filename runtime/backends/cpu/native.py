@@ -31,7 +31,8 @@ class G4Cmd(ctypes.Structure):
 class G4Exec(ctypes.Structure):
     _fields_ = [("pos0", ctypes.c_int32), ("n_tokens", ctypes.c_int32), ("tokens", _p),
                 ("ws", _p), ("ws_bytes", ctypes.c_size_t), ("shared", _p),
-                ("shared_bytes", ctypes.c_size_t), ("pool", _p), ("nth", ctypes.c_int),
+                ("shared_bytes", ctypes.c_size_t), ("n_segs", ctypes.c_int32), ("segs", _p),
+                ("in_segment", ctypes.c_int32), ("pool", _p), ("nth", ctypes.c_int),
                 ("cmd_index", ctypes.c_int32), ("counters", _p)]
 
 

@@ -119,6 +119,7 @@ def matmul_rows_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 class NumpyBackend(Backend):
     name = "numpy"
+    supports_segments = True
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32"):
         self.cache_bytes = cache_bytes
@@ -140,7 +141,9 @@ class NumpyBackend(Backend):
         self.source = source
 
     def allocate_caches(self, caches) -> None:
-        self.caches = {c.name: np.zeros((c.rows, c.cols), self.kv_dtype) for c in caches.values()}
+        self.caches = {c.name: np.zeros((c.slots * c.rows, c.cols), self.kv_dtype) for c in caches.values()}
+        self.cache_rows = {c.name: c.rows for c in caches.values()}
+        self.cache_slots = {c.name: c.slots for c in caches.values()}
 
     def weight(self, name: str) -> np.ndarray:
         w = self._dequant.get(name)
@@ -206,7 +209,7 @@ class NumpyGraph(CompiledGraph):
     def __init__(self, backend: "NumpyBackend", graph: O.Graph):
         self.backend, self.graph = backend, graph
 
-    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
         # One-row products are memory-bound: BLAS threads only add wake-up and spin costs there
         # (measured 665 ms vs 89 ms per Gemma 3 270M decode step on 2 cores), so decode runs the
         # BLAS single-threaded; batched prefill keeps all threads for its GEMMs.
@@ -215,14 +218,20 @@ class NumpyGraph(CompiledGraph):
         with limit:
             return self._run(tokens, pos0, observer)
 
-    def _run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def _run(self, tokens: np.ndarray, at, observer: Optional[OpObserver] = None) -> np.ndarray:
         be, g = self.backend, self.graph
         n = g.n_tokens
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         assert len(tokens) == n, (len(tokens), n)
         bufs: dict[str, np.ndarray] = {}
         caches = be.caches
-        positions = pos0 + np.arange(n)
+        segs = O.placement(at, n, min((c.slots for c in g.caches.values()), default=1))
+        positions = np.array(O.segment_positions(segs))
+
+        def slot_view(name, s):
+            """A segment's slot of a cache (its own ring of rows)."""
+            rows = be.cache_rows[name]
+            return caches[name][s.slot * rows:(s.slot + 1) * rows]
 
         def get(name):
             return caches[name] if name in caches else bufs[name]
@@ -240,19 +249,26 @@ class NumpyGraph(CompiledGraph):
                 ff = be.weight(op.freq_factors).reshape(-1) if op.freq_factors else None
                 res = rope(get(op.x), positions, op.head_dim, op.n_rot, op.base, ff)
             elif isinstance(op, O.Attention):
-                args = (get(op.q), get(op.k), get(op.v), get(op.cache_k).astype(np.float32),
-                        get(op.cache_v).astype(np.float32), pos0, op.n_head, op.n_kv_head, op.head_dim,
-                        op.window, op.scale)
-                res = attention_rows_exact(*args, caches[op.cache_k].dtype) if 1 < n <= O.ROW_EXACT_MAX \
-                    else attention(*args)
+                parts = []
+                for s in segs:      # each sequence sees only its own rows and cache slot
+                    rows = slice(s.row0, s.row0 + s.rows)
+                    args = (get(op.q)[rows], get(op.k)[rows], get(op.v)[rows],
+                            slot_view(op.cache_k, s).astype(np.float32), slot_view(op.cache_v, s).astype(np.float32),
+                            s.pos0, op.n_head, op.n_kv_head, op.head_dim, op.window, op.scale)
+                    # row-exact within the segment: a sequence's rows get the bits they get alone
+                    parts.append(attention_rows_exact(*args, caches[op.cache_k].dtype)
+                                 if 1 < s.rows <= O.ROW_EXACT_MAX else attention(*args))
+                res = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
             elif isinstance(op, O.KvStore):
-                ck, cv = caches[op.out], caches[op.cache_v]
-                ring = ck.shape[0]
-                keep = range(max(0, n - ring), n)
-                slots = [(pos0 + r) % ring for r in keep]
-                ck[slots] = get(op.k)[list(keep)]
-                cv[slots] = get(op.v)[list(keep)]
+                for s in segs:
+                    ck, cv = slot_view(op.out, s), slot_view(op.cache_v, s)
+                    ring = ck.shape[0]
+                    keep = list(range(s.row0 + max(0, s.rows - ring), s.row0 + s.rows))
+                    rows = [(s.pos0 + r - s.row0) % ring for r in keep]
+                    ck[rows] = get(op.k)[keep]
+                    cv[rows] = get(op.v)[keep]
                 if observer:
+                    ck = caches[op.out]
                     observer(idx, op, ck.copy())
                 continue
             elif isinstance(op, O.GeluMul):

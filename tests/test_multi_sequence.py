@@ -1,0 +1,317 @@
+"""Several sequences in one batch (ops.Segment; #13).
+
+Per op: Rope, Attention and KvStore over a batch of several segments (different lengths and
+positions, sliding windows, ring wrap, GQA, a slot reused by a new sequence) give each segment
+bit for bit what it gets alone, on the numpy reference and the native CPU backend (every ISA
+this CPU runs, 1-3 threads), and the two backends agree within the op tests' bounds.
+
+Per model: N prompts decoded together (`Model.generate_many`, more prompts than slots, so new
+prompts prefill while others decode) give token for token what each gives alone, on every
+fixture; a request cancelled mid-way leaves the others unchanged; seeded sampling is the same
+whatever else is in the batch; the server with --parallel answers as one request at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from g4rt import ops as O
+from g4rt.backends.numpy_ref import NumpyBackend
+from g4rt.errors import G4rtError
+from op_cases import Case, rel_err
+
+from conftest import FIXTURES
+
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+NEED_CC = pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
+NEED_FIXTURES = pytest.mark.skipif(not (FIXTURES / "models").is_dir(), reason=f"{FIXTURES} is absent")
+MODELS = FIXTURES / "models"
+ALL = sorted(p.stem for p in MODELS.glob("*.gguf")) if MODELS.is_dir() else []
+
+if CC:
+    from g4rt.backends.cpu import CpuBackend
+    from g4rt.backends.cpu.compiler import supported_isas
+    ISAS = supported_isas()
+else:
+    ISAS = []
+
+
+# ---- per op ------------------------------------------------------------------------------------
+def _seq_case(values, n_head, n_kv, D, window, ring, slots):
+    """Rope on q and k, Attention over caches of `slots` slots, KvStore: the per-sequence ops."""
+    q, k, v = values
+    c = Case(q.shape[0])
+    qi, ki, vi = c.input("q", q), c.input("k", k), c.input("v", v)
+    ff = c.src.add("ff", np.linspace(1.0, 3.0, D // 4)[None, :])
+    c.ops.append(O.Rope(c.buf("qr", n_head * D), qi, D, D // 2, 10000.0, ff))
+    c.ops.append(O.Rope(c.buf("kr", n_kv * D), ki, D, D // 2, 10000.0, ff))
+    c.caches = {"ck": O.KvCache("ck", ring, n_kv * D, slots), "cv": O.KvCache("cv", ring, n_kv * D, slots)}
+    c.ops.append(O.Attention(c.buf("o", n_head * D), "qr", "kr", vi, "ck", "cv", n_head, n_kv, D, window,
+                             1.0 / D ** 0.5))
+    c.ops.append(O.KvStore("ck", "cv", "kr", vi))
+    return c
+
+
+# (slot, rows) per segment of each batch; None resets a slot (a new sequence reuses it)
+SCHEDULE = [
+    [(0, 7), (1, 3), (2, 1)],
+    [(0, 1), (1, 1), (2, 12)],        # 12 rows: longer than the ring on the windowed case
+    [(2, 1), (0, 1)],                 # slots out of order, one idle
+    [(1, 17), (0, 1)],                # a segment past the row-exact size
+    ["reset", 1],
+    [(0, 1), (1, 4), (2, 1)],
+    [(1, 1), (2, 1), (0, 9)],
+    [(0, 1), (1, 1), (2, 1)],
+]
+
+
+def _backend(kind, isa=None, threads=1, kv="f16"):
+    return NumpyBackend(kv_dtype=kv) if kind == "numpy" else CpuBackend(threads=threads, kv_dtype=kv, isa=isa)
+
+
+def _run_schedule(make, n_head, n_kv, D, window, ring, slots=3, seed=0):
+    """The schedule batched on one backend, and each segment alone on per-slot backends: returns
+    (batched outputs, alone outputs, batched caches per slot, alone caches) per step."""
+    rng = np.random.default_rng(seed)
+    multi = make()
+    alone = [make() for _ in range(slots)]
+    for be in alone:
+        be.allocate_caches({n: O.KvCache(n, ring, n_kv * D) for n in ("ck", "cv")})
+    pos = [0] * slots
+    steps = []
+    first = True
+    for batch in SCHEDULE:
+        if batch[0] == "reset":
+            pos[batch[1]] = 0
+            continue
+        rows = sum(n for _, n in batch)
+        vals = (rng.standard_normal((rows, n_head * D)), rng.standard_normal((rows, n_kv * D)),
+                rng.standard_normal((rows, n_kv * D)))
+        c = _seq_case(vals, n_head, n_kv, D, window, ring, slots)
+        multi.load_weights(c.src.specs, c.src)
+        if first:
+            multi.allocate_caches(c.caches)
+        segs, r0 = [], 0
+        for slot, n in batch:
+            segs.append(O.Segment(r0, n, pos[slot], slot))
+            r0 += n
+        got = np.array(multi.compile(c.graph("o")).run(np.arange(rows), segs), copy=True)
+        ref = []
+        for s in segs:
+            part = tuple(x[s.row0:s.row0 + s.rows] for x in vals)
+            ca = _seq_case(part, n_head, n_kv, D, window, ring, 1)
+            be = alone[s.slot]
+            be.load_weights(ca.src.specs, ca.src)
+            ref.append(np.array(be.compile(ca.graph("o")).run(np.arange(s.rows), s.pos0), copy=True))
+            pos[s.slot] += s.rows
+        first = False
+        mc = {s.slot: np.asarray(multi.caches["ck"][s.slot * ring:(s.slot + 1) * ring], np.float32) for s in segs}
+        ac = {s.slot: np.asarray(alone[s.slot].caches["ck"], np.float32) for s in segs}
+        steps.append((got, np.concatenate(ref), (mc, ac), segs))
+    for be in [multi] + alone:
+        if hasattr(be, "close"):
+            be.close()
+    return steps
+
+
+CASES = [  # n_head, n_kv, D, window, ring
+    (4, 2, 64, 0, 96),          # global, GQA 2:1
+    (2, 1, 128, 5, 6),          # window 5 on a 6-row ring: wraps within segments and across steps
+    (8, 2, 256, 16, 24),        # the 12B's sliding head_dim, GQA 4:1
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["global", "ring", "d256"])
+def test_numpy_segments_equal_each_sequence_alone(case):
+    for got, ref, (mc, ac), _ in _run_schedule(lambda: NumpyBackend(kv_dtype="f16"), *case):
+        np.testing.assert_array_equal(got, ref)
+        for slot in mc:
+            np.testing.assert_array_equal(mc[slot], ac[slot])
+
+
+@NEED_CC
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("case", CASES, ids=["global", "ring", "d256"])
+def test_native_segments_equal_each_sequence_alone_and_the_reference(isa, threads, case):
+    nat = _run_schedule(lambda: _backend("cpu", isa, threads), *case)
+    ref = _run_schedule(lambda: NumpyBackend(kv_dtype="f16"), *case)
+    for (got, alone, (mc, ac), segs), (rgot, _, (rmc, _), _) in zip(nat, ref):
+        np.testing.assert_array_equal(got, alone)               # bit for bit what it gets alone
+        for slot in mc:
+            np.testing.assert_array_equal(mc[slot], ac[slot])
+            assert rel_err(mc[slot], rmc[slot]) < 1e-3
+        assert rel_err(got, rgot) < 2e-3, [str(s) for s in segs]
+
+
+def test_bad_segments_are_refused():
+    with pytest.raises(G4rtError, match="cover"):
+        O.placement([O.Segment(0, 2, 0, 0)], 3, 2)
+    with pytest.raises(G4rtError, match="bad segment"):
+        O.placement([O.Segment(0, 1, 0, 1), O.Segment(1, 2, 5, 1)], 3, 2)   # one slot twice
+    with pytest.raises(G4rtError, match="bad segment"):
+        O.placement([O.Segment(0, 3, 0, 2)], 3, 2)                          # no such slot
+    assert O.placement(7, 3) == (O.Segment(0, 3, 7, 0),)
+
+
+# ---- whole models --------------------------------------------------------------------------------
+def _prompts(name, n=5):
+    r = np.load(FIXTURES / "ref" / f"{name}.exact.npz")
+    keys = sorted((k for k in r.files if k.startswith("ids")), key=lambda k: int(k.split("_")[1]))
+    out = [[int(t) for t in r[k]] for k in keys]
+    while len(out) < n:
+        out.append(out[len(out) % len(keys)][:7])
+    # different lengths: short ones pack with decode rows, long ones prefill in chunks of their own
+    return [p[:max(3, len(p) - 5 * i)] for i, p in enumerate(out[:n])]
+
+
+def _alone(model, ids, n, sampler=None):
+    model.engine.reset()
+    model._cached = []
+    return list(model.generate_ids(ids, n, sampler))
+
+
+def _load(path, backend, slots, ctx=160, chunk=24):
+    from g4rt.engine import Engine
+    from g4rt.generation import Model
+    return Model(Engine(path, backend=backend, ctx=ctx, slots=slots, prefill_chunk=chunk))
+
+
+@NEED_FIXTURES
+@NEED_CC
+@pytest.mark.parametrize("name", ALL)
+def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
+    """Five prompts through three slots (prompt chunks of 24: long prompts prefill over several
+    steps while others decode): every prompt's tokens as it gets them alone."""
+    m = _load(MODELS / f"{name}.gguf", "cpu", 3)
+    try:
+        assert m.engine.batched
+        prompts = _prompts(name)
+        from g4rt.batch_generate import BatchStats
+        st = BatchStats()
+        got = m.generate_many(prompts, 16, stats=st)
+        for p, r in zip(prompts, got):
+            assert r.tokens == _alone(m, p, 16)
+        assert st.mean_batch > 1.5          # the sequences really went through together
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32", "g4-dense-w1024-F32"])
+def test_greedy_batch_equals_each_prompt_alone_on_the_numpy_reference(name):
+    m = _load(MODELS / f"{name}.gguf", "numpy", 3)
+    try:
+        prompts = _prompts(name, 4)
+        got = m.generate_many(prompts, 10)
+        for p, r in zip(prompts, got):
+            assert r.tokens == _alone(m, p, 10)
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_the_1024_window_long_prompts_batched():
+    """The long prompts of the 1024-window fixture wrap its sliding rings while others decode."""
+    name = "g4-dense-w1024-Q4_0-pure"
+    r = np.load(FIXTURES / "ref" / f"{name}.long.exact.npz")
+    longs = [[int(t) for t in r[k]] for k in sorted(r.files) if k.startswith("ids")][:2]
+    prompts = longs + _prompts(name, 2)
+    ctx = max(map(len, prompts)) + 24
+    m = _load(MODELS / f"{name}.gguf", "cpu", 3, ctx=ctx, chunk=512)
+    try:
+        got = m.generate_many(prompts, 12)
+        for p, res in zip(prompts, got):
+            assert res.tokens == _alone(m, p, 12)
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_a_cancelled_request_leaves_the_others_unchanged():
+    name = "g4-dense-Q4_0"
+    m = _load(MODELS / f"{name}.gguf", "cpu", 3)
+    try:
+        prompts = _prompts(name, 4)
+        seen = {}
+        got = m.generate_many(prompts, 14, on_token=lambda i, t: seen.setdefault(i, []).append(t),
+                              cancelled=lambda i: i == 1 and len(seen.get(1, [])) >= 3)
+        assert got[1].stop_reason == "cancelled" and len(got[1].tokens) == 3
+        assert got[1].tokens == _alone(m, prompts[1], 3)
+        for i in (0, 2, 3):
+            assert got[i].tokens == _alone(m, prompts[i], 14)
+            assert seen[i] == got[i].tokens
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_seeded_sampling_is_the_same_whatever_else_is_in_the_batch():
+    from g4rt.sampling import Sampler
+    name = "g4-dense-untied-Q8_0"
+    m = _load(MODELS / f"{name}.gguf", "cpu", 4)
+    try:
+        prompts = _prompts(name, 4)
+
+        def samplers():
+            return [Sampler(temperature=0.9, top_k=40, seed=100 + i) for i in range(4)]
+        together = m.generate_many(prompts, 16, samplers=samplers())
+        pair = m.generate_many(prompts[2:], 16, samplers=samplers()[2:])
+        for i, p in enumerate(prompts):
+            assert together[i].tokens == _alone(m, p, 16, samplers()[i])
+        assert [r.tokens for r in pair] == [r.tokens for r in together[2:]]
+        assert len({tuple(r.tokens) for r in together}) > 1
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_forward_batch_refuses_bad_batches():
+    from g4rt.errors import ContextOverflowError
+    m = _load(MODELS / "g4-dense-Q4_0.gguf", "cpu", 2, ctx=40)
+    try:
+        e = m.engine
+        with pytest.raises(G4rtError, match="each slot once"):
+            e.forward_batch([(0, [1]), (0, [2])])
+        with pytest.raises(G4rtError, match="out of range"):
+            e.forward_batch([(0, [1]), (5, [2])])
+        e.forward(list(range(2, 38)), slot=1)
+        with pytest.raises(ContextOverflowError):
+            e.forward_batch([(0, [1]), (1, [5, 6, 7, 8, 9])])
+        assert e.position(0) == 0 and e.position(1) == 36         # nothing moved
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_cli_batch_prints_each_prompt_as_run_alone(tmp_path):
+    path = MODELS / "g4-dense-untied-F32.gguf"
+    texts = ["The capital of France is", "One two three", "Hello"]
+    f = tmp_path / "prompts.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": t}) for t in texts) + "\n")
+    base = [sys.executable, "-m", "g4rt", "run", str(path), "-n", "8", "--backend", "cpu"]
+    proc = subprocess.run(base + ["--batch", str(f), "--parallel", "2"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2] and [x["prompt"] for x in lines] == texts
+    assert "batched" in proc.stderr
+    for t, x in zip(texts, lines):
+        alone = subprocess.run(base + ["-p", t, "-q"], capture_output=True, text=True, timeout=120)
+        assert alone.stdout.rstrip("\n") == x["text"]
+    bad = subprocess.run(base + ["--batch", str(f), "-p", "x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "one of" in bad.stderr and "Traceback" not in bad.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    bad = subprocess.run(base + ["--batch", str(empty)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "no prompts" in bad.stderr and "Traceback" not in bad.stderr
