@@ -43,11 +43,12 @@ else:
 
 
 # ---- per op ------------------------------------------------------------------------------------
-def _seq_case(values, n_head, n_kv, D, window, ring, slots):
-    """Rope on q and k, Attention over caches of `slots` slots, KvStore: the per-sequence ops."""
+def _seq_case(values, n_head, n_kv, D, window, ring, slots, tag=""):
+    """Rope on q and k, Attention over caches of `slots` slots, KvStore: the per-sequence ops.
+    tag: makes the input tables' names unique (the GPU backends keep weights by name)."""
     q, k, v = values
     c = Case(q.shape[0])
-    qi, ki, vi = c.input("q", q), c.input("k", k), c.input("v", v)
+    qi, ki, vi = c.input(f"q{tag}", q), c.input(f"k{tag}", k), c.input(f"v{tag}", v)
     ff = c.src.add("ff", np.linspace(1.0, 3.0, D // 4)[None, :])
     c.ops.append(O.Rope(c.buf("qr", n_head * D), qi, D, D // 2, 10000.0, ff))
     c.ops.append(O.Rope(c.buf("kr", n_kv * D), ki, D, D // 2, 10000.0, ff))
@@ -72,7 +73,28 @@ SCHEDULE = [
 
 
 def _backend(kind, isa=None, threads=1, kv="f16"):
+    if kind.startswith("cuda"):      # the CUDA host code on the emulated driver: numpy or simulated kernels
+        from g4rt.backends.cuda.backend import CudaBackend
+        from g4rt.backends.cuda.emulator import EmulatedDriver
+        return CudaBackend(driver=EmulatedDriver(kernels="sim" if kind == "cuda-sim" else "numpy"), kv_dtype=kv)
+    if kind == "vulkan":
+        from g4rt.backends.vulkan import VulkanBackend
+        return VulkanBackend(kv_dtype=kv)
     return NumpyBackend(kv_dtype=kv) if kind == "numpy" else CpuBackend(threads=threads, kv_dtype=kv, isa=isa)
+
+
+def _vulkan_skip():
+    from conftest import vulkan_skip_reason
+    return vulkan_skip_reason()
+
+
+NEED_VULKAN = pytest.mark.skipif(_vulkan_skip() is not None, reason=str(_vulkan_skip()))
+
+
+def _cache(be, name):
+    if hasattr(be, "read_cache"):
+        return be.read_cache(name)
+    return np.array(be.caches[name], np.float32, copy=True)
 
 
 def _run_schedule(make, n_head, n_kv, D, window, ring, slots=3, seed=0):
@@ -93,7 +115,7 @@ def _run_schedule(make, n_head, n_kv, D, window, ring, slots=3, seed=0):
         rows = sum(n for _, n in batch)
         vals = (rng.standard_normal((rows, n_head * D)), rng.standard_normal((rows, n_kv * D)),
                 rng.standard_normal((rows, n_kv * D)))
-        c = _seq_case(vals, n_head, n_kv, D, window, ring, slots)
+        c = _seq_case(vals, n_head, n_kv, D, window, ring, slots, tag=len(steps))
         multi.load_weights(c.src.specs, c.src)
         if first:
             multi.allocate_caches(c.caches)
@@ -105,14 +127,14 @@ def _run_schedule(make, n_head, n_kv, D, window, ring, slots=3, seed=0):
         ref = []
         for s in segs:
             part = tuple(x[s.row0:s.row0 + s.rows] for x in vals)
-            ca = _seq_case(part, n_head, n_kv, D, window, ring, 1)
+            ca = _seq_case(part, n_head, n_kv, D, window, ring, 1, tag=f"{len(steps)}.{s.slot}")
             be = alone[s.slot]
             be.load_weights(ca.src.specs, ca.src)
             ref.append(np.array(be.compile(ca.graph("o")).run(np.arange(s.rows), s.pos0), copy=True))
             pos[s.slot] += s.rows
         first = False
-        mc = {s.slot: np.asarray(multi.caches["ck"][s.slot * ring:(s.slot + 1) * ring], np.float32) for s in segs}
-        ac = {s.slot: np.asarray(alone[s.slot].caches["ck"], np.float32) for s in segs}
+        mc = {s.slot: _cache(multi, "ck")[s.slot * ring:(s.slot + 1) * ring] for s in segs}
+        ac = {s.slot: _cache(alone[s.slot], "ck") for s in segs}
         steps.append((got, np.concatenate(ref), (mc, ac), segs))
     for be in [multi] + alone:
         if hasattr(be, "close"):
@@ -150,6 +172,36 @@ def test_native_segments_equal_each_sequence_alone_and_the_reference(isa, thread
         assert rel_err(got, rgot) < 2e-3, [str(s) for s in segs]
 
 
+def _sim_skip():
+    from g4rt.backends.cuda.simulator import sim_available
+    ok, why = sim_available()
+    return None if ok else str(why)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("vulkan", marks=NEED_VULKAN), "cuda-emu",
+                                  pytest.param("cuda-sim", marks=pytest.mark.skipif(_sim_skip() is not None,
+                                                                                    reason=str(_sim_skip())))])
+@pytest.mark.parametrize("kv", ["f16", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=["global", "ring", "d256"])
+def test_gpu_segments_equal_each_sequence_alone_and_the_reference(case, kv, kind):
+    """The per-row words of the parameters buffer (shaders/glsl/rows.glsl, shaders/cuda/common.cuh):
+    each row of a batch of several sequences reads its own segment and cache slot. Row-exact steps
+    are bit for bit each sequence alone; the 17-row step within float rounding of it."""
+    if kind == "cuda-sim" and (kv == "f32" or case is not CASES[1]):
+        pytest.skip("the simulator runs the ring case with the f16 cache (time)")
+    vk = _run_schedule(lambda: _backend(kind, kv=kv), *case)
+    ref = _run_schedule(lambda: NumpyBackend(kv_dtype=kv), *case)
+    for (got, alone, (mc, ac), segs), (rgot, _, (rmc, _), _) in zip(vk, ref):
+        if sum(s.rows for s in segs) <= O.ROW_EXACT_MAX:
+            np.testing.assert_array_equal(got, alone)           # row-exact: bit for bit
+        else:
+            assert rel_err(got, alone) < 1e-5
+        for slot in mc:
+            np.testing.assert_array_equal(mc[slot], ac[slot])
+            assert rel_err(mc[slot], rmc[slot]) < 1e-3
+        assert rel_err(got, rgot) < 2e-3, [str(s) for s in segs]
+
+
 def test_bad_segments_are_refused():
     with pytest.raises(G4rtError, match="cover"):
         O.placement([O.Segment(0, 2, 0, 0)], 3, 2)
@@ -180,7 +232,8 @@ def _alone(model, ids, n, sampler=None):
 def _load(path, backend, slots, ctx=160, chunk=24):
     from g4rt.engine import Engine
     from g4rt.generation import Model
-    return Model(Engine(path, backend=backend, ctx=ctx, slots=slots, prefill_chunk=chunk))
+    be = _backend(backend) if backend.startswith("cuda") else backend
+    return Model(Engine(path, backend=be, ctx=ctx, slots=slots, prefill_chunk=chunk))
 
 
 @NEED_FIXTURES
@@ -203,15 +256,26 @@ def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
         m.close()
 
 
+def _other_cases():
+    vk = [pytest.param("vulkan", "g4-dense-w1024-F32", marks=NEED_VULKAN)]
+    sim = [pytest.param("cuda-sim", "g4-edge-Q4_0-pure",
+                        marks=pytest.mark.skipif(_sim_skip() is not None, reason=str(_sim_skip())))]
+    emu = [("cuda-emu", n) for n in ("g4-dense-keqv-F32", "g4-dense-w1024-F32")]
+    return [("numpy", n) for n in ("g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32",
+                                   "g4-dense-w1024-F32")] + emu + vk + sim
+
+
 @NEED_FIXTURES
-@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32", "g4-dense-w1024-F32"])
-def test_greedy_batch_equals_each_prompt_alone_on_the_numpy_reference(name):
-    m = _load(MODELS / f"{name}.gguf", "numpy", 3)
+@pytest.mark.parametrize("backend,name", _other_cases())
+def test_greedy_batch_equals_each_prompt_alone_on_the_other_backends(name, backend):
+    m = _load(MODELS / f"{name}.gguf", backend, 3)
+    n = 4 if backend == "cuda-sim" else 10
     try:
+        assert m.engine.batched
         prompts = _prompts(name, 4)
-        got = m.generate_many(prompts, 10)
+        got = m.generate_many(prompts, n)
         for p, r in zip(prompts, got):
-            assert r.tokens == _alone(m, p, 10)
+            assert r.tokens == _alone(m, p, n)
     finally:
         m.close()
 

@@ -1,9 +1,10 @@
 // Causal attention with sliding window, GQA and a ring KV cache; split-K "flash decode".
 //
-// Query row r sits at position p = pos0 + r (pos0 read from the parameters buffer, so the same
-// recorded launch serves every call) and attends to key positions lo .. p, lo = max(0, p - window
-// + 1) (window 0: lo = 0). A key position kp >= pos0 comes from this batch's k/v rows (row kp -
-// pos0, f32); an earlier one from the cache row kp % ring (f16 or f32).
+// Query row r sits at position p (its row words in the parameters buffer, common.cuh, so the
+// same recorded launch serves every call) and attends to its own sequence's key positions
+// lo .. p, lo = max(0, p - window + 1) (window 0: lo = 0). With pos0 the first position of the
+// row's segment (rows b0 ..), a key position kp >= pos0 comes from the segment's k/v rows (row
+// b0 + kp - pos0, f32); an earlier one from row kp % ring of the sequence's cache slot.
 //
 // attn_partial_*: grid (n_split, n_head, n_rows), 4 warps. The key range of a query is cut into
 // n_split equal chunks (the chunk length is computed on the device from pos0); each warp takes
@@ -35,8 +36,9 @@ __device__ __forceinline__ void attn_partial_impl(
     const float NEG_INF = __int_as_float(0xff800000);
     const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int pos0 = params[P_POS0];
-    const int p = pos0 + r;
+    const int p = ROW_POS(params, r), b0 = ROW_SEG0(params, r);
+    const int pos0 = p - (r - b0);
+    const size_t sbase = (size_t)ROW_SLOT(params, r) * ring;
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
     const int L = p - lo + 1;
     const int chunk = (L + n_split - 1) / n_split;
@@ -64,7 +66,7 @@ __device__ __forceinline__ void attn_partial_impl(
             float dot = 0.0f;
             if (kp < c1) {
                 if (kp >= pos0) {
-                    const float* kr = k + (size_t)(kp - pos0) * kvstride + kvh * D;
+                    const float* kr = k + (size_t)(b0 + kp - pos0) * kvstride + kvh * D;
                     const bool rnd = round_batch && kp < p;
 #pragma unroll
                     for (int i = 0; i < DPL; i++) {
@@ -72,7 +74,7 @@ __device__ __forceinline__ void attn_partial_impl(
                         if (d < D) dot += qv[i] * as_cached(kr[d], rnd);
                     }
                 } else {
-                    const KV* kr = ck + (size_t)(kp % ring) * kvstride + kvh * D;
+                    const KV* kr = ck + (sbase + kp % ring) * kvstride + kvh * D;
 #pragma unroll
                     for (int i = 0; i < DPL; i++) {
                         const int d = lane + 32 * i;
@@ -100,7 +102,7 @@ __device__ __forceinline__ void attn_partial_impl(
             const float pe = expf(dots[u] - mx);
             l += pe;
             if (kp >= pos0) {
-                const float* vr = v + (size_t)(kp - pos0) * kvstride + kvh * D;
+                const float* vr = v + (size_t)(b0 + kp - pos0) * kvstride + kvh * D;
                 const bool rnd = round_batch && kp < p;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
@@ -108,7 +110,7 @@ __device__ __forceinline__ void attn_partial_impl(
                     if (d < D) acc[i] += pe * as_cached(vr[d], rnd);
                 }
             } else {
-                const KV* vr = cv + (size_t)(kp % ring) * kvstride + kvh * D;
+                const KV* vr = cv + (sbase + kp % ring) * kvstride + kvh * D;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
                     const int d = lane + 32 * i;

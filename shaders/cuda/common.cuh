@@ -10,9 +10,17 @@ typedef unsigned long long u64;
 
 // The per-call parameters buffer (int32 words), written before every graph launch:
 //   [0] pos0 (position of row 0 of the batch)   [1] n_tokens   [2 ..] token ids
+//   then four words per row (ops.Segment: several sequences in one batch): its position, its
+//   sequence's KV cache slot, the first row of its segment, the segment's row count. One
+//   sequence: position pos0 + row, slot 0, segment 0 .. n_tokens - 1.
 #define P_POS0 0
 #define P_NTOK 1
 #define P_TOKENS 2
+#define ROW_WORD(params, row, k) ((params)[P_TOKENS + (params)[P_NTOK] + 4 * (row) + (k)])
+#define ROW_POS(params, row) ROW_WORD(params, row, 0)
+#define ROW_SLOT(params, row) ROW_WORD(params, row, 1)
+#define ROW_SEG0(params, row) ROW_WORD(params, row, 2)
+#define ROW_SEGN(params, row) ROW_WORD(params, row, 3)
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 __device__ __forceinline__ float f16_to_f32(u16 h) {

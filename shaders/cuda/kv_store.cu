@@ -1,7 +1,7 @@
-// KV store: write this batch's k/v rows into the caches at rows (pos0 + r) % ring.
-// Only the last `ring` rows of a batch are written (earlier ones would be overwritten by later
-// rows of the same batch; writing them too would race). Caches are f16 (round to nearest even)
-// or f32.
+// KV store: write each batch row into its sequence's slot of the caches (common.cuh's row
+// words): position p of slot s at row s * ring + p % ring. Only the last `ring` rows of each
+// sequence's segment are written (earlier ones would be overwritten by later rows of the same
+// batch; writing them too would race). Caches are f16 (round to nearest even) or f32.
 #include "common.cuh"
 
 template <typename KV> __device__ __forceinline__ KV to_kv(float x);
@@ -12,14 +12,13 @@ template <typename KV>
 __device__ __forceinline__ void kv_store_impl(const float* __restrict__ k, const float* __restrict__ v,
                                               KV* __restrict__ ck, KV* __restrict__ cv,
                                               const int* __restrict__ params, int n, int cols, int ring) {
-    const int first = n > ring ? n - ring : 0;
-    const long long total = (long long)(n - first) * cols;
-    const int pos0 = params[P_POS0];
+    const long long total = (long long)n * cols;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        const int r = first + (int)(i / cols);
+        const int r = (int)(i / cols);
         const int c = (int)(i % cols);
-        const long long slot = (long long)((pos0 + r) % ring);
+        if (r - ROW_SEG0(params, r) + ring < ROW_SEGN(params, r)) continue;   // a later row takes it
+        const long long slot = (long long)ROW_SLOT(params, r) * ring + ROW_POS(params, r) % ring;
         ck[slot * cols + c] = to_kv<KV>(k[(size_t)r * cols + c]);
         cv[slot * cols + c] = to_kv<KV>(v[(size_t)r * cols + c]);
     }

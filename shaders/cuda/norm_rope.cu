@@ -24,7 +24,8 @@ extern "C" __global__ void rmsnorm(const float* x, float* out, const float* w, i
 }
 
 // In place on x ([rows, cols], heads of head_dim columns): the pair (i, i + n_rot/2), i < n_rot/2,
-// of every head of row r turns by angle (pos0 + r) * base^(-2i/n_rot) / ff[i] (ff optional).
+// of every head of row r turns by angle p * base^(-2i/n_rot) / ff[i] (ff optional), p the row's
+// position (common.cuh's row words).
 // The angle is computed in double (as the reference does), its cos/sin rounded to float.
 // Columns past n_rot are not touched (the host copies them first when out != x).
 extern "C" __global__ void rope(float* x, const float* ff, const int* params, int rows, int cols,
@@ -32,7 +33,6 @@ extern "C" __global__ void rope(float* x, const float* ff, const int* params, in
     const int half = n_rot / 2;
     const int heads = cols / head_dim;
     const long long total = (long long)rows * heads * half;
-    const int pos0 = params[P_POS0];
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
         const int i = (int)(idx % half);
@@ -40,7 +40,7 @@ extern "C" __global__ void rope(float* x, const float* ff, const int* params, in
         const int r = (int)(idx / ((long long)half * heads));
         double inv = pow(base, (-2.0 * (double)i) / (double)n_rot);
         if (ff) inv = inv / (double)ff[i];
-        const double ang = (double)(pos0 + r) * inv;
+        const double ang = (double)ROW_POS(params, r) * inv;
         const float c = (float)cos(ang), s = (float)sin(ang);
         float* hp = x + (size_t)r * cols + (size_t)hh * head_dim;
         const float a = hp[i], b = hp[i + half];

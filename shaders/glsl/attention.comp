@@ -1,6 +1,7 @@
 #version 450
 // Causal softmax(scale * q.k) v per (query row, head), GQA, sliding window, over the ring KV
-// cache (positions < pos0) and this batch's k/v rows (positions >= pos0).
+// cache (positions < pos0) and this batch's k/v rows (positions >= pos0), per sequence: each row
+// reads its own segment's rows and its own slot of the caches (rows.glsl).
 // One workgroup per (row, head): keys are streamed in blocks of WG, one key per thread for the
 // scores, an online softmax (running max / sum) rescales the output, whose head_dim columns are
 // owned by the threads (at most MAXD / WG each). Per block of WG keys an invocation runs about
@@ -34,6 +35,7 @@ layout(push_constant) uniform PC {
     uint ck_off, cv_off;   // word offsets of the caches in their buffers
 } pc;
 #include "common.glsl"
+#include "rows.glsl"
 
 #ifdef ROUND_BATCH
 float as_cached(float x, uint kp, uint p) { return kp < p ? unpackHalf2x16(packHalf2x16(vec2(x, 0.0))).x : x; }
@@ -66,11 +68,14 @@ void main() {
     uint tid = gl_LocalInvocationID.x;
     uint D = pc.head_dim;
     uint rep = pc.n_head / pc.n_kv_head;
-    uint pos0 = params[0];
     for (uint it = G4_WG_ID; it < pc.rows * pc.n_head; it += G4_WG_STRIDE) {
         uint r = it / pc.n_head, h = it % pc.n_head;
         uint kvh = h / rep;
-        uint p = pos0 + pc.row_base + r;
+        // the row's sequence (rows.glsl): positions >= pos0 are its segment's rows from b0 on,
+        // earlier ones its cache slot's ring (rows sbase ..)
+        uint row = pc.row_base + r;
+        uint p = row_pos(row), b0 = row_seg0(row), sbase = row_slot(row) * pc.ring;
+        uint pos0 = p - (row - b0);
         uint first = (pc.window > 0u && p + 1u > pc.window) ? p + 1u - pc.window : 0u;
         uint n_keys = p - first + 1u;
         barrier();   // q_s / p_s of the previous item are no longer read
@@ -88,12 +93,12 @@ void main() {
                 // D is a multiple of 8: loops of D/8 iterations with unrolled bodies
                 float dotv = 0.0;
                 if (kp >= pos0) {
-                    uint kb = pc.k_off + (kp - pos0) * pc.k_stride + kvh * D;
+                    uint kb = pc.k_off + (b0 + kp - pos0) * pc.k_stride + kvh * D;
                     for (uint d = 0u; d < D; d += 8u) {
                         [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * as_cached(ks[kb + d + u], kp, p);
                     }
                 } else {
-                    uint slot = kp % pc.ring;
+                    uint slot = sbase + kp % pc.ring;
                     for (uint d = 0u; d < D; d += 8u) {
                         [[unroll]] for (uint u = 0u; u < 8u; u++) dotv += q_s[d + u] * cache_k(slot, kvh * D + d + u);
                     }
@@ -121,14 +126,14 @@ void main() {
                 for (; i + 8u <= nb; i += 8u) {
                     [[unroll]] for (uint u = 0u; u < 8u; u++) {
                         uint vp = first + k0 + i + u;
-                        a += p_s[i + u] * (vp >= pos0 ? as_cached(vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
-                                                       : cache_v(vp % pc.ring, kvh * D + d));
+                        a += p_s[i + u] * (vp >= pos0 ? as_cached(vs[pc.v_off + (b0 + vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
+                                                       : cache_v(sbase + vp % pc.ring, kvh * D + d));
                     }
                 }
                 for (; i < nb; i++) {
                     uint vp = first + k0 + i;
-                    a += p_s[i] * (vp >= pos0 ? as_cached(vs[pc.v_off + (vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
-                                              : cache_v(vp % pc.ring, kvh * D + d));
+                    a += p_s[i] * (vp >= pos0 ? as_cached(vs[pc.v_off + (b0 + vp - pos0) * pc.v_stride + kvh * D + d], vp, p)
+                                              : cache_v(sbase + vp % pc.ring, kvh * D + d));
                 }
                 acc[j] = a;
             }

@@ -30,6 +30,11 @@ layout(push_constant) uniform PC {
     uint ck_off, cv_off;
 } pc;
 #include "common.glsl"
+#include "rows.glsl"
+
+// One sequence per call (graphs over caches of several slots use attention.comp): its cache
+// slot starts at ring row g_sbase.
+uint g_sbase;
 
 // 32 values d0 .. d0+31 of key / value position kp (head column base hb).
 void load32(bool is_v, uint kp, uint pos0, uint hb, uint d0, out float r[32]) {
@@ -38,7 +43,7 @@ void load32(bool is_v, uint kp, uint pos0, uint hb, uint d0, out float r[32]) {
         if (is_v) { [[unroll]] for (uint u = 0u; u < 32u; u++) r[u] = vs[b + u]; }
         else      { [[unroll]] for (uint u = 0u; u < 32u; u++) r[u] = ks[b + u]; }
     } else {
-        uint i = (kp % pc.ring) * pc.kv_cols + hb + d0;
+        uint i = (g_sbase + kp % pc.ring) * pc.kv_cols + hb + d0;
 #ifdef KV_F16
         uint w = (is_v ? pc.cv_off : pc.ck_off) + (i >> 1);   // kv_cols, hb, d0 even
         if (is_v) { [[unroll]] for (uint u = 0u; u < 16u; u++) { vec2 h = unpackHalf2x16(cv[w + u]); r[2u * u] = h.x; r[2u * u + 1u] = h.y; } }
@@ -53,7 +58,8 @@ void load32(bool is_v, uint kp, uint pos0, uint hb, uint d0, out float r[32]) {
 void main() {
     uint D = pc.head_dim;             // a multiple of 32
     uint rep = pc.n_head / pc.n_kv_head;
-    uint pos0 = params[0];
+    uint pos0 = row_pos(0u);
+    g_sbase = row_slot(0u) * pc.ring;
     uint row_blocks = (pc.rows + WG - 1u) / WG;
     for (uint it = G4_WG_ID; it < row_blocks * pc.n_head; it += G4_WG_STRIDE) {
         uint rb = it % row_blocks, h = it / row_blocks;

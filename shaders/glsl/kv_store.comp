@@ -22,17 +22,18 @@ layout(push_constant) uniform PC {
     uint k_off, k_stride, v_off, v_stride, rows, row_base, n_total, ring, kv_cols, ck_off, cv_off;
 } pc;
 #include "common.glsl"
+#include "rows.glsl"
 
 void main() {
     uint total = pc.rows * PER_ROW;
-    uint pos0 = params[0];
     for (uint it = G4_WG_ID; it * WG < total; it += G4_WG_STRIDE) {
         uint e = it * WG + gl_LocalInvocationID.x;
         if (e >= total) break;
         uint r = e / PER_ROW, w = e % PER_ROW;
         uint row = pc.row_base + r;
-        if (row + pc.ring < pc.n_total) continue;
-        uint slot = (pos0 + row) % pc.ring;
+        uint r0 = row_seg0(row);
+        if (row - r0 + pc.ring < row_segn(row)) continue;   // a later row of its sequence takes the slot
+        uint slot = row_slot(row) * pc.ring + row_pos(row) % pc.ring;
 #ifdef KV_F16
         uint kb = pc.k_off + r * pc.k_stride + 2u * w, vb = pc.v_off + r * pc.v_stride + 2u * w;
         ck[pc.ck_off + slot * PER_ROW + w] = packHalf2x16(vec2(ks[kb], ks[kb + 1u]));

@@ -1,5 +1,5 @@
 #version 450
-// NeoX RoPE on each head of head_dim columns at position pos0 + row_base + r: pair
+// NeoX RoPE on each head of head_dim columns at the row's position (rows.glsl): pair
 // (i, i + n_rot/2) turns by pos * inv_freq[i]; columns past n_rot are copied.
 // The angle is computed in exact integer arithmetic, in turns: the host gives each frequency as
 // a 64-bit fixed-point fraction of a turn per position, F = round(inv_freq / (2 pi) * 2^64)
@@ -18,6 +18,7 @@ layout(push_constant) uniform PC {
     uint x_off, x_stride, o_off, o_stride, rows, n_heads, head_dim, n_rot, row_base;
 } pc;
 #include "common.glsl"
+#include "rows.glsl"
 
 const float TURN_K = 1.4629180792671596e-09;   // 2 pi / 2^32
 
@@ -44,7 +45,7 @@ void main() {
         uint xb = pc.x_off + r * pc.x_stride + h * pc.head_dim;
         uint ob = pc.o_off + r * pc.o_stride + h * pc.head_dim;
         if (j < half_rot) {
-            float ang = rope_angle(params[0] + pc.row_base + r, freq[j]);
+            float ang = rope_angle(row_pos(pc.row_base + r), freq[j]);
             float c = cos(ang), s = sin(ang);
             float a = xs[xb + j], b = xs[xb + j + half_rot];
             os[ob + j] = a * c - b * s;

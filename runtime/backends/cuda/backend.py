@@ -75,10 +75,11 @@ class _DevWeight:
 class _DevArray:
     """A KV cache (f16 or f32) or a hybrid input buffer (f32)."""
     name: str
-    rows: int
+    rows: int                       # all rows (a cache: slots x ring)
     cols: int
     ptr: int
     f16: bool
+    ring: int = 0                   # a cache: rows per sequence slot
 
     @property
     def nbytes(self) -> int:
@@ -137,6 +138,7 @@ def _pack(sig: str, values: list) -> tuple[np.ndarray, np.ndarray]:
 
 class CudaBackend(Backend):
     name = "cuda"
+    supports_segments = True
 
     def __init__(self, device: int = 0, kv_dtype: str = "f16", use_graphs: Optional[bool] = None,
                  debug: Optional[bool] = None, arch: Optional[str] = None, driver=None,
@@ -411,8 +413,11 @@ class CudaBackend(Backend):
 
     def allocate_caches(self, caches) -> None:
         self._activate()
+        def shape(c):
+            return c.slots * c.rows, c.cols, c.rows
         need = sum(cache_bytes(c, self.kv_dtype) for c in caches.values()
-                   if c.name not in self.caches or (self.caches[c.name].rows, self.caches[c.name].cols) != (c.rows, c.cols))
+                   if c.name not in self.caches or
+                   (self.caches[c.name].rows, self.caches[c.name].cols, self.caches[c.name].ring) != shape(c))
         free, _ = self.mem_info()
         reserve = min(DEFAULT_RESERVE, int(0.05 * free) + (128 << 20))
         if need > free - reserve:
@@ -422,14 +427,14 @@ class CudaBackend(Backend):
                 f"with --gpu-layers")
         for c in caches.values():
             old = self.caches.get(c.name)
-            if old is not None and (old.rows, old.cols) == (c.rows, c.cols):
+            if old is not None and (old.rows, old.cols, old.ring) == shape(c):
                 self._memset0(old.ptr, old.nbytes, f"cache {c.name}")
                 continue
             if old is not None:
                 self._sync()
                 self._free(old.ptr)
                 self._gen += 1
-            arr = _DevArray(c.name, c.rows, c.cols, 0, self.kv_f16)
+            arr = _DevArray(c.name, c.slots * c.rows, c.cols, 0, self.kv_f16, c.rows)
             arr.ptr = self._alloc(arr.nbytes, f"KV cache {c.name}")
             self._memset0(arr.ptr, arr.nbytes, f"cache {c.name}")
             self.caches[c.name] = arr
@@ -597,7 +602,8 @@ class CudaGraph(CompiledGraph):
         self.arena_bytes = _align(self._off)
         # 3. device/host resources
         be = backend
-        self.params_words = self.n + P_TOKENS
+        self.params_words = P_TOKENS + 5 * self.n      # common.cuh: then 4 row words per row
+        self.slots = min((c.slots for c in graph.caches.values()), default=1)
         self._params_dev = be._alloc(_align(4 * self.params_words), "graph parameters")
         self._params_host = int(check(be.drv.cuMemHostAlloc(4 * self.params_words, 0), "cuMemHostAlloc"))
         self.params = np.ctypeslib.as_array((ctypes.c_int32 * self.params_words).from_address(self._params_host))
@@ -766,14 +772,14 @@ class CudaGraph(CompiledGraph):
             ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
             if ck is None or cv is None:
                 raise G4rtError(f"KV caches {op.cache_k!r}/{op.cache_v!r} are not allocated")
-            if ck.cols != Hkv * D or cv.cols != Hkv * D or ck.rows != cv.rows:
+            if ck.cols != Hkv * D or cv.cols != Hkv * D or (ck.rows, ck.ring) != (cv.rows, cv.ring):
                 raise G4rtError(f"caches are [{ck.rows}, {ck.cols}] / [{cv.rows}, {cv.cols}], "
                                 f"expected {Hkv * D} columns")
             try:
                 kern = K.attn_variant(D, ck.f16)
             except ValueError as e:
                 raise G4rtError(str(e)) from None
-            ring = ck.rows
+            ring = ck.ring
             exact = R <= O.ROW_EXACT_MAX        # each row split as a one-row decode step splits it
             rows_seen = 1 if exact else R
             max_keys = min(op.window, ring + rows_seen) if op.window > 0 else ring + rows_seen
@@ -794,13 +800,13 @@ class CudaGraph(CompiledGraph):
             if ck is None or cv is None:
                 raise G4rtError(f"KV caches {op.out!r}/{op.cache_v!r} are not allocated")
             R, C = self._shape(op.k)
-            if self._shape(op.v) != (R, C) or ck.cols != C or cv.cols != C or ck.rows != cv.rows:
+            if self._shape(op.v) != (R, C) or ck.cols != C or cv.cols != C or (ck.rows, ck.ring) != (cv.rows, cv.ring):
                 raise G4rtError(f"k/v {self._shape(op.k)}/{self._shape(op.v)} do not match caches "
                                 f"[{ck.rows}, {ck.cols}]")
             if R > n:
                 raise G4rtError(f"{R} rows for {n} positions")
-            ring = ck.rows
-            total = min(R, ring) * C
+            ring = ck.ring
+            total = R * C             # each row checks whether a later row of its sequence wins
             kern = "kv_store_f16" if ck.f16 else "kv_store_f32"
             L.append(_Launch(kern, (K.ew_grid(total), 1, 1), K.EW_THREADS,
                              [self._ref(op.k), self._ref(op.v), ("C", op.out), ("C", op.cache_v),
@@ -978,9 +984,15 @@ class CudaGraph(CompiledGraph):
             raise G4rtError(f"graph for {self.n} tokens run with {len(tokens)}")
         if self._ready is None or self._gen != be._gen or self.arena_bytes > be._arena_size:
             self._build()
-        self.params[0] = int(pos0)
-        self.params[1] = self.n
-        self.params[P_TOKENS:P_TOKENS + self.n] = tokens.astype(np.int32)
+        segs = O.placement(pos0, self.n, self.slots)
+        n = self.n
+        self.params[0] = segs[0].pos0
+        self.params[1] = n
+        self.params[P_TOKENS:P_TOKENS + n] = tokens.astype(np.int32)
+        rows = self.params[P_TOKENS + n:P_TOKENS + 5 * n].reshape(n, 4)
+        for s in segs:
+            rows[s.row0:s.row0 + s.rows, 0] = np.arange(s.pos0, s.pos0 + s.rows)
+            rows[s.row0:s.row0 + s.rows, 1:] = (s.slot, s.row0, s.rows)
         check(be.drv.cuMemcpyHtoDAsync(self._params_dev, self._params_host, 4 * self.params_words,
                                        be.stream), "cuMemcpyHtoDAsync (graph parameters)")
         if observer is not None or be.debug:

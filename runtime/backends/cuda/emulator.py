@@ -343,6 +343,15 @@ class EmulatedDriver:
     def _kv(self, name):
         return np.float16 if "_f16" in name else np.float32
 
+    def _rows(self, params, n):
+        """The row words of the parameters buffer (common.cuh): [n, 4] = position, cache slot,
+        first row of the segment, rows of the segment."""
+        head = self.view(params, 2, np.int32)
+        if int(head[1]) < n:
+            raise EmulatedFault(f"parameters for {int(head[1])} rows, launch for {n}")
+        words = self.view(params, 2 + 5 * int(head[1]), np.int32)
+        return words[2 + int(head[1]):].reshape(-1, 4)[:n].astype(np.int64)
+
     def _attn_partial(self, name, grid, args):
         q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns, round_batch = args
         dmax = int(name.rsplit("_d", 1)[1])
@@ -352,16 +361,19 @@ class EmulatedDriver:
             raise EmulatedFault(f"{name}: grid {grid} does not match n_split {ns} / heads {H}")
         R = grid[2]
         kvt = self._kv(name)
-        pos0 = int(self.view(params, 1, np.int32)[0])
+        rows = self._rows(params, R)
+        slots = int(rows[:, 1].max()) + 1
         Q = self.view(q, R * H * D).reshape(R, H, D)
         Kb = self.view(k, R * Hkv * D).reshape(R, Hkv, D)
         Vb = self.view(v, R * Hkv * D).reshape(R, Hkv, D)
-        CK = self.view(ck, ring * Hkv * D, kvt).reshape(ring, Hkv, D)
-        CV = self.view(cv, ring * Hkv * D, kvt).reshape(ring, Hkv, D)
+        CKa = self.view(ck, slots * ring * Hkv * D, kvt).reshape(slots, ring, Hkv, D)
+        CVa = self.view(cv, slots * ring * Hkv * D, kvt).reshape(slots, ring, Hkv, D)
         P = self.view(part, R * H * ns * (D + 2)).reshape(R, H, ns, D + 2)
         rep = H // Hkv
         for r in range(R):
-            p = pos0 + r
+            p, b0 = int(rows[r, 0]), int(rows[r, 2])
+            pos0 = p - (r - b0)                   # the row's segment: rows b0 .., positions pos0 ..
+            CK, CV = CKa[rows[r, 1]], CVa[rows[r, 1]]
             lo = max(0, p - window + 1) if window > 0 else 0
             L = p - lo + 1
             chunk = (L + ns - 1) // ns
@@ -375,7 +387,7 @@ class EmulatedDriver:
                         continue
                     kp = np.arange(c0, c1)
                     fresh = kp >= pos0
-                    kb, vb = Kb[np.clip(kp - pos0, 0, R - 1), kvh], Vb[np.clip(kp - pos0, 0, R - 1), kvh]
+                    kb, vb = Kb[np.clip(b0 + kp - pos0, 0, R - 1), kvh], Vb[np.clip(b0 + kp - pos0, 0, R - 1), kvh]
                     if round_batch:          # earlier batch rows as the f16 cache holds them
                         early = (kp < p)[:, None]
                         kb = np.where(early, kb.astype(np.float16).astype(np.float32), kb)
@@ -398,14 +410,18 @@ class EmulatedDriver:
         O[...] = (P[..., 2:] * f[..., None]).sum(-2) / S[..., None]
 
     def _k_kv_store(self, grid, k, v, ck, cv, params, n, cols, ring, dtype):
-        pos0 = int(self.view(params, 1, np.int32)[0])
+        rows = self._rows(params, n)
+        slots = int(rows[:, 1].max()) + 1
         Kb = self.view(k, n * cols).reshape(n, cols)
         Vb = self.view(v, n * cols).reshape(n, cols)
-        CK = self.view(ck, ring * cols, dtype).reshape(ring, cols)
-        CV = self.view(cv, ring * cols, dtype).reshape(ring, cols)
-        for r in range(max(0, n - ring), n):
-            CK[(pos0 + r) % ring] = Kb[r]
-            CV[(pos0 + r) % ring] = Vb[r]
+        CK = self.view(ck, slots * ring * cols, dtype).reshape(slots * ring, cols)
+        CV = self.view(cv, slots * ring * cols, dtype).reshape(slots * ring, cols)
+        for r in range(n):
+            p, slot, b0, nseg = (int(x) for x in rows[r])
+            if r - b0 + ring < nseg:
+                continue          # a later row of the sequence takes this cache row
+            CK[slot * ring + p % ring] = Kb[r]
+            CV[slot * ring + p % ring] = Vb[r]
 
     def _k_kv_store_f16(self, grid, *a):
         self._k_kv_store(grid, *a, np.float16)
@@ -425,13 +441,13 @@ class EmulatedDriver:
         self.view(out, rows * cols).reshape(rows, cols // group, group)[...] = Y
 
     def _k_rope(self, grid, x, ff, params, rows, cols, head_dim, n_rot, base):
-        pos0 = int(self.view(params, 1, np.int32)[0])
+        pos = self._rows(params, rows)[:, 0].astype(np.float64)
         X = self.view(x, rows * cols).reshape(rows, cols // head_dim, head_dim)
         half = n_rot // 2
         inv = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / n_rot)
         if ff:
             inv = inv / self.view(ff, half).astype(np.float64)
-        ang = (pos0 + np.arange(rows, dtype=np.float64))[:, None] * inv[None, :]
+        ang = pos[:, None] * inv[None, :]
         c = np.cos(ang).astype(np.float32)[:, None, :]
         s = np.sin(ang).astype(np.float32)[:, None, :]
         a, b = X[:, :, :half].copy(), X[:, :, half:n_rot].copy()

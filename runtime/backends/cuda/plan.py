@@ -48,7 +48,7 @@ def vector_weights(graph: O.Graph) -> set[str]:
 
 
 def cache_bytes(c: O.KvCache, kv_dtype: str) -> int:
-    return _align(c.rows * c.cols * (2 if kv_dtype == "f16" else 4))
+    return _align(c.slots * c.rows * c.cols * (2 if kv_dtype == "f16" else 4))
 
 
 def scratch_bytes(graph: O.Graph, ops: Optional[list[O.Op]] = None, batch: Optional[int] = None,

@@ -153,6 +153,7 @@ def _bands(rows: int, operands: list[tuple[_Loc, int]]) -> list[tuple[int, int]]
 
 class VulkanBackend(Backend):
     name = "vulkan"
+    supports_segments = True
 
     def __init__(self, device: int | str = 0, kv_dtype: str = "f16",
                  max_buffer_bytes: Optional[int] = None, weight_memory: str = "auto",
@@ -386,7 +387,7 @@ class VulkanBackend(Backend):
         for c in caches.values():
             if self.kv_f16 and c.cols % 2:
                 raise G4rtError(f"cache {c.name} has an odd width ({c.cols}); use kv_dtype='f32'")
-            words = c.rows * c.cols // 2 if self.kv_f16 else c.rows * c.cols
+            words = c.slots * c.rows * c.cols // (2 if self.kv_f16 else 1)
             if words > cap_words:
                 raise G4rtError(f"KV cache {c.name} ({words * 4 >> 20} MiB) exceeds one Vulkan storage "
                                 f"buffer ({self.max_bytes >> 20} MiB); use a smaller context")
@@ -402,6 +403,20 @@ class VulkanBackend(Backend):
         seq.eval()
         for c, ai, off, words in plan:
             self.caches[c.name] = _Cache(c, self._cache_arenas[ai], off, words)
+
+    def read_cache(self, name: str) -> np.ndarray:
+        """A KV cache's contents as float32 [slots * rows, cols] (tests, debugging)."""
+        c = self.caches.get(name)
+        if c is None:
+            raise G4rtError(f"KV cache {name!r} was not allocated")
+        t = self.mgr.tensor_t(np.zeros(c.words, np.uint32), self._T.device)
+        seq = self.mgr.sequence()
+        seq.record(self.op_dispatch(self._copy_dispatch(c.tensor, c.off, t, 0, c.words)))
+        seq.record(self.kp.OpTensorSyncLocal([t]))
+        seq.eval()
+        words = np.array(t.data(), np.uint32)
+        vals = words.view(np.float16).astype(np.float32) if self.kv_f16 else words.view(np.float32)
+        return vals.reshape(c.cache.slots * c.cache.rows, c.cache.cols)
 
     def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
         """f32 buffers that graphs read like caches (by name) and that the host fills before a
@@ -435,10 +450,12 @@ class VulkanBackend(Backend):
             t.data()[:] = a.reshape(-1)
 
     def params_for(self, n_tokens: int):
-        """The parameters buffer (pos0, n, -, -, token ids), shared by all graphs that fit it."""
+        """The parameters buffer (pos0, n, offset of the row words, -, token ids, then four words
+        per row: position, cache slot, segment's first row, segment's rows; shaders/glsl/rows.glsl),
+        shared by all graphs that fit it."""
         if self._params is None or self._params_cap < n_tokens:
             self._params_cap = max(n_tokens, _PARAMS_MIN_TOKENS)
-            self._params = self.mgr.tensor_t(np.zeros(4 + self._params_cap, np.uint32), self._T.device)
+            self._params = self.mgr.tensor_t(np.zeros(4 + 5 * self._params_cap, np.uint32), self._T.device)
         return self._params
 
     def compile(self, graph: O.Graph) -> "VulkanGraph":
@@ -467,6 +484,7 @@ class VulkanGraph(CompiledGraph):
         self.n = graph.n_tokens
         be = backend
         self.params = be.params_for(self.n)
+        self.slots = min((c.slots for c in graph.caches.values()), default=1)
         self.locs: dict[str, _Loc] = {}
         self._layout()
         self.op_dispatches: list[list[_Dispatch]] = [self._plan(op) for op in graph.ops]
@@ -632,8 +650,10 @@ class VulkanGraph(CompiledGraph):
         span = (op.window + 8) if op.window else ck.cache.rows + self.n
         # row-exact batches (ops.ROW_EXACT_MAX): attention.comp per row, earlier rows as cached
         exact = 1 < self.n <= O.ROW_EXACT_MAX
+        # (attention_rows.comp reads one sequence per call: not for caches of several slots, whose
+        # graphs may carry several sequences)
         use_rows = (be.kernels == "cpu" and self.n > 1 and not exact and op.head_dim % 32 == 0
-                    and span * (2 * op.head_dim // 32 + 1) < 60000)
+                    and span * (2 * op.head_dim // 32 + 1) < 60000 and ck.cache.slots == 1)
         if exact and be.kv_f16:
             kv = dict(kv, ROUND_BATCH=True)     # earlier rows of the batch, as the f16 cache holds them
         res = []
@@ -659,8 +679,9 @@ class VulkanGraph(CompiledGraph):
         var = variant("kv_store", KV_F16=True) if be.kv_f16 else variant("kv_store")
         per_row = k.cols // 2 if be.kv_f16 else k.cols
         res = []
+        one_sequence = ck.cache.slots == 1     # then every call is one segment of all rows
         for r0, r1 in _bands(k.rows, [(k, 0), (v, 0)]):
-            if r1 + ck.cache.rows <= k.rows:
+            if one_sequence and r1 + ck.cache.rows <= k.rows:
                 continue   # rows that a later row of this batch overwrites
             kt, ko = k.at(r0, r1)
             vt, vo = v.at(r0, r1)
@@ -779,16 +800,20 @@ class VulkanGraph(CompiledGraph):
         seq.record(kp.OpTensorSyncLocal(self.out_tensors))
         return seq
 
-    def _set_params(self, tokens: np.ndarray, pos0: int) -> None:
+    def _set_params(self, tokens: np.ndarray, pos0) -> None:
         tokens = np.asarray(tokens).reshape(-1)
         if len(tokens) != self.n:
             raise G4rtError(f"graph expects {self.n} tokens, got {len(tokens)}")
-        if pos0 < 0:
-            raise G4rtError(f"pos0 must be >= 0, got {pos0}")
+        segs = O.placement(pos0, self.n, self.slots)
         p = self.params.data()
-        p[0] = pos0
-        p[1] = self.n
-        p[4:4 + self.n] = tokens.astype(np.uint32)
+        n = self.n
+        p[0], p[1], p[2] = segs[0].pos0, n, 4 + n
+        p[4:4 + n] = tokens.astype(np.uint32)
+        rows = p[4 + n:4 + 5 * n].reshape(n, 4)
+        for s in segs:
+            rows[s.row0:s.row0 + s.rows] = np.stack(
+                [np.arange(s.pos0, s.pos0 + s.rows), np.full(s.rows, s.slot), np.full(s.rows, s.row0),
+                 np.full(s.rows, s.rows)], axis=1)
 
     def _read_output(self) -> np.ndarray:
         loc = self.locs[self.graph.output]
@@ -868,7 +893,7 @@ class VulkanGraph(CompiledGraph):
                 c = self._cache(op.out).cache
                 words = self._rb.data()[: self._cache(op.out).words]
                 arr = (words.view(np.float16).astype(np.float32) if be.kv_f16
-                       else words.view(np.float32).copy()).reshape(c.rows, c.cols)
+                       else words.view(np.float32).copy()).reshape(c.slots * c.rows, c.cols)
             elif op.out == self.graph.output:
                 arr = self._read_output()
             else:
