@@ -189,7 +189,9 @@ def test_f16_cache_rounding_matches_numpy():
     kern = shared_kernels()
     ck = np.zeros(k.shape, np.uint16)
     cv = np.zeros(k.shape, np.uint16)
-    params = np.zeros(4, np.int32)
+    rows = k.shape[0]       # common.cuh: [pos0, n, n token ids, then per row: pos, slot, segment start, rows]
+    params = np.concatenate([[0, rows], np.zeros(rows), np.stack(
+        [np.arange(rows), np.zeros(rows), np.zeros(rows), np.full(rows, rows)], axis=1).reshape(-1)]).astype(np.int32)
     kern.launch("kv_store_f16", (8, 1, 1), (256, 1, 1),
                 [k.ctypes.data, k.ctypes.data, ck.ctypes.data, cv.ctypes.data, params.ctypes.data,
                  k.shape[0], 4, k.shape[0]])
