@@ -212,6 +212,9 @@ def test_concurrent_streams_match_sequential_greedy(load_server):
                        + "\n".join(f"{k}: {w}" for k, w in list(wrong.items())[:5]))
     assert peak_busy == 4, f"the load never used every slot (peak busy {peak_busy})"
     assert peak_queue > 0, "the load never queued a request"
+    steps = metric(get_metrics(srv.url), "g4rt_batch_steps_total") - metric(before, "g4rt_batch_steps_total")
+    seqs = metric(get_metrics(srv.url), "g4rt_batch_sequences_total") - metric(before, "g4rt_batch_sequences_total")
+    assert seqs / steps > 2.5, f"the slots were not batched: {seqs:g} sequences in {steps:g} steps"
 
     after = get_metrics(srv.url)
     for endpoint, n in (("/v1/chat/completions", 48), ("/v1/completions", 48)):

@@ -34,6 +34,11 @@ class ServerMetrics:
         self.busy_slots = Gauge("g4rt_busy_slots", "Slots generating now", registry=r)
         self.slots = Gauge("g4rt_slots", "Sequence slots (--parallel)", registry=r)
         self.slots.set(slots)
+        self.batch_steps = Counter("g4rt_batch_steps", "Scheduler steps: one batched pass over every busy slot",
+                                   registry=r)
+        self.batch_sequences = Counter("g4rt_batch_sequences",
+                                       "Sequences fed in those steps (over g4rt_batch_steps: the mean batch)",
+                                       registry=r)
         self._lock = threading.Lock()
         self._prefill = [0, 0.0]        # tokens, seconds
         self._decode = [0, 0.0]
@@ -41,6 +46,10 @@ class ServerMetrics:
     def set_load(self, busy: int, queued: int) -> None:
         self.busy_slots.set(busy)
         self.queue_depth.set(queued)
+
+    def record_batch(self, sequences: int) -> None:
+        self.batch_steps.inc()
+        self.batch_sequences.inc(sequences)
 
     def record_request(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()

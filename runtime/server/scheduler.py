@@ -262,6 +262,8 @@ class Scheduler:
                 self._fail(slot, e)
             return
         dt = time.perf_counter() - t0
+        if self.metrics is not None:
+            self.metrics.record_batch(len(work))
         for (slot, ids, prefill), logits in zip(work, outs):
             job = slot.job
             job.logits = logits
