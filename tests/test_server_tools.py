@@ -51,6 +51,9 @@ class ScriptedEngine:
             tid, self._next = self.script[0], 1
         return self._logits(tid)
 
+    def forward_batch(self, items):
+        return [self.forward(ids, slot=slot)[-1] for slot, ids in items]
+
     def reset(self, slot=0):
         self._pos, self._fed = 0, []
 
