@@ -50,9 +50,10 @@ class Segment:
     slot: int = 0
 
 
-def placement(at, n_tokens: int, slots: int = 1) -> tuple[Segment, ...]:
+def placement(at, n_tokens: int, slots: Optional[int] = 1) -> tuple[Segment, ...]:
     """The segments of a call: `at` is pos0 (one sequence in slot 0) or a sequence of Segments,
-    which must cover the rows in order, each in its own slot below `slots`."""
+    which must cover the rows in order, each in its own slot below `slots` (None: a graph without
+    caches, any slot)."""
     if isinstance(at, (int,)) or hasattr(at, "__index__"):
         pos0 = int(at)
         if pos0 < 0:
@@ -61,13 +62,27 @@ def placement(at, n_tokens: int, slots: int = 1) -> tuple[Segment, ...]:
     segs = tuple(at)
     row, seen = 0, set()
     for s in segs:
-        if s.row0 != row or s.rows < 1 or s.pos0 < 0 or not 0 <= s.slot < slots or s.slot in seen:
+        if s.row0 != row or s.rows < 1 or s.pos0 < 0 or s.slot < 0 or s.slot in seen \
+                or (slots is not None and s.slot >= slots):
             raise G4rtError(f"bad segment {s} (rows so far {row}, {slots} slot(s), slots used {sorted(seen)})")
         seen.add(s.slot)
         row += s.rows
     if row != n_tokens:
         raise G4rtError(f"segments cover {row} rows, the graph has {n_tokens}")
     return segs
+
+
+def graph_slots(graph) -> Optional[int]:
+    """How many sequence slots a graph's KV caches hold (None: it uses none, e.g. the output head
+    of a hybrid split, and takes segments of any slot). Only caches that attention and KV stores
+    use count: a hybrid's hand-over inputs sit among the caches too."""
+    used = set()
+    for op in graph.ops:
+        if isinstance(op, Attention):
+            used.update((op.cache_k, op.cache_v))
+        elif isinstance(op, KvStore):
+            used.update((op.out, op.cache_v))
+    return min((graph.caches[c].slots for c in used if c in graph.caches), default=None)
 
 
 def segment_positions(segs) -> "list[int]":

@@ -379,3 +379,44 @@ def test_cli_batch_prints_each_prompt_as_run_alone(tmp_path):
     empty.write_text("\n\n")
     bad = subprocess.run(base + ["--batch", str(empty)], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "no prompts" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_a_hybrid_split_batches_too():
+    """A GPU front (the CUDA host code on the emulated driver) and the native CPU back: segments
+    pass through to both halves; every prompt gets its tokens alone."""
+    from g4rt.backends.cpu import CpuBackend
+    from g4rt.backends.hybrid import HybridBackend, layers_split
+    from g4rt.engine import Engine
+    from g4rt.generation import Model
+    name = "g4-dense-keqv-F32"
+    be = HybridBackend(_backend("cuda-emu"), CpuBackend(threads=2), layers_split(3))
+    m = Model(Engine(MODELS / f"{name}.gguf", backend=be, ctx=160, slots=3, prefill_chunk=24))
+    try:
+        assert m.engine.batched
+        prompts = _prompts(name, 4)
+        got = m.generate_many(prompts, 8)
+        for p, r in zip(prompts, got):
+            assert r.tokens == _alone(m, p, 8)
+    finally:
+        m.close()
+
+
+MOE = FIXTURES.parent / "fixtures-moe" / "models"
+
+
+@NEED_CC
+@pytest.mark.skipif(not (MOE / "g4-moe-Q4_K_M.gguf").is_file(), reason=f"{MOE} is absent")
+def test_the_moe_model_batches_too():
+    from g4rt.engine import Engine
+    from g4rt.generation import Model
+    m = Model(Engine(MOE / "g4-moe-Q4_K_M.gguf", backend="cpu", ctx=120, slots=3, prefill_chunk=24))
+    try:
+        rng = np.random.default_rng(5)
+        prompts = [rng.integers(0, m.engine.config.n_vocab, n).tolist() for n in (5, 30, 12, 40)]
+        got = m.generate_many(prompts, 10)
+        for p, r in zip(prompts, got):
+            assert r.tokens == _alone(m, p, 10)
+    finally:
+        m.close()

@@ -73,6 +73,11 @@ class HybridBackend(Backend):
 
     name = "hybrid"
 
+    @property
+    def supports_segments(self) -> bool:
+        """Segments pass through to both sides unchanged (each side's sub-graph keeps the rows)."""
+        return bool(getattr(self.front, "supports_segments", False) and getattr(self.back, "supports_segments", False))
+
     def __init__(self, front: Backend, back: Backend, split: Union[int, Callable[[O.Graph], int]],
                  check_memory: bool = True, batch: int = 512, back_expert_layers: int = 0):
         """back_expert_layers: the expert ops of layers below this run on `back` too, between

@@ -165,7 +165,7 @@ class CpuGraph(CompiledGraph):
         ex.shared, ex.shared_bytes = self._shared.ctypes.data, shared
         self.ex = ex
         self.out = self.low.buffers[graph.output]
-        self._slots = min((c.slots for c in graph.caches.values()), default=1)
+        self._slots = O.graph_slots(graph)
 
     def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
         n = self.graph.n_tokens

@@ -603,7 +603,7 @@ class CudaGraph(CompiledGraph):
         # 3. device/host resources
         be = backend
         self.params_words = P_TOKENS + 5 * self.n      # common.cuh: then 4 row words per row
-        self.slots = min((c.slots for c in graph.caches.values()), default=1)
+        self.slots = O.graph_slots(graph)
         self._params_dev = be._alloc(_align(4 * self.params_words), "graph parameters")
         self._params_host = int(check(be.drv.cuMemHostAlloc(4 * self.params_words, 0), "cuMemHostAlloc"))
         self.params = np.ctypeslib.as_array((ctypes.c_int32 * self.params_words).from_address(self._params_host))

@@ -225,7 +225,7 @@ class NumpyGraph(CompiledGraph):
         assert len(tokens) == n, (len(tokens), n)
         bufs: dict[str, np.ndarray] = {}
         caches = be.caches
-        segs = O.placement(at, n, min((c.slots for c in g.caches.values()), default=1))
+        segs = O.placement(at, n, O.graph_slots(g))
         positions = np.array(O.segment_positions(segs))
 
         def slot_view(name, s):

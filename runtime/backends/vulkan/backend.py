@@ -484,7 +484,7 @@ class VulkanGraph(CompiledGraph):
         self.n = graph.n_tokens
         be = backend
         self.params = be.params_for(self.n)
-        self.slots = min((c.slots for c in graph.caches.values()), default=1)
+        self.slots = O.graph_slots(graph)
         self.locs: dict[str, _Loc] = {}
         self._layout()
         self.op_dispatches: list[list[_Dispatch]] = [self._plan(op) for op in graph.ops]
