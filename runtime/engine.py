@@ -190,8 +190,8 @@ class Engine:
             raise G4rtError(f"cannot move slot {slot} from position {self._pos[slot]} to {n}")
         self._pos[slot] = n
 
-    def forward(self, ids, all_logits: bool = False, slot: int = 0) -> np.ndarray:
-        """Feed tokens at the slot's current position; return logits [len(ids) or 1, n_vocab]."""
+    def _checked(self, ids, slot: int) -> np.ndarray:
+        """ids as int32, once they are known to fit the slot's context and the vocabulary."""
         ids = np.asarray(ids, dtype=np.int32).reshape(-1)
         if not 0 <= slot < self.slots:
             raise G4rtError(f"slot {slot} out of range (the engine has {self.slots})")
@@ -201,9 +201,14 @@ class Engine:
         if pos + len(ids) > self.ctx:
             raise ContextOverflowError(
                 f"{pos + len(ids)} tokens do not fit the context of {self.ctx} "
-                f"({pos} already used, {len(ids)} new); use a larger --ctx")
+                f"({pos} already used{f' in slot {slot}' if slot else ''}, {len(ids)} new); use a larger --ctx")
         if ids.min() < 0 or ids.max() >= self.config.n_vocab:
             raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
+        return ids
+
+    def forward(self, ids, all_logits: bool = False, slot: int = 0) -> np.ndarray:
+        """Feed tokens at the slot's current position; return logits [len(ids) or 1, n_vocab]."""
+        ids = self._checked(ids, slot)
         outs = []
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start:start + self.prefill_chunk]
@@ -224,7 +229,7 @@ class Engine:
         within which every row gets the bits it gets alone (row-exact), so a sequence's tokens
         do not depend on what it was batched with; a longer item (a prompt chunk) runs alone, in
         chunks as `forward` cuts them. Elsewhere the items run one after the other."""
-        items = [(int(slot), np.asarray(ids, dtype=np.int32).reshape(-1)) for slot, ids in items]
+        items = [(int(slot), self._checked(ids, int(slot))) for slot, ids in items]   # all, before any runs
         slots = [slot for slot, _ in items]
         if len(set(slots)) != len(slots):
             raise G4rtError(f"a batch holds each slot once, got slots {slots}")
@@ -259,17 +264,7 @@ class Engine:
         is its answer)."""
         segs, row = [], 0
         for slot, ids in items:
-            if not 0 <= slot < self.slots:
-                raise G4rtError(f"slot {slot} out of range (the engine has {self.slots})")
-            if len(ids) == 0:
-                raise G4rtError("no tokens to process")
-            pos = self._pos[slot]
-            if pos + len(ids) > self.ctx:
-                raise ContextOverflowError(
-                    f"slot {slot}: {pos + len(ids)} tokens do not fit the context of {self.ctx}; use a larger --ctx")
-            if ids.min() < 0 or ids.max() >= self.config.n_vocab:
-                raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
-            segs.append(Segment(row, len(ids), pos, slot))
+            segs.append(Segment(row, len(ids), self._pos[slot], slot))
             row += len(ids)
         tokens = np.concatenate([ids for _, ids in items])
         logits = self.graph(row, all_logits=True).run(tokens, segs)

@@ -13,6 +13,7 @@ whatever else is in the batch; the server with --parallel answers as one request
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -229,6 +230,15 @@ def _alone(model, ids, n, sampler=None):
     return list(model.generate_ids(ids, n, sampler))
 
 
+@contextlib.contextmanager
+def _model(path, backend, slots, ctx=160, chunk=24):
+    m = _load(path, backend, slots, ctx, chunk)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
 def _load(path, backend, slots, ctx=160, chunk=24):
     from g4rt.engine import Engine
     from g4rt.generation import Model
@@ -242,8 +252,7 @@ def _load(path, backend, slots, ctx=160, chunk=24):
 def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
     """Five prompts through three slots (prompt chunks of 24: long prompts prefill over several
     steps while others decode): every prompt's tokens as it gets them alone."""
-    m = _load(MODELS / f"{name}.gguf", "cpu", 3)
-    try:
+    with _model(MODELS / f"{name}.gguf", "cpu", 3) as m:
         assert m.engine.batched
         prompts = _prompts(name)
         from g4rt.batch_generate import BatchStats
@@ -252,8 +261,6 @@ def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
         for p, r in zip(prompts, got):
             assert r.tokens == _alone(m, p, 16)
         assert st.mean_batch > 1.5          # the sequences really went through together
-    finally:
-        m.close()
 
 
 def _other_cases():
@@ -268,16 +275,13 @@ def _other_cases():
 @NEED_FIXTURES
 @pytest.mark.parametrize("backend,name", _other_cases())
 def test_greedy_batch_equals_each_prompt_alone_on_the_other_backends(name, backend):
-    m = _load(MODELS / f"{name}.gguf", backend, 3)
     n = 4 if backend == "cuda-sim" else 10
-    try:
+    with _model(MODELS / f"{name}.gguf", backend, 3) as m:
         assert m.engine.batched
         prompts = _prompts(name, 4)
         got = m.generate_many(prompts, n)
         for p, r in zip(prompts, got):
             assert r.tokens == _alone(m, p, n)
-    finally:
-        m.close()
 
 
 @NEED_FIXTURES
@@ -289,21 +293,17 @@ def test_the_1024_window_long_prompts_batched():
     longs = [[int(t) for t in r[k]] for k in sorted(r.files) if k.startswith("ids")][:2]
     prompts = longs + _prompts(name, 2)
     ctx = max(map(len, prompts)) + 24
-    m = _load(MODELS / f"{name}.gguf", "cpu", 3, ctx=ctx, chunk=512)
-    try:
+    with _model(MODELS / f"{name}.gguf", "cpu", 3, ctx=ctx, chunk=512) as m:
         got = m.generate_many(prompts, 12)
         for p, res in zip(prompts, got):
             assert res.tokens == _alone(m, p, 12)
-    finally:
-        m.close()
 
 
 @NEED_FIXTURES
 @NEED_CC
 def test_a_cancelled_request_leaves_the_others_unchanged():
     name = "g4-dense-Q4_0"
-    m = _load(MODELS / f"{name}.gguf", "cpu", 3)
-    try:
+    with _model(MODELS / f"{name}.gguf", "cpu", 3) as m:
         prompts = _prompts(name, 4)
         seen = {}
         got = m.generate_many(prompts, 14, on_token=lambda i, t: seen.setdefault(i, []).append(t),
@@ -313,8 +313,6 @@ def test_a_cancelled_request_leaves_the_others_unchanged():
         for i in (0, 2, 3):
             assert got[i].tokens == _alone(m, prompts[i], 14)
             assert seen[i] == got[i].tokens
-    finally:
-        m.close()
 
 
 @NEED_FIXTURES
@@ -322,8 +320,7 @@ def test_a_cancelled_request_leaves_the_others_unchanged():
 def test_seeded_sampling_is_the_same_whatever_else_is_in_the_batch():
     from g4rt.sampling import Sampler
     name = "g4-dense-untied-Q8_0"
-    m = _load(MODELS / f"{name}.gguf", "cpu", 4)
-    try:
+    with _model(MODELS / f"{name}.gguf", "cpu", 4) as m:
         prompts = _prompts(name, 4)
 
         def samplers():
@@ -334,16 +331,13 @@ def test_seeded_sampling_is_the_same_whatever_else_is_in_the_batch():
             assert together[i].tokens == _alone(m, p, 16, samplers()[i])
         assert [r.tokens for r in pair] == [r.tokens for r in together[2:]]
         assert len({tuple(r.tokens) for r in together}) > 1
-    finally:
-        m.close()
 
 
 @NEED_FIXTURES
 @NEED_CC
 def test_forward_batch_refuses_bad_batches():
     from g4rt.errors import ContextOverflowError
-    m = _load(MODELS / "g4-dense-Q4_0.gguf", "cpu", 2, ctx=40)
-    try:
+    with _model(MODELS / "g4-dense-Q4_0.gguf", "cpu", 2, ctx=40) as m:
         e = m.engine
         with pytest.raises(G4rtError, match="each slot once"):
             e.forward_batch([(0, [1]), (0, [2])])
@@ -352,9 +346,9 @@ def test_forward_batch_refuses_bad_batches():
         e.forward(list(range(2, 38)), slot=1)
         with pytest.raises(ContextOverflowError):
             e.forward_batch([(0, [1]), (1, [5, 6, 7, 8, 9])])
+        with pytest.raises(ContextOverflowError):       # in a later pack: still nothing runs
+            e.forward_batch([(0, list(range(20)))] + [(1, [5, 6, 7, 8, 9])])
         assert e.position(0) == 0 and e.position(1) == 36         # nothing moved
-    finally:
-        m.close()
 
 
 @NEED_FIXTURES
