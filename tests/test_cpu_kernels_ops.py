@@ -597,10 +597,19 @@ def test_attention_scratch_sizes(lib):
     cmd = Cmd(op=OP_ATTENTION, rows=512, n_head=8, n_kv_head=4, group=256, window=1024, cache_rows=1024)
     ws = lib.lib.shim_attention_scratch(ctypes.byref(cmd), 4)
     assert 0 < ws < 4 * 8 * 1100 * 4
-    assert lib.lib.shim_attention_shared(ctypes.byref(cmd), 4) == 0      # prefill: no split-K
+    # a 512-row batch itself splits no keys, but it may carry several sequences whose segments
+    # run one at a time (runtime.c run_segments): its shared scratch covers a 1..16-row segment's
+    prefill = lib.lib.shim_attention_shared(ctypes.byref(cmd), 4)
     cmd.rows = 1
     assert lib.lib.shim_attention_shared(ctypes.byref(cmd), 1) == 0
-    assert lib.lib.shim_attention_shared(ctypes.byref(cmd), 4) >= 4 * 8 * 256 * 4
+    one_row = lib.lib.shim_attention_shared(ctypes.byref(cmd), 4)
+    assert one_row >= 4 * 8 * 256 * 4
+    cmd.cache_f16, cmd.rows = 1, 9      # a row-exact 9-row segment: the split + its f16 row copies
+    nine = lib.lib.shim_attention_shared(ctypes.byref(cmd), 4)
+    assert nine > one_row
+    cmd.rows = 512
+    assert lib.lib.shim_attention_shared(ctypes.byref(cmd), 4) >= nine
+    assert prefill >= one_row
 
 
 def test_exports_only_header_functions(lib):

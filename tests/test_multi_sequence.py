@@ -265,17 +265,15 @@ def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
 
 def _other_cases():
     vk = [pytest.param("vulkan", "g4-dense-w1024-F32", marks=NEED_VULKAN)]
-    sim = [pytest.param("cuda-sim", "g4-edge-Q4_0-pure",
-                        marks=pytest.mark.skipif(_sim_skip() is not None, reason=str(_sim_skip())))]
     emu = [("cuda-emu", n) for n in ("g4-dense-keqv-F32", "g4-dense-w1024-F32")]
     return [("numpy", n) for n in ("g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32",
-                                   "g4-dense-w1024-F32")] + emu + vk + sim
+                                   "g4-dense-w1024-F32")] + emu + vk
 
 
 @NEED_FIXTURES
 @pytest.mark.parametrize("backend,name", _other_cases())
 def test_greedy_batch_equals_each_prompt_alone_on_the_other_backends(name, backend):
-    n = 4 if backend == "cuda-sim" else 10
+    n = 10
     with _model(MODELS / f"{name}.gguf", backend, 3) as m:
         assert m.engine.batched
         prompts = _prompts(name, 4)
