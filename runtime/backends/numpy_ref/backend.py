@@ -143,7 +143,6 @@ class NumpyBackend(Backend):
     def allocate_caches(self, caches) -> None:
         self.caches = {c.name: np.zeros((c.slots * c.rows, c.cols), self.kv_dtype) for c in caches.values()}
         self.cache_rows = {c.name: c.rows for c in caches.values()}
-        self.cache_slots = {c.name: c.slots for c in caches.values()}
 
     def weight(self, name: str) -> np.ndarray:
         w = self._dequant.get(name)
