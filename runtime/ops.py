@@ -85,6 +85,16 @@ def graph_slots(graph) -> Optional[int]:
     return min((graph.caches[c].slots for c in used if c in graph.caches), default=None)
 
 
+def write_row_words(segs, words) -> None:
+    """Fill `words` ([rows, 4] integers, a view into a GPU backend's parameters buffer) with each
+    row's position, slot, segment start and segment rows: what shaders/glsl/rows.glsl and the
+    ROW_* macros of shaders/cuda/common.cuh read."""
+    for s in segs:
+        w = words[s.row0:s.row0 + s.rows]
+        w[:, 0] = range(s.pos0, s.pos0 + s.rows)
+        w[:, 1:] = (s.slot, s.row0, s.rows)
+
+
 def segment_positions(segs) -> "list[int]":
     """The position of every row."""
     out = []

@@ -989,10 +989,7 @@ class CudaGraph(CompiledGraph):
         self.params[0] = segs[0].pos0
         self.params[1] = n
         self.params[P_TOKENS:P_TOKENS + n] = tokens.astype(np.int32)
-        rows = self.params[P_TOKENS + n:P_TOKENS + 5 * n].reshape(n, 4)
-        for s in segs:
-            rows[s.row0:s.row0 + s.rows, 0] = np.arange(s.pos0, s.pos0 + s.rows)
-            rows[s.row0:s.row0 + s.rows, 1:] = (s.slot, s.row0, s.rows)
+        O.write_row_words(segs, self.params[P_TOKENS + n:P_TOKENS + 5 * n].reshape(n, 4))
         check(be.drv.cuMemcpyHtoDAsync(self._params_dev, self._params_host, 4 * self.params_words,
                                        be.stream), "cuMemcpyHtoDAsync (graph parameters)")
         if observer is not None or be.debug:

@@ -809,11 +809,7 @@ class VulkanGraph(CompiledGraph):
         n = self.n
         p[0], p[1], p[2] = segs[0].pos0, n, 4 + n
         p[4:4 + n] = tokens.astype(np.uint32)
-        rows = p[4 + n:4 + 5 * n].reshape(n, 4)
-        for s in segs:
-            rows[s.row0:s.row0 + s.rows] = np.stack(
-                [np.arange(s.pos0, s.pos0 + s.rows), np.full(s.rows, s.slot), np.full(s.rows, s.row0),
-                 np.full(s.rows, s.rows)], axis=1)
+        O.write_row_words(segs, p[4 + n:4 + 5 * n].reshape(n, 4))
 
     def _read_output(self) -> np.ndarray:
         loc = self.locs[self.graph.output]
