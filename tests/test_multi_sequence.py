@@ -412,3 +412,41 @@ def test_the_moe_model_batches_too():
             assert r.tokens == _alone(m, p, 10)
     finally:
         m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_server_sends_a_first_token_as_soon_as_its_prompt_is_done():
+    """Two long prompts arriving together: the server prefills them in passes of their own, and
+    the first one's first token goes out before the second one's prefill pass runs (not after
+    every prompt of the step). Each stream still gets its tokens alone."""
+    import threading
+    from g4rt.sampling import Sampler
+    from g4rt.server.scheduler import DoneEvent, Job, Scheduler
+    m = _load(MODELS / "g4-dense-Q4_0.gguf", "cpu", slots=2, ctx=160, chunk=512)
+    try:
+        eng, jobs, passes = m.engine, [], []
+        real = eng.forward_batch
+
+        def spy(items):                    # what each pass feeds, and how far each job has got
+            passes.append(([len(ids) for _, ids in items], [j.generated for j in jobs]))
+            return real(items)
+        eng.forward_batch = spy
+        prompts = [[2] + list(range(300 + 40 * i, 339 + 40 * i)) for i in range(2)]
+        done = [threading.Event(), threading.Event()]
+        sched = Scheduler(eng, m.tokenizer)
+        try:
+            with sched._cv:                # both arrive before the worker looks at the queue
+                for i, p in enumerate(prompts):
+                    jobs.append(Job(p, 4, Sampler(), lambda e, i=i: isinstance(e, DoneEvent) and done[i].set()))
+                    sched.submit(jobs[-1])
+            assert all(d.wait(120) for d in done)
+        finally:
+            sched.shutdown()
+            eng.forward_batch = real
+        prefills = [(k, g) for k, (lens, g) in enumerate(passes) if lens == [40]]
+        assert len(prefills) == 2 and prefills[1][0] == prefills[0][0] + 1, passes
+        assert sorted(prefills[1][1]) == [0, 1], passes    # one stream is under way already
+        assert [j.history[len(p):] for j, p in zip(jobs, prompts)] == [list(m.generate_ids(p, 4)) for p in prompts]
+    finally:
+        m.close()

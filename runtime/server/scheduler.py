@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import G4rtError
+from ..ops import ROW_EXACT_MAX
 from ..sampling import Sampler
 from ..tokenizer import StreamDecoder
 from .output_text import StopMatcher
@@ -240,10 +241,12 @@ class Scheduler:
         self._end(slot, ErrorEvent(f"generation failed: {msg}", 500))
 
     def _step_all(self, active: list[Slot]) -> None:
-        """One step of every busy slot in one batched pass (Engine.forward_batch): each slot's
-        next prompt chunk or its next token. Row-exact batching keeps every stream's tokens
-        those it gets alone."""
-        work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
+        """One step of every busy slot in batched passes (Engine.forward_batch): each slot's next
+        prompt chunk or its next token. The decode tokens and short chunks share one pass; a
+        longer prompt chunk gets a pass of its own after it, and a slot whose prompt is done
+        samples and sends its first token as soon as its pass ends, not after the others'
+        prefills. Row-exact batching keeps every stream's tokens those it gets alone."""
+        short, long = [], []                              # (slot, ids, is prefill)
         for slot in active:
             try:
                 ids = self._next_input(slot)
@@ -251,9 +254,11 @@ class Scheduler:
                 self._fail(slot, e)
                 continue
             if ids is not None:
-                work.append((slot, ids, bool(slot.job.pending)))
-        if not work:
-            return
+                (short if len(ids) <= ROW_EXACT_MAX else long).append((slot, ids, bool(slot.job.pending)))
+        for work in ([short] if short else []) + [[item] for item in long]:
+            self._pass(work)
+
+    def _pass(self, work: list[tuple[Slot, list[int], bool]]) -> None:
         t0 = time.perf_counter()
         try:
             outs = self.engine.forward_batch([(slot.index, ids) for slot, ids, _ in work])
@@ -271,8 +276,20 @@ class Scheduler:
             if prefill:
                 job.prefill_s += dt
                 del job.pending[:len(ids)]
+                if not job.pending:
+                    self._decide(slot)       # the first token goes out now
             else:
                 job.decode_s += dt
+
+    def _decide(self, slot: Slot) -> None:
+        """Sample the slot's next token from its logits and hand it to the client; it is fed in
+        the next step (job.next_tok) unless the job ended on it."""
+        job = slot.job
+        t0 = time.perf_counter()
+        tok = job.sampler.sample(job.logits, job.history)
+        if not self._emit(slot, tok, job.logits):
+            job.decode_s += time.perf_counter() - t0
+            job.next_tok = tok
 
     def _next_input(self, slot: Slot) -> Optional[list[int]]:
         """What a slot feeds next: a prompt chunk, or its next token once decided and handed to
@@ -286,12 +303,12 @@ class Scheduler:
             return None
         if job.pending:
             return job.pending[:self.engine.prefill_chunk]
-        t0 = time.perf_counter()
-        tok = job.sampler.sample(job.logits, job.history)
-        ended = self._emit(slot, tok, job.logits)
-        if not ended:
-            job.decode_s += time.perf_counter() - t0
-        return None if ended else [tok]
+        if job.next_tok is None:
+            self._decide(slot)
+            if slot.job is None:
+                return None
+        tok, job.next_tok = job.next_tok, None
+        return [tok]
 
     def _reset(self, slot: Slot) -> None:
         self.engine.reset(slot.index)
