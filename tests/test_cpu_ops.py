@@ -323,6 +323,7 @@ def test_a_wrong_block_offset_is_caught(tmp_path, monkeypatch):
 
 
 # ---- sanitizers: the op suite once under ASan + UBSan ---------------------------------------------
+@pytest.mark.slow     # two minutes: a sanitizer build and the op suite under it
 @pytest.mark.skipif(os.environ.get("G4RT_SANITIZE_RUN") == "1", reason="inside the sanitizer run")
 def test_kernels_under_address_and_undefined_sanitizers(tmp_path):
     """Runs this file's op tests in a subprocess with the library built under

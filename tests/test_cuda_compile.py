@@ -401,6 +401,7 @@ def test_emulated_int8_matvec():
                         qt, 2, 19, 512)
 
 
+@pytest.mark.slow     # the opt-in int8 path over a whole fixture on the emulator
 @needs_fixtures
 def test_emulated_int8_decode_stays_within_the_bar():
     """Decoding token by token with 8-bit activations (llama.cpp's rounding) on a Q4_K_M fixture

@@ -214,9 +214,10 @@ def _engine(model, **kw):
 # simulator: it runs with the full GPU suite (G4RT_CUDA_EMULATE=sim), not in CI; the op cases
 # cover window 1024 past the ring.
 SIM_MODELS = [("g4-dense-Q4_0", "g4-dense-Q4_0.exact.npz"),
-              ("g4-dense-Q4_K_M", "g4-dense-Q4_K_M.exact.npz"),
+              pytest.param("g4-dense-Q4_K_M", "g4-dense-Q4_K_M.exact.npz", marks=pytest.mark.slow),
               ("g4-edge-Q4_K_M", "g4-edge-Q4_K_M.exact.npz"),
-              ("g4-dense-keqv-Q4_0-pure", "g4-dense-keqv-Q4_0-pure.exact.npz")]
+              pytest.param("g4-dense-keqv-Q4_0-pure", "g4-dense-keqv-Q4_0-pure.exact.npz",
+                           marks=pytest.mark.slow)]
 
 
 @needs_fixtures
@@ -231,7 +232,7 @@ def test_fixture_meets_bar_vs_exact(model, ref):
 
 
 @needs_fixtures
-@pytest.mark.parametrize("kv_dtype", ["f32", "f16"])
+@pytest.mark.parametrize("kv_dtype", [pytest.param("f32", marks=pytest.mark.slow), "f16"])
 def test_decode_through_cache_equals_prefill(kv_dtype):
     model = "g4-edge-Q4_K_M"
     ids = np.load(FIXTURES / "ref" / f"{model}.exact.npz")["ids_3"][:40]

@@ -36,7 +36,7 @@ def model(backend: str = "cpu"):
     return _model[backend]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("numpy", marks=pytest.mark.slow)])
 def test_teacher_forced_logits_match_float64_reference(backend):
     ref = np.load(EXACT)
     m = model(backend)

@@ -35,7 +35,9 @@ def test_every_fixture_has_an_exact_reference():
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("model,ref", exact_refs())
 def test_fixture_meets_bar_vs_exact(model, ref, backend):
-    w = check_fixture_bar(engine(model, backend), model, ref)
+    # every teacher-forced position on both; the reference's greedy decoding is slow in numpy, so
+    # it checks the first 4 continuation tokens there (the native backend all 32)
+    w = check_fixture_bar(engine(model, backend), model, ref, n_greedy=4 if backend == "numpy" else 32)
     # Both sit far inside the bar: float32 vs float64 on identical weights (the native backend
     # decodes weights exactly too; its f16 KV cache costs ~1e-4).
     assert w["top1"] >= (1.0 if backend == "numpy" else 0.999) and w["max_dlogit"] < 1e-2, w

@@ -222,7 +222,10 @@ def test_fixture_meets_its_bar(name, backend):
     if backend == "vulkan" and name != "g4-moe-Q4_K_M":
         e.close()
         pytest.skip("lavapipe is slow: one MoE fixture on Vulkan in CI (scripts/parity_report.py runs all)")
-    rows = P.compare(ref, P.run_reference(e, ref))
+    if backend == "vulkan":      # lavapipe: two prompts, a short greedy tail (every position teacher-forced)
+        from conftest import ref_subset
+        ref = ref_subset(ref, 2)
+    rows = P.compare(ref, P.run_reference(e, ref, n_greedy=8 if backend == "vulkan" else 32))
     e.close()
     w = P.worst(rows)
     bar = _bar(name)

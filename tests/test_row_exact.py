@@ -83,7 +83,7 @@ def _gpu_backends():
 
 @pytest.mark.parametrize("backend", _gpu_backends())
 @pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure"])
-@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
+@pytest.mark.parametrize("kv_dtype", ["f16", pytest.param("f32", marks=pytest.mark.slow)])
 def test_gpu_backends_are_row_exact_too(backend, name, kv_dtype):
     """Vulkan (both kernel sets, on lavapipe) and the CUDA kernels (on the simulator)."""
     _case(FIXTURES / "models" / f"{name}.gguf", FIXTURES / "ref" / f"{name}.exact.npz", 40, kv_dtype, 1,

@@ -108,7 +108,8 @@ def test_greedy_identity_on_every_fixture_with_the_numpy_reference(name):
 
 @NEED_FIXTURES
 @pytest.mark.parametrize("backend", _other_backends()[1:])
-@pytest.mark.parametrize("name", ["g4-dense-Q4_K_M", "g4-edge-Q4_0-pure", "g4-dense-keqv-F32"])
+@pytest.mark.parametrize("name", [pytest.param("g4-dense-Q4_K_M", marks=pytest.mark.slow), "g4-edge-Q4_0-pure",
+                                  pytest.param("g4-dense-keqv-F32", marks=pytest.mark.slow)])
 def test_greedy_identity_on_the_gpu_backends(backend, name):
     """Vulkan (lavapipe) and the CUDA kernels (simulator) are row-exact too: speculative output
     equals their own plain greedy output (K = 4, a same-family draft)."""
