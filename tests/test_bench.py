@@ -77,3 +77,19 @@ def test_a_failing_llama_bench_is_reported_not_fatal(tmp_path, monkeypatch):
 def test_bench_int8_is_a_cuda_option():
     r = bench("--int8")
     assert r.exit_code != 0 and "--int8 is a CUDA option" in r.output
+
+
+def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
+    """scripts/q4_0_forms.c (docs/benchmarks/batching.md) compiles against the shipped kernel and
+    runs; its OR-conversion form gives the shipped kernel's bits."""
+    import subprocess
+    from pathlib import Path
+    from g4rt.backends.cpu import compiler as C
+    if "avx2" not in C.X86_NEEDS or not C.X86_NEEDS["avx2"] <= C.cpu_flags():
+        pytest.skip("needs an AVX2 CPU")
+    root = Path(__file__).resolve().parents[1]
+    exe = tmp_path / "q4_0_forms"
+    subprocess.run([C.compiler(), "-O2", *C.X86_FLAGS["avx2"], f"-I{root / 'shaders' / 'cpu'}",
+                    str(root / "scripts" / "q4_0_forms.c"), "-o", str(exe), "-lm"], check=True)
+    out = subprocess.run([str(exe), "64", "256"], check=True, capture_output=True, text=True).stdout
+    assert "R=4" in out and "FMA_OP" in out and "differs" not in out, out
