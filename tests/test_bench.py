@@ -81,7 +81,7 @@ def test_bench_int8_is_a_cuda_option():
 
 def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     """scripts/q4_0_forms.c (docs/benchmarks/batching.md) compiles against the shipped kernel and
-    runs; its OR-conversion form gives the shipped kernel's bits."""
+    runs; its other forms compute the same products (float rounding apart)."""
     import subprocess
     from pathlib import Path
     from g4rt.backends.cpu import compiler as C
@@ -92,4 +92,6 @@ def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     subprocess.run([C.compiler(), "-O2", *C.X86_FLAGS["avx2"], f"-I{root / 'shaders' / 'cpu'}",
                     str(root / "scripts" / "q4_0_forms.c"), "-o", str(exe), "-lm"], check=True)
     out = subprocess.run([str(exe), "64", "256"], check=True, capture_output=True, text=True).stdout
-    assert "R=4" in out and "FMA_OP" in out and "differs" not in out, out
+    import re
+    errs = [float(v) for v in re.findall(r"maxrel (\S+)", out)]
+    assert len(errs) == 4 and errs[0] == 0 and max(errs) < 1e-5 and "FMA_OP" in out, out
