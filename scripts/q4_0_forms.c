@@ -10,6 +10,8 @@
  * B = weights decoded once per block to d*(q-8) (exact in float), four FMAs per row.
  * C = weights decoded to q-8, per-row partial sums scaled by d (five FP ops per row).
  * B2 = B with the small-integer -> float conversions done as OR + subtract.
+ * I = NOT exact: x rounded to int16 per 32-block (scale max|x| / 32767), products by pmaddwd in
+ *     int32, one convert per block and row (an int16-activation path: see STATUS.md "Next").
  * Measure on a quiet machine: ratios within one run only. */
 #define _POSIX_C_SOURCE 200809L
 #include "../shaders/cpu/matvec.c"
@@ -88,12 +90,35 @@ G4_AI_MV void form_c(const int R, const uint8_t *w, const float *const *x, int64
     for (int r = 0; r < R; r++) out[r] = hsum8(a[r]);
 }
 
+/* I: xi = [nb * 32 int16 | nb float scales] per row. */
+G4_AI_MV void form_i(const int R, const uint8_t *w, const float *const *x, int64_t nb, float *out) {
+    const __m256i m4 = _mm256_set1_epi16(15), e8 = _mm256_set1_epi16(8);
+    __m256 a[4];
+    for (int r = 0; r < R; r++) a[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 18;
+        PF(p);
+        const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 2)));
+        const __m256i lo = _mm256_sub_epi16(_mm256_and_si256(v, m4), e8);
+        const __m256i hi = _mm256_sub_epi16(_mm256_srli_epi16(v, 4), e8);
+        const __m256 d = _mm256_set1_ps(HT(p));
+        for (int r = 0; r < R; r++) {
+            const int16_t *xb = (const int16_t *)x[r] + b * QK;
+            const float *scale = (const float *)((const int16_t *)x[r] + nb * QK) + b;
+            const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xb)),
+                                               _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 16))));
+            a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_broadcast_ss(scale)), a[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = hsum8(a[r]);
+}
+
 typedef void (*form_fn)(const uint8_t *, const float *const *, int64_t, float *);
 #define FORMS(F) \
     static void F##_1(const uint8_t *w, const float *const *x, int64_t nb, float *o) { F(1, w, x, nb, o); } \
     static void F##_2(const uint8_t *w, const float *const *x, int64_t nb, float *o) { F(2, w, x, nb, o); } \
     static void F##_4(const uint8_t *w, const float *const *x, int64_t nb, float *o) { F(4, w, x, nb, o); }
-FORMS(q4_0_rows_t) FORMS(form_b) FORMS(form_b2) FORMS(form_c)
+FORMS(q4_0_rows_t) FORMS(form_b) FORMS(form_b2) FORMS(form_c) FORMS(form_i)
 
 /* Independent chains of one instruction: its throughput in instructions per ns. */
 #define CHAINS(T, INIT, OP) do { \
@@ -119,20 +144,31 @@ int main(int argc, char **argv) {
         for (int64_t b = 0; b < nb; b++) { uint16_t h = 0x2000 + (rand() & 0xff); memcpy(W + o * rb + b * 18, &h, 2); }
     g4_cmd c = {0};
     c.op = G4_OP_MATMUL; c.qtype = G4_Q4_0; c.in_cols = K;
-    float *x[4], *xq[4], *y = malloc((size_t)N * 4 * sizeof(float)), *y_a = malloc((size_t)N * 4 * sizeof(float));
+    float *x[4], *xq[4], *xi[4], *y = malloc((size_t)N * 4 * sizeof(float)), *y_a = malloc((size_t)N * 4 * sizeof(float));
     for (int r = 0; r < 4; r++) {
         x[r] = aligned_alloc(64, (size_t)K * sizeof(float));
         xq[r] = aligned_alloc(64, g4_matvec_scratch(&c) + 64);
         for (int i = 0; i < K; i++) x[r][i] = rand() / (float)RAND_MAX - 0.5f;
         g4_matvec_prepare(&c, x[r], xq[r]);
+        xi[r] = aligned_alloc(64, (size_t)nb * (QK * sizeof(int16_t) + sizeof(float)) + 64);
+        int16_t *q = (int16_t *)xi[r];
+        float *scale = (float *)(q + nb * QK);
+        for (int64_t b = 0; b < nb; b++) {
+            float m = 0;
+            for (int i = 0; i < QK; i++) m = fmaxf(m, fabsf(x[r][b * QK + i]));
+            scale[b] = m / 32767.0f;
+            for (int i = 0; i < QK; i++) q[b * QK + i] = (int16_t)lrintf(m > 0 ? x[r][b * QK + i] / scale[b] : 0);
+        }
     }
-    const struct { const char *name; form_fn f[3]; int uses_xq; } forms[] = {
+    float **inputs[] = {x, xq, xi};    /* plain x, A's re-expressed x, I's int16 x */
+    const struct { const char *name; form_fn f[3]; int input; } forms[] = {
         {"A (shipped)", {q4_0_rows_t_1, q4_0_rows_t_2, q4_0_rows_t_4}, 1},
         {"B d*(q-8)", {form_b_1, form_b_2, form_b_4}, 0},
         {"B2 (B, OR)", {form_b2_1, form_b2_2, form_b2_4}, 0},
-        {"C q-8, *d", {form_c_1, form_c_2, form_c_4}, 0}};
+        {"C q-8, *d", {form_c_1, form_c_2, form_c_4}, 0},
+        {"I int16 x", {form_i_1, form_i_2, form_i_4}, 2}};
     printf("Q4_0 matvec %d x %d, one thread, best of 7 (ns per 32-weight block; x = vs 1 row)\n", N, K);
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         double t1 = 0;
         printf("  %-12s", forms[k].name);
         for (int ri = 0; ri < 3; ri++) {
@@ -140,7 +176,7 @@ int main(int argc, char **argv) {
             for (int it = 0; it < 7; it++) {
                 const double t0 = now();
                 for (int64_t o = 0; o < N; o++)
-                    forms[k].f[ri](W + o * rb, (const float *const *)(forms[k].uses_xq ? xq : x), nb, y + 4 * o);
+                    forms[k].f[ri](W + o * rb, (const float *const *)inputs[forms[k].input], nb, y + 4 * o);
                 const double t = now() - t0;
                 best = t < best ? t : best;
             }
@@ -148,7 +184,7 @@ int main(int argc, char **argv) {
             if (k == 0) memcpy(y_a, y, (size_t)N * 4 * sizeof(float));
             printf("  R=%d %6.2f (x%.2f)", 1 << ri, best * 1e9 / N / nb, best / t1);
         }
-        double big = 0, diff = 0;      /* the 4-row results against A's: rounding only */
+        double big = 0, diff = 0;      /* the 4-row results against A's (rounding; I: int16 x) */
         for (int64_t i = 0; i < (int64_t)N * 4; i++) {
             big = fmax(big, fabs(y_a[i]));
             diff = fmax(diff, fabs(y[i] - y_a[i]));

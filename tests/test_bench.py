@@ -81,7 +81,8 @@ def test_bench_int8_is_a_cuda_option():
 
 def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     """scripts/q4_0_forms.c (docs/benchmarks/batching.md) compiles against the shipped kernel and
-    runs; its other forms compute the same products (float rounding apart)."""
+    runs; its other forms compute the same products (float rounding apart; the int16 form within
+    its rounding of x)."""
     import subprocess
     from pathlib import Path
     from g4rt.backends.cpu import compiler as C
@@ -94,4 +95,4 @@ def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     out = subprocess.run([str(exe), "64", "256"], check=True, capture_output=True, text=True).stdout
     import re
     errs = [float(v) for v in re.findall(r"maxrel (\S+)", out)]
-    assert len(errs) == 4 and errs[0] == 0 and max(errs) < 1e-5 and "FMA_OP" in out, out
+    assert len(errs) == 5 and errs[0] == 0 and max(errs[:4]) < 1e-5 and errs[4] < 1e-4 and "FMA_OP" in out, out
