@@ -450,3 +450,41 @@ def test_server_sends_a_first_token_as_soon_as_its_prompt_is_done():
         assert [j.history[len(p):] for j, p in zip(jobs, prompts)] == [list(m.generate_ids(p, 4)) for p in prompts]
     finally:
         m.close()
+
+
+@NEED_FIXTURES
+@NEED_CC
+def test_server_a_failing_first_token_fails_only_its_own_request():
+    """Sampling the first token right after a prefill pass runs inside the pass loop: an error
+    there ends that request with an error event and leaves the worker and the other stream
+    running."""
+    import threading
+    from g4rt.sampling import Sampler
+    from g4rt.server.scheduler import DoneEvent, ErrorEvent, Job, Scheduler
+
+    class Broken(Sampler):
+        def sample(self, logits, history):
+            raise RuntimeError("sampler broke")
+
+    m = _load(MODELS / "g4-dense-Q4_0.gguf", "cpu", slots=2, ctx=160, chunk=512)
+    try:
+        prompts = [[2] + list(range(300 + 40 * i, 339 + 40 * i)) for i in range(2)]
+        events: list[list] = [[], []]
+        done = [threading.Event(), threading.Event()]
+
+        def emit(e, i):
+            events[i].append(e)
+            if isinstance(e, (DoneEvent, ErrorEvent)):
+                done[i].set()
+        sched = Scheduler(m.engine, m.tokenizer)
+        try:
+            with sched._cv:
+                for i, (p, s) in enumerate(zip(prompts, [Broken(), Sampler()])):
+                    sched.submit(Job(p, 4, s, lambda e, i=i: emit(e, i)))
+            assert all(d.wait(120) for d in done)
+        finally:
+            sched.shutdown()
+        assert isinstance(events[0][-1], ErrorEvent) and "sampler broke" in events[0][-1].message
+        assert isinstance(events[1][-1], DoneEvent) and events[1][-1].usage["completion_tokens"] == 4
+    finally:
+        m.close()

@@ -276,8 +276,11 @@ class Scheduler:
             if prefill:
                 job.prefill_s += dt
                 del job.pending[:len(ids)]
-                if not job.pending:
-                    self._decide(slot)       # the first token goes out now
+                if not job.pending:          # the first token goes out now
+                    try:
+                        self._decide(slot)
+                    except Exception as e:   # fails this job, never the worker or the others
+                        self._fail(slot, e)
             else:
                 job.decode_s += dt
 
