@@ -221,14 +221,16 @@ class Engine:
         # one chunk (every decode step): its copy is the answer, no second copy of the logits
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
-    def forward_batch(self, items) -> list[np.ndarray]:
+    def forward_batch(self, items, on_pass: Optional[Callable[[list[int], list[np.ndarray]], None]] = None
+                      ) -> list[np.ndarray]:
         """Feed several sequences at once: items are (slot, ids) with distinct slots; returns each
         one's logits for its last token ([n_vocab]).
 
         On a batched engine items share graph calls: packs of at most ROW_EXACT_MAX rows in all,
         within which every row gets the bits it gets alone (row-exact), so a sequence's tokens
         do not depend on what it was batched with; a longer item (a prompt chunk) runs alone, in
-        chunks as `forward` cuts them. Elsewhere the items run one after the other."""
+        chunks as `forward` cuts them. Elsewhere the items run one after the other. Items run in
+        the order given; on_pass(indexes, logits) hears of each pass's items as it ends."""
         items = [(int(slot), self._checked(ids, int(slot))) for slot, ids in items]   # all, before any runs
         slots = [slot for slot, _ in items]
         if len(set(slots)) != len(slots):
@@ -236,20 +238,24 @@ class Engine:
         out: list[Optional[np.ndarray]] = [None] * len(items)
         pack: list[int] = []
 
+        def done(indexes, rows):
+            for i, row in zip(indexes, rows):
+                out[i] = row
+            if on_pass is not None:
+                on_pass(list(indexes), list(rows))
+
         def run_pack():
             if len(pack) == 1:
                 i = pack[0]
-                out[i] = self.forward(items[i][1], slot=items[i][0])[-1]
+                done(pack, [self.forward(items[i][1], slot=items[i][0])[-1]])
             elif pack:
-                out_rows = self._forward_segments([items[i] for i in pack])
-                for i, row in zip(pack, out_rows):
-                    out[i] = row
+                done(pack, self._forward_segments([items[i] for i in pack]))
             pack.clear()
 
         rows = 0
         for i, (slot, ids) in enumerate(items):
             if not self.batched or len(ids) > ROW_EXACT_MAX:
-                out[i] = self.forward(ids, slot=slot)[-1]
+                done([i], [self.forward(ids, slot=slot)[-1]])
                 continue
             if rows + len(ids) > ROW_EXACT_MAX:
                 run_pack()

@@ -426,12 +426,12 @@ def test_server_sends_a_first_token_as_soon_as_its_prompt_is_done():
     m = _load(MODELS / "g4-dense-Q4_0.gguf", "cpu", slots=2, ctx=160, chunk=512)
     try:
         eng, jobs, passes = m.engine, [], []
-        real = eng.forward_batch
+        real = eng.forward              # a prompt chunk over 16 rows runs as forward() alone
 
-        def spy(items):                    # what each pass feeds, and how far each job has got
-            passes.append(([len(ids) for _, ids in items], [j.generated for j in jobs]))
-            return real(items)
-        eng.forward_batch = spy
+        def spy(ids, *a, **k):             # what each such pass feeds, and how far each job has got
+            passes.append(([len(ids)], [j.generated for j in jobs]))
+            return real(ids, *a, **k)
+        eng.forward = spy
         prompts = [[2] + list(range(300 + 40 * i, 339 + 40 * i)) for i in range(2)]
         done = [threading.Event(), threading.Event()]
         sched = Scheduler(eng, m.tokenizer)
@@ -443,7 +443,7 @@ def test_server_sends_a_first_token_as_soon_as_its_prompt_is_done():
             assert all(d.wait(120) for d in done)
         finally:
             sched.shutdown()
-            eng.forward_batch = real
+            eng.forward = real
         prefills = [(k, g) for k, (lens, g) in enumerate(passes) if lens == [40]]
         assert len(prefills) == 2 and prefills[1][0] == prefills[0][0] + 1, passes
         assert sorted(prefills[1][1]) == [0, 1], passes    # one stream is under way already

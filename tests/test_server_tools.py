@@ -51,8 +51,13 @@ class ScriptedEngine:
             tid, self._next = self.script[0], 1
         return self._logits(tid)
 
-    def forward_batch(self, items):
-        return [self.forward(ids, slot=slot)[-1] for slot, ids in items]
+    def forward_batch(self, items, on_pass=None):
+        outs = []
+        for i, (slot, ids) in enumerate(items):       # one pass per item, as an unbatched engine
+            outs.append(self.forward(ids, slot=slot)[-1])
+            if on_pass is not None:
+                on_pass([i], [outs[-1]])
+        return outs
 
     def reset(self, slot=0):
         self._pos, self._fed = 0, []

@@ -76,7 +76,7 @@ class HybridBackend(Backend):
     @property
     def supports_segments(self) -> bool:
         """Segments pass through to both sides unchanged (each side's sub-graph keeps the rows)."""
-        return bool(getattr(self.front, "supports_segments", False) and getattr(self.back, "supports_segments", False))
+        return self.front.supports_segments and self.back.supports_segments
 
     def __init__(self, front: Backend, back: Backend, split: Union[int, Callable[[O.Graph], int]],
                  check_memory: bool = True, batch: int = 512, back_expert_layers: int = 0):

@@ -3,8 +3,8 @@
 HTTP handlers never touch the model. They submit a `Job` (prompt ids, sampling, stops) and read
 `Event`s back through the job's `emit` callback. The worker admits queued jobs into free slots in
 arrival order (each to the slot whose cached KV shares the longest usable prefix with its prompt)
-and steps every busy slot together: one batched pass (Engine.forward_batch) feeds each slot its
-next prompt chunk or its next token, so N streams share the weight reads and a long prompt never
+and steps every busy slot together: Engine.forward_batch feeds each slot its next prompt chunk or
+its next token in shared passes, so N streams share the weight reads and a long prompt never
 freezes the streams already running. (With speculative decoding, slots step in turn.) Each slot keeps the KV of its last sequence (the prompt
 cache). A cancelled job (client gone, timeout, shutdown) stops at its next step and frees its slot.
 """
@@ -20,7 +20,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import G4rtError
-from ..ops import ROW_EXACT_MAX
 from ..sampling import Sampler
 from ..tokenizer import StreamDecoder
 from .output_text import StopMatcher
@@ -83,7 +82,7 @@ class Job:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     first_token_s: float = 0.0
-    next_tok: Optional[int] = None        # speculative: the target's token after the kept proposals
+    next_tok: Optional[int] = None        # the token decided after the last pass, fed next
     draft_n: int = 0
     draft_accepted: int = 0
 
@@ -241,12 +240,13 @@ class Scheduler:
         self._end(slot, ErrorEvent(f"generation failed: {msg}", 500))
 
     def _step_all(self, active: list[Slot]) -> None:
-        """One step of every busy slot in batched passes (Engine.forward_batch): each slot's next
-        prompt chunk or its next token. The decode tokens and short chunks share one pass; a
-        longer prompt chunk gets a pass of its own after it, and a slot whose prompt is done
-        samples and sends its first token as soon as its pass ends, not after the others'
-        prefills. Row-exact batching keeps every stream's tokens those it gets alone."""
-        short, long = [], []                              # (slot, ids, is prefill)
+        """One step of every busy slot through Engine.forward_batch: each slot's next prompt
+        chunk or its next token. The running streams' tokens go first and the prompt chunks
+        shortest first; the engine packs short items into shared passes and runs a long chunk
+        alone, and reports each pass as it ends, so a slot's next token (a prompt's first one
+        included) is sampled and sent then, not after the other prompts of the step. Row-exact
+        batching keeps every stream's tokens those it gets alone."""
+        work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
         for slot in active:
             try:
                 ids = self._next_input(slot)
@@ -254,49 +254,54 @@ class Scheduler:
                 self._fail(slot, e)
                 continue
             if ids is not None:
-                (short if len(ids) <= ROW_EXACT_MAX else long).append((slot, ids, bool(slot.job.pending)))
-        for work in ([short] if short else []) + [[item] for item in long]:
-            self._pass(work)
-
-    def _pass(self, work: list[tuple[Slot, list[int], bool]]) -> None:
-        t0 = time.perf_counter()
-        try:
-            outs = self.engine.forward_batch([(slot.index, ids) for slot, ids, _ in work])
-        except Exception as e:      # a failed pass fails the jobs in it, never the worker
-            for slot, _, _ in work:
-                self._fail(slot, e)
+                work.append((slot, ids, bool(slot.job.pending)))
+        if not work:
             return
-        dt = time.perf_counter() - t0
-        if self.metrics is not None:
-            self.metrics.record_batch(len(work))
-        for (slot, ids, prefill), logits in zip(work, outs):
-            job = slot.job
-            job.logits = logits
-            slot.cached.extend(ids)
-            if prefill:
-                job.prefill_s += dt
-                del job.pending[:len(ids)]
-                if not job.pending:          # the first token goes out now
-                    try:
-                        self._decide(slot)
-                    except Exception as e:   # fails this job, never the worker or the others
-                        self._fail(slot, e)
-            else:
-                job.decode_s += dt
+        work.sort(key=lambda w: len(w[1]))
+        reported: set[int] = set()
+        t_last = [time.perf_counter()]
 
-    def _decide(self, slot: Slot) -> None:
-        """Sample the slot's next token from its logits and hand it to the client; it is fed in
-        the next step (job.next_tok) unless the job ended on it."""
+        def on_pass(indexes: list[int], outs: list[np.ndarray]) -> None:
+            now = time.perf_counter()
+            dt, t_last[0] = now - t_last[0], now
+            if self.metrics is not None:
+                self.metrics.record_batch(len(indexes))
+            for i, logits in zip(indexes, outs):
+                reported.add(i)
+                self._took(*work[i], logits, dt)
+
+        try:
+            self.engine.forward_batch([(slot.index, ids) for slot, ids, _ in work], on_pass=on_pass)
+        except Exception as e:      # a failed pass fails the jobs not yet through, never the worker
+            for i, (slot, _, _) in enumerate(work):
+                if i not in reported:
+                    self._fail(slot, e)
+
+    def _took(self, slot: Slot, ids: list[int], prefill: bool, logits: np.ndarray, dt: float) -> None:
+        """A pass fed `ids` to the slot: keep its logits, account the time, and once the prompt
+        is done decide the next token (job.next_tok, fed in the next step)."""
         job = slot.job
-        t0 = time.perf_counter()
-        tok = job.sampler.sample(job.logits, job.history)
-        if not self._emit(slot, tok, job.logits):
-            job.decode_s += time.perf_counter() - t0
-            job.next_tok = tok
+        job.logits = logits
+        slot.cached.extend(ids)
+        if prefill:
+            job.prefill_s += dt
+            del job.pending[:len(ids)]
+        else:
+            job.decode_s += dt
+        if job.pending:
+            return
+        try:
+            t0 = time.perf_counter()
+            tok = job.sampler.sample(job.logits, job.history)
+            if not self._emit(slot, tok, job.logits):
+                job.decode_s += time.perf_counter() - t0
+                job.next_tok = tok
+        except Exception as e:      # fails this job, never the worker or the others
+            self._fail(slot, e)
 
     def _next_input(self, slot: Slot) -> Optional[list[int]]:
-        """What a slot feeds next: a prompt chunk, or its next token once decided and handed to
-        the client (None when the job ended instead)."""
+        """What a slot feeds next: a prompt chunk, or the token decided after its last pass
+        (None when the job ended instead)."""
         job = slot.job
         if job.cancelled.is_set():
             self._end(slot, None)
@@ -306,10 +311,6 @@ class Scheduler:
             return None
         if job.pending:
             return job.pending[:self.engine.prefill_chunk]
-        if job.next_tok is None:
-            self._decide(slot)
-            if slot.job is None:
-                return None
         tok, job.next_tok = job.next_tok, None
         return [tok]
 
