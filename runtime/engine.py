@@ -12,7 +12,7 @@ import numpy as np
 from .backends import create_backend
 from .backends.base import Backend, CompiledGraph
 from .errors import ContextOverflowError, G4rtError
-from .gguf_file import GGUFFile
+from .gguf.reader import GGUFFile
 from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
 from .model.graph import build_graph, kv_caches, model_weight_specs

@@ -17,15 +17,15 @@ import numpy as np
 
 from .backends import pick_backend
 from .batch_generate import BatchRequest, BatchResult, BatchStats, generate_batch
-from .chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
+from .text.chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
-from .gguf_file import GGUFFile
+from .gguf.reader import GGUFFile
 from .memory_plan import expert_layers_on_host
 from .model.config import load_config
 from .sampling import Sampler
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
-from .tokenizer import StreamDecoder, load_tokenizer
+from .text.tokenizer import StreamDecoder, load_tokenizer
 
 Messages = Sequence[dict]
 
@@ -303,7 +303,7 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     `draft_backend`, default the target's backend) or prompt lookup; draft_max proposals per
     verification, at least draft_min (see speculative.py)."""
     if path is None:
-        from .default_model import default_model_path
+        from .model.bundled import default_model_path
         path = default_model_path()
     speculating = draft is not None or spec is not None
     if speculating:

@@ -31,7 +31,7 @@ from .errors import G4rtError, InsufficientMemoryError
 from .model.config import LayerConfig, ModelConfig
 from .model.graph import build_graph, router_norm_name
 from .ops import WeightSpec
-from .quant_types import row_bytes
+from .gguf.quant_types import row_bytes
 
 KV_DTYPE_BYTES = {"f16": 2, "f32": 4}
 DEFAULT_CTX_CAP = 8192          # never default to a model's full trained length (256K would be ~TBs)

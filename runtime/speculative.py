@@ -286,8 +286,8 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
         raise SpeculativeError(f"unknown --spec {spec!r} (ngram)")
     if spec == "ngram":
         return Speculator(target, NgramDrafter(ngram_n), draft_max, draft_min)
-    from .gguf_file import GGUFFile
-    from .tokenizer import load_tokenizer
+    from .gguf.reader import GGUFFile
+    from .text.tokenizer import load_tokenizer
     f = GGUFFile(draft)                 # one header scan for both checks
     check_same_vocabulary(target_tokenizer, load_tokenizer(f))
     check_draft_fits(f, target.ctx, draft_backend, target.slots, draft_max)

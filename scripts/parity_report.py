@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from g4rt import parity
+from g4rt.tools import parity
 from g4rt.engine import Engine
 
 

@@ -45,7 +45,7 @@ def vulkan_skip_reason():
         VulkanBackend().close()
     except (ImportError, BackendUnavailableError) as e:
         return f"Vulkan backend unavailable: {e}"
-    from g4rt.shader_build import ShaderCompilerMissingError, compiler_path
+    from g4rt.backends.vulkan.shader_build import ShaderCompilerMissingError, compiler_path
     try:
         compiler_path()
     except ShaderCompilerMissingError as e:
@@ -76,7 +76,7 @@ def check_fixture_bar(engine, model: str, ref_file: str, n_prompts: int = 1 << 3
     """Replay an exact reference (its first `n_prompts` sequences) on `engine`, assert that the
     fixture's `bar_vs_exact` from MANIFEST.json is met, and return the worst row."""
     import numpy as np
-    from g4rt import parity
+    from g4rt.tools import parity
     ref_path = FIXTURES / "ref" / ref_file
     bar = parity.find_bar(FIXTURES / "models" / f"{model}.gguf", ref_path)
     assert bar is not None, f"no bar_vs_exact for {ref_file} in MANIFEST.json"

@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from g4rt import ops as O
-from g4rt.quant_types import block_geometry, quantize_rows
+from g4rt.gguf.quant_types import block_geometry, quantize_rows
 
 ALL_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q4_K, QT.Q5_K, QT.Q6_K]
 rng = np.random.default_rng(20260)

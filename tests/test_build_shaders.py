@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from g4rt import shader_build as sb
+from g4rt.backends.vulkan import shader_build as sb
 
 REPO = Path(__file__).resolve().parents[1]
 HAVE_GLSLANG = shutil.which(sb.COMPILER) is not None

@@ -18,10 +18,10 @@ import pytest
 from gguf import GGUFWriter
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
-from g4rt.chat_template import (GEMMA3_TEMPLATE, GEMMA4_TEMPLATE, ChatTemplate, ChatTemplateError,
-                                load_chat_template, split_thinking, strip_thinking)
+from g4rt.text.chat_template import (GEMMA3_TEMPLATE, GEMMA4_TEMPLATE, ChatTemplate, ChatTemplateError,
+                                     load_chat_template, split_thinking, strip_thinking)
 from g4rt.errors import G4rtError
-from g4rt.gguf_file import GGUFFile
+from g4rt.gguf.reader import GGUFFile
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Get the weather",
@@ -156,7 +156,7 @@ def test_render_does_not_touch_the_callers_messages(gemma4_template):
 
 @pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
 def test_load_from_model_file():
-    from g4rt.tokenizer import load_tokenizer
+    from g4rt.text.tokenizer import load_tokenizer
     f = GGUFFile(FIXTURES / "models" / "g4-dense-F32.gguf")
     tok = load_tokenizer(f)
     template = load_chat_template(f, tok)

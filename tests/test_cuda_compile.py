@@ -24,7 +24,7 @@ from g4rt import ops as O
 from g4rt.backends import create_backend
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError, G4rtError
-from g4rt.quant_types import dequantize_rows
+from g4rt.gguf.quant_types import dequantize_rows
 
 import test_cuda_ops as T
 

@@ -16,7 +16,7 @@ from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.backends.cuda.driver import cuda_available
 from g4rt.backends.hybrid import declare_inputs, write_inputs
-from g4rt.quant_types import dequantize_rows, quantize_rows
+from g4rt.gguf.quant_types import dequantize_rows, quantize_rows
 
 HAVE_CUDA, CUDA_REASON = cuda_available()
 pytestmark = pytest.mark.skipif(not HAVE_CUDA, reason=f"no CUDA device: {CUDA_REASON}")

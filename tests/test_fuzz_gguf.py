@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
 from g4rt.errors import G4rtError
-from g4rt.gguf_file import GGUFFile
-from g4rt.gguf_validate import ARRAY, SCALAR_TYPES, STRING, Header, scan
+from g4rt.gguf.reader import GGUFFile
+from g4rt.gguf.validate import ARRAY, SCALAR_TYPES, STRING, Header, scan
 from g4rt.model.config import load_config
 from g4rt.model.graph import build_graph, weight_specs
 

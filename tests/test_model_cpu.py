@@ -11,7 +11,7 @@ from conftest import (FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_eq
                       check_fixture_bar, exact_refs, manifest, model_names)
 from g4rt.engine import Engine
 from g4rt.errors import G4rtError, UnsupportedModelError
-from g4rt.gguf_file import GGUFFile
+from g4rt.gguf.reader import GGUFFile
 from g4rt.model.config import load_config
 from gguf_edit import rewrite_gguf
 

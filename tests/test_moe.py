@@ -193,7 +193,7 @@ def test_cuda_moe_ops_on_the_simulator(qtype, n, k, n_exp):
 def test_cuda_fixture_on_the_simulator_meets_its_bar():
     """One MoE fixture through every CUDA kernel on the simulator (about a minute: the first
     prompt only; `G4RT_CUDA_EMULATE=sim g4rt parity` runs all six)."""
-    from g4rt import parity as P
+    from g4rt.tools import parity as P
     from g4rt.engine import Engine
     from test_cuda_sim import sim
     name = "g4-moe-Q4_K_M"
@@ -215,7 +215,7 @@ def _bar(name):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_meets_its_bar(name, backend):
-    from g4rt import parity as P
+    from g4rt.tools import parity as P
     from g4rt.engine import Engine
     ref = np.load(MOE / "ref" / f"{name}.exact.npz")
     e = Engine(MOE / "models" / f"{name}.gguf", backend=backend, ctx=256)
@@ -254,7 +254,7 @@ def test_decode_through_the_cache_equals_prefill(backend, kv_dtype):
 
 # ---- files whose experts disagree with their keys --------------------------------------------------
 def _crafted(tmp_path, key, vtype, value):
-    from g4rt.gguf_validate import scan
+    from g4rt.gguf.validate import scan
     from test_gguf_hardening import set_kv
     data = bytearray((MOE / "models" / "g4-moe-Q4_0-pure.gguf").read_bytes())
     data = set_kv(data, scan(data, len(data)), key, vtype, value)
@@ -272,7 +272,7 @@ def _crafted(tmp_path, key, vtype, value):
     ("gemma4.expert_count", 0, "router blk.0.ffn_gate_inp.weight"),
 ])
 def test_expert_keys_that_disagree_are_refused(tmp_path, key, value, fragment):
-    from g4rt.gguf_file import GGUFFile
+    from g4rt.gguf.reader import GGUFFile
     from g4rt.model.config import load_config
     p = _crafted(tmp_path, key, 4, value)          # 4: uint32
     with pytest.raises(E.MetadataError) as ei:
@@ -282,7 +282,7 @@ def test_expert_keys_that_disagree_are_refused(tmp_path, key, value, fragment):
 
 @NEED_MOE
 def test_info_shows_the_experts():
-    from g4rt.info import describe
+    from g4rt.tools.info import describe
     out = describe(MOE / "models" / "g4-moe-Q4_K_M.gguf")
     assert "- mixture of experts: 6 of 6 layers (layers 0, 1, 2, 3, 4, 5), 8 experts, top-2, expert FFN 128" in out
     assert "| `gemma4.expert_used_count` | UINT32 | 2 |" in out
@@ -294,9 +294,9 @@ def test_synth_writes_a_loadable_moe_file(tmp_path):
     global layers and the Q5_0 fallback for widths that are no multiple of 256 all load and run."""
     from conftest import FIXTURES as FX
     from g4rt.engine import Engine
-    from g4rt.gguf_file import GGUFFile
+    from g4rt.gguf.reader import GGUFFile
     from g4rt.model.config import load_config
-    from g4rt.synth import MOE_26B, Shape, write_synthetic
+    from g4rt.tools.synth import MOE_26B, Shape, write_synthetic
     vocab = FX / "models" / "g4-dense-Q4_0.gguf"
     if not vocab.is_file():
         pytest.skip("the fixtures' vocabulary is absent")

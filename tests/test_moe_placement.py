@@ -128,7 +128,7 @@ def _hybrid(front, front_layers, moe_layers, kv_dtype="f16"):
 @pytest.mark.parametrize("front", _fronts())
 @pytest.mark.parametrize("front_layers,moe_layers", [(1 << 30, 1 << 30), (4, 2)], ids=["cpu-moe", "gpu4-ncpumoe2"])
 def test_cpu_moe_equals_the_single_backend_and_meets_the_bar(front, front_layers, moe_layers):
-    from g4rt import parity as P
+    from g4rt.tools import parity as P
     from g4rt.engine import Engine
     full = np.load(MOE / "ref" / "g4-moe-Q4_K_M.exact.npz")
     ref = {k: full[k] for k in full.files if k.endswith("_0")}

@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as QT
 
 from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
-from g4rt.quant_types import dequantize_rows, quantize_rows
+from g4rt.gguf.quant_types import dequantize_rows, quantize_rows
 
 rng = np.random.default_rng(1234)
 

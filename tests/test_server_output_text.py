@@ -9,8 +9,8 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from g4rt.server.output_text import (Delta, Gemma4OutputParser, StopMatcher, ToolCall,
-                                     ToolCallParseError, parse_complete, parse_tool_arguments)
+from g4rt.server.output_text import (Delta, Gemma4OutputParser, StopMatcher, ToolCall, ToolCallParseError,
+                                     parse_complete, parse_tool_arguments)
 
 Q = '<|"|>'
 

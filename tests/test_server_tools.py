@@ -216,7 +216,7 @@ def test_base_model_chat_says_so(tmp_path):
     import subprocess
     import sys
 
-    from g4rt.default_model import default_model_path
+    from g4rt.model.bundled import default_model_path
     try:
         path = default_model_path()
     except Exception as e:

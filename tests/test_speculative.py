@@ -45,7 +45,7 @@ def _load_sim(path, ctx, **spec):
     from g4rt.engine import Engine
     from g4rt.generation import Model
     from g4rt.speculative import create_speculator
-    from g4rt.tokenizer import load_tokenizer
+    from g4rt.text.tokenizer import load_tokenizer
     from test_cuda_sim import sim
     k = spec.get("draft_max", 8)
     e = Engine(path, backend=sim(), ctx=ctx, ring_slack=k)
@@ -151,7 +151,7 @@ def test_greedy_identity_across_the_1024_window(k):
 @NEED_CC
 def test_prompt_lookup_accepts_on_a_repetitive_prompt():
     """The bundled Gemma 3 270M continuing a repeated sentence: prompt lookup proposes it."""
-    from g4rt.default_model import default_model_path
+    from g4rt.model.bundled import default_model_path
     from g4rt.generation import load
     try:
         path = default_model_path()

@@ -18,8 +18,8 @@ from gguf import GGUFWriter
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
 from g4rt.errors import G4rtError, MetadataError, UnsupportedModelError
-from g4rt.gguf_file import GGUFFile
-from g4rt.tokenizer import StreamDecoder, Tokenizer, TokenizerError, load_tokenizer
+from g4rt.gguf.reader import GGUFFile
+from g4rt.text.tokenizer import StreamDecoder, Tokenizer, TokenizerError, load_tokenizer
 
 TOK = FIXTURES / "tokenizer"
 needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
@@ -64,7 +64,7 @@ def tiny4():
 
 @pytest.fixture(scope="session")
 def gemma3_path() -> Path:
-    from g4rt.default_model import NoDefaultModelError, default_model_path
+    from g4rt.model.bundled import NoDefaultModelError, default_model_path
     try:
         # The bundled default's one assembled copy (~/.cache), reused after a sha256 check.
         return default_model_path()
@@ -123,7 +123,7 @@ def test_gemma4_special_tokens(vocab4):
 
 @needs_fixtures
 def test_word_cache_does_not_change_ids(vocab4):
-    # Encoding caches pieces cut before '▁' (see g4rt._bpe.word_splitter); merging whole lines
+    # Encoding caches pieces cut before '▁' (see g4rt.text.bpe.word_splitter); merging whole lines
     # instead must give the same ids, including around '>▁', which one merge does join.
     rng = random.Random(7)
     data = json.loads((TOK / "gemma4-vocab.tokens.json").read_text(encoding="utf-8"))
@@ -218,7 +218,7 @@ def test_gemma3_special_tokens(gemma3):
 @needs_fixtures
 def test_gemma3_file_uses_builtin_chat_format(gemma3_file, gemma3):
     # (here rather than in test_chat_template.py so that the 255 MB file is opened once)
-    from g4rt.chat_template import GEMMA3_TEMPLATE, load_chat_template
+    from g4rt.text.chat_template import GEMMA3_TEMPLATE, load_chat_template
     assert not gemma3_file.has("tokenizer.chat_template")
     template = load_chat_template(gemma3_file, gemma3)
     assert template.source == GEMMA3_TEMPLATE

@@ -17,7 +17,7 @@ from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError
 from conftest import vulkan_skip_reason
-from g4rt.quant_types import block_geometry
+from g4rt.gguf.quant_types import block_geometry
 from op_cases import ALL_TYPES, Case, attention_case, elementwise_case, long_cache_decode, random_weight, rel_err, rng
 
 _SKIP = vulkan_skip_reason()

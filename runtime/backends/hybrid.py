@@ -34,8 +34,8 @@ import numpy as np
 from .. import ops as O
 from ..errors import G4rtError
 from .base import Backend, CompiledGraph, OpObserver, WeightSource
-from .graph_split import (Partition, Segment, input_name, kept_name, layers_split, op_sides, partition,
-                          segment_graph, segments, snap_split, sub_graphs)
+from .graph_split import (Partition, Segment, input_name, kept_name, layers_split, op_sides, partition, segment_graph,
+                          segments, snap_split, sub_graphs)
 
 
 # ---- moving arrays in and out of backends ----------------------------------------------------

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import MetadataError, MetadataTypeError, MissingKeyError, UnsupportedModelError
-from ..gguf_file import ARCH_ALIASES, GGUFFile
+from ..gguf.reader import ARCH_ALIASES, GGUFFile
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ import math
 import numpy as np
 
 from ..errors import MissingTensorError, TensorShapeError
-from ..gguf_file import GGUFFile
-from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore,
-                   MatMul, MoeMatMul, MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap,
-                   WeightSpec)
-from ..quant_types import QT, check_supported, dequantize_rows
+from ..gguf.reader import GGUFFile
+from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore, MatMul, MoeMatMul,
+                   MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, WeightSpec)
+from ..gguf.quant_types import QT, check_supported, dequantize_rows
 from .config import ModelConfig
 
 

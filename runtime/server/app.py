@@ -19,14 +19,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat_template import BASE_MODEL_NOTICE, is_base_model
+from ..text.chat_template import BASE_MODEL_NOTICE, is_base_model
 from ..errors import G4rtError
 from ..sampling import Sampler, SamplingError
 from .chat_prompt import chat_prompt_ids, tools_for
 from .guard import BodyTooLargeError, Guard
 from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
-from .protocol import (APIError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
-                       parse_body)
+from .protocol import APIError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, parse_body
 from .responses import (ChatOutput, CompletionLogprobs, chat_chunk, chat_completion, completion_body,
                         completion_chunk, new_id, timings_body, usage_body)
 from .scheduler import DoneEvent, ErrorEvent, Job, QueueFullError, Scheduler, ShuttingDownError, TextEvent

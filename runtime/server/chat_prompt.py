@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from ..chat_template import ChatTemplateError
+from ..text.chat_template import ChatTemplateError
 from .protocol import APIError, ChatRequest, Message
 
 #: Names the template receives from g4rt itself; `chat_template_kwargs` may not replace them.

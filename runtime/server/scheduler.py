@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import G4rtError
 from ..sampling import Sampler
-from ..tokenizer import StreamDecoder
+from ..text.tokenizer import StreamDecoder
 from .output_text import StopMatcher
 
 

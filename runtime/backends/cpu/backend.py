@@ -16,7 +16,7 @@ import numpy as np
 
 from ... import ops as O
 from ...errors import G4rtError
-from ...quant_types import dequantize_rows
+from ...gguf.quant_types import dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 from . import native as N
 from .lowering import lower

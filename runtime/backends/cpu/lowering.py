@@ -10,7 +10,7 @@ import numpy as np
 
 from ... import ops as O
 from ...errors import G4rtError
-from ...quant_types import row_bytes
+from ...gguf.quant_types import row_bytes
 from . import native as N
 
 ALIGN = 64

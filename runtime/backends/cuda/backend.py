@@ -37,8 +37,8 @@ import numpy as np
 
 from ... import ops as O
 from ...errors import BackendUnavailableError, G4rtError, UnsupportedModelError
-from ...quant_types import dequantize_rows
-from ...quant_types import row_bytes as q_row_bytes
+from ...gguf.quant_types import dequantize_rows
+from ...gguf.quant_types import row_bytes as q_row_bytes
 from . import kernels as K
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 from .driver import CudaError, check, compile_many, cuda_available, open_driver

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ...quant_types import dequantize_rows
+from ...gguf.quant_types import dequantize_rows
 from . import kernels as K
 
 OK = 0

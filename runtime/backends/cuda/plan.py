@@ -15,7 +15,7 @@ from typing import Optional
 
 from ... import ops as O
 from ...errors import G4rtError
-from ...quant_types import row_bytes
+from ...gguf.quant_types import row_bytes
 from .kernels import attn_splits
 from ..graph_split import layers_split, n_layers, op_caches
 

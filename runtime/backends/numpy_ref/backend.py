@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ... import ops as O
-from ...quant_types import dequantize_rows
+from ...gguf.quant_types import dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 
 DEFAULT_CACHE_BYTES = 4 << 30

@@ -38,8 +38,8 @@ from gguf import GGMLQuantizationType
 
 from ... import ops as O
 from ...errors import G4rtError
-from ...quant_types import dequantize_rows
-from ...shader_build import QTYPE_IDS, Variant, spirv, variant
+from ...gguf.quant_types import dequantize_rows
+from .shader_build import QTYPE_IDS, Variant, spirv, variant
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 from .device import DeviceInfo, import_kp, open_manager, select_device
 

@@ -26,11 +26,10 @@ from typing import Optional
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import (BadAlignmentError, BadNameError, BadValueTypeError, BadVersionError, DuplicateKeyError,
-                     DuplicateTensorError, ModelFileError, NotGGUFError, OversizeLengthError,
-                     TensorAlignmentError, TensorOutOfBoundsError, TensorOverlapError,
-                     TensorShapeError, TruncatedFileError, UnknownTensorTypeError,
-                     UnsupportedModelError)
+from ..errors import (BadAlignmentError, BadNameError, BadValueTypeError, BadVersionError, DuplicateKeyError,
+                      DuplicateTensorError, ModelFileError, NotGGUFError, OversizeLengthError, TensorAlignmentError,
+                      TensorOutOfBoundsError, TensorOverlapError, TensorShapeError, TruncatedFileError,
+                      UnknownTensorTypeError, UnsupportedModelError)
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
-from .cli_generate import THREADS_OPTION
-from .errors import G4rtError, ParityError
-from .speculative import MAX_DRAFT
+from .. import __version__
+from .generate import THREADS_OPTION
+from ..errors import G4rtError, ParityError
+from ..speculative import MAX_DRAFT
 
 BACKEND_CHOICE = click.Choice(["cpu", "numpy", "vulkan", "cuda"])
 
@@ -71,13 +71,13 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
-        from .info import describe
+        from ..tools.info import describe
         click.echo(describe(model), nl=False)
         return
-    from . import memory_plan as M
-    from .gguf_file import GGUFFile
-    from .model.config import load_config
-    from .model.graph import model_weight_specs
+    from .. import memory_plan as M
+    from ..gguf.reader import GGUFFile
+    from ..model.config import load_config
+    from ..model.graph import model_weight_specs
 
     f = GGUFFile(model)
     cfg = load_config(f)
@@ -92,7 +92,7 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
             raise G4rtError("cannot read the available RAM (/proc/meminfo); give --budget, e.g. --budget 16GiB")
     else:
         raise G4rtError(f"--backend {plan_backend} needs --budget (the GPU memory to plan for, e.g. --budget 12GiB)")
-    from .engine import kv_value_bytes
+    from ..engine import kv_value_bytes
     kv_bytes = kv_value_bytes(plan_backend, kv_dtype)     # the backend's own cache precision
     if batch <= 0:
         raise G4rtError(f"--batch must be positive, got {batch}")
@@ -127,8 +127,8 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
     """Replay a reference teacher-forced, decode greedily, and compare.
 
     Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
-    from . import parity as P
-    from .engine import Engine
+    from ..tools import parity as P
+    from ..engine import Engine
 
     if (ref_path is None) == (prompts_path is None):
         raise click.UsageError("give --ref REF.npz or --prompts FILE.json")
@@ -165,9 +165,9 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
 
 def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
     """Tokenize prompt strings and write this backend's own reference-format outputs."""
-    from . import parity as P
-    from .engine import Engine
-    from .tokenizer import load_tokenizer
+    from ..tools import parity as P
+    from ..engine import Engine
+    from ..text.tokenizer import load_tokenizer
 
     if not out_path:
         raise click.UsageError("--prompts needs --out OUT.npz")
@@ -219,20 +219,20 @@ def entry() -> None:
     sys.exit(run())
 
 
-from .cli_generate import chat as _chat_command, run as _run_command, tokenize as _tokenize_command  # noqa: E402
+from .generate import chat as _chat_command, run as _run_command, tokenize as _tokenize_command  # noqa: E402
 
 main.add_command(_run_command, "run")
 main.add_command(_chat_command, "chat")
 main.add_command(_tokenize_command, "tokenize")
 
-from .cli_serve import serve as _serve_command  # noqa: E402
+from .serve import serve as _serve_command  # noqa: E402
 
 main.add_command(_serve_command, "serve")
 
 # Tools: kernel/model benchmarks, synthetic 12B-shaped models, backend-vs-backend conformance.
-from .bench import bench_command as _bench_command  # noqa: E402
-from .conformance import conformance_command as _conformance_command  # noqa: E402
-from .synth import synth_command as _synth_command  # noqa: E402
+from ..tools.bench import bench_command as _bench_command  # noqa: E402
+from ..tools.conformance import conformance_command as _conformance_command  # noqa: E402
+from ..tools.synth import synth_command as _synth_command  # noqa: E402
 
 main.add_command(_bench_command, "bench")
 main.add_command(_synth_command, "synth")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .engine import Engine
+from ..engine import Engine
 
 TOPK = 16
 

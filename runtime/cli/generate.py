@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .errors import G4rtError
-from .speculative import MAX_DRAFT
+from ..errors import G4rtError
+from ..speculative import MAX_DRAFT
 
 BACKENDS = click.Choice(["auto", "cpu", "numpy", "vulkan", "cuda"])
 
@@ -112,9 +112,9 @@ class _LoadProgress:
 
 
 def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None, slots=1):
-    from .generation import load
+    from ..generation import load
     if model_path is None:
-        from .default_model import default_model_path
+        from ..model.bundled import default_model_path
         model_path = default_model_path()
         if not quiet:
             click.echo(f"g4rt: no MODEL given, using the bundled default {Path(model_path).name}", err=True)
@@ -132,7 +132,7 @@ def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=
 
 def _base_model_notice(model) -> None:
     """Chat on a base model echoes the conversation: say so once, before the first reply."""
-    from .chat_template import BASE_MODEL_NOTICE, is_base_model
+    from ..text.chat_template import BASE_MODEL_NOTICE, is_base_model
     if is_base_model(model.engine.file):
         click.echo(f"g4rt: note: {BASE_MODEL_NOTICE}", err=True)
 
@@ -224,7 +224,7 @@ def read_batch_prompts(f) -> list[str]:
 def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
     import json
     import time
-    from .batch_generate import BatchStats
+    from ..batch_generate import BatchStats
     spec = speculation(kw)
     if spec["draft"] is not None or spec["spec"] is not None:
         raise click.UsageError("--batch decodes prompts together without speculation: drop --draft / --spec")
@@ -257,8 +257,8 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
 def chat(model, system, show_thinking, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session."""
-    from .engine import CHAT_RING_SLACK
-    from .generation import ChatSession
+    from ..engine import CHAT_RING_SLACK
+    from ..generation import ChatSession
     # longer sliding rings: each turn keeps the history's KV although the template re-renders the
     # previous answer differently from how it was generated
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
@@ -311,8 +311,8 @@ def tokenize(model, text, json_file, no_special, bos):
     """Print the token ids of TEXT (works on vocabulary-only GGUF files)."""
     import json
 
-    from .gguf_file import GGUFFile
-    from .tokenizer import load_tokenizer
+    from ..gguf.reader import GGUFFile
+    from ..text.tokenizer import load_tokenizer
     if (text is None) == (json_file is None):
         raise click.UsageError("give TEXT or --json FILE")
     tok = load_tokenizer(GGUFFile(model))

@@ -10,7 +10,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as _gguf_quants
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 QT = GGMLQuantizationType
 

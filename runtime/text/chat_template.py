@@ -33,7 +33,7 @@ import jinja2.filters
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import G4rtError, MetadataError
+from ..errors import G4rtError, MetadataError
 
 #: Gemma 4's thinking channel: the model writes "<|channel>thought\n...<channel|>answer".
 THINK_OPEN = "<|channel>"
@@ -483,7 +483,7 @@ _BUILTIN = {"gemma3": GEMMA3_TEMPLATE, "gemma4": GEMMA4_TEMPLATE, "gemma4_unifie
 
 
 def load_chat_template(f, tokenizer=None, **limits: Any) -> ChatTemplate:
-    """The chat template of a GGUF file (`g4rt.gguf_file.GGUFFile`), or its architecture's
+    """The chat template of a GGUF file (`g4rt.gguf.reader.GGUFFile`), or its architecture's
     built-in format when the file has none. `tokenizer` (a g4rt Tokenizer) supplies the
     special-token texts; without it they are read from the file's vocabulary."""
     if tokenizer is not None:

@@ -25,9 +25,9 @@ import os
 import re
 from typing import Iterable
 
-from ._bpe import SPACE, bpe_merge, spm_merge, word_splitter
-from .errors import G4rtError, MetadataError, UnsupportedModelError
-from .gguf_file import GGUFFile
+from .bpe import SPACE, bpe_merge, spm_merge, word_splitter
+from ..errors import G4rtError, MetadataError, UnsupportedModelError
+from ..gguf.reader import GGUFFile
 
 # llama_token_attr bits
 ATTR_UNDEFINED = 0

@@ -24,10 +24,10 @@ import click
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from . import ops as O
-from .cli_generate import placement_options, speculative_options
-from .speculative import MAX_DRAFT
-from .quant_types import block_geometry, row_bytes
+from .. import ops as O
+from ..cli.generate import placement_options, speculative_options
+from ..speculative import MAX_DRAFT
+from ..gguf.quant_types import block_geometry, row_bytes
 
 
 # ---- model benchmark --------------------------------------------------------------------------
@@ -74,10 +74,10 @@ class _Timed:
 def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_options: dict,
                 warmup: bool = True, echo=None, place: Optional[dict] = None) -> dict:
     """place: --gpu-layers / --cpu-moe / --n-cpu-moe (a hybrid with the native CPU backend)."""
-    from .engine import Engine
+    from ..engine import Engine
     t0 = time.perf_counter()
     if place and (place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None):
-        from .generation import load
+        from ..generation import load
         eng = load(model, backend=backend, ctx=n_prompt + n_gen + 2, **place, **backend_options).engine
     else:
         eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 2, **backend_options)
@@ -252,7 +252,7 @@ def _time_graph(cg, n, pos0, reps) -> float:
 
 
 def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str] = None, echo=None) -> dict:
-    from .backends import create_backend
+    from ..backends import create_backend
     rng = np.random.default_rng(0)
     src, benches = kernel_benches(rng)
     if only:
@@ -282,7 +282,7 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
 
 
 def _cpu_threads() -> int:
-    from .backends.cpu.backend import default_threads
+    from ..backends.cpu.backend import default_threads
     return default_threads()
 
 
@@ -315,7 +315,7 @@ def _cpu_threads() -> int:
 def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
                   threads, int8, llama_bench, text, verify_cost, parallel, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
-    from .errors import G4rtError
+    from ..errors import G4rtError
     from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
     opts = {}
     if kv_dtype:
@@ -331,7 +331,7 @@ def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps
     if device is not None and backend not in ("cpu", "numpy"):
         opts["device"] = int(device) if str(device).isdigit() else device
     echo = None if as_json else click.echo
-    from .cli_generate import speculation
+    from ..cli.generate import speculation
     spec = speculation(place)
     speculating = spec["draft"] is not None or spec["spec"] is not None
     try:

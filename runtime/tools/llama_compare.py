@@ -26,7 +26,7 @@ def find_llama_bench(choice: str = "auto") -> Optional[str]:
     found = shutil.which("llama-bench")
     if found:
         return found
-    local = Path(__file__).resolve().parents[1] / ".cache" / "llama-bench" / "bin" / "llama-bench"
+    local = Path(__file__).resolve().parents[2] / ".cache" / "llama-bench" / "bin" / "llama-bench"
     return str(local) if local.is_file() and os.access(local, os.X_OK) else None
 
 

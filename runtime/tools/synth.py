@@ -30,7 +30,7 @@ import click
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
-from .quant_types import block_geometry
+from ..gguf.quant_types import block_geometry
 
 QT = GGMLQuantizationType
 ARCH = "gemma4"
@@ -65,7 +65,7 @@ MOE_26B = Shape("26B-A4B", 2816, 16, 2112, 256, 8, 512, 2, k_eq_v_global=True, n
 
 def default_vocab_path() -> Optional[Path]:
     here = Path(__file__).resolve()
-    for base in (here.parent.parent.parent, here.parent.parent):
+    for base in (here.parents[3], here.parents[2]):     # beside the checkout, or in it
         p = base / "shared" / "fixtures" / "tokenizer" / "ggml-vocab-gemma-4.gguf"
         if p.is_file():
             return p

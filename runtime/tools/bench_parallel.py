@@ -15,7 +15,7 @@ import numpy as np
 
 def bench_parallel(model, backend: str, levels: list[int], n_prompt: int, n_gen: int, backend_options: dict,
                    echo=None) -> dict:
-    from .engine import Engine
+    from ..engine import Engine
     most = max(levels)
     eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 4, slots=most, **backend_options)
     try:

@@ -26,7 +26,7 @@ DEFAULT_TEXT = (
 
 
 def _generate(model, ids, n_gen):
-    from .generation import GenerationStats
+    from ..generation import GenerationStats
     st = GenerationStats()
     t0 = time.perf_counter()
     out = list(model.generate_ids(ids, n_gen, stats=st))
@@ -35,7 +35,7 @@ def _generate(model, ids, n_gen):
 
 def bench_speculative(model_path, backend: str, n_gen: int, backend_options: dict, spec_options: dict,
                       text: Optional[str] = None, chat: bool = True, echo=None) -> dict:
-    from .generation import load
+    from ..generation import load
     plain = load(model_path, backend=backend, **backend_options)
     try:
         ids = plain.encode_prompt(text or DEFAULT_TEXT, chat=chat)
@@ -67,7 +67,7 @@ def bench_speculative(model_path, backend: str, n_gen: int, backend_options: dic
 def verify_costs(model_path, backend: str, max_k: int, backend_options: dict, reps: int = 5,
                  at: int = 256, echo=None) -> dict:
     """Median time of a forward of n = 1 .. max_k + 1 tokens at position `at`, relative to n = 1."""
-    from .engine import Engine
+    from ..engine import Engine
     eng = Engine(model_path, backend=backend, ctx=at + max_k + 2, ring_slack=max_k + 1, **backend_options)
     try:
         rng = np.random.default_rng(0)

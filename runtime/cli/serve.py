@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from .cli_generate import BACKENDS, THREADS_OPTION, placement, placement_options, speculation, speculative_options
-from .errors import G4rtError
+from .generate import BACKENDS, THREADS_OPTION, placement, placement_options, speculation, speculative_options
+from ..errors import G4rtError
 
 
 class ServeError(G4rtError):
@@ -52,13 +52,13 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, ti
     to the bundled Gemma 3 270M. Ctrl-C or SIGTERM stops the server cleanly."""
     import uvicorn
 
-    from .memory_plan import parse_size
-    from .server.app import ServerConfig, ServerState, create_app
-    from .server.metrics import ServerMetrics
+    from ..memory_plan import parse_size
+    from ..server.app import ServerConfig, ServerState, create_app
+    from ..server.metrics import ServerMetrics
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     if model is None:
-        from .default_model import default_model_path
+        from ..model.bundled import default_model_path
         model = default_model_path()
     if not Path(model).is_file():
         raise ServeError(f"{model}: no such file")
@@ -70,8 +70,8 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, ti
     spec = speculation(place)
 
     def loader():
-        from .engine import CHAT_RING_SLACK
-        from .generation import load
+        from ..engine import CHAT_RING_SLACK
+        from ..generation import load
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
         m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .errors import G4rtError
-from .gguf_file import GGUFFile
-from .model.config import load_config
+from ..errors import G4rtError
+from ..gguf.reader import GGUFFile
+from ..model.config import load_config
 
 _MULTIMODAL_PREFIXES = ("v.", "a.", "mm.", "vision", "audio", "multi_modal", "mm_")
 

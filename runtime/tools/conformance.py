@@ -92,8 +92,8 @@ def compare_step(title: str, ga, gb, tokens, pos0: int, echo=print) -> Optional[
 @click.option("--threads", "-t", type=click.IntRange(1), default=None, help="threads of the native CPU backend")
 def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, device, threads):
     """Compare every op of BACKEND against AGAINST on the same op lists."""
-    from .engine import Engine
-    from .errors import G4rtError
+    from ..engine import Engine
+    from ..errors import G4rtError
 
     def opts(name):
         o = {}

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from .errors import (MetadataTypeError, MissingKeyError, MissingTensorError, ModelFileError,
-                     NotGGUFError, TruncatedFileError)
-from .gguf_validate import ARRAY, HEADER_BYTES, MAGIC, TYPE_NAMES, read_array, read_scalar, scan
+from ..errors import (MetadataTypeError, MissingKeyError, MissingTensorError, ModelFileError, NotGGUFError,
+                      TruncatedFileError)
+from .validate import ARRAY, HEADER_BYTES, MAGIC, TYPE_NAMES, read_array, read_scalar, scan
 from .quant_types import block_geometry
 
 #: Architectures g4rt accepts, mapped to the graph family that runs them.

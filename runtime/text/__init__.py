@@ -1,0 +1,1 @@
+"""Text: the Gemma tokenizers (BPE and SentencePiece) and the sandboxed chat template."""

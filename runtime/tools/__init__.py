@@ -1,0 +1,1 @@
+"""Tools beside inference: benchmarks, llama.cpp comparison, synthetic models, parity and conformance."""
