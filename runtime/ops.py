@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Optional
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
 from .errors import G4rtError
@@ -167,6 +168,15 @@ class Rope(Op):
     base: float
     freq_factors: Optional[str]
     _read_fields: ClassVar = ("x",)
+
+    def inverse_frequencies(self, factors: Optional[np.ndarray] = None) -> np.ndarray:
+        """The n_rot/2 pair frequencies base^(-2i/n_rot) / factors[i] in float64 (radians per
+        position): the one definition every backend derives its angles or tables from.
+        factors: the values of `freq_factors` (at least n_rot/2 of them), when the op has it."""
+        inv = self.base ** (-np.arange(0, self.n_rot // 2, dtype=np.float64) * 2.0 / self.n_rot)
+        if factors is not None:
+            inv = inv / np.asarray(factors, dtype=np.float64).reshape(-1)[: self.n_rot // 2]
+        return np.ascontiguousarray(inv)
 
 
 @dataclass(frozen=True)
