@@ -5,7 +5,7 @@
  *   cc -O3 -mavx2 -mfma -mf16c -mbmi2 -Ishaders/cpu scripts/q4_0_forms.c -o /tmp/q4_0_forms -lm
  *   /tmp/q4_0_forms 15360 3840        # N output rows, K inputs (a 12B FFN matrix)
  *
- * A = the shipped kernel (q4_0_rows_t of shaders/cpu/matvec.c, included below): x re-expressed
+ * A = the shipped kernel (q4_0_rows_t of shaders/cpu/arch/avx2/matvec.c, included below): x re-expressed
  *     per block so a row costs six FMAs and six loads per 32 weights, the nibbles shared.
  * B = weights decoded once per block to d*(q-8) (exact in float), four FMAs per row.
  * C = weights decoded to q-8, per-row partial sums scaled by d (five FP ops per row).
@@ -14,15 +14,17 @@
  *     int32, one convert per block and row (an int16-activation path: see STATUS.md "Next").
  * Measure on a quiet machine: ratios within one run only. */
 #define _POSIX_C_SOURCE 200809L
-#include "../shaders/cpu/matvec.c"
+#include "../shaders/cpu/g4cpu.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
-#if !defined(G4_AVX2)
-int main(void) { puts("needs an AVX2 build (-mavx2 -mfma -mf16c)"); return 0; }
+#if !defined(G4_AVX2) || defined(G4_AVX512)
+int main(void) { puts("needs an AVX2 build (-mavx2 -mfma -mf16c, not the AVX-512 flags)"); return 0; }
 #else
+#include "../shaders/cpu/f16_table.c"
+#include "../shaders/cpu/arch/avx2/matvec.c"
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
 /* Small non-negative integers to float as an OR into the mantissa of 2^23 and a subtraction
@@ -137,7 +139,7 @@ FORMS(q4_0_rows_t) FORMS(form_b) FORMS(form_b2) FORMS(form_c) FORMS(form_i)
 int main(int argc, char **argv) {
     const int N = argc > 1 ? atoi(argv[1]) : 15360, K = argc > 2 ? atoi(argv[2]) : 3840;
     const int64_t nb = K / QK, rb = nb * 18;
-    f16tab_init();
+    g4_f16tab_ready();
     uint8_t *W = aligned_alloc(64, (size_t)N * rb);
     for (size_t i = 0; i < (size_t)N * rb; i++) W[i] = (uint8_t)rand();
     for (int64_t o = 0; o < N; o++)

@@ -2,11 +2,12 @@
 this host can run (scalar, avx2, avx512), for odd shapes and 1-3 threads.
 
 Two builds per ISA:
-  - "real": shaders/cpu/{runtime,quant,matvec,gemm}.c (runtime.c's pool runs the command; it
-    declares the other kernels weak, so ops.c, not under test here and the slowest to compile,
-    is left out), when those are all there (otherwise that case is skipped, naming what is
-    missing);
-  - "shim": gemm.c + tests/cpu_shim/gemm_shim.c (plain-C stand-ins for the chunk counter, the
+  - "real": shaders/cpu/{dispatch,pool,quant,f16_table,gemm}.c + arch/<isa>/{matvec,gemm}.c
+    (the pool runs the command; dispatch.c declares the other kernels weak, so ops.c and
+    attention.c, not under test here and the slowest to compile, are left out), when those are
+    all there (otherwise that case is skipped, naming what is missing);
+  - "shim": gemm.c + arch/<isa>/gemm.c + tests/cpu_shim/gemm_shim.c (plain-C stand-ins for the
+    chunk counter, the
     dequantizer and matvec), on real pthreads and with every ith called in turn, built with
     G4_GEMM_MATVEC_ROWS=1 so that every rows >= 2 takes the tiled path; it checks the tiling
     and the work split independently of the other kernel files.
@@ -31,11 +32,11 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T, quants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = ROOT / "shaders" / "cpu"
 SHIM = ROOT / "tests" / "cpu_shim" / "gemm_shim.c"
-REAL_PARTS = ("runtime.c", "quant.c", "matvec.c")   # + gemm.c; runtime.c links ops.c weakly
+REAL_PARTS = ("dispatch.c", "pool.c", "quant.c", "f16_table.c")   # + gemm.c; dispatch.c links ops.c weakly
+REAL_ARCH_PARTS = ("matvec.c",)                                   # + arch/<isa>/gemm.c
 
-from cpu_build import G4Cmd, G4Exec, ISA_CPU_FLAGS, ISA_FLAGS, host_flags  # noqa: E402
+from cpu_build import G4Cmd, G4Exec, ISA_CPU_FLAGS, ISA_FLAGS, SRC as CPU, arch_file, host_flags  # noqa: E402
 BASE_FLAGS = ["-O2", "-fPIC", "-shared", "-std=c11", "-pthread"]
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
@@ -63,8 +64,13 @@ def _isa_skip(isa: str) -> str | None:
     return f"{isa}: this CPU lacks {', '.join(missing)}" if missing else None
 
 
-def _real_missing() -> list[str]:
-    return [p for p in REAL_PARTS if not (CPU / p).is_file()]
+def _real_missing(isa: str) -> list[str]:
+    paths = [CPU / p for p in REAL_PARTS] + [arch_file(isa, p) for p in REAL_ARCH_PARTS]
+    return [str(p.relative_to(CPU)) for p in paths if not p.is_file()]
+
+
+def _gemm_sources(isa: str) -> list[str]:
+    return [str(CPU / "gemm.c"), str(arch_file(isa, "gemm.c"))]
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +82,9 @@ def libs(tmp_path_factory):
         pytest.skip("shaders/cpu/gemm.c missing")
     out = tmp_path_factory.mktemp("g4gemm")
     jobs, result = {}, {}
-    missing = _real_missing()
     for isa in ISA_FLAGS:
         why = _isa_skip(isa)
+        missing = _real_missing(isa)
         for mode in ("real", "shim"):
             if why:
                 result[(mode, isa)] = why
@@ -87,9 +93,10 @@ def libs(tmp_path_factory):
                 result[(mode, isa)] = f"shaders/cpu lacks {', '.join(missing)}"
                 continue
             if mode == "real":
-                srcs, extra = [str(CPU / p) for p in (*REAL_PARTS, "gemm.c")], []
+                srcs = [str(CPU / p) for p in REAL_PARTS] + [str(arch_file(isa, p)) for p in REAL_ARCH_PARTS]
+                srcs, extra = srcs + _gemm_sources(isa), []
             else:   # every rows >= 2 through the tiled path (the real build keeps its thresholds)
-                srcs, extra = [str(CPU / "gemm.c"), str(SHIM)], ["-DG4_GEMM_MATVEC_ROWS=1"]
+                srcs, extra = [*_gemm_sources(isa), str(SHIM)], ["-DG4_GEMM_MATVEC_ROWS=1"]
             lib = out / f"libg4_{mode}_{isa}.so"
             cmd = ["gcc", *BASE_FLAGS, *ISA_FLAGS[isa], *extra, f"-I{CPU}", *srcs, "-o", str(lib), "-lm"]
             jobs[(mode, isa)] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), lib)

@@ -121,22 +121,26 @@ def _builds(tmp_path_factory) -> dict:
         quant = SRC / "quant.c"
         jobs = {}
         for isa, flags in ISA_FLAGS.items():
-            jobs[f"ops_{isa}"] = [*base, *flags, "-c", str(SRC / "ops.c"), "-o", str(d / f"ops_{isa}.o")]
+            for part in ("ops", "attention"):   # the op kernels: shaders/cpu/ops.c and attention.c
+                jobs[f"{part}_{isa}"] = [*base, *flags, "-c", str(SRC / f"{part}.c"), "-o", str(d / f"{part}_{isa}.o")]
             jobs[f"shim_{isa}"] = [*base, *flags, "-c", str(SHIM), "-o", str(d / f"shim_{isa}.o")]
         if quant.is_file():   # the embedding kernel with the real dequantizer (another kernel file)
             jobs["quant"] = [*common, *ISA_FLAGS[best], "-c", str(quant), "-o", str(d / "quant.o")]
         res = _run_parallel(jobs)
         links = {}
         for isa in ISA_FLAGS:
-            if res[f"ops_{isa}"][0] == 0 and res[f"shim_{isa}"][0] == 0:
-                links[isa] = [gcc, "-shared", "-pthread", str(d / f"ops_{isa}.o"), str(d / f"shim_{isa}.o"),
+            if res[f"ops_{isa}"][0] == 0 and res[f"attention_{isa}"][0] == 0 and res[f"shim_{isa}"][0] == 0:
+                links[isa] = [gcc, "-shared", "-pthread", str(d / f"ops_{isa}.o"), str(d / f"attention_{isa}.o"),
+                              str(d / f"shim_{isa}.o"),
                               *extra, "-o", str(d / f"libg4ops_{isa}.so"), "-lm"]
         if "quant" in jobs and res["quant"][0] == 0 and best in links:
-            links["quant"] = [gcc, "-shared", "-pthread", str(d / f"ops_{best}.o"), str(d / "quant.o"),
+            links["quant"] = [gcc, "-shared", "-pthread", str(d / f"ops_{best}.o"), str(d / f"attention_{best}.o"),
+                              str(d / "quant.o"),
                               str(d / f"shim_{best}.o"), *extra, "-o", str(d / "libg4ops_quant.so"), "-lm"]
         lres = _run_parallel(links)
         for isa in ISA_FLAGS:
-            rc, log = res[f"ops_{isa}"][0] | res[f"shim_{isa}"][0], res[f"ops_{isa}"][1] + res[f"shim_{isa}"][1]
+            parts = [res[f"{part}_{isa}"] for part in ("ops", "attention", "shim")]
+            rc, log = parts[0][0] | parts[1][0] | parts[2][0], parts[0][1] + parts[1][1] + parts[2][1]
             if isa in lres:
                 rc, log = rc | lres[isa][0], log + lres[isa][1]
             _BUILDS[isa] = (d / f"libg4ops_{isa}.so", rc, log)

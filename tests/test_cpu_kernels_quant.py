@@ -1,5 +1,5 @@
 """Native CPU kernels: exact GGUF dequantization (shaders/cpu/quant.c) and the decode matvec
-(shaders/cpu/matvec.c), built with the host C compiler at each ISA level this CPU runs
+(shaders/cpu/arch/<isa>/matvec.c with f16_table.c), built with the host C compiler at each ISA level this CPU runs
 (portable C, AVX2+FMA+F16C, AVX-512) and checked against gguf.quants / numpy."""
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
 
 QT = GGMLQuantizationType
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "shaders" / "cpu"
 SHIM = Path(__file__).resolve().parent / "cpu_shim" / "quant_shim.c"
 
 TYPES = (QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1,
          QT.Q4_K, QT.Q5_K, QT.Q6_K)
 QUANTIZABLE = (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1)   # gguf.quants can quantize these
 
-from cpu_build import ISA_CPU_FLAGS, ISA_FLAGS  # noqa: E402
+from cpu_build import ISA_CPU_FLAGS, ISA_FLAGS, SRC, arch_file  # noqa: E402
 from cpu_build import host_flags as _cpu_flags  # noqa: E402
 # byte offsets of the f16 scale fields of one block (the rest of a random block is any bits)
 SCALE_FIELDS = {QT.Q4_0: (0,), QT.Q4_1: (0, 2), QT.Q5_0: (0,), QT.Q5_1: (0, 2), QT.Q8_0: (0,),
@@ -47,7 +45,8 @@ def lib(request, tmp_path_factory):
     if isa not in _LIBS:
         out = tmp_path_factory.mktemp(f"g4cpu_{isa}") / f"g4quant_{isa}.so"
         cmd = [cc, "-O2", "-fPIC", "-shared", "-std=c11", "-Wall", "-Wextra", "-Werror",
-               *ISA_FLAGS[isa], f"-I{SRC}", str(SRC / "quant.c"), str(SRC / "matvec.c"), str(SHIM),
+               *ISA_FLAGS[isa], f"-I{SRC}", str(SRC / "quant.c"), str(SRC / "f16_table.c"),
+               str(arch_file(isa, "matvec.c")), str(SHIM),
                "-o", str(out)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"

@@ -20,9 +20,16 @@
  *     Scale, Softcap. MatMul, Attention and Slice never alias out with an input.
  * All activations are float32, row-major, contiguous ([rows, cols], row stride = cols).
  *
- * ISA: the same sources build three ways. With __AVX512F__ (+BW/VL/DQ) the AVX-512 paths, with
+ * ISA: the library builds three ways. With __AVX512F__ (+BW/VL/DQ) the AVX-512 paths, with
  * __AVX2__ + __FMA__ + __F16C__ the AVX2 paths, else portable C (any CPU, aarch64 included).
- * G4_ISA_NAME says which one a build took.
+ * G4_ISA_NAME says which one a build took. The shared files are written on simd.h's vectors;
+ * the matvec and gemm kernels of each path are in arch/avx512, arch/avx2 or arch/portable, and a
+ * build compiles that one folder (runtime/backends/cpu/compiler.py).
+ *
+ * Files: dispatch.c (g4_run, the command walk) calls the kernels - gemm.c + arch/<isa>/
+ * (matmul), quant.c (dequantization), ops.c, attention.c, moe.c - and hands the walk to
+ * pool.c (threads, barrier, chunk counters). Kernels call the pool's g4_barrier / g4_chunk,
+ * never the dispatcher.
  */
 #ifndef G4CPU_H
 #define G4CPU_H
@@ -159,7 +166,7 @@ typedef struct g4_exec {
 
 static inline void *g4_ws(const g4_exec *ex, int ith) { return ex->ws + (size_t)ith * ex->ws_bytes; }
 
-/* Runtime (runtime.c). */
+/* Thread pool (pool.c) and command dispatch (dispatch.c). */
 void g4_barrier(g4_exec *ex);                      /* every thread waits for all nth */
 int64_t g4_chunk(g4_exec *ex);                     /* 0, 1, 2, ... across all threads, per command */
 const char *g4_isa(void);                          /* G4_ISA_NAME of this build */
@@ -175,7 +182,7 @@ int g4_cmd_valid(const g4_cmd *c);                  /* 1 when op and types are s
 size_t g4_sizeof_cmd(void);                         /* for the ctypes mirrors */
 size_t g4_sizeof_exec(void);
 
-/* Kernels. Matmul (gemm.c dispatches: one row -> matvec.c, several -> tiled gemm). */
+/* Kernels. Matmul (gemm.c dispatches: few rows -> the matvec, more -> tiled gemm). */
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 size_t g4_matmul_scratch(const g4_cmd *c, int nth);
 /* gemm.c's tiled product, one task on the calling thread (see g4_gemm_block in gemm.c). */
@@ -183,7 +190,7 @@ size_t g4_gemm_scratch(void);
 int g4_gemm_nr(void);
 int g4_gemm_tp(void);
 void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_t r1, void *ws);
-/* matvec.c, one activation row x (in_cols floats) against W rows [o0, o1): y[o] = W[o] . x.
+/* The matvec (arch/<isa>/matvec.c, matvec.h), one activation row x (in_cols floats) against W rows [o0, o1): y[o] = W[o] . x.
  * g4_matvec_prepare() runs once per activation row and thread before any g4_matvec() on that row
  * and may precompute from x into ws (g4_matvec_scratch(c) bytes, e.g. per-block sums of x). */
 size_t g4_matvec_scratch(const g4_cmd *c);
@@ -193,7 +200,7 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
 void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
                     int64_t o0, int64_t o1);
 
-/* Element-wise and the rest (ops.c). */
+/* Element-wise and the rest (ops.c; attention: attention.c). */
 void g4_k_embed(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_rmsnorm(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_rope(const g4_cmd *c, g4_exec *ex, int ith, int nth);

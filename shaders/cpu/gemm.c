@@ -5,7 +5,7 @@
  *
  * Few rows (decode, and batches up to G4_ROW_EXACT_MAX rows, which must be row-exact): each thread
  * prepares every activation row once (g4_matvec_prepare, into its own scratch), then claims
- * chunks of 16..64 output features (g4_chunk) and runs g4_matvec (matvec.c) for each row on the
+ * chunks of 16..64 output features (g4_chunk) and runs g4_matvec (arch/<isa>/matvec.c) for each row on the
  * chunk, so a chunk's weights come from memory once and stay in cache for the other rows.
  *
  * More rows (prefill): a register-tiled GEMM after llamafile's tinyBLAS / GotoBLAS. A task
@@ -17,8 +17,9 @@
  *   compute: for each tile of MR tokens, for each panel, the micro-kernel broadcasts a[t][k]
  *     and FMAs it into MR x NR accumulators held in registers, then adds them into out (token
  *     tiles outer: the tile's MR x KC activations stay in L1 while the panels stream from L2).
- * Tiles: AVX-512 12 x 32 (24 zmm accumulators), AVX2 6 x 16 (12 ymm), portable 4 x 16 (GCC
- * vectors); KC 512 / 768 / 512; TP = 4. On Sapphire Rapids (1 core, 512 x 3840 . 3840 x 15360,
+ * Tiles (sizes in gemm.h, micro-kernels and panel transposes in arch/<isa>/gemm.c): AVX-512
+ * 12 x 32 (24 zmm accumulators), AVX2 6 x 16 (12 ymm), portable 4 x 16 (GCC vectors);
+ * KC 512 / 768 / 512; TP = 4. On Sapphire Rapids (1 core, 512 x 3840 . 3840 x 15360,
  * decode included) that is ~135-147 GFLOP/s of a 170 FMA peak with AVX-512 and ~75-80 of ~89
  * with AVX2, for F32, Q4_0 and Q4_K weights alike; 12 x 32, 14 x 32, 8 x 48 and 6 x 64 (and
  * 4 x 24 on AVX2) measured the same within noise, and all reach ~97 % of peak with data in L1.
@@ -27,184 +28,15 @@
  * the last K-block may be shorter than KC (K is always a multiple of the type's block size).
  * No barrier: threads claim tasks with g4_chunk and write disjoint parts of out.
  */
-#include "g4cpu.h"
+#include <string.h>
 
-/* ---- tile sizes (overridable with -D for tuning) ---- */
-#if defined(G4_AVX512)
-#ifndef G4_GEMM_MR
-#define G4_GEMM_MR 12
-#endif
-#ifndef G4_GEMM_NR
-#define G4_GEMM_NR 32
-#endif
-#elif defined(G4_AVX2)
-#ifndef G4_GEMM_MR
-#define G4_GEMM_MR 6
-#endif
-#ifndef G4_GEMM_NR
-#define G4_GEMM_NR 16
-#endif
-#else
-#ifndef G4_GEMM_MR
-#define G4_GEMM_MR 4
-#endif
-#ifndef G4_GEMM_NR
-#define G4_GEMM_NR 16
-#endif
-#endif
-/* KC: a multiple of 256 (the K-quant block). The MR x KC activation tile must stay in L1 with
- * room to stream the panels: AVX-512 12 x 512 x 4 B = 24 KiB, AVX2 6 x 768 x 4 B = 18 KiB (fits
- * the 32 KiB L1 of Zen 3/4 and Skylake as well as Sapphire Rapids' 48 KiB). */
-#ifndef G4_GEMM_KC
-#if defined(G4_AVX512) || !defined(G4_AVX2)
-#define G4_GEMM_KC 512
-#else
-#define G4_GEMM_KC 768
-#endif
-#endif
-#ifndef G4_GEMM_TP
-#define G4_GEMM_TP 4            /* most micro-panels per task */
-#endif
-
-#define MR G4_GEMM_MR
-#define NR G4_GEMM_NR
-#define KC G4_GEMM_KC
-#define TP G4_GEMM_TP
-
-#if KC % 256 != 0
-#error "G4_GEMM_KC must be a multiple of 256"
-#endif
-
-#define G4_INLINE static inline __attribute__((always_inline))
-
-/* ---- vector abstraction for the micro-kernel ---- */
-#if defined(G4_AVX512)
-typedef __m512 vf;
-#define VL 16
-#define V_LOADA(p) _mm512_load_ps(p)
-#define V_LOADU(p) _mm512_loadu_ps(p)
-#define V_STOREU(p, v) _mm512_storeu_ps(p, v)
-#define V_SET1(x) _mm512_set1_ps(x)
-#define V_ZERO() _mm512_setzero_ps()
-#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#elif defined(G4_AVX2)
-typedef __m256 vf;
-#define VL 8
-#define V_LOADA(p) _mm256_load_ps(p)
-#define V_LOADU(p) _mm256_loadu_ps(p)
-#define V_STOREU(p, v) _mm256_storeu_ps(p, v)
-#define V_SET1(x) _mm256_set1_ps(x)
-#define V_ZERO() _mm256_setzero_ps()
-#define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#elif defined(__GNUC__)
-/* portable: GCC / Clang generic vectors (SSE2 on x86-64, NEON on aarch64, scalar elsewhere) */
-typedef float vf __attribute__((vector_size(16)));
-#define VL 4
-#define G4_GENERIC_VEC 1
-G4_INLINE vf v_loadu(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
-G4_INLINE void v_storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
-#define V_LOADA(p) (*(const vf *)(const void *)(p))
-#define V_LOADU(p) v_loadu(p)
-#define V_STOREU(p, v) v_storeu(p, v)
-#define V_SET1(x) ((vf){(x), (x), (x), (x)})
-#define V_ZERO() ((vf){0, 0, 0, 0})
-#define V_FMA(a, b, c) ((a) * (b) + (c))
-#endif
-
-#if defined(G4_AVX2) || defined(G4_GENERIC_VEC)
-#if NR % VL != 0
-#error "G4_GEMM_NR must be a multiple of the vector width"
-#endif
-#define NV (NR / VL)
-
-/* c[i][0..NR) (+)= sum_k a[i][k] * p[k][0..NR) for i < m; p is a 64-byte aligned [kc][NR] panel. */
-G4_INLINE void ukr_body(const int m, const float *restrict a, int64_t lda, const float *restrict p,
-                        int kc, float *restrict c, int64_t ldc, int accumulate) {
-    vf acc[MR][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < m; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) acc[i][j] = accumulate ? V_LOADU(c + i * ldc + j * VL) : V_ZERO();
-    for (int k = 0; k < kc; k++) {
-        vf w[NV];
-#pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) w[j] = V_LOADA(p + (size_t)k * NR + j * VL);
-#pragma GCC unroll 16
-        for (int i = 0; i < m; i++) {
-            vf b = V_SET1(a[i * lda + k]);
-#pragma GCC unroll 8
-            for (int j = 0; j < NV; j++) acc[i][j] = V_FMA(b, w[j], acc[i][j]);
-        }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < m; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) V_STOREU(c + i * ldc + j * VL, acc[i][j]);
-}
-
-#else /* plain C, left to the compiler's vectorizer */
-
-G4_INLINE void ukr_body(const int m, const float *restrict a, int64_t lda, const float *restrict p,
-                        int kc, float *restrict c, int64_t ldc, int accumulate) {
-    float acc[MR][NR];
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < NR; j++) acc[i][j] = accumulate ? c[i * ldc + j] : 0.0f;
-    for (int k = 0; k < kc; k++) {
-        const float *w = p + (size_t)k * NR;
-        for (int i = 0; i < m; i++) {
-            float b = a[i * lda + k];
-            for (int j = 0; j < NR; j++) acc[i][j] += b * w[j];
-        }
-    }
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < NR; j++) c[i * ldc + j] = acc[i][j];
-}
-#endif
-
-typedef void (*ukr_fn)(const float *restrict, int64_t, const float *restrict, int, float *restrict, int64_t, int);
-
-#define G4_UKR(M)                                                                                  \
-    static void ukr_##M(const float *restrict a, int64_t lda, const float *restrict p, int kc,    \
-                        float *restrict c, int64_t ldc, int acc) {                                \
-        ukr_body((M) <= MR ? (M) : MR, a, lda, p, kc, c, ldc, acc);                               \
-    }
-G4_UKR(1) G4_UKR(2) G4_UKR(3) G4_UKR(4) G4_UKR(5) G4_UKR(6) G4_UKR(7) G4_UKR(8)
-G4_UKR(9) G4_UKR(10) G4_UKR(11) G4_UKR(12) G4_UKR(13) G4_UKR(14) G4_UKR(15) G4_UKR(16)
-
-#if MR > 16
-#error "G4_GEMM_MR must be <= 16"
-#endif
-
-static const ukr_fn ukr_tab[17] = {
-    NULL, ukr_1, ukr_2, ukr_3, ukr_4, ukr_5, ukr_6, ukr_7, ukr_8,
-    ukr_9, ukr_10, ukr_11, ukr_12, ukr_13, ukr_14, ukr_15, ukr_16,
-};
+#include "gemm.h"
 
 /* ---- packing: weight rows -> k-major panel ----
- * The K-block is decoded in steps of PK = 256 values (one K-quant super-block, 8 legacy blocks)
- * for all NR rows into tmp ([NR][PK], L1-resident), then transposed 8 x 8 into the panel, so the
- * panel is written in whole rows of NR floats, front to back. */
-#define PK 256
+ * The K-block is decoded PK values at a time for all NR rows into tmp ([NR][PK], L1-resident),
+ * then transposed into the panel (g4_gemm_pack_k), so the panel is written in whole rows of NR
+ * floats, front to back. */
 static const float g4_zero_row[PK] __attribute__((aligned(64)));
-
-#if defined(G4_AVX2)
-/* dst[q * NR + j] = src[j][q] for q, j < 8 (two 4x4 in-lane transposes; the rows' halves are
- * paired by 128-bit loads, so only 16 shuffles per 64 values). */
-G4_INLINE void tr8x8_store(const float *const src[8], int k, float *dst) {
-#define G4_LD2(a, b, o) _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src[a] + k + (o))), \
-                                             _mm_loadu_ps(src[b] + k + (o)), 1)
-    for (int h = 0; h < 8; h += 4) {
-        __m256 t0 = G4_LD2(0, 4, h), t1 = G4_LD2(1, 5, h), t2 = G4_LD2(2, 6, h), t3 = G4_LD2(3, 7, h);
-        __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
-        __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
-        _mm256_storeu_ps(dst + (h + 0) * NR, _mm256_shuffle_ps(u0, u2, 0x44));
-        _mm256_storeu_ps(dst + (h + 1) * NR, _mm256_shuffle_ps(u0, u2, 0xEE));
-        _mm256_storeu_ps(dst + (h + 2) * NR, _mm256_shuffle_ps(u1, u3, 0x44));
-        _mm256_storeu_ps(dst + (h + 3) * NR, _mm256_shuffle_ps(u1, u3, 0xEE));
-    }
-#undef G4_LD2
-}
-#endif
 
 /* Decode weight rows [o0, o0 + n) x [k0, k0 + kc) into the k-major panel dst ([kc][NR]); rows
  * n..NR-1 of the panel are zero. tmp: NR * PK floats. */
@@ -224,14 +56,7 @@ static void pack_panel(const g4_cmd *c, int64_t o0, int n, int64_t k0, int kc, f
                 src[j] = tmp + (size_t)j * PK;
             }
         }
-        float *d = dst + (size_t)ks * NR;
-        int k = 0;
-#if defined(G4_AVX2)
-        for (; k + 8 <= kb; k += 8)
-            for (int g = 0; g < NR; g += 8) tr8x8_store(src + g, k, d + (size_t)k * NR + g);
-#endif
-        for (; k < kb; k++)
-            for (int j = 0; j < NR; j++) d[(size_t)k * NR + j] = src[j][k];
+        g4_gemm_pack_k(src, kb, dst + (size_t)ks * NR);
     }
 }
 
@@ -245,12 +70,12 @@ static void tile_rows(const g4_cmd *c, const float *panel, int64_t o0, int n, in
         const float *a = c->a + r * K + k0;
         float *out = c->out + r * N + o0;
         if (n == NR) {
-            ukr_tab[m](a, K, panel, kc, out, N, acc);
+            g4_gemm_ukr[m](a, K, panel, kc, out, N, acc);
         } else {
             float cb[MR * NR] __attribute__((aligned(64)));
             if (acc)
                 for (int i = 0; i < m; i++) memcpy(cb + i * NR, out + i * N, (size_t)n * sizeof(float));
-            ukr_tab[m](a, K, panel, kc, cb, NR, acc);
+            g4_gemm_ukr[m](a, K, panel, kc, cb, NR, acc);
             for (int i = 0; i < m; i++) memcpy(out + i * N, cb + i * NR, (size_t)n * sizeof(float));
         }
     }
@@ -284,7 +109,7 @@ static size_t tiled_scratch(void) {
 
 static size_t matvec_ws(const g4_cmd *c) { return G4_ALIGN64(g4_matvec_scratch(c)); }
 
-/* Most rows that go through matvec.c (per row, with the weights of a chunk reused from cache)
+/* Most rows that go through the matvec (per row, with the weights of a chunk reused from cache)
  * rather than the tiled path, whose fixed cost is decoding + packing every weight once. Measured
  * on a 3840 x 15360 product (Sapphire Rapids, 1 thread): the rows where both cost the same. */
 /* Row-exact batches (g4cpu.h) take the matvec path. It was also measured the faster one up to
@@ -386,3 +211,4 @@ void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_
         }
     }
 }
+

@@ -10,27 +10,22 @@
  *            row0 = 1: x has one row per selection, else one per token shared by its k selections.
  * MOE_SUM    a = y [rows*k, cols], b = route; out[r] = sum over j in order of route[r][j] * y[r*k+j].
  *
- * The expert matmul reads only the chosen experts' bytes. Few tokens (decode): matvec.c's kernels
+ * The expert matmul reads only the chosen experts' bytes. Few tokens (decode): the matvec kernels
  * on every (expert, chunk of output features) item, for that expert's selections only. A batch:
  * each thread claims whole experts, gathers the expert's selections' input rows into its scratch
  * and runs gemm.c's tiled product on them, so each used expert's weights are decoded once per
  * batch, then scatters the rows back to their selections.
  */
-#include "g4cpu.h"
-
 #include <math.h>
 
-static void split_rows(int64_t n, int ith, int nth, int64_t *b, int64_t *e) {
-    *b = n * ith / nth;
-    *e = n * (ith + 1) / nth;
-}
+#include "pool.h"
 
 void g4_k_moe_route(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     (void)ex;
     const int64_t n = c->in_cols, k = c->group;
     const float *scale = (const float *)c->w;
     int64_t r0, r1;
-    split_rows(c->rows, ith, nth, &r0, &r1);
+    g4_split_even(c->rows, ith, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         const float *l = c->a + r * n;
         float *o = c->out + r * 2 * k;
@@ -61,7 +56,7 @@ void g4_k_moe_sum(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     (void)ex;
     const int64_t k = c->group, W = c->cols;
     int64_t r0, r1;
-    split_rows(c->rows, ith, nth, &r0, &r1);
+    g4_split_even(c->rows, ith, nth, &r0, &r1);
     for (int64_t r = r0; r < r1; r++) {
         const float *route = c->b + r * 2 * k;
         float *o = c->out + r * W;

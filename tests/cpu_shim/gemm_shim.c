@@ -1,5 +1,5 @@
 /* Test-only stand-ins for what shaders/cpu/gemm.c links against, so its tests (and benchmarks)
- * run before / without the real runtime.c, quant.c and matvec.c:
+ * run before / without the real pool.c, quant.c and matvec kernels (arch/<isa>/matvec.c):
  *   g4_chunk (an atomic counter), g4_barrier (a counting spin barrier), g4_block_values/bytes,
  *   g4_dequant_row (plain C, the gguf.quants formulas), g4_matvec_* (dequantize + float dot),
  * plus gemm_shim_run(): runs g4_k_matmul on nth real pthreads, as the pool would.

@@ -1,6 +1,6 @@
-/* Test-only harness for shaders/cpu/ops.c (tests/test_cpu_kernels_ops.py).
+/* Test-only harness for shaders/cpu/ops.c and attention.c (tests/test_cpu_kernels_ops.py).
  *
- * Stands in for runtime.c: shim_run() starts nth real pthreads, each calling the command's
+ * Stands in for pool.c and dispatch.c: shim_run() starts nth real pthreads, each calling the command's
  * kernel with its own ith (thread 0 is the caller), with a real barrier (g4_barrier) and an
  * atomic work counter (g4_chunk); per-thread and shared scratch are sized by the kernels' own
  * g4_attention_scratch / g4_attention_shared. A minimal g4_dequant_row (F32, F16, BF16, Q8_0)

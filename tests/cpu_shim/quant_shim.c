@@ -1,4 +1,4 @@
-/* Test shim for shaders/cpu/quant.c + matvec.c (tests/test_cpu_kernels_quant.py): one call that
+/* Test shim for shaders/cpu/quant.c + the matvec (arch/<isa>/matvec.c; tests/test_cpu_kernels_quant.py): one call that
  * builds a MATMUL command over raw GGUF rows, runs g4_matvec_prepare once for x and g4_matvec on
  * rows [o0, o1). */
 #include <stdlib.h>

@@ -1,8 +1,10 @@
-"""Build the native CPU kernels (shaders/cpu/*.c) with the system C compiler, once per machine.
+"""Build the native CPU kernels with the system C compiler, once per machine: shaders/cpu/*.c plus
+the one ISA's folder shaders/cpu/arch/<avx512|avx2|portable>/*.c, into one library.
 
 The library is compiled at first use with flags for the host CPU and cached under
 $G4RT_CPU_CACHE (default ~/.cache/g4rt/cpu, beside the compiled shaders), keyed by a hash of the
-sources, the compiler's version, the flags and the CPU's features: a machine whose CPU changed
+sources (every .c and .h under shaders/cpu, the arch folders included), the compiler's version,
+the flags and the CPU's features: a machine whose CPU changed
 (sessions move between AMD and Intel hosts) gets a new build instead of an illegal instruction.
 
 $G4RT_CPU_ISA picks the code path: `native` (default: the best this CPU runs), `avx512`, `avx2`,
@@ -26,6 +28,8 @@ from typing import Optional
 from ...errors import BackendUnavailableError, G4rtError
 
 ISAS = ("native", "avx512", "avx2", "scalar")
+#: the folder under shaders/cpu/arch with each code path's matvec and gemm kernels
+ARCH_DIRS = {"avx512": "avx512", "avx2": "avx2", "scalar": "portable"}
 BASE_FLAGS = ["-std=c11", "-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno",
               "-Wall", "-Wno-unused-function"]
 X86_FLAGS = {
@@ -63,9 +67,15 @@ def source_dir() -> Path:
     raise G4rtError("cannot find the shaders/cpu folder (set G4RT_CPU_SHADER_DIR to point at it)")
 
 
-def sources(src_dir: Optional[Path] = None) -> list[Path]:
+def sources(isa: str, src_dir: Optional[Path] = None) -> list[Path]:
+    """The C files of one build: the shared ones, then the concrete `isa`'s arch folder."""
     d = src_dir or source_dir()
-    return sorted(d.glob("*.c"))
+    return sorted(d.glob("*.c")) + sorted((d / "arch" / ARCH_DIRS[isa]).glob("*.c"))
+
+
+def _source_tree(src_dir: Path) -> list[Path]:
+    """Every source and header under src_dir (all arch folders): what the cache key covers."""
+    return sorted(p for p in src_dir.rglob("*") if p.suffix in (".c", ".h") and p.is_file())
 
 
 def cache_dir() -> Path:
@@ -159,13 +169,14 @@ def build(isa: Optional[str] = None, src_dir: Optional[Path] = None) -> Path:
     """Compile (or find in the cache) the kernel library for `isa`; return the .so path."""
     isa = resolve_isa(isa)
     cc = compiler()
-    srcs = sources(src_dir)
+    d = src_dir or source_dir()
+    srcs = sources(isa, d)
     if not srcs:
-        raise CpuBuildError(f"no C sources in {src_dir or source_dir()}")
+        raise CpuBuildError(f"no C sources in {d}")
     flags = flags_for(isa)
     h = hashlib.sha256()
-    for p in sorted(srcs + list((src_dir or source_dir()).glob("*.h"))):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    for p in _source_tree(d):
+        h.update(p.relative_to(d).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
     h.update("\0".join([_compiler_version(cc), *flags, isa, platform.machine(),
                         " ".join(sorted(cpu_flags()))]).encode())
     out = cache_dir() / f"g4cpu-{isa}-{h.hexdigest()[:20]}.so"
@@ -173,7 +184,8 @@ def build(isa: Optional[str] = None, src_dir: Optional[Path] = None) -> Path:
         if out.is_file():
             return out
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cc, *flags, "-o", str(tmp), *map(str, srcs), "-lm"]
+        # -I: the arch files include the shared headers by their names in shaders/cpu
+        cmd = [cc, *flags, f"-I{d}", "-o", str(tmp), *map(str, srcs), "-lm"]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.SubprocessError) as e:

@@ -1,0 +1,241 @@
+/* Portable C decode matvec (matvec.h has the design): the path of every CPU without AVX2
+ * (aarch64 included, built with the compiler's -mcpu=native). Offset / min terms come from
+ * per-block sums of x; several rows run g4_matvec per row. */
+#include "matvec.h"
+
+/* Q4_K / Q5_K: the 8 six-bit scales and 8 mins of a super-block as 16 bytes (sc[0..7], m[0..7]),
+ * llama.cpp's kmask unpacking of get_scale_min_k4. */
+static inline void k4_unpack(const uint8_t *scales, uint32_t u[4]) {
+    const uint32_t km1 = 0x3f3f3f3fu, km2 = 0x0f0f0f0fu, km3 = 0x03030303u;
+    memcpy(u, scales, 12);
+    u[3] = ((u[2] >> 4) & km2) | (((u[1] >> 6) & km3) << 4);
+    const uint32_t a = u[1] & km1;
+    u[1] = (u[2] & km2) | (((u[0] >> 6) & km3) << 4);
+    u[2] = a;
+    u[0] &= km1;
+}
+
+static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
+    const float *w = (const float *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += w[i + j] * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += w[i] * x[i];
+    return r;
+}
+
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += g4_h2f(w[i + j]) * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += g4_h2f(w[i]) * x[i];
+    return r;
+}
+
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
+    const uint16_t *w = (const uint16_t *)(const void *)w8;
+    float a[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= K; i += 8)
+        for (int j = 0; j < 8; j++) a[j] += g4_bf2f(w[i + j]) * x[i + j];
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; i < K; i++) r += g4_bf2f(w[i]) * x[i];
+    return r;
+}
+
+/* sum over a 32-value 4-bit block of nibble * x (codes 0..15). */
+static inline float nib_dot(const uint8_t *q, const float *xb) {
+    float a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 16; j += 4)
+        for (int t = 0; t < 4; t++)
+            a[t] += (float)(q[j + t] & 0xF) * xb[j + t] + (float)(q[j + t] >> 4) * xb[j + t + 16];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+static inline float nib5_dot(const uint8_t *q, uint32_t qh, const float *xb) {
+    float a[4] = {0, 0, 0, 0};
+    for (int j = 0; j < 16; j += 4)
+        for (int t = 0; t < 4; t++) {
+            const int l = j + t;
+            const int q0 = (q[l] & 0xF) | (int)(((qh >> l) & 1u) << 4);
+            const int q1 = (q[l] >> 4) | (int)(((qh >> (l + 16)) & 1u) << 4);
+            a[t] += (float)q0 * xb[l] + (float)q1 * xb[l + 16];
+        }
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 34;
+        const int8_t *q = (const int8_t *)(p + 2);
+        const float *xb = x + b * QK;
+        float a[4] = {0, 0, 0, 0};
+        for (int j = 0; j < 32; j += 4)
+            for (int t = 0; t < 4; t++) a[t] += (float)q[j + t] * xb[j + t];
+        acc += HT(p) * ((a[0] + a[1]) + (a[2] + a[3]));
+    }
+    return acc;
+}
+
+static float dot_q4_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 18;
+        acc += HT(p) * (nib_dot(p + 2, x + b * QK) - 8.0f * sx[b]);
+    }
+    return acc;
+}
+
+static float dot_q4_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 20;
+        acc += HT(p) * nib_dot(p + 4, x + b * QK) + HT(p + 2) * sx[b];
+    }
+    return acc;
+}
+
+static float dot_q5_0(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 22;
+        acc += HT(p) * (nib5_dot(p + 6, rd32(p + 2), x + b * QK) - 16.0f * sx[b]);
+    }
+    return acc;
+}
+
+static float dot_q5_1(const uint8_t *w, const float *x, const float *sx, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = w + b * 24;
+        acc += HT(p) * nib5_dot(p + 8, rd32(p + 4), x + b * QK) + HT(p + 2) * sx[b];
+    }
+    return acc;
+}
+
+static float dot_q4_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 144, *qs = blk + 16;
+        const float *xs = x + i * QKK;
+        const float d = HT(blk), dmin = HT(blk + 2);
+        uint32_t u[4];
+        k4_unpack(blk + 4, u);
+        const uint8_t *sc = (const uint8_t *)u, *mn = sc + 8;
+        float s = 0.0f, m = 0.0f;
+        for (int j = 0; j < 8; j += 2) {
+            const uint8_t *q = qs + (j / 2) * 32;
+            const float *x0 = xs + j * 32, *x1 = x0 + 32;
+            float a0[4] = {0, 0, 0, 0}, a1[4] = {0, 0, 0, 0};
+            for (int l = 0; l < 32; l += 4)
+                for (int t = 0; t < 4; t++) {
+                    a0[t] += (float)(q[l + t] & 0xF) * x0[l + t];
+                    a1[t] += (float)(q[l + t] >> 4) * x1[l + t];
+                }
+            s += (float)sc[j] * ((a0[0] + a0[1]) + (a0[2] + a0[3]))
+               + (float)sc[j + 1] * ((a1[0] + a1[1]) + (a1[2] + a1[3]));
+            m += (float)mn[j] * sx[i * 8 + j] + (float)mn[j + 1] * sx[i * 8 + j + 1];
+        }
+        acc += d * s - dmin * m;
+    }
+    return acc;
+}
+
+static float dot_q5_k(const uint8_t *w, const float *x, const float *sx, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 176, *qh = blk + 16, *qs = blk + 48;
+        const float *xs = x + i * QKK;
+        const float d = HT(blk), dmin = HT(blk + 2);
+        uint32_t u[4];
+        k4_unpack(blk + 4, u);
+        const uint8_t *sc = (const uint8_t *)u, *mn = sc + 8;
+        float s = 0.0f, m = 0.0f;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = qs + (j / 2) * 32;
+            const int sh = (j & 1) * 4;
+            const float *xj = xs + j * 32;
+            float a[4] = {0, 0, 0, 0};
+            for (int l = 0; l < 32; l += 4)
+                for (int t = 0; t < 4; t++)
+                    a[t] += (float)(((q[l + t] >> sh) & 0xF) | (((qh[l + t] >> j) & 1) << 4)) * xj[l + t];
+            s += (float)sc[j] * ((a[0] + a[1]) + (a[2] + a[3]));
+            m += (float)mn[j] * sx[i * 8 + j];
+        }
+        acc += d * s - dmin * m;
+    }
+    return acc;
+}
+
+static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        const float *xs = x + i * QKK;
+        float s = 0.0f;
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *lp = ql + h * 64 + (k & 1) * 32, *hp = qh + h * 32;
+                const int lsh = (k >> 1) * 4, hsh = 2 * k;
+                const float *xk = xs + h * 128 + k * 32;
+                for (int half = 0; half < 2; half++) {
+                    float a[4] = {0, 0, 0, 0};
+                    for (int l = half * 16; l < half * 16 + 16; l += 4)
+                        for (int t = 0; t < 4; t++)
+                            a[t] += (float)((((lp[l + t] >> lsh) & 0xF) | (((hp[l + t] >> hsh) & 3) << 4)) - 32) * xk[l + t];
+                    s += (float)sc[h * 8 + k * 2 + half] * ((a[0] + a[1]) + (a[2] + a[3]));
+                }
+            }
+        acc += HT(blk + 208) * s;
+    }
+    return acc;
+}
+
+
+/* ======================================================================================= */
+
+size_t g4_matvec_scratch(const g4_cmd *c) { return mv_scratch_bytes(c, 0); }
+
+void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
+    g4_f16tab_ready();
+    if (!mv_needs_sums(c->qtype) || !ws) return;
+    mv_write_sums(x, c->in_cols / QK, (float *)ws);
+}
+
+void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1) {
+    const uint8_t *W = (const uint8_t *)c->w;
+    const int64_t rb = c->w_row_bytes, K = c->in_cols;
+    const float *sx = (const float *)ws;
+    const int64_t nb = K / QK, nsb = K / QKK;
+    int64_t o;
+    (void)sx;
+    g4_f16tab_ready();   /* normally done by g4_matvec_prepare; one load when ready */
+    switch (c->qtype) {
+    case G4_F32:  for (o = o0; o < o1; o++) y[o] = dot_f32(W + o * rb, x, K); break;
+    case G4_F16:  for (o = o0; o < o1; o++) y[o] = dot_f16(W + o * rb, x, K); break;
+    case G4_BF16: for (o = o0; o < o1; o++) y[o] = dot_bf16(W + o * rb, x, K); break;
+    case G4_Q8_0: for (o = o0; o < o1; o++) y[o] = dot_q8_0(W + o * rb, x, nb); break;
+    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, sx, nb); break;
+    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;
+    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, sx, nb); break;
+    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, sx, nb); break;
+    case G4_Q4_K: for (o = o0; o < o1; o++) y[o] = dot_q4_k(W + o * rb, x, sx, nsb); break;
+    case G4_Q5_K: for (o = o0; o < o1; o++) y[o] = dot_q5_k(W + o * rb, x, sx, nsb); break;
+    case G4_Q6_K: for (o = o0; o < o1; o++) y[o] = dot_q6_k(W + o * rb, x, nsb); break;
+    default: break;
+    }
+}
+
+/* R activation rows against W rows [o0, o1): y[r][o] = W[o] . x[r], g4_matvec per row.
+ * ws[r]: row r's g4_matvec_prepare scratch. */
+void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
+                    int64_t o0, int64_t o1) {
+    for (int r = 0; r < R; r++) g4_matvec(c, x[r], ws[r], y[r], o0, o1);
+}
