@@ -20,22 +20,22 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_fixture_bar
-from g4rt import ops as O
+from g4rt import ops
 from g4rt.backends import create_backend
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError, G4rtError
 from g4rt.gguf.quant_types import dequantize_rows
 
-import test_cuda_ops as T
+import test_cuda_ops
 
 REPO = Path(__file__).resolve().parents[1]
 SHADERS = REPO / "shaders" / "cuda"
 
 try:
-    from g4rt.backends.cuda import driver as D
-    from g4rt.backends.cuda import kernels as K
-    D.bindings()
-    D.nvrtc_version()
+    from g4rt.backends.cuda import driver as cuda_driver
+    from g4rt.backends.cuda import kernels
+    cuda_driver.bindings()
+    cuda_driver.nvrtc_version()
     HAVE_NVRTC, NVRTC_REASON = True, ""
 except Exception as e:               # noqa: BLE001
     HAVE_NVRTC, NVRTC_REASON = False, f"NVRTC unavailable: {e}"
@@ -56,11 +56,11 @@ def _compile_all(arch: str) -> dict[str, str]:
     """Every .cu file (all types instantiated) for `arch`, compiled in parallel, once per process."""
     if arch not in _ptx:
         files = kernel_files()
-        images = D.compile_many([(f, arch, None) for f in files], src_dir=SHADERS)
+        images = cuda_driver.compile_many([(f, arch, None) for f in files], src_dir=SHADERS)
         sigs = {}
         for f, img in zip(files, images):
             assert img and img.rstrip(b"\0"), f"{f}: empty PTX"
-            sigs.update(D.ptx_entry_signatures(img))
+            sigs.update(cuda_driver.ptx_entry_signatures(img))
         _ptx[arch] = sigs
     return _ptx[arch]
 
@@ -69,24 +69,24 @@ def _compile_all(arch: str) -> dict[str, str]:
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_every_kernel_compiles_and_matches_the_host_signatures(arch):
     sigs = _compile_all(arch)   # raises NvrtcError with the log on any compile error
-    want = K.all_kernels()
+    want = kernels.all_kernels()
     missing = sorted(set(want) - set(sigs))
     assert not missing, f"kernels the host launches but no file defines: {missing}"
     wrong = {k: (v, sigs[k]) for k, v in want.items() if sigs[k] != v}
     assert not wrong, f"host signature vs PTX parameters: {wrong}"
     for name in want:
-        f, _ = K.kernel_file(name)
+        f, _ = kernels.kernel_file(name)
         assert (SHADERS / f).is_file()
 
 
 @needs_nvrtc
 def test_per_type_module_and_cubin():
     # what the runtime compiles: one typed file per weight type, SASS for the device
-    img = D.compile_file("matvec.cu", "sm_90", K.module_defines(QT.Q4_K), src_dir=SHADERS)
+    img = cuda_driver.compile_file("matvec.cu", "sm_90", kernels.module_defines(QT.Q4_K), src_dir=SHADERS)
     assert img[:4] == b"\x7fELF"
-    ptx = D.compile_file("matmul.cu", "compute_80", K.module_defines(QT.Q6_K), src_dir=SHADERS)
-    assert set(D.ptx_entry_signatures(ptx)) == {"matmul_q6_k"}
-    assert D.compile_file("elementwise.cu", "sm_80", src_dir=SHADERS)[:4] == b"\x7fELF"
+    ptx = cuda_driver.compile_file("matmul.cu", "compute_80", kernels.module_defines(QT.Q6_K), src_dir=SHADERS)
+    assert set(cuda_driver.ptx_entry_signatures(ptx)) == {"matmul_q6_k"}
+    assert cuda_driver.compile_file("elementwise.cu", "sm_80", src_dir=SHADERS)[:4] == b"\x7fELF"
 
 
 @needs_nvrtc
@@ -96,8 +96,8 @@ def test_broken_kernel_reports_the_nvrtc_log(tmp_path):
     (tmp_path / "broken.cu").write_text(
         '#include "common.cuh"\nextern "C" __global__ void broken(float* x) {\n'
         '    x[threadIdx.x] = undefined_symbol * 2.0f;\n}\n')
-    with pytest.raises(D.NvrtcError) as e:
-        D.compile_file("broken.cu", "compute_90", src_dir=tmp_path, use_cache=False)
+    with pytest.raises(cuda_driver.NvrtcError) as e:
+        cuda_driver.compile_file("broken.cu", "compute_90", src_dir=tmp_path, use_cache=False)
     msg = str(e.value)
     assert "broken.cu" in msg and "undefined_symbol" in msg and "compute_90" in msg
 
@@ -105,8 +105,8 @@ def test_broken_kernel_reports_the_nvrtc_log(tmp_path):
 def test_missing_kernel_file_is_a_clear_error(tmp_path):
     if not HAVE_NVRTC:
         pytest.skip(NVRTC_REASON)
-    with pytest.raises(D.NvrtcError, match="does not exist"):
-        D.compile_file("nope.cu", "compute_90", src_dir=tmp_path)
+    with pytest.raises(cuda_driver.NvrtcError, match="does not exist"):
+        cuda_driver.compile_file("nope.cu", "compute_90", src_dir=tmp_path)
 
 
 # ---- host build of the block decoders ---------------------------------------------------------
@@ -162,11 +162,11 @@ def decoder_harness(tmp_path_factory):
     return exe
 
 
-@pytest.mark.parametrize("qtype", T.ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
 def test_block_decoders_match_gguf(decoder_harness, qtype):
     rng = np.random.default_rng(int(qtype))
     rows, cols = 5, 768          # 3 K-quant super-blocks, 24 groups
-    raw = T.random_weight(rng, qtype, rows, cols)
+    raw = test_cuda_ops.random_weight(rng, qtype, rows, cols)
     ref = dequantize_rows(raw, qtype, cols)
     x = rng.standard_normal(cols).astype(np.float32)
     shift = 4 if qtype == QT.F32 else 2     # rows at 2-byte aligned addresses, as in shared memory
@@ -185,23 +185,23 @@ def test_block_decoders_match_gguf(decoder_harness, qtype):
 # ---- memory plan ----------------------------------------------------------------------------
 def toy_graph(n_layers=4, n=1, E=256, ctx=512, qtype=QT.Q4_0):
     """A layered graph of the op contract (no model): embed, per layer norm/matmul/attention/store/add."""
-    W = {"tok": O.WeightSpec("tok", qtype, 1000, E), "norm": O.WeightSpec("norm", QT.F32, 1, E)}
-    bufs = {"tokens": O.Buffer("tokens", n, 1, "i32"), "x": O.Buffer("x", n, E), "h": O.Buffer("h", n, E),
-            "q": O.Buffer("q", n, E), "a": O.Buffer("a", n, E), "logits": O.Buffer("logits", n, 1000)}
-    caches, ops, labels = {}, [O.EmbedLookup("x", "tok", 1.0)], ["token_embd"]
+    W = {"tok": ops.WeightSpec("tok", qtype, 1000, E), "norm": ops.WeightSpec("norm", QT.F32, 1, E)}
+    bufs = {"tokens": ops.Buffer("tokens", n, 1, "i32"), "x": ops.Buffer("x", n, E), "h": ops.Buffer("h", n, E),
+            "q": ops.Buffer("q", n, E), "a": ops.Buffer("a", n, E), "logits": ops.Buffer("logits", n, 1000)}
+    caches, op_list, labels = {}, [ops.EmbedLookup("x", "tok", 1.0)], ["token_embd"]
     for i in range(n_layers):
-        W[f"blk.{i}.w"] = O.WeightSpec(f"blk.{i}.w", qtype, E, E)
-        W[f"blk.{i}.norm"] = O.WeightSpec(f"blk.{i}.norm", QT.F32, 1, E)
-        caches[f"ck.{i}"] = O.KvCache(f"ck.{i}", ctx, E)
-        caches[f"cv.{i}"] = O.KvCache(f"cv.{i}", ctx, E)
-        ops += [O.RmsNorm("h", "x", f"blk.{i}.norm", 1e-6, E), O.MatMul("q", "h", f"blk.{i}.w"),
-                O.Attention("a", "q", "q", "q", f"ck.{i}", f"cv.{i}", 4, 4, E // 4, 0, 1.0),
-                O.KvStore(f"ck.{i}", f"cv.{i}", "q", "q"), O.Add("x", "x", "a")]
+        W[f"blk.{i}.w"] = ops.WeightSpec(f"blk.{i}.w", qtype, E, E)
+        W[f"blk.{i}.norm"] = ops.WeightSpec(f"blk.{i}.norm", QT.F32, 1, E)
+        caches[f"ck.{i}"] = ops.KvCache(f"ck.{i}", ctx, E)
+        caches[f"cv.{i}"] = ops.KvCache(f"cv.{i}", ctx, E)
+        op_list += [ops.RmsNorm("h", "x", f"blk.{i}.norm", 1e-6, E), ops.MatMul("q", "h", f"blk.{i}.w"),
+                ops.Attention("a", "q", "q", "q", f"ck.{i}", f"cv.{i}", 4, 4, E // 4, 0, 1.0),
+                ops.KvStore(f"ck.{i}", f"cv.{i}", "q", "q"), ops.Add("x", "x", "a")]
         labels += [f"blk.{i} attn_norm", f"blk.{i} attn_q", f"blk.{i} attention", f"blk.{i}.kv_store",
                    f"blk.{i} residual"]
-    ops += [O.RmsNorm("h", "x", "norm", 1e-6, E), O.MatMul("logits", "h", "tok")]
+    op_list += [ops.RmsNorm("h", "x", "norm", 1e-6, E), ops.MatMul("logits", "h", "tok")]
     labels += ["output_norm", "output"]
-    return O.Graph(n_tokens=n, buffers=bufs, caches=caches, weights=W, ops=ops, output="logits", labels=labels)
+    return ops.Graph(n_tokens=n, buffers=bufs, caches=caches, weights=W, ops=op_list, output="logits", labels=labels)
 
 
 def test_plan_memory_arithmetic():
@@ -268,18 +268,18 @@ def test_partition_toy_graph():
     assert p.back_caches == {"ck.2", "cv.2", "ck.3", "cv.3"}
     assert p.transfers == ["x"]                   # h, q, a are rewritten before the back reads them
     front, back, inputs = sub_graphs(g, p, "in.")
-    assert len(front.ops) == s and back.ops[0] == O.Slice("x", "in.x", 0, 0)
-    assert back.caches["in.x"] == O.KvCache("in.x", 1, 256)
+    assert len(front.ops) == s and back.ops[0] == ops.Slice("x", "in.x", 0, 0)
+    assert back.caches["in.x"] == ops.KvCache("in.x", 1, 256)
 
 
 def test_partition_snaps_around_shared_caches():
     from g4rt.backends.graph_split import layers_split, partition, raw_layer_split
     g = toy_graph(n_layers=4)
     # layer 3 reads layer 1's cache (shared KV): a split after layer 2 would cut cache 1
-    ops = list(g.ops)
+    op_list = list(g.ops)
     i3 = raw_layer_split(g, 3)
-    ops[i3 + 2] = O.Attention("a", "q", "q", "q", "ck.1", "cv.1", 4, 4, 64, 0, 1.0)
-    g2 = O.Graph(g.n_tokens, g.buffers, g.caches, g.weights, ops, g.output, labels=g.labels)
+    op_list[i3 + 2] = ops.Attention("a", "q", "q", "q", "ck.1", "cv.1", 4, 4, 64, 0, 1.0)
+    g2 = ops.Graph(g.n_tokens, g.buffers, g.caches, g.weights, op_list, g.output, labels=g.labels)
     first_use = raw_layer_split(g2, 1) + 2                      # layer 1's attention
     assert layers_split(3)(g2) == first_use                      # moved before cache 1's first op
     p = partition(g2, layers_split(3)(g2))
@@ -342,8 +342,10 @@ def test_cuda_backend_unavailable_is_clear():
         CudaBackend()
     msg = str(e.value)
     assert "CUDA" in msg and len(msg) > 20
-    with pytest.raises(BackendUnavailableError):
-        create_backend("cuda")
+    from g4rt.testing.cuda import driver_from_env
+    if driver_from_env() is None:       # G4RT_CUDA_EMULATE puts a stand-in behind create_backend
+        with pytest.raises(BackendUnavailableError):
+            create_backend("cuda")
 
 
 def test_cuda_backend_rejects_bad_kv_dtype():
@@ -355,25 +357,25 @@ def test_cuda_backend_rejects_bad_kv_dtype():
 # ---- the host code on the emulated driver ------------------------------------------------------
 def emulated(kv_dtype="f16", **kw):
     from g4rt.backends.cuda.backend import CudaBackend
-    from g4rt.backends.cuda.emulator import EmulatedDriver
+    from g4rt.testing.cuda.emulated_driver import EmulatedDriver
     return CudaBackend(driver=EmulatedDriver(**kw), kv_dtype=kv_dtype)
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_K, QT.Q6_K, QT.F16], ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 6])
 def test_emulated_matmul(qtype, n):
-    T.check_matmul(emulated, qtype, n, rows=37, cols=512)
+    test_cuda_ops.check_matmul(emulated, qtype, n, rows=37, cols=512)
 
 
 def test_emulated_ops():
-    T.check_embed(emulated, QT.Q5_1)
-    T.check_attention(emulated, 4, 2, 64, 16, 16, 5, 30)
-    T.check_attention(emulated, 2, 1, 128, 0, 300, 1, 290, kv_dtype="f32")
-    T.check_kv_store(emulated, 40, 16, 3)
-    T.check_rmsnorm(emulated, 3, 512, 64, True)
-    T.check_rope(emulated, 4, 64, 32, 2, 17, True, False)
-    T.check_elementwise(emulated)
-    T.check_replay(emulated)
+    test_cuda_ops.check_embed(emulated, QT.Q5_1)
+    test_cuda_ops.check_attention(emulated, 4, 2, 64, 16, 16, 5, 30)
+    test_cuda_ops.check_attention(emulated, 2, 1, 128, 0, 300, 1, 290, kv_dtype="f32")
+    test_cuda_ops.check_kv_store(emulated, 40, 16, 3)
+    test_cuda_ops.check_rmsnorm(emulated, 3, 512, 64, True)
+    test_cuda_ops.check_rope(emulated, 4, 64, 32, 2, 17, True, False)
+    test_cuda_ops.check_elementwise(emulated)
+    test_cuda_ops.check_replay(emulated)
 
 
 @needs_fixtures
@@ -395,9 +397,9 @@ def test_emulated_engine_matches_cpu(model):
 
 def test_emulated_int8_matvec():
     from g4rt.backends.cuda.backend import CudaBackend
-    from g4rt.backends.cuda.emulator import EmulatedDriver
-    for qt in T.INT8_TYPES:
-        T.check_matvec8(lambda kv: CudaBackend(driver=EmulatedDriver(), kv_dtype=kv, int8_matvec=True),
+    from g4rt.testing.cuda.emulated_driver import EmulatedDriver
+    for qt in test_cuda_ops.INT8_TYPES:
+        test_cuda_ops.check_matvec8(lambda kv: CudaBackend(driver=EmulatedDriver(), kv_dtype=kv, int8_matvec=True),
                         qt, 2, 19, 512)
 
 
@@ -408,7 +410,7 @@ def test_emulated_int8_decode_stays_within_the_bar():
     (Q4_K and Q6_K weights): top-1 against the exact reference stays inside its bar, the logits
     move (the int8 path is in use) but by much less than the bar allows."""
     from g4rt.backends.cuda.backend import CudaBackend
-    from g4rt.backends.cuda.emulator import EmulatedDriver
+    from g4rt.testing.cuda.emulated_driver import EmulatedDriver
     from g4rt.engine import Engine
     model = "g4-dense-Q4_K_M"
     be = CudaBackend(driver=EmulatedDriver(), kv_dtype="f16", int8_matvec=True)

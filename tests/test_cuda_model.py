@@ -1,6 +1,7 @@
 """The fixture models on the CUDA backend: every exact reference meets its bar, a hybrid split
 (first layers on the GPU, the rest on the CPU) agrees with the full GPU run, and decoding
-through the KV cache agrees with prefill. Runs only where a CUDA device is present."""
+through the KV cache agrees with prefill. Runs only where a CUDA device is present, or on a
+stand-in chosen by G4RT_CUDA_EMULATE (g4rt.testing.cuda.driver_from_env)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from conftest import (FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_eq
                       check_fixture_bar, exact_refs)
 from g4rt.backends.cuda.driver import cuda_available
 from g4rt.engine import Engine
+from g4rt.testing.cuda import driver_from_env
 
-HAVE_CUDA, CUDA_REASON = cuda_available()
+HAVE_CUDA, CUDA_REASON = cuda_available(driver=driver_from_env())
 pytestmark = [pytest.mark.skipif(not HAVE_CUDA, reason=f"no CUDA device: {CUDA_REASON}"),
               pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)]
 
@@ -43,7 +45,8 @@ def _hybrid(model, layers, kv_dtype="f16"):
     from g4rt.backends.numpy_ref import NumpyBackend
     from g4rt.backends.cuda.backend import CudaBackend
     from g4rt.backends.hybrid import HybridBackend, layers_split
-    hb = HybridBackend(CudaBackend(kv_dtype=kv_dtype), NumpyBackend(kv_dtype=kv_dtype), layers_split(layers))
+    hb = HybridBackend(CudaBackend(driver=driver_from_env(), kv_dtype=kv_dtype), NumpyBackend(kv_dtype=kv_dtype),
+                       layers_split(layers))
     return Engine(model_path(model), backend=hb, ctx=4096), hb
 
 
@@ -67,7 +70,7 @@ def test_hybrid_split_matches_full_gpu_within_the_bar(model, layers):
 
 def _cuda(kv_dtype):
     from g4rt.backends.cuda.backend import CudaBackend
-    return CudaBackend(kv_dtype=kv_dtype)
+    return CudaBackend(driver=driver_from_env(), kv_dtype=kv_dtype)
 
 
 @pytest.mark.parametrize("model,chunk", [("g4-dense-Q4_0", 5), ("g4-edge-Q4_K_M", 3), ("g4-dense-keqv-Q4_K_M", 7),

@@ -1,5 +1,5 @@
 """The CUDA kernels themselves, without a GPU: shaders/cuda compiled for the CPU simulator
-(runtime/backends/cuda_sim.py, shaders/cuda/sim/cuda_sim.h: every CUDA thread a fiber, real
+(runtime/testing/cuda/simulator.py, shaders/cuda/sim/cuda_sim.h: every CUDA thread a fiber, real
 barriers and warp shuffles) and driven by CudaBackend's host code through the emulated driver.
 
 - per-op conformance against the CPU reference: the same cases as the GPU suite
@@ -23,10 +23,10 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equals_prefill, check_fixture_bar
-from g4rt.backends.cuda import kernels as K
-from g4rt.backends.cuda.simulator import SimFault, SimKernels, sim_available
+from g4rt.backends.cuda.kernels import all_kernels
+from g4rt.testing.cuda.simulator import SimFault, SimKernels, sim_available
 
-import test_cuda_ops as T
+import test_cuda_ops
 
 SIM_OK, SIM_REASON = sim_available()
 pytestmark = pytest.mark.skipif(not SIM_OK, reason=SIM_REASON or "CUDA simulator unavailable")
@@ -35,16 +35,16 @@ needs_fixtures = pytest.mark.skipif(not HAVE_FIXTURES, reason=SKIP_NO_FIXTURES)
 
 def sim(kv_dtype="f16", int8_matvec=False):
     from g4rt.backends.cuda.backend import CudaBackend
-    from g4rt.backends.cuda.emulator import EmulatedDriver
+    from g4rt.testing.cuda.emulated_driver import EmulatedDriver
     return CudaBackend(driver=EmulatedDriver(kernels="sim"), kv_dtype=kv_dtype, int8_matvec=int8_matvec)
 
 
 # ---- the simulator itself --------------------------------------------------------------------
 def test_every_kernel_is_simulated_with_the_host_signature():
-    from g4rt.backends.cuda.simulator import shared_kernels
+    from g4rt.testing.cuda.simulator import shared_kernels
     k = shared_kernels()          # compiles every file; a signature mismatch raises
     seen = {name: sig for m in k._modules.values() for name, (_, sig) in m.kernels.items()}
-    assert seen == K.all_kernels()
+    assert seen == all_kernels()
 
 
 def _mutated_sources(tmp_path, fname, old, new):
@@ -111,67 +111,67 @@ def test_a_missing_barrier_fails_conformance(tmp_path, monkeypatch):
                            "    }\n#pragma unroll")
     monkeypatch.setenv("G4RT_CUDA_SHADER_DIR", str(src))
     with pytest.raises(AssertionError, match="max \\|diff\\|"):
-        T.check_matmul(sim, QT.F32, 20, rows=11, cols=100)   # > ROW_EXACT_MAX: the tiled kernel
+        test_cuda_ops.check_matmul(sim, QT.F32, 20, rows=11, cols=100)   # > ROW_EXACT_MAX: the tiled kernel
 
 
 # ---- op conformance: the GPU suite's cases, on the simulator ---------------------------------
-@pytest.mark.parametrize("qtype", T.ALL_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n", T.MATMUL_BATCHES)
+@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n", test_cuda_ops.MATMUL_BATCHES)
 def test_matmul_every_type(qtype, n):
-    T.check_matmul(sim, qtype, n, rows=37, cols=768)
+    test_cuda_ops.check_matmul(sim, qtype, n, rows=37, cols=768)
 
 
-@pytest.mark.parametrize("qtype", T.LONG_ROW_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", test_cuda_ops.LONG_ROW_TYPES, ids=lambda t: t.name)
 def test_matvec_long_rows_many_tiles(qtype):
-    T.check_matmul(sim, qtype, 1, rows=129, cols=4608)
+    test_cuda_ops.check_matmul(sim, qtype, 1, rows=129, cols=4608)
 
 
 @pytest.mark.parametrize("qtype", [QT.F32, QT.F16, QT.BF16], ids=lambda t: t.name)
 @pytest.mark.parametrize("cols", [100, 98, 33])
 @pytest.mark.parametrize("n", [1, 9, 20])
 def test_matmul_float_types_odd_widths(qtype, cols, n):
-    T.check_matmul(sim, qtype, n, rows=11, cols=cols)
+    test_cuda_ops.check_matmul(sim, qtype, n, rows=11, cols=cols)
 
 
-@pytest.mark.parametrize("qtype", T.INT8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", test_cuda_ops.INT8_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n,rows,cols", [(1, 37, 768), (4, 129, 4608), (3, 5, 256)])
 def test_int8_matvec(qtype, n, rows, cols):
-    T.check_matvec8(lambda kv: sim(kv, int8_matvec=True), qtype, n, rows, cols)
+    test_cuda_ops.check_matvec8(lambda kv: sim(kv, int8_matvec=True), qtype, n, rows, cols)
 
 
-@pytest.mark.parametrize("qtype", T.ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
 def test_embedding_every_type(qtype):
-    T.check_embed(sim, qtype)
+    test_cuda_ops.check_embed(sim, qtype)
 
 
-@pytest.mark.parametrize("H,Hkv,D,window,ring,n,pos0", T.ATTN_CASES)
+@pytest.mark.parametrize("H,Hkv,D,window,ring,n,pos0", test_cuda_ops.ATTN_CASES)
 @pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
 def test_attention(H, Hkv, D, window, ring, n, pos0, kv_dtype):
-    T.check_attention(sim, H, Hkv, D, window, ring, n, pos0, kv_dtype)
+    test_cuda_ops.check_attention(sim, H, Hkv, D, window, ring, n, pos0, kv_dtype)
 
 
-@pytest.mark.parametrize("n,ring,pos0", T.KV_CASES)
+@pytest.mark.parametrize("n,ring,pos0", test_cuda_ops.KV_CASES)
 @pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
 def test_kv_store(n, ring, pos0, kv_dtype):
-    T.check_kv_store(sim, n, ring, pos0, kv_dtype)
+    test_cuda_ops.check_kv_store(sim, n, ring, pos0, kv_dtype)
 
 
-@pytest.mark.parametrize("rows,cols,group,w", T.RMSNORM_CASES)
+@pytest.mark.parametrize("rows,cols,group,w", test_cuda_ops.RMSNORM_CASES)
 def test_rmsnorm(rows, cols, group, w):
-    T.check_rmsnorm(sim, rows, cols, group, w)
+    test_cuda_ops.check_rmsnorm(sim, rows, cols, group, w)
 
 
-@pytest.mark.parametrize("rows,head_dim,n_rot,heads,pos0,ff,inplace", T.ROPE_CASES)
+@pytest.mark.parametrize("rows,head_dim,n_rot,heads,pos0,ff,inplace", test_cuda_ops.ROPE_CASES)
 def test_rope(rows, head_dim, n_rot, heads, pos0, ff, inplace):
-    T.check_rope(sim, rows, head_dim, n_rot, heads, pos0, ff, inplace)
+    test_cuda_ops.check_rope(sim, rows, head_dim, n_rot, heads, pos0, ff, inplace)
 
 
 def test_elementwise_ops():
-    T.check_elementwise(sim)
+    test_cuda_ops.check_elementwise(sim)
 
 
 def test_graph_replay_with_new_tokens_and_positions():
-    T.check_replay(sim)
+    test_cuda_ops.check_replay(sim)
 
 
 def test_f16_cache_rounding_matches_numpy():
@@ -185,7 +185,7 @@ def test_f16_cache_rounding_matches_numpy():
     ]).astype(np.float32)
     n = len(vals) // 4 * 4
     k = vals[:n].reshape(-1, 4)
-    from g4rt.backends.cuda.simulator import shared_kernels
+    from g4rt.testing.cuda.simulator import shared_kernels
     kern = shared_kernels()
     ck = np.zeros(k.shape, np.uint16)
     cv = np.zeros(k.shape, np.uint16)
@@ -254,11 +254,17 @@ def test_hybrid_simulated_gpu_front_cpu_back_meets_the_bar():
 
 
 def test_the_environment_knob_selects_the_simulator(monkeypatch):
-    """G4RT_CUDA_EMULATE=sim: `--backend cuda` (and the GPU test files) run on the simulator."""
+    """G4RT_CUDA_EMULATE=sim: `--backend cuda` (and the GPU test files) run on the simulator.
+    The production driver never reads the knob: the registry passes driver_from_env()'s stand-in."""
     from g4rt.backends import create_backend
     from g4rt.backends.cuda.driver import cuda_available
-    monkeypatch.setenv("G4RT_CUDA_EMULATE", "sim")
-    assert cuda_available() == (True, "Simulated CUDA device (CPU)")
+    from g4rt.testing.cuda import driver_from_env
+    monkeypatch.delenv("G4RT_CUDA_EMULATE", raising=False)
+    assert driver_from_env() is None
+    for value, kind in (("1", "numpy"), (" Numpy ", "numpy"), ("sim", "sim")):
+        monkeypatch.setenv("G4RT_CUDA_EMULATE", value)
+        assert (driver_from_env().sim is not None) == (kind == "sim")
+    assert cuda_available(driver=driver_from_env()) == (True, "Simulated CUDA device (CPU)")
     be = create_backend("cuda")
     try:
         assert be.drv.sim is not None and "Simulated" in be.device_name

@@ -1,6 +1,10 @@
 """The CUDA backend: NVRTC-compiled kernels (shaders/cuda) over GGUF-layout weights, replayed as
 CUDA graphs. Library: NVIDIA's cuda-python (driver API + NVRTC bindings); see docs/cuda.md.
 
+This file owns the device: the driver, memory, kernel modules, weights, caches, hybrid inputs
+and the activation arena. lowering.py turns a graph's ops into kernel launches; graph.py records
+those launches as a CUDA graph and replays it.
+
 Memory
 - Weights: every tensor is uploaded once, byte for byte in its GGUF block layout (cuMemAlloc +
   cuMemcpyHtoD, 256 bytes of zero padding after each: the matvec kernel reads whole 16-byte
@@ -23,37 +27,33 @@ Execution
 - `run(observer=...)` (the conformance tool's probe) launches op by op, synchronising after each
   to hand the op's output to the observer. G4RT_CUDA_DEBUG=1 does the same without an observer
   and names the op whose kernel faulted; G4RT_CUDA_GRAPHS=0 launches without graph capture.
+- Without a GPU, tests pass a stand-in for cuda-python's driver module (`driver=`; see
+  g4rt.testing.cuda): this package never chooses one itself.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 
-from ... import ops as O
-from ...errors import BackendUnavailableError, G4rtError, UnsupportedModelError
+from ... import ops
+from ...errors import G4rtError, UnsupportedModelError
 from ...gguf.quant_types import dequantize_rows
 from ...gguf.quant_types import row_bytes as q_row_bytes
-from . import kernels as K
-from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from ..base import Backend, WeightSource
+from . import kernels
 from .driver import CudaError, check, compile_many, cuda_available, open_driver
-from .plan import (ALIGN, DEFAULT_RESERVE, cache_bytes, gib, ops_bytes, plan_memory, plan_weights, reserve_for,
+from .graph import CudaGraph, ReadyLaunch
+from .plan import (DEFAULT_RESERVE, align, cache_bytes, gib, ops_bytes, plan_memory, plan_weights, reserve_for,
                    weight_bytes)
 
 __all__ = ["CudaBackend", "CudaGraph", "cuda_available"]
 
-P_TOKENS = 2          # common.cuh: params = [pos0, n_tokens, token ids...]
 _PRIMARY_KEEPALIVE: dict = {}
-_NULL = ("NULL",)
-
-
-def _align(n: int, a: int = ALIGN) -> int:
-    return (int(n) + a - 1) // a * a
 
 
 def _env_flag(name: str) -> Optional[bool]:
@@ -64,15 +64,15 @@ def _env_flag(name: str) -> Optional[bool]:
 
 
 @dataclass
-class _DevWeight:
-    spec: O.WeightSpec
+class DeviceWeight:
+    spec: ops.WeightSpec
     ptr: int
     nbytes: int
     row_bytes: int
 
 
 @dataclass
-class _DevArray:
+class DeviceArray:
     """A KV cache (f16 or f32) or a hybrid input buffer (f32)."""
     name: str
     rows: int                       # all rows (a cache: slots x ring)
@@ -86,56 +86,6 @@ class _DevArray:
         return self.rows * self.cols * (2 if self.f16 else 4)
 
 
-@dataclass
-class _Launch:
-    kernel: str
-    grid: tuple[int, int, int]
-    block: int
-    args: list                      # [(code, value)]; value: number or a symbolic reference
-    smem: int = 0
-
-
-@dataclass
-class _Ready:
-    """A launch with its device pointers resolved and its kernel parameters packed."""
-    kernel: str
-    fn: object
-    grid: tuple[int, int, int]
-    block: int
-    smem: int
-    vals: np.ndarray
-    ptrs: np.ndarray
-    label: str = ""
-
-
-def _pack(sig: str, values: list) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel parameters for cuLaunchKernel: one 8-byte slot per argument and an array of
-    pointers to the slots (whose address is the `kernelParams` argument)."""
-    if len(sig) != len(values):
-        raise G4rtError(f"kernel argument count {len(values)} does not match signature {sig!r}")
-    vals = np.zeros(max(1, len(values)), np.uint64)
-    i32 = vals.view(np.int32)
-    f32 = vals.view(np.float32)
-    f64 = vals.view(np.float64)
-    for i, (code, v) in enumerate(zip(sig, values)):
-        if code == "P":
-            vals[i] = np.uint64(int(v))
-        elif code == "i":
-            iv = int(v)
-            if not -(1 << 31) <= iv < (1 << 31):
-                raise G4rtError(f"kernel argument {i} = {iv} does not fit an int32")
-            i32[2 * i] = iv
-        elif code == "f":
-            f32[2 * i] = np.float32(v)
-        elif code == "d":
-            f64[i] = float(v)
-        else:
-            raise G4rtError(f"bad signature code {code!r}")
-    base = vals.ctypes.data
-    ptrs = np.array([base + 8 * i for i in range(len(values))] or [0], dtype=np.uint64)
-    return vals, ptrs
-
-
 class CudaBackend(Backend):
     name = "cuda"
     supports_segments = True
@@ -147,7 +97,8 @@ class CudaBackend(Backend):
         use_graphs: record CUDA graphs (default on; env G4RT_CUDA_GRAPHS=0 turns it off).
         debug: synchronise after every op and name the op on a fault (env G4RT_CUDA_DEBUG=1).
         arch: NVRTC target ("sm_90", "compute_90"; env G4RT_CUDA_ARCH), default the device's.
-        driver: a stand-in for cuda-python's driver module (tests: emulator.EmulatedDriver).
+        driver: a stand-in for cuda-python's driver module (tests: g4rt.testing.cuda's
+        EmulatedDriver); None: cuda-python's own.
         int8_matvec: decode matvecs of Q4_0/Q4_K/Q6_K/Q8_0 weights with 8-bit activations and
         dp4a (matvec8.cu; fewer instructions per byte, activations rounded to 8 bits as llama.cpp
         does). Default off (env G4RT_CUDA_INT8=1): the fp32 matvec is exact to fp32 sums."""
@@ -167,11 +118,11 @@ class CudaBackend(Backend):
             _PRIMARY_KEEPALIVE[key] = check(d.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
         self.ctx = check(d.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
         self._closed = False
-        self.weights: dict[str, _DevWeight] = {}
+        self.weights: dict[str, DeviceWeight] = {}
         self.vectors: dict[str, int] = {}
-        self.caches: dict[str, _DevArray] = {}
-        self.inputs: dict[str, _DevArray] = {}
-        self.specs: dict[str, O.WeightSpec] = {}
+        self.caches: dict[str, DeviceArray] = {}
+        self.inputs: dict[str, DeviceArray] = {}
+        self.specs: dict[str, ops.WeightSpec] = {}
         self.source: Optional[WeightSource] = None
         self._modules: dict[tuple, object] = {}
         self._functions: dict[str, object] = {}
@@ -240,14 +191,14 @@ class CudaBackend(Backend):
     def free_bytes(self) -> int:
         return self.mem_info()[0]
 
-    def check_split_fits(self, graph: O.Graph, caches: dict, split: int, batch: int) -> None:
+    def check_split_fits(self, graph: ops.Graph, caches: dict, split: int, batch: int) -> None:
         """Raise a G4rtError naming what fits when ops [0, split) of `graph` do not fit this GPU."""
         plan = plan_memory(graph, caches, kv_dtype=self.kv_dtype, free_bytes=self.free_bytes(), batch=batch)
         plan.check_split(split, what=self.device_name)
 
-    def check_ops_fit(self, graph: O.Graph, caches: dict, ops: list[int], batch: int) -> None:
+    def check_ops_fit(self, graph: ops.Graph, caches: dict, op_indices: list[int], batch: int) -> None:
         """Raise a G4rtError when the ops at these indices (a hybrid's GPU share) do not fit."""
-        need = ops_bytes(graph, [graph.ops[i] for i in ops], caches, self.kv_dtype, batch, self.sm_count)
+        need = ops_bytes(graph, [graph.ops[i] for i in op_indices], caches, self.kv_dtype, batch, self.sm_count)
         free = self.free_bytes()
         avail = max(0, free - reserve_for(free))
         if need > avail:
@@ -310,12 +261,12 @@ class CudaBackend(Backend):
             return
         need: dict[tuple, list[str]] = {}
         for n in names:
-            need.setdefault(K.kernel_file(n), []).append(n)
+            need.setdefault(kernels.kernel_file(n), []).append(n)
         missing = [key for key in need if key not in self._modules]
         if self.emulated:
-            images = [b"\0"] * len(missing)     # the emulator runs numpy kernels by name
+            images = [b"\0"] * len(missing)     # the emulated driver runs its kernels by name
         else:
-            images = compile_many([(f, self.arch, K.module_defines(qt)) for f, qt in missing])
+            images = compile_many([(f, self.arch, kernels.module_defines(qt)) for f, qt in missing])
         for (f, qt), image in zip(missing, images):
             buf = np.frombuffer(image, dtype=np.uint8).copy()
             what = f"cuModuleLoadData({f}{'/' + qt.name if qt is not None else ''}, {self.arch})"
@@ -341,7 +292,7 @@ class CudaBackend(Backend):
         get = getattr(self.drv, "cuFuncGetParamInfo", None)
         if get is None:
             return
-        sig = K.signature(name)
+        sig = kernels.signature(name)
         try:
             for i, code in enumerate(sig):
                 res = get(fn, i)
@@ -360,7 +311,7 @@ class CudaBackend(Backend):
         except Exception:                # noqa: BLE001 - binding differences: skip the check
             return
 
-    def _launch(self, r: _Ready) -> None:
+    def _launch(self, r: ReadyLaunch) -> None:
         check(self.drv.cuLaunchKernel(r.fn, r.grid[0], r.grid[1], r.grid[2], r.block, 1, 1, r.smem,
                                       self.stream, int(r.ptrs.ctypes.data), 0),
               f"cuLaunchKernel({r.kernel}{', ' + r.label if r.label else ''})")
@@ -371,7 +322,7 @@ class CudaBackend(Backend):
         self.source = source
         new = {n: s for n, s in specs.items() if n not in self.weights}
         for name, spec in new.items():
-            if spec.qtype not in K.QTYPE_SUFFIX:
+            if spec.qtype not in kernels.QTYPE_SUFFIX:
                 raise UnsupportedModelError(f"tensor {name!r} has type {spec.qtype.name}, which the "
                                             f"CUDA backend has no kernel for")
         free, _ = self.mem_info()
@@ -390,7 +341,7 @@ class CudaBackend(Backend):
                                 f"{rb} bytes ({spec.qtype.name})")
             nbytes = weight_bytes(spec)
             ptr = self._alloc(nbytes, f"weight {name}")
-            self.weights[name] = _DevWeight(spec, ptr, nbytes, rb)
+            self.weights[name] = DeviceWeight(spec, ptr, nbytes, rb)
             self._memset0(ptr + raw.nbytes, nbytes - raw.nbytes, f"padding of {name}")
             self._htod(ptr, raw.reshape(-1).view(np.uint8), f"upload of {name}")
             if progress:
@@ -434,13 +385,13 @@ class CudaBackend(Backend):
                 self._sync()
                 self._free(old.ptr)
                 self._gen += 1
-            arr = _DevArray(c.name, c.slots * c.rows, c.cols, 0, self.kv_f16, c.rows)
+            arr = DeviceArray(c.name, c.slots * c.rows, c.cols, 0, self.kv_f16, c.rows)
             arr.ptr = self._alloc(arr.nbytes, f"KV cache {c.name}")
             self._memset0(arr.ptr, arr.nbytes, f"cache {c.name}")
             self.caches[c.name] = arr
         self._sync("cache allocation")
 
-    def compile(self, graph: O.Graph) -> "CudaGraph":
+    def compile(self, graph: ops.Graph) -> CudaGraph:
         self._activate()
         return CudaGraph(self, graph)
 
@@ -457,7 +408,7 @@ class CudaBackend(Backend):
                 self._sync()
                 self._free(old.ptr)
                 self._gen += 1
-            arr = _DevArray(name, int(rows), int(cols), 0, False)
+            arr = DeviceArray(name, int(rows), int(cols), 0, False)
             arr.ptr = self._alloc(arr.nbytes, f"input {name}")
             self._memset0(arr.ptr, arr.nbytes, f"input {name}")
             self.inputs[name] = arr
@@ -499,7 +450,7 @@ class CudaBackend(Backend):
         if self._arena_ptr:
             self._free(self._arena_ptr)
             self._arena_ptr, self._arena_size = 0, 0
-        size = _align(max(nbytes, 1), 1 << 20)
+        size = align(max(nbytes, 1), 1 << 20)
         self._arena_ptr = self._alloc(size, "the activation arena")
         self._arena_size = size
         self._gen += 1
@@ -543,514 +494,6 @@ class CudaBackend(Backend):
             pass
         self._closed = True
 
-    def memory_plan(self, graph: O.Graph, batch: Optional[int] = None):
+    def memory_plan(self, graph: ops.Graph, batch: Optional[int] = None):
         """plan.plan_memory for this device's free memory and KV dtype."""
         return plan_memory(graph, graph.caches, self.kv_dtype, self.free_bytes(), batch, sm_count=self.sm_count)
-
-
-def _rows(ref: tuple, row0: int, cols: int) -> tuple:
-    """An arena reference moved down `row0` rows of `cols` floats."""
-    if ref[0] != "A":
-        raise G4rtError("a row offset needs an activation buffer")
-    return ("A", ref[1] + row0 * cols * 4)
-
-
-class CudaGraph(CompiledGraph):
-    """One graph lowered to kernel launches; recorded as a CUDA graph on its first run."""
-
-    def __init__(self, backend: CudaBackend, graph: O.Graph):
-        self.backend, self.graph = backend, graph
-        self.n = int(graph.n_tokens)
-        if self.n < 1:
-            raise G4rtError("a CUDA graph needs at least one token")
-        self.labels = list(graph.labels) + [f"op {i}" for i in range(len(graph.labels), len(graph.ops))]
-        self._exec = None
-        self._ready: Optional[list[list[_Ready]]] = None
-        self._gen = -1
-        self._params_dev = 0
-        self._params_host = 0
-        self._out_host = 0
-        self._released = False
-        # 1. arena layout: every f32 buffer the ops touch (and the output)
-        self.offsets: dict[str, int] = {}
-        off = 0
-        names: list[str] = []
-        for op in graph.ops:
-            for nm in list(op.reads()) + [op.out]:
-                if nm in graph.buffers and nm not in graph.caches and nm not in self.offsets:
-                    buf = graph.buffers[nm]
-                    if buf.dtype != "f32":
-                        raise G4rtError(f"buffer {nm!r} has dtype {buf.dtype}; ops read f32 buffers only")
-                    self.offsets[nm] = off
-                    names.append(nm)
-                    off = _align(off + buf.rows * buf.cols * 4)
-        if graph.output in graph.buffers and graph.output not in self.offsets and graph.output not in graph.caches:
-            b = graph.buffers[graph.output]
-            self.offsets[graph.output] = off
-            off = _align(off + b.rows * b.cols * 4)
-        self._off = off
-        # 2. lower the ops
-        self._written: set[str] = set()
-        self._q8: dict[str, tuple] = {}      # int8 copies of activation buffers, until rewritten
-        self.op_launches: list[list[_Launch]] = []
-        for i, op in enumerate(graph.ops):
-            try:
-                self.op_launches.append(self._lower(op))
-            except G4rtError as e:
-                raise G4rtError(f"CUDA backend, {self.labels[i]} ({op.kind}): {e}") from None
-            self._q8.pop(op.out, None)
-        self.arena_bytes = _align(self._off)
-        # 3. device/host resources
-        be = backend
-        self.params_words = P_TOKENS + 5 * self.n      # common.cuh: then 4 row words per row
-        self.slots = O.graph_slots(graph)
-        self._params_dev = be._alloc(_align(4 * self.params_words), "graph parameters")
-        self._params_host = int(check(be.drv.cuMemHostAlloc(4 * self.params_words, 0), "cuMemHostAlloc"))
-        self.params = np.ctypeslib.as_array((ctypes.c_int32 * self.params_words).from_address(self._params_host))
-        rows, cols, f16 = self._shape_of_output()
-        self.out_shape = (rows, cols)
-        self._out_nbytes = rows * cols * (2 if f16 else 4)
-        self._out_f16 = f16
-        self._out_host = int(check(be.drv.cuMemHostAlloc(max(1, self._out_nbytes), 0), "cuMemHostAlloc"))
-        be._graphs.add(self)
-        be._ensure_arena(self.arena_bytes)
-        be.ensure_kernels({l.kernel for ls in self.op_launches for l in ls})
-
-    # ---- lowering ---------------------------------------------------------------------------
-    def _scratch(self, nbytes: int) -> tuple:
-        off = self._off
-        self._off = _align(off + max(int(nbytes), 4))
-        return ("A", off)
-
-    def _ref(self, name: str, write: bool = False) -> tuple:
-        g = self.graph
-        if name in g.caches:
-            if write:
-                raise G4rtError(f"{name!r} is a cache; only kv_store writes caches")
-            be = self.backend
-            if name not in be.caches and name not in be.inputs:
-                raise G4rtError(f"cache {name!r} is not allocated on the CUDA backend")
-            return ("C", name)
-        if name in self.offsets:
-            if not write and name not in self._written:
-                raise G4rtError(f"reads buffer {name!r} before any op wrote it")
-            return ("A", self.offsets[name])
-        raise G4rtError(f"unknown buffer {name!r}")
-
-    def _shape(self, name: str) -> tuple[int, int]:
-        g = self.graph
-        if name in g.caches:
-            c = g.caches[name]
-            return c.rows, c.cols
-        b = g.buffers[name]
-        return b.rows, b.cols
-
-    def _weight(self, name: str) -> _DevWeight:
-        w = self.backend.weights.get(name)
-        if w is None:
-            raise G4rtError(f"weight {name!r} is not loaded on the CUDA backend")
-        return w
-
-    def _vector(self, name: str, min_len: int) -> tuple:
-        spec = self.backend.specs.get(name)
-        if spec is None:
-            raise G4rtError(f"weight {name!r} is not loaded on the CUDA backend")
-        if spec.rows * spec.cols < min_len:
-            raise G4rtError(f"weight {name!r} has {spec.rows * spec.cols} values, needs {min_len}")
-        self.backend.vector(name)
-        return ("V", name)
-
-    def _out(self, op: O.Op, shape: tuple[int, int]) -> tuple:
-        if op.out not in self.graph.buffers or op.out in self.graph.caches:
-            raise G4rtError(f"output {op.out!r} must be an activation buffer")
-        if self._shape(op.out) != tuple(shape):
-            raise G4rtError(f"output {op.out!r} is {self._shape(op.out)}, expected {tuple(shape)}")
-        return ("A", self.offsets[op.out])
-
-    def _copy(self, src: tuple, dst: tuple, rows: int, cols: int) -> _Launch:
-        n = rows * cols
-        return _Launch("slice", (K.ew_grid(n), 1, 1), K.EW_THREADS,
-                       [src, dst, rows, cols, cols, 0, 0])
-
-    def _int8_ok(self, qtype, cols: int) -> bool:
-        return self.backend.int8_matvec and cols % 32 == 0 and qtype in K.family_types("matvec8")
-
-    def _quantized(self, name: str, x: tuple, rows: int, cols: int, L: list) -> tuple:
-        """The int8 copy (values, scales) of activation buffer `name`, quantizing it first unless
-        an earlier launch did and nothing has rewritten the buffer since (Q/K/V, gate/up)."""
-        if name not in self._q8:               # a buffer's shape is fixed within a graph
-            groups = cols // 32
-            q, ds = self._scratch(rows * cols), self._scratch(rows * groups * 8)
-            L.append(_Launch("quantize_q8", (-(-groups // K.Q8_GROUPS_PER_BLOCK), rows, 1),
-                             32 * K.Q8_GROUPS_PER_BLOCK, [x, q, ds, cols, rows]))
-            self._q8[name] = (q, ds)
-        return self._q8[name]
-
-    def _lower(self, op: O.Op) -> list[_Launch]:
-        be = self.backend
-        L: list[_Launch] = []
-        n = self.n
-        if isinstance(op, O.EmbedLookup):
-            w = self._weight(op.table)
-            Kc = w.spec.cols
-            rows, cols = self._shape(op.out)
-            if cols != Kc or rows > n:
-                raise G4rtError(f"output is [{rows}, {cols}] for a table of {Kc} columns and {n} tokens")
-            out = self._out(op, (rows, cols))
-            groups = -(-Kc // 32)
-            L.append(_Launch(K.typed_kernel("embed", w.spec.qtype),
-                             (-(-groups // K.EMBED_THREADS), rows, 1), K.EMBED_THREADS,
-                             [("W", op.table), w.row_bytes, w.spec.rows, ("PARAMS",), out, Kc, float(op.scale)]))
-        elif isinstance(op, O.MatMul):
-            w = self._weight(op.weight)
-            Kc, Oc = w.spec.cols, w.spec.rows
-            R, xc = self._shape(op.x)
-            if xc != Kc:
-                raise G4rtError(f"input {op.x!r} has {xc} columns, weight {op.weight!r} has {Kc}")
-            x = self._ref(op.x)
-            inplace = op.out == op.x
-            dst = self._scratch(R * Oc * 4) if inplace else self._out(op, (R, Oc))
-            if R > 65535 * K.MM_BT:
-                raise G4rtError(f"batch of {R} rows is too large")
-            if R <= K.MV_MAXN and self._int8_ok(w.spec.qtype, Kc):
-                q, ds = self._quantized(op.x, x, R, Kc, L)
-                L.append(_Launch(K.typed_kernel("matvec8", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
-                                 K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, q, ds, dst, Oc, Kc, R]))
-            elif R <= O.ROW_EXACT_MAX:
-                # decode's matvec, MV_MAXN rows a launch: a row's sums do not depend on the batch
-                for r0 in range(0, R, K.MV_MAXN):
-                    rn = min(K.MV_MAXN, R - r0)
-                    L.append(_Launch(K.typed_kernel("matvec", w.spec.qtype), (-(-Oc // K.MV_WARPS), 1, 1),
-                                     K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, _rows(x, r0, Kc),
-                                                       _rows(dst, r0, Oc), Oc, Kc, rn]))
-            else:
-                L.append(_Launch(K.typed_kernel("matmul", w.spec.qtype),
-                                 (-(-Oc // K.MM_BO), -(-R // K.MM_BT), 1), K.MM_THREADS,
-                                 [("W", op.weight), w.row_bytes, x, dst, Oc, Kc, R]))
-            if inplace:
-                L.append(self._copy(dst, self._out(op, (R, Oc)), R, Oc))
-        elif isinstance(op, O.RmsNorm):
-            R, C = self._shape(op.x)
-            if op.group <= 0 or C % op.group:
-                raise G4rtError(f"group {op.group} does not divide {C} columns")
-            if R > 65535:
-                raise G4rtError(f"{R} rows is too many for one launch")
-            x = self._ref(op.x)
-            out = self._out(op, (R, C))
-            wref = self._vector(op.weight, op.group) if op.weight else _NULL
-            L.append(_Launch("rmsnorm", (C // op.group, R, 1), K.rmsnorm_block(op.group),
-                             [x, out, wref, C, op.group, float(op.eps)]))
-        elif isinstance(op, O.Rope):
-            R, C = self._shape(op.x)
-            if op.head_dim <= 0 or C % op.head_dim:
-                raise G4rtError(f"head_dim {op.head_dim} does not divide {C} columns")
-            if op.n_rot % 2 or op.n_rot > op.head_dim or op.n_rot < 0:
-                raise G4rtError(f"n_rot {op.n_rot} must be even and at most head_dim {op.head_dim}")
-            if R > n:
-                raise G4rtError(f"{R} rows but only {n} positions")
-            x = self._ref(op.x)
-            out = self._out(op, (R, C))
-            if op.out != op.x:
-                L.append(self._copy(x, out, R, C))
-            ff = self._vector(op.freq_factors, op.n_rot // 2) if op.freq_factors else _NULL
-            total = R * (C // op.head_dim) * (op.n_rot // 2)
-            if total:
-                L.append(_Launch("rope", (K.ew_grid(total), 1, 1), K.EW_THREADS,
-                                 [out, ff, ("PARAMS",), R, C, op.head_dim, op.n_rot, float(op.base)]))
-        elif isinstance(op, O.Attention):
-            H, Hkv, D = op.n_head, op.n_kv_head, op.head_dim
-            if Hkv <= 0 or H % Hkv:
-                raise G4rtError(f"{H} heads are not a multiple of {Hkv} KV heads")
-            R, qc = self._shape(op.q)
-            if qc != H * D:
-                raise G4rtError(f"q has {qc} columns, expected {H} x {D}")
-            for nm in (op.k, op.v):
-                if self._shape(nm) != (R, Hkv * D):
-                    raise G4rtError(f"{nm!r} is {self._shape(nm)}, expected ({R}, {Hkv * D})")
-            if R > n or R > 65535:
-                raise G4rtError(f"{R} query rows for {n} positions")
-            ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
-            if ck is None or cv is None:
-                raise G4rtError(f"KV caches {op.cache_k!r}/{op.cache_v!r} are not allocated")
-            if ck.cols != Hkv * D or cv.cols != Hkv * D or (ck.rows, ck.ring) != (cv.rows, cv.ring):
-                raise G4rtError(f"caches are [{ck.rows}, {ck.cols}] / [{cv.rows}, {cv.cols}], "
-                                f"expected {Hkv * D} columns")
-            try:
-                kern = K.attn_variant(D, ck.f16)
-            except ValueError as e:
-                raise G4rtError(str(e)) from None
-            ring = ck.ring
-            exact = R <= O.ROW_EXACT_MAX        # each row split as a one-row decode step splits it
-            rows_seen = 1 if exact else R
-            max_keys = min(op.window, ring + rows_seen) if op.window > 0 else ring + rows_seen
-            ns = K.attn_splits(max_keys, rows_seen, H, be.sm_count)
-            part = self._scratch(R * H * ns * (D + 2) * 4)
-            q, k, v = self._ref(op.q), self._ref(op.k), self._ref(op.v)
-            inplace = op.out in (op.q, op.k, op.v)
-            dst = self._scratch(R * H * D * 4) if inplace else self._out(op, (R, H * D))
-            L.append(_Launch(kern, (ns, H, R), K.ATT_THREADS,
-                             [q, k, v, ("C", op.cache_k), ("C", op.cache_v), part, ("PARAMS",),
-                              H, Hkv, D, int(op.window), ring, float(op.scale), ns,
-                              int(exact and R > 1 and ck.f16)]))
-            L.append(_Launch("attn_combine", (H, R, 1), K.ATT_THREADS, [part, dst, H, D, ns]))
-            if inplace:
-                L.append(self._copy(dst, self._out(op, (R, H * D)), R, H * D))
-        elif isinstance(op, O.KvStore):
-            ck, cv = be.caches.get(op.out), be.caches.get(op.cache_v)
-            if ck is None or cv is None:
-                raise G4rtError(f"KV caches {op.out!r}/{op.cache_v!r} are not allocated")
-            R, C = self._shape(op.k)
-            if self._shape(op.v) != (R, C) or ck.cols != C or cv.cols != C or (ck.rows, ck.ring) != (cv.rows, cv.ring):
-                raise G4rtError(f"k/v {self._shape(op.k)}/{self._shape(op.v)} do not match caches "
-                                f"[{ck.rows}, {ck.cols}]")
-            if R > n:
-                raise G4rtError(f"{R} rows for {n} positions")
-            ring = ck.ring
-            total = R * C             # each row checks whether a later row of its sequence wins
-            kern = "kv_store_f16" if ck.f16 else "kv_store_f32"
-            L.append(_Launch(kern, (K.ew_grid(total), 1, 1), K.EW_THREADS,
-                             [self._ref(op.k), self._ref(op.v), ("C", op.out), ("C", op.cache_v),
-                              ("PARAMS",), R, C, ring]))
-            return L                      # writes caches, not a buffer
-        elif isinstance(op, (O.GeluMul, O.Add, O.Mul)):
-            a_name, b_name = (op.gate, op.up) if isinstance(op, O.GeluMul) else (op.a, op.b)
-            shp = self._shape(a_name)
-            if self._shape(b_name) != shp:
-                raise G4rtError(f"operands are {shp} and {self._shape(b_name)}")
-            a, b = self._ref(a_name), self._ref(b_name)
-            out = self._out(op, shp)
-            nel = shp[0] * shp[1]
-            kern = {O.GeluMul: "gelu_mul", O.Add: "add", O.Mul: "mul"}[type(op)]
-            L.append(_Launch(kern, (K.ew_grid(nel), 1, 1), K.EW_THREADS, [a, b, out, nel]))
-        elif isinstance(op, (O.Gelu, O.Scale, O.Softcap)):
-            shp = self._shape(op.x)
-            x = self._ref(op.x)
-            out = self._out(op, shp)
-            nel = shp[0] * shp[1]
-            grid = (K.ew_grid(nel), 1, 1)
-            if isinstance(op, O.Gelu):
-                L.append(_Launch("gelu", grid, K.EW_THREADS, [x, out, nel]))
-            elif isinstance(op, O.Scale):
-                by = self._vector(op.by, 1) if op.by else _NULL
-                L.append(_Launch("scale", grid, K.EW_THREADS, [x, out, nel, float(op.scale), by]))
-            else:
-                L.append(_Launch("softcap", grid, K.EW_THREADS, [x, out, nel, float(op.cap)]))
-        elif isinstance(op, O.Slice):
-            XR, XC = self._shape(op.x)
-            kept = op.out in self.graph.caches and op.out in be.inputs
-            if op.out not in self.graph.buffers and not kept:
-                raise G4rtError(f"output {op.out!r} must be an activation buffer")
-            R, C = self._shape(op.out)
-            if op.row0 < 0 or op.col0 < 0 or op.row0 + R > XR or op.col0 + C > XC:
-                raise G4rtError(f"slice [{op.row0}:{op.row0 + R}, {op.col0}:{op.col0 + C}] is outside "
-                                f"{op.x!r} [{XR}, {XC}]")
-            if op.x in self.graph.caches:
-                src = be.caches.get(op.x) or be.inputs.get(op.x)
-                if src is None:
-                    raise G4rtError(f"{op.x!r} is not allocated on the CUDA backend")
-                if src.f16:
-                    raise G4rtError(f"slicing the f16 cache {op.x!r} is not supported")
-            x = self._ref(op.x)
-            out = ("C", op.out) if kept else self._out(op, (R, C))
-            L.append(_Launch("slice", (K.ew_grid(R * C), 1, 1), K.EW_THREADS,
-                             [x, out, R, C, XC, op.row0, op.col0]))
-        elif isinstance(op, O.MoeRoute):
-            R, n_exp = self._shape(op.logits)
-            out = self._out(op, (R, 2 * op.k))
-            scale = self._vector(op.expert_scale, n_exp) if op.expert_scale else _NULL
-            L.append(_Launch("moe_route", (max(1, -(-R // 128)), 1, 1), 128,
-                             [self._ref(op.logits), out, scale, R, n_exp, op.k]))
-        elif isinstance(op, O.MoeMatMul):
-            w = self._weight(op.weight)
-            R, rc = self._shape(op.route)
-            k = rc // 2
-            XR, Kc = self._shape(op.x)
-            N = w.spec.rows // op.n_expert
-            if Kc != w.spec.cols or w.spec.rows != op.n_expert * N or XR not in (R, R * k):
-                raise G4rtError(f"expert matmul {op.weight!r} [{w.spec.rows} x {w.spec.cols}] does not fit "
-                                f"{op.x!r} [{XR}, {Kc}] with {R} x {k} selections")
-            if R * k > 65535:
-                raise G4rtError(f"{R * k} expert selections is too many for one launch")
-            out = self._out(op, (R * k, N))
-            L.append(_Launch(K.typed_kernel("moe_matvec", w.spec.qtype), (-(-N // K.MV_WARPS), R * k, 1),
-                             K.MV_WARPS * 32, [("W", op.weight), w.row_bytes, self._ref(op.x), self._ref(op.route),
-                                               out, N, Kc, k, int(XR == R * k and k > 1)]))
-        elif isinstance(op, O.MoeSum):
-            R, rc = self._shape(op.route)
-            k = rc // 2
-            _, C = self._shape(op.y)
-            out = self._out(op, (R, C))
-            L.append(_Launch("moe_sum", (K.ew_grid(R * C), 1, 1), K.EW_THREADS,
-                             [self._ref(op.y), self._ref(op.route), out, R, C, k]))
-        else:
-            raise G4rtError(f"the CUDA backend has no kernel for op {op.kind!r}")
-        self._written.add(op.out)
-        return L
-
-    def _shape_of_output(self) -> tuple[int, int, bool]:
-        g, be = self.graph, self.backend
-        name = g.output
-        if name in g.caches:
-            c = be.caches.get(name) or be.inputs.get(name)
-            if c is None:
-                raise G4rtError(f"output {name!r} is not allocated")
-            return c.rows, c.cols, c.f16
-        if name not in self.offsets:
-            raise G4rtError(f"output {name!r} is not a buffer of the graph")
-        b = g.buffers[name]
-        return b.rows, b.cols, False
-
-    # ---- resolving and recording ------------------------------------------------------------
-    def _resolve(self, a):
-        be = self.backend
-        if not isinstance(a, tuple):
-            return a
-        kind = a[0]
-        if kind == "A":
-            return be._arena_ptr + a[1]
-        if kind == "C":
-            c = be.caches.get(a[1]) or be.inputs.get(a[1])
-            if c is None:
-                raise G4rtError(f"{a[1]!r} is no longer allocated")
-            return c.ptr
-        if kind == "W":
-            return be.weights[a[1]].ptr
-        if kind == "V":
-            return be.vector(a[1])
-        if kind == "PARAMS":
-            return self._params_dev
-        if kind == "NULL":
-            return 0
-        raise AssertionError(a)
-
-    def _build(self) -> None:
-        be = self.backend
-        if self.arena_bytes > be._arena_size:
-            be._ensure_arena(self.arena_bytes)
-        ready = []
-        for label, ls in zip(self.labels, self.op_launches):
-            rs = []
-            for l in ls:
-                vals, ptrs = _pack(K.signature(l.kernel), [self._resolve(a) for a in l.args])
-                rs.append(_Ready(l.kernel, be._functions[l.kernel], l.grid, l.block, l.smem, vals, ptrs, label))
-            ready.append(rs)
-        self._ready = ready
-        self._destroy_exec()
-        self._gen = be._gen
-        if be.use_graphs:
-            self._capture()
-
-    def _capture(self) -> None:
-        be, d = self.backend, self.backend.drv
-        mode = d.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
-        check(d.cuStreamBeginCapture(be.stream, mode), "cuStreamBeginCapture")
-        try:
-            for rs in self._ready:
-                for r in rs:
-                    be._launch(r)
-        except BaseException:
-            try:
-                res = d.cuStreamEndCapture(be.stream)
-                if int(res[0]) == 0 and res[1] is not None:
-                    d.cuGraphDestroy(res[1])
-            except Exception:        # noqa: BLE001
-                pass
-            raise
-        graph = check(d.cuStreamEndCapture(be.stream), "cuStreamEndCapture")
-        try:
-            self._exec = check(d.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
-        finally:
-            try:
-                d.cuGraphDestroy(graph)
-            except Exception:        # noqa: BLE001
-                pass
-
-    def _destroy_exec(self) -> None:
-        if self._exec is not None:
-            try:
-                self.backend.drv.cuGraphExecDestroy(self._exec)
-            except Exception:        # noqa: BLE001
-                pass
-            self._exec = None
-
-    # ---- running ----------------------------------------------------------------------------
-    def run(self, tokens, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
-        be = self.backend
-        if self._released:
-            raise G4rtError("this compiled graph was released (backend closed)")
-        be._activate()
-        tokens = np.asarray(tokens).reshape(-1)
-        if len(tokens) != self.n:
-            raise G4rtError(f"graph for {self.n} tokens run with {len(tokens)}")
-        if self._ready is None or self._gen != be._gen or self.arena_bytes > be._arena_size:
-            self._build()
-        segs = O.placement(pos0, self.n, self.slots)
-        n = self.n
-        self.params[0] = segs[0].pos0
-        self.params[1] = n
-        self.params[P_TOKENS:P_TOKENS + n] = tokens.astype(np.int32)
-        O.write_row_words(segs, self.params[P_TOKENS + n:P_TOKENS + 5 * n].reshape(n, 4))
-        check(be.drv.cuMemcpyHtoDAsync(self._params_dev, self._params_host, 4 * self.params_words,
-                                       be.stream), "cuMemcpyHtoDAsync (graph parameters)")
-        if observer is not None or be.debug:
-            for idx, (op, rs) in enumerate(zip(self.graph.ops, self._ready)):
-                for r in rs:
-                    be._launch(r)
-                try:
-                    be._sync(self.labels[idx])
-                except CudaError as e:
-                    raise G4rtError(f"CUDA fault in {self.labels[idx]} ({op.kind}): {e}") from None
-                if observer is not None:
-                    observer(idx, op, self._read(op.out))
-        elif self._exec is not None:
-            check(be.drv.cuGraphLaunch(self._exec, be.stream), "cuGraphLaunch")
-        else:
-            for rs in self._ready:
-                for r in rs:
-                    be._launch(r)
-        # the output, through pinned memory
-        src = self._resolve(("A", self.offsets[self.graph.output])) if self.graph.output in self.offsets \
-            else self._resolve(("C", self.graph.output))
-        if self._out_nbytes:
-            check(be.drv.cuMemcpyDtoHAsync(self._out_host, src, self._out_nbytes, be.stream),
-                  "cuMemcpyDtoHAsync (output)")
-        be._sync("graph run")
-        ctype = ctypes.c_uint16 if self._out_f16 else ctypes.c_float
-        rows, cols = self.out_shape
-        view = np.ctypeslib.as_array((ctype * max(1, rows * cols)).from_address(self._out_host))[:rows * cols]
-        if self._out_f16:
-            return view.view(np.float16).astype(np.float32).reshape(rows, cols)
-        return np.array(view, dtype=np.float32, copy=True).reshape(rows, cols)
-
-    def _read(self, name: str) -> np.ndarray:
-        """A buffer's (or cache's) current contents as float32 (after a run)."""
-        be = self.backend
-        if name in self.offsets:
-            rows, cols = self._shape(name)
-            raw = be._dtoh(be._arena_ptr + self.offsets[name], rows * cols * 4, f"read of {name}")
-            return raw.view(np.float32).reshape(rows, cols)
-        return be.read_cache(name)
-
-    def read_buffers(self, names) -> dict[str, np.ndarray]:
-        """Buffers of the last run (call before another graph runs: the arena is shared)."""
-        self.backend._activate()
-        return {nm: self._read(nm) for nm in names}
-
-    def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        be = self.backend
-        self._destroy_exec()
-        be._free(self._params_dev)
-        for p in (self._params_host, self._out_host):
-            if p:
-                try:
-                    be.drv.cuMemFreeHost(p)
-                except Exception:    # noqa: BLE001
-                    pass
-        self._params_dev = self._params_host = self._out_host = 0
-        self._ready = None
-
-    def close(self) -> None:
-        self._release()

@@ -133,13 +133,7 @@ def check(result, what: str):
 def open_driver(device: int = 0, driver=None):
     """cuInit + pick the device; BackendUnavailableError with the reason when that is impossible.
     Returns (driver module, CUdevice, device count). `driver` replaces cuda-python's driver
-    module (tests pass emulator.EmulatedDriver)."""
-    emulate = os.environ.get("G4RT_CUDA_EMULATE", "").strip().lower()
-    if driver is None and emulate in ("1", "numpy", "sim"):
-        # testing knobs, no GPU: the emulated driver (cuda_emu.py) with numpy kernels ("1"), or
-        # with the real kernel sources on the CPU simulator ("sim", cuda_sim.py)
-        from .emulator import EmulatedDriver
-        driver = EmulatedDriver(kernels="sim" if emulate == "sim" else "numpy")
+    module (tests pass a g4rt.testing.cuda stand-in)."""
     if driver is None:
         driver, _ = bindings()
     try:
@@ -162,10 +156,11 @@ def open_driver(device: int = 0, driver=None):
     return driver, dev, count
 
 
-def cuda_available(device: int = 0) -> tuple[bool, str]:
-    """(True, device name) when a CUDA device can be used, else (False, the reason). Never raises."""
+def cuda_available(device: int = 0, driver=None) -> tuple[bool, str]:
+    """(True, device name) when a CUDA device can be used, else (False, the reason). Never raises.
+    `driver`: as for open_driver (a stand-in reports its own device)."""
     try:
-        driver, dev, _ = open_driver(device)
+        driver, dev, _ = open_driver(device, driver)
         name = check(driver.cuDeviceGetName(256, dev), "cuDeviceGetName")
         name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
         return True, name

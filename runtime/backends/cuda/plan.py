@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ... import ops as O
+from ...ops import (Attention, Buffer, Graph, KvCache, MatMul, Op, RmsNorm, Rope, Scale, WeightSpec,
+                   op_weights)
 from ...errors import G4rtError
 from ...gguf.quant_types import row_bytes
 from .kernels import attn_splits
@@ -25,33 +26,34 @@ DEFAULT_RESERVE = 512 << 20     # CUDA context, modules, graphs, fragmentation
 GIB = float(1 << 30)
 
 
-def _align(n: int, a: int = ALIGN) -> int:
+def align(n: int, a: int = ALIGN) -> int:
+    """`n` rounded up to a multiple of `a` (every allocation and arena slot)."""
     return (int(n) + a - 1) // a * a
 
 
-def weight_bytes(spec: O.WeightSpec) -> int:
+def weight_bytes(spec: WeightSpec) -> int:
     """Device bytes of one weight as uploaded (raw GGUF rows + padding)."""
-    return _align(row_bytes(spec.qtype, spec.cols) * spec.rows + WEIGHT_PAD)
+    return align(row_bytes(spec.qtype, spec.cols) * spec.rows + WEIGHT_PAD)
 
 
-def vector_weights(graph: O.Graph) -> set[str]:
+def vector_weights(graph: Graph) -> set[str]:
     """Weights read as small f32 vectors (norm weights, RoPE factors, scale factors)."""
     out = set()
     for op in graph.ops:
-        if isinstance(op, O.RmsNorm) and op.weight:
+        if isinstance(op, RmsNorm) and op.weight:
             out.add(op.weight)
-        elif isinstance(op, O.Rope) and op.freq_factors:
+        elif isinstance(op, Rope) and op.freq_factors:
             out.add(op.freq_factors)
-        elif isinstance(op, O.Scale) and op.by:
+        elif isinstance(op, Scale) and op.by:
             out.add(op.by)
     return out
 
 
-def cache_bytes(c: O.KvCache, kv_dtype: str) -> int:
-    return _align(c.slots * c.rows * c.cols * (2 if kv_dtype == "f16" else 4))
+def cache_bytes(c: KvCache, kv_dtype: str) -> int:
+    return align(c.slots * c.rows * c.cols * (2 if kv_dtype == "f16" else 4))
 
 
-def scratch_bytes(graph: O.Graph, ops: Optional[list[O.Op]] = None, batch: Optional[int] = None,
+def scratch_bytes(graph: Graph, ops: Optional[list[Op]] = None, batch: Optional[int] = None,
                   sm_count: int = 132) -> int:
     """Activation arena bytes for the buffers `ops` touch, scaled to a batch of `batch` tokens
     (buffers with graph.n_tokens rows grow with the batch, except the graph output: last-row
@@ -60,7 +62,7 @@ def scratch_bytes(graph: O.Graph, ops: Optional[list[O.Op]] = None, batch: Optio
     n = graph.n_tokens
     b = n if batch is None else max(int(batch), 1)
 
-    def rows(buf: O.Buffer) -> int:
+    def rows(buf: Buffer) -> int:
         # the output keeps its rows: engines ask for every row's logits only when teacher forcing
         if buf.name == graph.output:
             return buf.rows
@@ -76,19 +78,19 @@ def scratch_bytes(graph: O.Graph, ops: Optional[list[O.Op]] = None, batch: Optio
         buf = graph.buffers[name]
         if buf.dtype != "f32":
             continue
-        total += _align(rows(buf) * buf.cols * 4)
+        total += align(rows(buf) * buf.cols * 4)
     for op in ops:
-        if isinstance(op, O.Attention) and op.q in graph.buffers:
+        if isinstance(op, Attention) and op.q in graph.buffers:
             r = rows(graph.buffers[op.q])
             cache = graph.caches.get(op.cache_k)
             ring = cache.rows if cache else r
             max_keys = op.window if op.window else max(ring, r)
             ns = attn_splits(max_keys, r, op.n_head, sm_count)
-            total += _align(r * op.n_head * ns * (op.head_dim + 2) * 4)
-        if isinstance(op, (O.MatMul, O.Attention)) and op.out in op.reads() and op.out in graph.buffers:
+            total += align(r * op.n_head * ns * (op.head_dim + 2) * 4)
+        if isinstance(op, (MatMul, Attention)) and op.out in op.reads() and op.out in graph.buffers:
             buf = graph.buffers[op.out]
-            total += _align(rows(buf) * buf.cols * 4)      # temp for an in-place product
-    return total + _align(4 * (b + 2))                      # + the parameters buffer
+            total += align(rows(buf) * buf.cols * 4)      # temp for an in-place product
+    return total + align(4 * (b + 2))                      # + the parameters buffer
 
 
 @dataclass
@@ -169,10 +171,10 @@ def reserve_for(free_bytes: Optional[int]) -> int:
     return DEFAULT_RESERVE if free_bytes is None else min(DEFAULT_RESERVE, int(0.05 * free_bytes) + (256 << 20))
 
 
-def _weights_of(graph: O.Graph, ops: list[O.Op], vec: set[str]) -> int:
+def _weights_of(graph: Graph, ops: list[Op], vec: set[str]) -> int:
     names = set()
     for op in ops:
-        names.update(O.op_weights(op))
+        names.update(op_weights(op))
     total = 0
     for w in names:
         spec = graph.weights.get(w)
@@ -180,18 +182,18 @@ def _weights_of(graph: O.Graph, ops: list[O.Op], vec: set[str]) -> int:
             continue
         total += weight_bytes(spec)
         if w in vec:
-            total += _align(spec.rows * spec.cols * 4)
+            total += align(spec.rows * spec.cols * 4)
     return total
 
 
-def _caches_of(graph: O.Graph, ops: list[O.Op], caches: dict[str, O.KvCache], kv_dtype: str) -> int:
+def _caches_of(graph: Graph, ops: list[Op], caches: dict[str, KvCache], kv_dtype: str) -> int:
     names = set()
     for op in ops:
         names |= op_caches(graph, op)
     return sum(cache_bytes(caches[c], kv_dtype) for c in names if c in caches)
 
 
-def ops_bytes(graph: O.Graph, ops: list[O.Op], caches: dict[str, O.KvCache], kv_dtype: str = "f16",
+def ops_bytes(graph: Graph, ops: list[Op], caches: dict[str, KvCache], kv_dtype: str = "f16",
               batch: Optional[int] = None, sm_count: int = 132) -> int:
     """What a device needs to run `ops` of `graph` (any subset: e.g. a layer split whose
     expert ops stay on the CPU): their weights, the caches they touch and their scratch."""
@@ -201,7 +203,7 @@ def ops_bytes(graph: O.Graph, ops: list[O.Op], caches: dict[str, O.KvCache], kv_
             + scratch_bytes(graph, ops, batch, sm_count))
 
 
-def plan_memory(graph: O.Graph, caches: Optional[dict[str, O.KvCache]] = None, kv_dtype: str = "f16",
+def plan_memory(graph: Graph, caches: Optional[dict[str, KvCache]] = None, kv_dtype: str = "f16",
                 free_bytes: Optional[int] = None, batch: Optional[int] = None,
                 reserve_bytes: Optional[int] = None, sm_count: int = 132) -> Plan:
     """What `graph` needs on one device, in total and for each number of leading layers.
@@ -229,7 +231,7 @@ def plan_memory(graph: O.Graph, caches: Optional[dict[str, O.KvCache]] = None, k
     return Plan(W, KV, S, free_bytes, int(reserve_bytes), L, front, splits)
 
 
-def plan_weights(specs: dict[str, O.WeightSpec], free_bytes: Optional[int],
+def plan_weights(specs: dict[str, WeightSpec], free_bytes: Optional[int],
                  reserve_bytes: Optional[int] = None) -> tuple[int, int, int, int]:
     """Before any graph exists: (bytes of all weights, available bytes, layers whose weights fit,
     layer count), grouping weights by GGUF's "blk.N." tensor names."""

@@ -3,7 +3,7 @@
 Each .cu file is compiled by the system C++ compiler (g++) with `shaders/cuda/sim/cuda_sim.h`
 force-included: that header supplies the CUDA builtins (every CUDA thread a fiber, barriers,
 warp shuffles, `__shared__` memory per block) and a table of the file's kernels, so the same
-source NVRTC compiles for a GPU runs here. The emulated driver (`emulator.EmulatedDriver(
+source NVRTC compiles for a GPU runs here. The emulated driver (`emulated_driver.EmulatedDriver(
 kernels="sim")`) launches them, which lets CI run CudaBackend's host code *and* its kernels
 against the CPU reference. It is a correctness tool (slow: a context switch per barrier and
 shuffle), not an inference backend; it models no timing, and differs from a GPU in the last
@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
+from ...backends.cuda import kernels
+from ...backends.cuda.driver import cache_dir, shader_dir
 from ...errors import BackendUnavailableError, G4rtError
-from . import kernels as K
-from .driver import cache_dir, shader_dir
 
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
          "-ffp-contract=off", "-DG4RT_CPU_SIM=1"]
@@ -70,7 +70,7 @@ def _compiler_version(cxx: str) -> str:
 
 
 def kernels_of_file(fname: str) -> list[str]:
-    return sorted(k for k in K.all_kernels() if K.kernel_file(k)[0] == fname)
+    return sorted(k for k in kernels.all_kernels() if kernels.kernel_file(k)[0] == fname)
 
 
 def _translation_unit(fname: str) -> str:
@@ -150,7 +150,7 @@ class SimKernels:
 
     def prepare(self, files: Optional[list[str]] = None) -> None:
         """Compile (or load from the cache) every kernel file, in parallel."""
-        files = [f for f in (files or sorted({K.kernel_file(k)[0] for k in K.all_kernels()}))
+        files = [f for f in (files or sorted({kernels.kernel_file(k)[0] for k in kernels.all_kernels()}))
                  if f not in self._modules]
         if not files:
             return
@@ -162,14 +162,14 @@ class SimKernels:
     def _load(self, fname: str, path: Path) -> None:
         mod = _Module(path)
         for name, (_, sig) in mod.kernels.items():
-            want = K.signature(name)
+            want = kernels.signature(name)
             if sig != want:
                 raise G4rtError(f"kernel {name}: the simulator reads parameters {sig!r} from the "
                                 f"source, the host passes {want!r} (runtime/backends/cuda/kernels.py)")
         self._modules[fname] = mod
 
     def module(self, kernel: str) -> _Module:
-        fname = K.kernel_file(kernel)[0]
+        fname = kernels.kernel_file(kernel)[0]
         with self._lock:
             if fname not in self._modules:
                 self._load(fname, self._build(fname))
@@ -182,7 +182,7 @@ class SimKernels:
         the order and types of its signature: ints for pointers and int32, floats)."""
         mod = self.module(kernel)
         if kernel not in mod.kernels:
-            raise G4rtError(f"kernel {kernel} is not in {K.kernel_file(kernel)[0]}")
+            raise G4rtError(f"kernel {kernel} is not in {kernels.kernel_file(kernel)[0]}")
         idx, sig = mod.kernels[kernel]
         slots = (ctypes.c_uint64 * max(1, len(sig)))()
         for i, (code, v) in enumerate(zip(sig, args)):

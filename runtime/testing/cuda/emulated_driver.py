@@ -8,8 +8,12 @@ Two kinds of kernels:
 - kernels="numpy" (default): numpy versions of every kernel, written from each kernel's contract
   (the .cu comments); fast, checks the host code.
 - kernels="sim": the real CUDA sources of shaders/cuda, compiled for the CPU simulator
-  (simulator.py, sim/cuda_sim.h: fibers for threads, real barriers and warp shuffles); slow,
-  checks the kernels themselves against the CPU reference.
+  (simulator.py, shaders/cuda/sim/cuda_sim.h: fibers for threads, real barriers and warp
+  shuffles); slow, checks the kernels themselves against the CPU reference.
+
+The numpy kernels whose arithmetic is the reference's (RMSNorm, RoPE, GeLU, MoE routing and
+sum) call backends/numpy_ref's functions; the rest follow their kernel's own split (attention's
+per-chunk partials and combine, the int8 quantizer, ring-buffer KV stores).
 
 Device memory is numpy byte arrays at their real host addresses (256-byte aligned, filled with
 garbage like fresh device memory); every access of a numpy kernel and every pointer argument of
@@ -20,13 +24,14 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import math
 from types import SimpleNamespace
 
 import numpy as np
 
+from ...backends.cuda.kernels import MV_MAXN, kernel_file, signature, typed_family
+from ...backends.numpy_ref.backend import gelu_tanh, moe_route, moe_sum, rms_norm, rope
 from ...gguf.quant_types import dequantize_rows
-from . import kernels as K
+from .simulator import shared_kernels
 
 OK = 0
 
@@ -58,7 +63,6 @@ class EmulatedDriver:
             raise ValueError(f"kernels must be 'numpy' or 'sim', got {kernels!r}")
         self.sim = None
         if kernels == "sim":
-            from .simulator import shared_kernels
             self.sim = shared_kernels()
         self.total = int(total_memory)
         self.sm_count, self.cc = sm_count, cc
@@ -199,11 +203,11 @@ class EmulatedDriver:
 
     def cuModuleGetFunction(self, mod, name):
         name = name.decode() if isinstance(name, bytes) else str(name)
-        K.signature(name)                                  # KeyError for an unknown kernel
+        signature(name)                                  # KeyError for an unknown kernel
         return (_Err(OK), _Fn(name))
 
     def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
-        sig = K.signature(fn.name)
+        sig = signature(fn.name)
         args = []
         for i, code in enumerate(sig):
             slot = ctypes.c_uint64.from_address(int(params) + 8 * i).value
@@ -254,11 +258,11 @@ class EmulatedDriver:
         name, grid, block, args = rec
         self.launches += 1
         if self.sim is not None:
-            for code, a in zip(K.signature(name), args):
+            for code, a in zip(signature(name), args):
                 if code == "P" and a:
                     self._find(a, 1)              # a pointer argument outside every allocation
             return self.sim.launch(name, grid, block, args)
-        fam = K.typed_family(name) or name
+        fam = typed_family(name) or name
         if fam == "moe_matvec":
             return self._moe_matvec(name, grid, args)
         if fam in ("matvec", "matmul"):
@@ -272,7 +276,7 @@ class EmulatedDriver:
         getattr(self, "_k_" + name)(grid, *args)
 
     def _qtype(self, name):
-        return K.kernel_file(name)[1]
+        return kernel_file(name)[1]
 
     def _weight_rows(self, name, W, row_bytes, rows, Kc) -> np.ndarray:
         """The dequantized [rows, Kc] weight a matvec/matmul launch reads (f32)."""
@@ -282,8 +286,8 @@ class EmulatedDriver:
 
     def _matmul(self, name, grid, args):
         W, row_bytes, x, y, rows, Kc, n = args
-        if name.startswith("matvec") and n > K.MV_MAXN:
-            raise EmulatedFault(f"{name} launched for {n} rows (max {K.MV_MAXN})")
+        if name.startswith("matvec") and n > MV_MAXN:
+            raise EmulatedFault(f"{name} launched for {n} rows (max {MV_MAXN})")
         X = self.view(x, n * Kc).reshape(n, Kc)
         self.view(y, n * rows).reshape(n, rows)[...] = X @ self._weight_rows(name, W, row_bytes, rows, Kc).T
 
@@ -301,19 +305,17 @@ class EmulatedDriver:
             Y[s] = Wall[e * N:(e + 1) * N] @ X[s if per_sel else s // k]
 
     def _k_moe_route(self, grid, logits, out, scale, rows, n_exp, k):
-        from ..numpy_ref.backend import moe_route
         S = self.view(scale, n_exp) if scale else None
         self.view(out, rows * 2 * k).reshape(rows, 2 * k)[...] = moe_route(
             self.view(logits, rows * n_exp).reshape(rows, n_exp), k, S)
 
     def _k_moe_sum(self, grid, y, route, out, rows, cols, k):
-        from ..numpy_ref.backend import moe_sum
         self.view(out, rows * cols).reshape(rows, cols)[...] = moe_sum(
             self.view(y, rows * k * cols).reshape(rows * k, cols), self.view(route, rows * 2 * k).reshape(rows, 2 * k))
 
     def _matvec8(self, name, grid, args):
         W, row_bytes, q, ds, y, rows, Kc, n = args
-        if n > K.MV_MAXN or Kc % 32:
+        if n > MV_MAXN or Kc % 32:
             raise EmulatedFault(f"{name} launched for {n} rows of {Kc} values")
         G = Kc // 32
         Q = self.view(q, n * Kc, np.int8).reshape(n, G, 32).astype(np.float32)
@@ -433,26 +435,15 @@ class EmulatedDriver:
         rows = grid[1]
         if grid[0] != cols // group:
             raise EmulatedFault(f"rmsnorm grid {grid} for {cols} columns in groups of {group}")
-        X = self.view(x, rows * cols).reshape(rows, cols // group, group)
-        ms = np.mean(np.square(X, dtype=np.float64), axis=-1, keepdims=True)
-        Y = X * (1.0 / np.sqrt(ms + eps)).astype(np.float32)
-        if w:
-            Y = Y * self.view(w, group)
-        self.view(out, rows * cols).reshape(rows, cols // group, group)[...] = Y
+        weight = self.view(w, group) if w else None
+        self.view(out, rows * cols).reshape(rows, cols)[...] = rms_norm(
+            self.view(x, rows * cols).reshape(rows, cols), weight, eps, group)
 
     def _k_rope(self, grid, x, ff, params, rows, cols, head_dim, n_rot, base):
-        pos = self._rows(params, rows)[:, 0].astype(np.float64)
-        X = self.view(x, rows * cols).reshape(rows, cols // head_dim, head_dim)
-        half = n_rot // 2
-        inv = base ** (-np.arange(0, half, dtype=np.float64) * 2.0 / n_rot)
-        if ff:
-            inv = inv / self.view(ff, half).astype(np.float64)
-        ang = pos[:, None] * inv[None, :]
-        c = np.cos(ang).astype(np.float32)[:, None, :]
-        s = np.sin(ang).astype(np.float32)[:, None, :]
-        a, b = X[:, :, :half].copy(), X[:, :, half:n_rot].copy()
-        X[:, :, :half] = a * c - b * s
-        X[:, :, half:n_rot] = a * s + b * c
+        positions = self._rows(params, rows)[:, 0]
+        factors = self.view(ff, n_rot // 2) if ff else None
+        X = self.view(x, rows * cols).reshape(rows, cols)        # in place, as the kernel
+        X[...] = rope(X, positions, head_dim, n_rot, base, factors)
 
     def _ew2(self, a, b, out, n, f):
         res = f(self.view(a, n), self.view(b, n))
@@ -464,15 +455,11 @@ class EmulatedDriver:
     def _k_mul(self, grid, a, b, out, n):
         self._ew2(a, b, out, n, lambda p, q: p * q)
 
-    @staticmethod
-    def _gelu(x):
-        return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + 0.044715 * x * x * x)))
-
     def _k_gelu_mul(self, grid, a, b, out, n):
-        self._ew2(a, b, out, n, lambda p, q: self._gelu(p) * q)
+        self._ew2(a, b, out, n, lambda p, q: gelu_tanh(p) * q)
 
     def _k_gelu(self, grid, x, out, n):
-        self.view(out, n)[...] = self._gelu(self.view(x, n))
+        self.view(out, n)[...] = gelu_tanh(self.view(x, n))
 
     def _k_scale(self, grid, x, out, n, s, by):
         y = self.view(x, n) * np.float32(s)
