@@ -16,7 +16,6 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from .backends import pick_backend
-from .batch_generate import BatchRequest, BatchResult, BatchStats, generate_batch
 from .text.chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
@@ -24,6 +23,7 @@ from .gguf.reader import GGUFFile
 from .memory_plan import expert_layers_on_host
 from .model.config import load_config
 from .sampling import Sampler
+from .slots import BatchResult, BatchStats, SlotRequest, generate_batch
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .text.tokenizer import StreamDecoder, load_tokenizer
 
@@ -247,8 +247,8 @@ class Model:
                else self.encode_prompt(p, chat=chat, system=system, **template_opts) for p in prompts]
         if samplers is not None and len(samplers) != len(ids):
             raise G4rtError(f"{len(samplers)} samplers for {len(ids)} prompts")
-        requests = [BatchRequest(x, max_tokens, samplers[i] if samplers is not None else
-                                 Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed))
+        requests = [SlotRequest(x, max_tokens, samplers[i] if samplers is not None else
+                                Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed))
                     for i, x in enumerate(ids)]
         self._cached = []        # slot 0 will hold another sequence
         try:

@@ -76,7 +76,7 @@ SCHEDULE = [
 def _backend(kind, isa=None, threads=1, kv="f16"):
     if kind.startswith("cuda"):      # the CUDA host code on the emulated driver: numpy or simulated kernels
         from g4rt.backends.cuda.backend import CudaBackend
-        from g4rt.backends.cuda.emulator import EmulatedDriver
+        from g4rt.testing.cuda.emulated_driver import EmulatedDriver
         return CudaBackend(driver=EmulatedDriver(kernels="sim" if kind == "cuda-sim" else "numpy"), kv_dtype=kv)
     if kind == "vulkan":
         from g4rt.backends.vulkan import VulkanBackend
@@ -174,7 +174,7 @@ def test_native_segments_equal_each_sequence_alone_and_the_reference(isa, thread
 
 
 def _sim_skip():
-    from g4rt.backends.cuda.simulator import sim_available
+    from g4rt.testing.cuda.simulator import sim_available
     ok, why = sim_available()
     return None if ok else str(why)
 
@@ -255,7 +255,7 @@ def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
     with _model(MODELS / f"{name}.gguf", "cpu", 3) as m:
         assert m.engine.batched
         prompts = _prompts(name)
-        from g4rt.batch_generate import BatchStats
+        from g4rt.slots import BatchStats
         st = BatchStats()
         got = m.generate_many(prompts, 16, stats=st)
         for p, r in zip(prompts, got):

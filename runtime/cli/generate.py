@@ -224,7 +224,7 @@ def read_batch_prompts(f) -> list[str]:
 def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
     import json
     import time
-    from ..batch_generate import BatchStats
+    from ..slots import BatchStats
     spec = speculation(kw)
     if spec["draft"] is not None or spec["spec"] is not None:
         raise click.UsageError("--batch decodes prompts together without speculation: drop --draft / --spec")

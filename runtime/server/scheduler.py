@@ -3,10 +3,11 @@
 HTTP handlers never touch the model. They submit a `Job` (prompt ids, sampling, stops) and read
 `Event`s back through the job's `emit` callback. The worker admits queued jobs into free slots in
 arrival order (each to the slot whose cached KV shares the longest usable prefix with its prompt)
-and steps every busy slot together: Engine.forward_batch feeds each slot its next prompt chunk or
-its next token in shared passes, so N streams share the weight reads and a long prompt never
-freezes the streams already running. (With speculative decoding, slots step in turn.) Each slot keeps the KV of its last sequence (the prompt
-cache). A cancelled job (client gone, timeout, shutdown) stops at its next step and frees its slot.
+and steps every busy slot together through the shared `SlotLoop` (runtime/slots.py): N streams
+share the weight reads, a long prompt never freezes the streams already running, and a prompt's
+first token goes out right after its own pass. Each slot keeps the KV of its last sequence (the
+prompt cache). A cancelled job (client gone, timeout, shutdown) stops at its next step and frees
+its slot; a job that fails (its pass, its sampler) fails alone.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import G4rtError
-from ..sampling import Sampler
+from ..slots import Slot, SlotLoop, SlotRequest
 from ..text.tokenizer import StreamDecoder
 from .output_text import StopMatcher
 
@@ -62,42 +63,31 @@ class ErrorEvent:
 Event = TextEvent | DoneEvent | ErrorEvent
 
 
-@dataclass
-class Job:
-    ids: list[int]
-    max_tokens: int
-    sampler: Sampler
+@dataclass(eq=False)
+class Job(SlotRequest):
+    """A request as the worker runs it: the slot loop's request plus its event channel."""
     emit: Callable[[Event], None]
     stops: list[str] = field(default_factory=list)
     top_logprobs: Optional[int] = None    # None: no logprobs; else alternatives per token
     timeout_s: Optional[float] = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    # worker-side state
     submitted: float = field(default_factory=time.perf_counter)
-    pending: list[int] = field(default_factory=list)
-    history: list[int] = field(default_factory=list)
-    logits: Optional[np.ndarray] = None
-    reused: int = 0
-    generated: int = 0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-    first_token_s: float = 0.0
-    next_tok: Optional[int] = None        # the token decided after the last pass, fed next
-    draft_n: int = 0
-    draft_accepted: int = 0
+    decoder: Optional[StreamDecoder] = None      # the text of its tokens, set when it starts
+    stopper: Optional[StopMatcher] = None
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
-@dataclass
-class Slot:
-    index: int
-    cached: list[int] = field(default_factory=list)     # tokens whose KV the slot holds, in order
-    job: Optional[Job] = None
-    last_used: float = 0.0
-    decoder: Optional[StreamDecoder] = None
-    stopper: Optional[StopMatcher] = None
+# how a finished job reads in OpenAI's terms: SlotLoop's reason -> (finish_reason, stop_reason)
+_FINISHED = {"eog": ("stop", "eog"), "stop_string": ("stop", "stop_string"),
+             "max_tokens": ("length", "max_tokens"), "context_full": ("length", "context_full"),
+             "timeout": ("length", "timeout")}
+
+
+def _failure(e: BaseException) -> ErrorEvent:
+    msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
+    return ErrorEvent(f"generation failed: {msg}", 500)
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
@@ -122,7 +112,10 @@ class Scheduler:
         self.speculator = speculator
         self.queue_limit = int(queue_limit)
         self.metrics = metrics
-        self.slots = [Slot(i) for i in range(engine.slots)]
+        self.loop = SlotLoop(engine, tokenizer.is_eog, self._on_token, self._on_end, self._should_stop,
+                             on_pass=metrics.record_batch if metrics is not None else None,
+                             speculator=speculator)
+        self.slots = self.loop.slots
         self._queue: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -157,12 +150,12 @@ class Scheduler:
         self._thread.join(wait)
 
     def busy_slots(self) -> int:
-        return sum(s.job is not None for s in self.slots)
+        return sum(s.request is not None for s in self.slots)
 
     def slot_info(self) -> list[dict]:
         out = []
         for s in self.slots:
-            job = s.job
+            job = s.request
             out.append({"id": s.index, "state": "processing" if job else "idle", "n_ctx": self.engine.ctx,
                         "cache_tokens": len(s.cached),
                         "prompt_tokens": len(job.ids) if job else 0,
@@ -181,142 +174,40 @@ class Scheduler:
             if job.cancelled.is_set():
                 self._queue.popleft()
                 continue
-            free = [s for s in self.slots if s.job is None]
-            if not free:
+            if not self.loop.free():
                 return
             self._queue.popleft()
             try:
-                best, keep = None, -1
-                for s in sorted(free, key=lambda s: s.last_used):
-                    k = self.engine.prefix_to_keep(s.cached, job.ids)
-                    if k > keep:
-                        best, keep = s, k
-                self._start(best, job, keep)
+                job.decoder = StreamDecoder(self.tokenizer)
+                job.stopper = StopMatcher(job.stops)
+                self.loop.start(job, reuse_prefix=True)
             except Exception as e:      # a job that cannot start fails alone; the worker goes on
-                if best is not None:
-                    self._reset(best)
-                    best.job = None
-                msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
-                self._send(job, ErrorEvent(f"generation failed: {msg}", 500))
-
-    def _start(self, slot: Slot, job: Job, keep: int) -> None:
-        self.engine.truncate(keep, slot.index)
-        slot.cached = slot.cached[:keep]
-        slot.job = job
-        slot.decoder = StreamDecoder(self.tokenizer)
-        slot.stopper = StopMatcher(job.stops)
-        job.reused, job.pending, job.history = keep, list(job.ids[keep:]), list(job.ids)
+                self._send(job, _failure(e))
 
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stopping and not self._queue and all(s.job is None for s in self.slots):
+                while not self._stopping and not self._queue and not self.busy_slots():
                     self._cv.wait()
                 if self._stopping:
                     break
                 self._admit()
                 self._update_gauges()
-                active = [s for s in self.slots if s.job is not None]
-            if self.speculator is None:
-                self._step_all(active)
-            else:
-                for slot in active:
-                    try:
-                        self._step(slot)
-                    except Exception as e:       # a failed step fails its job, never the worker
-                        self._fail(slot, e)
+            self.loop.step()
         with self._cv:
-            jobs = [s.job for s in self.slots if s.job is not None] + list(self._queue)
+            queued = list(self._queue)
             self._queue.clear()
-            for s in self.slots:
-                s.job = None
             self._update_gauges()
-        for job in jobs:
+        self.loop.end_all("shutdown")
+        for job in queued:
             self._send(job, ErrorEvent(self._stop_message, 503))
 
-    def _fail(self, slot: Slot, e: Exception) -> None:
-        self._reset(slot)
-        msg = str(e) if isinstance(e, G4rtError) else f"{type(e).__name__}: {e}"
-        self._end(slot, ErrorEvent(f"generation failed: {msg}", 500))
-
-    def _step_all(self, active: list[Slot]) -> None:
-        """One step of every busy slot through Engine.forward_batch: each slot's next prompt
-        chunk or its next token. The running streams' tokens go first and the prompt chunks
-        shortest first; the engine packs short items into shared passes and runs a long chunk
-        alone, and reports each pass as it ends, so a slot's next token (a prompt's first one
-        included) is sampled and sent then, not after the other prompts of the step. Row-exact
-        batching keeps every stream's tokens those it gets alone."""
-        work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
-        for slot in active:
-            try:
-                ids = self._next_input(slot)
-            except Exception as e:
-                self._fail(slot, e)
-                continue
-            if ids is not None:
-                work.append((slot, ids, bool(slot.job.pending)))
-        if not work:
-            return
-        work.sort(key=lambda w: len(w[1]))
-        reported: set[int] = set()
-        t_last = [time.perf_counter()]
-
-        def on_pass(indexes: list[int], outs: list[np.ndarray]) -> None:
-            now = time.perf_counter()
-            dt, t_last[0] = now - t_last[0], now
-            if self.metrics is not None:
-                self.metrics.record_batch(len(indexes))
-            for i, logits in zip(indexes, outs):
-                reported.add(i)
-                self._took(*work[i], logits, dt)
-
-        try:
-            self.engine.forward_batch([(slot.index, ids) for slot, ids, _ in work], on_pass=on_pass)
-        except Exception as e:      # a failed pass fails the jobs not yet through, never the worker
-            for i, (slot, _, _) in enumerate(work):
-                if i not in reported:
-                    self._fail(slot, e)
-
-    def _took(self, slot: Slot, ids: list[int], prefill: bool, logits: np.ndarray, dt: float) -> None:
-        """A pass fed `ids` to the slot: keep its logits, account the time, and once the prompt
-        is done decide the next token (job.next_tok, fed in the next step)."""
-        job = slot.job
-        job.logits = logits
-        slot.cached.extend(ids)
-        if prefill:
-            job.prefill_s += dt
-            del job.pending[:len(ids)]
-        else:
-            job.decode_s += dt
-        if job.pending:
-            return
-        try:
-            t0 = time.perf_counter()
-            tok = job.sampler.sample(job.logits, job.history)
-            if not self._emit(slot, tok, job.logits):
-                job.decode_s += time.perf_counter() - t0
-                job.next_tok = tok
-        except Exception as e:      # fails this job, never the worker or the others
-            self._fail(slot, e)
-
-    def _next_input(self, slot: Slot) -> Optional[list[int]]:
-        """What a slot feeds next: a prompt chunk, or the token decided after its last pass
-        (None when the job ended instead)."""
-        job = slot.job
+    def _should_stop(self, job: Job) -> Optional[str]:
         if job.cancelled.is_set():
-            self._end(slot, None)
-            return None
+            return "cancelled"
         if job.timeout_s is not None and time.perf_counter() - job.submitted > job.timeout_s:
-            self._finish(slot, "length", "timeout")
-            return None
-        if job.pending:
-            return job.pending[:self.engine.prefill_chunk]
-        tok, job.next_tok = job.next_tok, None
-        return [tok]
-
-    def _reset(self, slot: Slot) -> None:
-        self.engine.reset(slot.index)
-        slot.cached = []
+            return "timeout"
+        return None
 
     def _send(self, job: Job, event: Event) -> None:
         try:
@@ -324,27 +215,37 @@ class Scheduler:
         except Exception:      # the client's event loop is gone: nobody is listening any more
             job.cancel()
 
-    def _end(self, slot: Slot, event: Optional[Event]) -> None:
-        job = slot.job
-        slot.job, slot.decoder, slot.stopper = None, None, None
-        slot.last_used = time.perf_counter()
-        if job is not None and event is not None:
-            self._send(job, event)
+    def _on_token(self, job: Job, tok: int, logits: np.ndarray) -> bool:
+        """Hand one decided token to the client; True when it completes a stop string."""
+        lp = [token_logprobs(logits, tok, job.top_logprobs)] if job.top_logprobs is not None else []
+        text, stopped = job.stopper.push(job.decoder.push(tok))
+        if text or lp:
+            self._send(job, TextEvent(text, lp))
+        return stopped
+
+    def _on_end(self, slot: Slot, job: Job, reason: str, error: Optional[BaseException]) -> None:
+        if reason == "error":
+            self._send(job, _failure(error))
+        elif reason == "shutdown":
+            self._send(job, ErrorEvent(self._stop_message, 503))
+        elif reason in _FINISHED:
+            self._finish(slot, job, *_FINISHED[reason])
+        # cancelled: nobody waits for an answer
         with self._cv:
             self._update_gauges()
 
-    def _finish(self, slot: Slot, finish_reason: str, stop_reason: str) -> None:
-        job = slot.job
-        if slot.stopper is not None and not slot.stopper.stopped:
+    def _finish(self, slot: Slot, job: Job, finish_reason: str, stop_reason: str) -> None:
+        if job.stopper is not None and not job.stopper.stopped:
             # the end of the stream: bytes of a split character and held-back text come out now
-            text, stopped = slot.stopper.push(slot.decoder.flush())
+            text, stopped = job.stopper.push(job.decoder.flush())
             if not stopped:
-                text += slot.stopper.flush()      # may still settle a stop that was arriving
+                text += job.stopper.flush()      # may still settle a stop that was arriving
             if text:
                 self._send(job, TextEvent(text))
-            if slot.stopper.stopped:
+            if job.stopper.stopped:
                 finish_reason, stop_reason = "stop", "stop_string"
         prompt_n = len(job.ids) - job.reused
+        first_token_s = job.first_token_at - job.submitted if job.first_token_at else 0.0
         usage = {
             "prompt_tokens": len(job.ids), "completion_tokens": job.generated,
             "total_tokens": len(job.ids) + job.generated, "cached_tokens": job.reused,
@@ -352,82 +253,10 @@ class Scheduler:
             "prompt_per_second": prompt_n / job.prefill_s if job.prefill_s > 0 else 0.0,
             "predicted_n": job.generated, "predicted_ms": job.decode_s * 1e3,
             "predicted_per_second": (max(job.generated - 1, 0) / job.decode_s) if job.decode_s > 0 else 0.0,
-            "time_to_first_token_ms": job.first_token_s * 1e3, "slot": slot.index,
+            "time_to_first_token_ms": first_token_s * 1e3, "slot": slot.index,
         }
         if self.speculator is not None:      # llama-server's names
             usage.update(draft_n=job.draft_n, draft_n_accepted=job.draft_accepted)
         if self.metrics is not None:
             self.metrics.record_generation(usage)
-        self._end(slot, DoneEvent(finish_reason, stop_reason, usage))
-
-    def _step(self, slot: Slot) -> None:
-        job, eng, i = slot.job, self.engine, slot.index
-        if job.cancelled.is_set():
-            self._end(slot, None)
-            return
-        if job.timeout_s is not None and time.perf_counter() - job.submitted > job.timeout_s:
-            self._finish(slot, "length", "timeout")
-            return
-        if job.pending:
-            # one prefill chunk per turn: the other slots keep streaming between chunks
-            chunk = job.pending[:eng.prefill_chunk]
-            t0 = time.perf_counter()
-            try:
-                job.logits = eng.forward(chunk, slot=i)[-1]
-            except BaseException:
-                self._reset(slot)
-                raise
-            job.prefill_s += time.perf_counter() - t0
-            slot.cached.extend(chunk)
-            del job.pending[:len(chunk)]
-            if job.pending:
-                return
-        t0 = time.perf_counter()
-        tok, job.next_tok = (job.next_tok, None) if job.next_tok is not None else \
-            (job.sampler.sample(job.logits, job.history), None)
-        if self._emit(slot, tok, job.logits):
-            return
-        spec = self.speculator
-        try:
-            if spec is None:
-                job.logits = eng.forward([tok], slot=i)[-1]
-                slot.cached.append(tok)
-            else:
-                out = spec.step(tok, job.history, job.sampler, slot=i, budget=job.max_tokens - job.generated)
-                slot.cached = job.history + out[:-1]      # the cache: tok and the kept proposals
-                job.draft_n += spec.last_drafted
-                job.draft_accepted += len(out) - 1
-                rows = spec.last_logits
-                for t, row in zip(out[:-1], rows):
-                    if self._emit(slot, t, row):
-                        return
-                job.next_tok, job.logits = out[-1], rows[len(out) - 1]
-        except BaseException:
-            self._reset(slot)
-            raise
-        finally:
-            job.decode_s += time.perf_counter() - t0
-
-    def _emit(self, slot: Slot, tok: int, logits: np.ndarray) -> bool:
-        """Hand one decided token to the client; True when the job ended with it."""
-        job = slot.job
-        if self.tokenizer.is_eog(tok):
-            self._finish(slot, "stop", "eog")
-            return True
-        job.generated += 1
-        job.history.append(tok)
-        if job.generated == 1:
-            job.first_token_s = time.perf_counter() - job.submitted
-        lp = [token_logprobs(logits, tok, job.top_logprobs)] if job.top_logprobs is not None else []
-        text, stopped = slot.stopper.push(slot.decoder.push(tok))
-        if text or lp:
-            self._send(job, TextEvent(text, lp))
-        if stopped:
-            self._finish(slot, "stop", "stop_string")
-        elif job.generated >= job.max_tokens:
-            self._finish(slot, "length", "max_tokens")
-        elif len(job.history) - 1 >= self.engine.ctx:      # plain decoding has the rest cached by now
-            self._finish(slot, "length", "context_full")
-        else:
-            return False
-        return True
+        self._send(job, DoneEvent(finish_reason, stop_reason, usage))
