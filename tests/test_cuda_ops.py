@@ -2,7 +2,7 @@
 
 Runs only where a CUDA device is present (skipped with the reason otherwise). The helpers at the
 top are shared with tests/test_cuda_compile.py, which runs a subset of these checks in CI on the
-emulated driver (runtime/backends/cuda/emulator.py: the host code, with numpy kernels).
+emulated driver (runtime/testing/cuda/emulated_driver.py: the host code, with numpy kernels).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _run_on(backend, case, out):
 
 
 def _sim_ok():
-    from g4rt.backends.cuda.simulator import sim_available
+    from g4rt.testing.cuda.simulator import sim_available
     return sim_available()
 
 

@@ -96,7 +96,7 @@ def test_a_placement_that_splits_a_cache_is_refused():
 
 # ---- the hybrid against one backend ----------------------------------------------------------------
 def _fronts():
-    from g4rt.backends.cuda.simulator import sim_available
+    from g4rt.testing.cuda.simulator import sim_available
     out = ["numpy"]
     out.append(pytest.param("vulkan", marks=pytest.mark.skipif(vulkan_skip_reason() is not None,
                                                                  reason=str(vulkan_skip_reason()))))

@@ -74,7 +74,7 @@ def test_numpy_reference_is_row_exact_too(name, kv_dtype):
 
 def _gpu_backends():
     from conftest import vulkan_skip_reason
-    from g4rt.backends.cuda.simulator import sim_available
+    from g4rt.testing.cuda.simulator import sim_available
     vk = pytest.mark.skipif(vulkan_skip_reason() is not None, reason=str(vulkan_skip_reason()))
     ok, why = sim_available()
     return [pytest.param("vulkan:cpu", marks=vk), pytest.param("vulkan:gpu", marks=vk),

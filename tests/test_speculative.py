@@ -88,7 +88,7 @@ def test_greedy_identity_on_every_fixture(name):
 
 def _other_backends():
     from conftest import vulkan_skip_reason
-    from g4rt.backends.cuda.simulator import sim_available
+    from g4rt.testing.cuda.simulator import sim_available
     ok, why = sim_available()
     return ["numpy",
             pytest.param("vulkan", marks=pytest.mark.skipif(vulkan_skip_reason() is not None,
