@@ -9,14 +9,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import backend_info, backend_names, create_backend
 from .backends.base import Backend, CompiledGraph
 from .errors import ContextOverflowError, G4rtError
 from .gguf.reader import GGUFFile
 from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
 from .model.graph import build_graph, kv_caches, model_weight_specs
-from .ops import ROW_EXACT_MAX, Segment
+from .ops import ROW_EXACT_MAX, Segment, one_sequence
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
@@ -43,21 +43,16 @@ def common_prefix(a, b) -> int:
 MAX_RECORDED_GRAPHS = 24
 
 
-def kv_value_bytes(backend, kv_dtype=None) -> int:
+def kv_value_bytes(backend: str | Backend, kv_dtype: Optional[str] = None) -> int:
     """Bytes per cached K/V value for memory planning: the kv_dtype asked for, else the backend's
-    own (a backend object's `kv_dtype`, a hybrid's front's; by name: the numpy reference keeps f32,
-    the native CPU and GPU backends f16; an unknown choice such as "auto" plans for f32, the larger)."""
+    own (a backend object's `kv_dtype`, a hybrid's front's; by name: its registry default; a
+    choice not yet made, such as "auto", plans for f32, the larger)."""
     if kv_dtype is None:
         if isinstance(backend, str):
-            kv_dtype = {"numpy": "f32", "cpu": "f16", "vulkan": "f16", "cuda": "f16"}.get(backend, "f32")
+            kv_dtype = backend_info(backend).default_kv_dtype if backend in backend_names() else "f32"
         else:
-            kv_dtype = getattr(getattr(backend, "front", backend), "kv_dtype", "f32")
-    if isinstance(kv_dtype, str):
-        return KV_DTYPE_BYTES.get(kv_dtype, 4)
-    try:
-        return int(np.dtype(kv_dtype).itemsize)          # the CPU backend keeps a numpy dtype
-    except TypeError:
-        return 4
+            kv_dtype = backend.kv_dtype
+    return KV_DTYPE_BYTES.get(kv_dtype, 4)
 
 
 class Engine:
@@ -97,17 +92,10 @@ class Engine:
             # a progress display learns the total first (bytes of every weight the model reads)
             progress.start(sum(int(self.weight_bytes(n).nbytes) for n in probe.weights))
         self.backend.load_weights(probe.weights, self, progress)
-        # A backend that takes segments (ops.Segment) keeps every slot in one cache per layer and
-        # replays one graph for any mix of sequences; others get caches and graphs per slot.
-        self.batched = bool(getattr(self.backend, "supports_segments", False))
-        if self.batched:
-            caches = kv_caches(self.config, self.ctx, 0, self.ring_slack, self.slots)
-        else:
-            caches = {}
-            for slot in range(self.slots):
-                caches.update(kv_caches(self.config, self.ctx, slot, self.ring_slack))
-        self.backend.allocate_caches(caches)
-        self._graphs: OrderedDict[tuple[int, bool, int], CompiledGraph] = OrderedDict()
+        # Every slot lives in one cache per layer; one recorded graph serves any mix of sequences
+        # (the segments of a call say which rows continue which slot).
+        self.backend.allocate_caches(kv_caches(self.config, self.ctx, self.ring_slack, self.slots))
+        self._graphs: OrderedDict[tuple[int, bool], CompiledGraph] = OrderedDict()
         self._pos = [0] * self.slots
 
     # WeightSource
@@ -116,15 +104,14 @@ class Engine:
             return self.derived[name].view(np.uint8)
         return self.file.tensor(name).raw
 
-    def graph(self, n_tokens: int, all_logits: bool = False, slot: int = 0) -> CompiledGraph:
-        """The recorded graph for a batch of n_tokens rows (on a batched engine one serves every
-        slot: the slot is chosen per call by the segments)."""
-        key = (n_tokens, all_logits and n_tokens > 1, 0 if self.batched else slot)
+    def graph(self, n_tokens: int, all_logits: bool = False) -> CompiledGraph:
+        """The recorded graph for a batch of n_tokens rows (of any slots: the segments of a call
+        place them)."""
+        key = (n_tokens, all_logits and n_tokens > 1)
         g = self._graphs.get(key)
         if g is None:
-            slots = self.slots if self.batched else 1
-            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], key[2],
-                                                 self.ring_slack, slots))
+            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1],
+                                                 self.ring_slack, self.slots))
             self._graphs[key] = g
             while len(self._graphs) > MAX_RECORDED_GRAPHS:
                 self._graphs.popitem(last=False)        # least recently used
@@ -213,8 +200,7 @@ class Engine:
         for start in range(0, len(ids), self.prefill_chunk):
             chunk = ids[start:start + self.prefill_chunk]
             last = start + len(chunk) == len(ids)
-            at = [Segment(0, len(chunk), self._pos[slot], slot)] if self.batched and slot else self._pos[slot]
-            out = self.graph(len(chunk), all_logits, slot).run(chunk, at)
+            out = self.graph(len(chunk), all_logits).run(chunk, one_sequence(len(chunk), self._pos[slot], slot))
             self._pos[slot] += len(chunk)
             if all_logits or last:
                 outs.append(np.array(out, dtype=np.float32, copy=True))
@@ -226,11 +212,11 @@ class Engine:
         """Feed several sequences at once: items are (slot, ids) with distinct slots; returns each
         one's logits for its last token ([n_vocab]).
 
-        On a batched engine items share graph calls: packs of at most ROW_EXACT_MAX rows in all,
-        within which every row gets the bits it gets alone (row-exact), so a sequence's tokens
-        do not depend on what it was batched with; a longer item (a prompt chunk) runs alone, in
-        chunks as `forward` cuts them. Elsewhere the items run one after the other. Items run in
-        the order given; on_pass(indexes, logits) hears of each pass's items as it ends."""
+        Items share graph calls: packs of at most ROW_EXACT_MAX rows in all, within which every
+        row gets the bits it gets alone (row-exact), so a sequence's tokens do not depend on what
+        it was batched with; a longer item (a prompt chunk) runs alone, in chunks as `forward`
+        cuts them. Items run in the order given; on_pass(indexes, logits) hears of each pass's
+        items as it ends."""
         items = [(int(slot), self._checked(ids, int(slot))) for slot, ids in items]   # all, before any runs
         slots = [slot for slot, _ in items]
         if len(set(slots)) != len(slots):
@@ -254,7 +240,7 @@ class Engine:
 
         rows = 0
         for i, (slot, ids) in enumerate(items):
-            if not self.batched or len(ids) > ROW_EXACT_MAX:
+            if len(ids) > ROW_EXACT_MAX:
                 done([i], [self.forward(ids, slot=slot)[-1]])
                 continue
             if rows + len(ids) > ROW_EXACT_MAX:

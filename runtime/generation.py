@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .backends import pick_backend
+from .backends import backend_info, backend_names, create_backend, pick_backend
 from .text.chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
 from .engine import Engine
 from .errors import ContextOverflowError, G4rtError
@@ -311,32 +311,26 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     reason = f"requested {backend}"
     if backend == "auto":
         backend, reason = pick_backend()
-    if backend not in ("cpu", "numpy", "vulkan", "cuda"):
-        raise G4rtError(f"unknown backend {backend!r} (choose auto, cpu, numpy, vulkan or cuda)")
+    if backend not in backend_names():
+        names = backend_names()
+        raise G4rtError(f"unknown backend {backend!r} (choose auto, {', '.join(names[:-1])} or {names[-1]})")
     moe_layers = 0
     if cpu_moe or n_cpu_moe is not None:       # checked on the header, before any device opens
         moe_layers = expert_layers_on_host(load_config(GGUFFile(path)), backend, cpu_moe, n_cpu_moe)
     if gpu_layers is not None or moe_layers:
-        if backend in ("cpu", "numpy"):
-            raise G4rtError(f"--gpu-layers needs a GPU backend (--backend cuda or vulkan); on {backend} "
-                            "everything already runs on the CPU")
-        from .backends.hybrid import create_hybrid
-        backend_obj = create_hybrid(gpu_layers, gpu=backend, gpu_options=backend_options,
-                                    cpu_options={"threads": threads} if threads else None,
-                                    cpu_moe_layers=moe_layers)
+        hybrid = create_backend(backend, threads=threads, gpu_layers=gpu_layers, cpu_moe_layers=moe_layers,
+                                **backend_options)
         if gpu_layers is not None:
             reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
         if moe_layers:
             reason += ("; experts of every MoE layer" if cpu_moe else f"; experts of layers 0-{moe_layers - 1}") \
                 + " on the CPU"
-        engine = Engine(path, backend=backend_obj, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack)
+        engine = Engine(path, backend=hybrid, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack)
     else:
-        if threads is not None:
-            if backend != "cpu":
-                raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
-            backend_options["threads"] = threads
+        if threads is not None and not backend_info(backend).takes_threads:
+            raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
         engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack,
-                        **backend_options)
+                        threads=threads, **backend_options)
     speculator = None
     if speculating:
         try:

@@ -7,7 +7,7 @@ Pure arithmetic over a ModelConfig and its weight specs; nothing is allocated. T
   layers min(ctx, window) positions, global layers ctx, shared-KV layers none;
 - scratch: the activations of the largest graph (the prefill batch), i.e. the sum of
   `build_graph(cfg, specs, batch, ctx).buffers`; backends that materialize the attention score
-  matrix (the CPU reference) add that too.
+  matrix (the numpy reference) add that too.
 
 Placement is either everything on one device, or a hybrid split with the first `gpu_layers`
 layers (their weights and caches) on the device and the rest plus the non-layer tensors
@@ -27,9 +27,11 @@ from typing import Callable, Optional, Union
 
 from gguf import GGMLQuantizationType
 
+from .backends.registry import backend_info
 from .errors import G4rtError, InsufficientMemoryError
 from .model.config import LayerConfig, ModelConfig
 from .model.graph import build_graph, router_norm_name
+from .model.shapes import DENSE_12B, MOE_26B
 from .ops import WeightSpec
 from .gguf.quant_types import row_bytes
 
@@ -96,7 +98,7 @@ def expert_layers_on_host(cfg: ModelConfig, backend: str, cpu_moe: bool, n_cpu_m
     if cpu_moe and n_cpu_moe is not None:
         raise G4rtError("give --cpu-moe or --n-cpu-moe N, not both")
     what = "--cpu-moe" if cpu_moe else "--n-cpu-moe"
-    if backend in ("cpu", "numpy"):
+    if not backend_info(backend).has_device_memory:
         raise G4rtError(f"{what} needs a GPU backend (--backend cuda or vulkan); on {backend} "
                         "everything already runs on the CPU")
     if not any(L.moe for L in cfg.layers):
@@ -132,7 +134,7 @@ def scratch_bytes(cfg: ModelConfig, specs: dict[str, WeightSpec], batch: int, ct
 
 
 def attention_score_bytes(cfg: ModelConfig, batch: int, ctx: int) -> int:
-    """Workspace of a backend that materializes attention (the CPU reference): for the widest
+    """Workspace of a backend that materializes attention (the numpy reference): for the widest
     layer, scores, their masked copy and probabilities [heads, n, T] plus K/V repeated per head."""
     n = max(1, min(batch, ctx))
     worst = 0
@@ -631,25 +633,29 @@ def dense_gemma4(*, n_layer: int, n_embd: int, n_head: int, ffn: int, head_dim_s
     return cfg, _gemma4_specs(cfg, lambda name, cols: matrix_type, norm_type)
 
 
-def gemma4_12b_shape(context_length: int = 131072) -> tuple[ModelConfig, dict[str, WeightSpec]]:
-    """The 12B's shape: hidden 3840, 48 layers (5 sliding : 1 global, window 1024), 16 heads,
-    sliding head_dim 256 / 8 KV heads, global head_dim 512 / 4 KV heads, FFN 15360,
-    vocabulary 262144, Q4_0 everywhere including the embeddings (the QAT q4_0 file)."""
-    return dense_gemma4(n_layer=48, n_embd=3840, n_head=16, ffn=15360, head_dim_swa=256, n_kv_swa=8,
-                        head_dim=512, n_kv=4, window=1024, period=6, n_vocab=262144,
-                        context_length=context_length)
+def gemma4_12b_shape(context_length: int = DENSE_12B.context_length
+                     ) -> tuple[ModelConfig, dict[str, WeightSpec]]:
+    """The 12B's shape (shapes.DENSE_12B: hidden 3840, 48 layers, 5 sliding : 1 global, window 1024,
+    16 heads, sliding head_dim 256 / 8 KV heads, global head_dim 512 / 4 KV heads, FFN 15360,
+    vocabulary 262144), Q4_0 everywhere including the embeddings (the QAT q4_0 file)."""
+    s = DENSE_12B
+    return dense_gemma4(n_layer=s.n_layer, n_embd=s.hidden, n_head=s.n_head, ffn=s.ffn, head_dim_swa=s.d_swa,
+                        n_kv_swa=s.kv_swa, head_dim=s.d_global, n_kv=s.kv_global, window=s.window,
+                        period=s.period, n_vocab=s.n_vocab, context_length=context_length)
 
 
 def gemma4_26b_a4b_shape(matrix_type: Union[QT, str] = QT.Q4_0,
-                         context_length: int = 262144) -> tuple[ModelConfig, dict[str, WeightSpec]]:
-    """The 26B-A4B's shape (its published configuration): hidden 2816, 30 layers (5 sliding : 1
-    global, window 1024), 16 query heads, sliding head_dim 256 / 8 KV heads, global head_dim 512 /
-    2 KV heads with K = V (no attn_v), in every layer a dense MLP of 2112 beside 128 routed experts
-    of width 704 (top 8, gate and up fused), vocabulary 262144, tied embeddings, trained context
-    262144. matrix_type: one type for every matrix (Q4_0 as Google's QAT file, Q8_0, ...) or
-    "Q4_K_M" (llama_q4_k_m); routers and norms F32."""
-    cfg = _gemma4_config(n_layer=30, n_embd=2816, n_head=16, ffn=2112, head_dim_swa=256, n_kv_swa=8,
-                         head_dim=512, n_kv=2, window=1024, period=6, n_vocab=262144,
-                         context_length=context_length, k_eq_v=True, n_expert=128, n_expert_used=8,
-                         expert_ffn=704)
+                         context_length: int = MOE_26B.context_length) -> tuple[ModelConfig, dict[str, WeightSpec]]:
+    """The 26B-A4B's shape (shapes.MOE_26B, its published configuration: hidden 2816, 30 layers,
+    5 sliding : 1 global, window 1024, 16 query heads, sliding head_dim 256 / 8 KV heads, global
+    head_dim 512 / 2 KV heads with K = V (no attn_v), in every layer a dense MLP of 2112 beside 128
+    routed experts of width 704 (top 8, gate and up fused), vocabulary 262144, tied embeddings,
+    trained context 262144). matrix_type: one type for every matrix (Q4_0 as Google's QAT file,
+    Q8_0, ...) or "Q4_K_M" (llama_q4_k_m); routers and norms F32."""
+    s = MOE_26B
+    cfg = _gemma4_config(n_layer=s.n_layer, n_embd=s.hidden, n_head=s.n_head, ffn=s.ffn, head_dim_swa=s.d_swa,
+                         n_kv_swa=s.kv_swa, head_dim=s.d_global, n_kv=s.kv_global, window=s.window,
+                         period=s.period, n_vocab=s.n_vocab, context_length=context_length,
+                         k_eq_v=s.k_eq_v_global, n_expert=s.n_expert, n_expert_used=s.n_expert_used,
+                         expert_ffn=s.expert_ffn)
     return cfg, _gemma4_specs(cfg, quant_mix(cfg, matrix_type), QT.F32)

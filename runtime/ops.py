@@ -4,18 +4,18 @@ A `Graph` is a flat list of ops over named 2-D buffers ([rows, cols], row-major,
 stated) and named weights (GGUF tensors, kept in their block layout). It is built once per model,
 context and batch size, then replayed: the only per-call inputs are the token ids and where the
 rows sit: a list of `Segment`s, each a run of consecutive rows that continue one sequence (its KV
-cache slot and the position of its first row). One sequence is the common case (`pos0`, an int:
-one segment of every row in slot 0); several let one pass decode many sequences (the server's
-parallel slots). Row-wise ops ignore segments; Rope, KvStore and Attention work per segment.
+cache slot and the position of its first row). One sequence is the common case (`one_sequence`:
+one segment of every row); several let one pass decode many sequences (the server's parallel
+slots). Row-wise ops ignore segments; Rope, KvStore and Attention work per segment.
 
 Backends execute these ops and know nothing about any model; the model knows nothing about
-backends. Every op's semantics are defined by the CPU reference backend (backends/numpy_ref/backend.py).
+backends. Every op's semantics are defined by the numpy reference (backends/numpy_ref/).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -51,16 +51,15 @@ class Segment:
     slot: int = 0
 
 
-def placement(at, n_tokens: int, slots: Optional[int] = 1) -> tuple[Segment, ...]:
-    """The segments of a call: `at` is pos0 (one sequence in slot 0) or a sequence of Segments,
-    which must cover the rows in order, each in its own slot below `slots` (None: a graph without
-    caches, any slot)."""
-    if isinstance(at, (int,)) or hasattr(at, "__index__"):
-        pos0 = int(at)
-        if pos0 < 0:
-            raise G4rtError(f"negative position {pos0}")
-        return (Segment(0, n_tokens, pos0, 0),)
-    segs = tuple(at)
+def one_sequence(n_tokens: int, pos0: int, slot: int = 0) -> tuple[Segment, ...]:
+    """The placement of a call that continues one sequence: every row, from position pos0."""
+    return (Segment(0, n_tokens, pos0, slot),)
+
+
+def placement(segments: Sequence[Segment], n_tokens: int, slots: Optional[int] = 1) -> tuple[Segment, ...]:
+    """A call's segments, checked: they must cover the rows in order, each in its own slot below
+    `slots` (None: a graph without caches, any slot)."""
+    segs = tuple(segments)
     row, seen = 0, set()
     for s in segs:
         if s.row0 != row or s.rows < 1 or s.pos0 < 0 or s.slot < 0 or s.slot in seen \
@@ -82,7 +81,7 @@ def graph_slots(graph) -> Optional[int]:
         if isinstance(op, Attention):
             used.update((op.cache_k, op.cache_v))
         elif isinstance(op, KvStore):
-            used.update((op.out, op.cache_v))
+            used.update((op.cache_k, op.cache_v))
     return min((graph.caches[c].slots for c in used if c in graph.caches), default=None)
 
 
@@ -116,8 +115,9 @@ class WeightSpec:
 # ---- ops --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Op:
+    """Every op names what it writes as `out`: its output buffer (a field of each op; KvStore's
+    is the K cache it writes, beside cache_v)."""
     kind: ClassVar[str] = "op"
-    out: str
 
     def reads(self) -> list[str]:
         """Names of buffers and caches this op reads (weights excluded)."""
@@ -131,6 +131,7 @@ class Op:
 class EmbedLookup(Op):
     """out[r] = dequant(table[tokens[r]]) * scale."""
     kind: ClassVar[str] = "embed"
+    out: str
     table: str
     scale: float
 
@@ -139,6 +140,7 @@ class EmbedLookup(Op):
 class MatMul(Op):
     """out[r, o] = sum_i x[r, i] * W[o, i]  (W dequantized from its GGUF blocks, f32 accumulate)."""
     kind: ClassVar[str] = "matmul"
+    out: str
     x: str
     weight: str
     _read_fields: ClassVar = ("x",)
@@ -148,6 +150,7 @@ class MatMul(Op):
 class RmsNorm(Op):
     """Each run of `group` columns: v / sqrt(mean(v^2) + eps), times weight[group] if given."""
     kind: ClassVar[str] = "rmsnorm"
+    out: str
     x: str
     weight: Optional[str]
     eps: float
@@ -162,6 +165,7 @@ class Rope(Op):
     Pair (i, i + n_rot/2) for i < n_rot/2 turns by angle pos * base^(-2i/n_rot) / freq_factors[i];
     columns past n_rot are left as they are."""
     kind: ClassVar[str] = "rope"
+    out: str
     x: str
     head_dim: int
     n_rot: int
@@ -188,6 +192,7 @@ class Attention(Op):
     come from the segment's own k/v rows, earlier ones from slot s of the caches. Rows never see
     another segment's keys."""
     kind: ClassVar[str] = "attention"
+    out: str
     q: str
     k: str
     v: str
@@ -204,18 +209,25 @@ class Attention(Op):
 @dataclass(frozen=True)
 class KvStore(Op):
     """Write each segment's k/v rows into its slot of the caches (position p of slot s at row
-    s * rows + p % rows; of a segment longer than the ring its last rows win). `out` is cache_k."""
+    s * rows + p % rows; of a segment longer than the ring its last rows win)."""
     kind: ClassVar[str] = "kv_store"
+    cache_k: str
     cache_v: str
     k: str
     v: str
     _read_fields: ClassVar = ("k", "v")
+
+    @property
+    def out(self) -> str:
+        """What passes that treat every op alike (splits, observers) see it write: its K cache."""
+        return self.cache_k
 
 
 @dataclass(frozen=True)
 class GeluMul(Op):
     """out = gelu_tanh(gate) * up."""
     kind: ClassVar[str] = "gelu_mul"
+    out: str
     gate: str
     up: str
     _read_fields: ClassVar = ("gate", "up")
@@ -224,6 +236,7 @@ class GeluMul(Op):
 @dataclass(frozen=True)
 class Gelu(Op):
     kind: ClassVar[str] = "gelu"
+    out: str
     x: str
     _read_fields: ClassVar = ("x",)
 
@@ -231,6 +244,7 @@ class Gelu(Op):
 @dataclass(frozen=True)
 class Add(Op):
     kind: ClassVar[str] = "add"
+    out: str
     a: str
     b: str
     _read_fields: ClassVar = ("a", "b")
@@ -239,6 +253,7 @@ class Add(Op):
 @dataclass(frozen=True)
 class Mul(Op):
     kind: ClassVar[str] = "mul"
+    out: str
     a: str
     b: str
     _read_fields: ClassVar = ("a", "b")
@@ -248,6 +263,7 @@ class Mul(Op):
 class Scale(Op):
     """out = x * scale, and times the one-element weight `by` when given."""
     kind: ClassVar[str] = "scale"
+    out: str
     x: str
     scale: float
     by: Optional[str] = None
@@ -258,6 +274,7 @@ class Scale(Op):
 class Softcap(Op):
     """out = cap * tanh(x / cap)."""
     kind: ClassVar[str] = "softcap"
+    out: str
     x: str
     cap: float
     _read_fields: ClassVar = ("x",)
@@ -267,6 +284,7 @@ class Softcap(Op):
 class Slice(Op):
     """out = x[row0 : row0 + out.rows, col0 : col0 + out.cols] (a copy)."""
     kind: ClassVar[str] = "slice"
+    out: str
     x: str
     row0: int
     col0: int
@@ -282,6 +300,7 @@ class MoeRoute(Op):
     lower index first), in that order; weight_j = p_j / sum of the k selected p (computed in double),
     times expert_scale[e_j] when given."""
     kind: ClassVar[str] = "moe_route"
+    out: str
     logits: str
     k: int
     expert_scale: Optional[str] = None
@@ -296,6 +315,7 @@ class MoeMatMul(Op):
     x has either one row per token (row = r, the input every selected expert shares) or one per
     selection (row = r*k + j). Only the selected experts' rows of W are read."""
     kind: ClassVar[str] = "moe_matmul"
+    out: str
     x: str
     route: str
     weight: str
@@ -307,6 +327,7 @@ class MoeMatMul(Op):
 class MoeSum(Op):
     """out[r] = sum over j = 0..k-1, in order, of route weight j of row r times y[r*k + j]."""
     kind: ClassVar[str] = "moe_sum"
+    out: str
     y: str
     route: str
     _read_fields: ClassVar = ("y", "route")

@@ -26,6 +26,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .backends import backend_info
 from .engine import Engine, common_prefix, kv_value_bytes
 from .errors import G4rtError
 from .ops import ROW_EXACT_MAX
@@ -254,9 +255,9 @@ def check_same_vocabulary(target, draft) -> None:
 # ---- building one --------------------------------------------------------------------------------
 def check_draft_fits(f, ctx: int, backend: str, slots: int = 1, ring_slack: int = 0) -> None:
     """Refuse, before loading, a draft model (an open GGUFFile) whose weights and KV cache exceed
-    the host RAM still available (the native CPU and numpy backends; a GPU backend checks its own
-    memory as it loads)."""
-    if backend not in ("cpu", "numpy"):
+    the host RAM still available (a backend on host memory; a GPU backend checks its own memory
+    as it loads)."""
+    if backend_info(backend).has_device_memory:
         return
     from .memory_plan import available_ram, make_plan
     from .model.config import load_config
@@ -291,8 +292,8 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
     f = GGUFFile(draft)                 # one header scan for both checks
     check_same_vocabulary(target_tokenizer, load_tokenizer(f))
     check_draft_fits(f, target.ctx, draft_backend, target.slots, draft_max)
-    opts = {"threads": threads} if threads and draft_backend == "cpu" else {}
-    eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max, **opts)
+    eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max,
+                 threads=threads or None)
     try:
         return Speculator(target, ModelDrafter(eng, draft_p_min), draft_max, draft_min)
     except BaseException:

@@ -321,7 +321,7 @@ def test_hybrid_observer_sees_every_op_once():
     e = Engine(path, backend=HybridBackend(NumpyBackend(), NumpyBackend(), layers_split(2)), ctx=32)
     g = e.graph(3)
     seen = []
-    g.run(np.array([2, 3, 4], np.int32), 0, observer=lambda i, op, arr: seen.append(i))
+    g.run(np.array([2, 3, 4], np.int32), ops.one_sequence(3, 0), observer=lambda i, op, arr: seen.append(i))
     assert seen == list(range(len(g.graph.ops)))
 
 

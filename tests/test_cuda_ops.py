@@ -15,10 +15,10 @@ from gguf import GGMLQuantizationType as QT
 from g4rt import ops as O
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.backends.cuda.driver import cuda_available
-from g4rt.backends.hybrid import declare_inputs, write_inputs
 from g4rt.gguf.quant_types import dequantize_rows, quantize_rows
+from g4rt.testing.cuda import driver_from_env
 
-HAVE_CUDA, CUDA_REASON = cuda_available()
+HAVE_CUDA, CUDA_REASON = cuda_available(driver=driver_from_env())
 pytestmark = pytest.mark.skipif(not HAVE_CUDA, reason=f"no CUDA device: {CUDA_REASON}")
 
 ALL_TYPES = [QT.F32, QT.F16, QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.Q4_K,
@@ -83,12 +83,13 @@ def run_graph_on(be, g: O.Graph, src: MemSource, inputs: dict, caches: dict, tok
     """Load, seed inputs and caches, compile and run; returns (output, compiled graph)."""
     be.load_weights(src.specs, src)
     be.allocate_caches({k: g.caches[k] for k in caches})
-    declare_inputs(be, {f"in.{k}": v.shape for k, v in inputs.items()})
-    write_inputs(be, {f"in.{k}": v for k, v in inputs.items()})
+    be.declare_inputs({f"in.{k}": v.shape for k, v in inputs.items()})
+    be.write_inputs({f"in.{k}": v for k, v in inputs.items()})
     for k, v in caches.items():
         seed_cache(be, k, v)
     cg = be.compile(g)
-    return cg.run(np.asarray(tokens, np.int32), pos0), cg
+    tokens = np.asarray(tokens, np.int32)
+    return cg.run(tokens, O.one_sequence(len(tokens), pos0)), cg
 
 
 def seed_cache(be, name, values):
@@ -269,9 +270,10 @@ def check_replay(make_backend, seed=7):
         for step in range(4):
             toks = rng.integers(0, 50, 2).astype(np.int32)
             pos0 = int(rng.integers(0, 1000))
-            np.testing.assert_allclose(cg.run(toks, pos0), rg.run(toks, pos0), rtol=0, atol=2e-5)
+            at = O.one_sequence(len(toks), pos0)
+            np.testing.assert_allclose(cg.run(toks, at), rg.run(toks, at), rtol=0, atol=2e-5)
         seen = []
-        cg.run(toks, pos0, observer=lambda i, op, arr: seen.append((i, op.kind, arr.shape)))
+        cg.run(toks, O.one_sequence(len(toks), pos0), observer=lambda i, op, arr: seen.append((i, op.kind, arr.shape)))
         assert [s[1] for s in seen] == ["embed", "rope"]
     finally:
         be.close()
@@ -300,7 +302,7 @@ ROPE_CASES = [(3, 64, 64, 4, 0, False, True), (5, 128, 64, 2, 1000, True, True),
 # ---- the GPU tests -------------------------------------------------------------------------
 def _cuda(kv_dtype):
     from g4rt.backends.cuda.backend import CudaBackend
-    return CudaBackend(kv_dtype=kv_dtype)
+    return CudaBackend(kv_dtype=kv_dtype, driver=driver_from_env())
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
@@ -328,7 +330,7 @@ INT8_TYPES = [QT.Q8_0, QT.Q4_0, QT.Q4_K, QT.Q6_K]
 
 def _cuda_int8(kv_dtype):
     from g4rt.backends.cuda.backend import CudaBackend
-    return CudaBackend(kv_dtype=kv_dtype, int8_matvec=True)
+    return CudaBackend(kv_dtype=kv_dtype, int8_matvec=True, driver=driver_from_env())
 
 
 @pytest.mark.parametrize("qtype", INT8_TYPES, ids=lambda t: t.name)
@@ -374,7 +376,7 @@ def test_graph_replay_with_new_tokens_and_positions():
 
 def test_graph_capture_is_used():
     from g4rt.backends.cuda.backend import CudaBackend
-    be = CudaBackend()
+    be = CudaBackend(driver=driver_from_env())
     try:
         assert be.use_graphs or be.debug
     finally:

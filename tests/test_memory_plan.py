@@ -220,7 +220,8 @@ def test_26b_shape_matches_synth(qtype):
     """The plan's 26B-A4B and `g4rt synth --moe` describe the same file (the plan adds the router
     norm weights the loader derives)."""
     from g4rt.model.graph import router_norm_name
-    from g4rt.tools.synth import MOE_26B, tensor_plan
+    from g4rt.model.shapes import MOE_26B
+    from g4rt.tools.synth import tensor_plan
     _, specs = M.gemma4_26b_a4b_shape(qtype)
     ours = {n: (s.qtype, s.rows, s.cols) for n, s in specs.items() if n not in {router_norm_name(i) for i in range(30)}}
     assert ours == {n: (qt, r, c) for n, qt, r, c in tensor_plan(30, M.QT[qtype], 262144, MOE_26B)}

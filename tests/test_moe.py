@@ -164,7 +164,8 @@ def _run_on(backend, case, out):
     backend.load_weights(case.src.specs, case.src)
     backend.allocate_caches(case.caches)
     try:
-        return np.array(backend.compile(case.graph(out)).run(np.arange(case.n, dtype=np.int32), 0), copy=True)
+        return np.array(backend.compile(case.graph(out)).run(np.arange(case.n, dtype=np.int32), O.one_sequence(case.n, 0)),
+                        copy=True)
     finally:
         backend.close()
 
@@ -296,7 +297,8 @@ def test_synth_writes_a_loadable_moe_file(tmp_path):
     from g4rt.engine import Engine
     from g4rt.gguf.reader import GGUFFile
     from g4rt.model.config import load_config
-    from g4rt.tools.synth import MOE_26B, Shape, write_synthetic
+    from g4rt.model.shapes import MOE_26B, Shape
+    from g4rt.tools.synth import write_synthetic
     vocab = FX / "models" / "g4-dense-Q4_0.gguf"
     if not vocab.is_file():
         pytest.skip("the fixtures' vocabulary is absent")

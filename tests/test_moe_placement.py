@@ -1,5 +1,5 @@
 """Expert placement (`--cpu-moe` / `--n-cpu-moe N`): a MoE layer's expert products run on the
-native CPU backend between GPU segments. The cut itself (pure), the hybrid against the single
+native CPU backend between GPU pieces. The cut itself (pure), the hybrid against the single
 backend on every front present (numpy, Vulkan on lavapipe, CUDA on the simulator), decode
 through the cache, and the refusals a user can hit from the command line."""
 
@@ -52,11 +52,11 @@ def test_expert_ranges_hold_exactly_the_expert_products():
 
 @NEED_MOE
 @pytest.mark.parametrize("front_layers,moe_layers", [(1 << 30, 1 << 30), (1 << 30, 2), (3, 1 << 30), (0, 1 << 30)])
-def test_segments_alternate_and_hand_over_only_what_is_read(front_layers, moe_layers):
-    from g4rt.backends.graph_split import expert_op_ranges, op_sides, segments
+def test_pieces_alternate_and_hand_over_only_what_is_read(front_layers, moe_layers):
+    from g4rt.backends.graph_split import expert_op_ranges, op_sides, pieces
     g, cfg = _graph(n_tokens=5)
     sides = op_sides(g, front_layers, moe_layers)
-    segs = segments(g, sides)
+    segs = pieces(g, sides)
     assert segs[0].start == 0 and segs[-1].end == len(g.ops)
     assert all(a.end == b.start and a.side != b.side for a, b in zip(segs, segs[1:]))
     for layer, (s, e) in expert_op_ranges(g).items():
@@ -68,10 +68,10 @@ def test_segments_alternate_and_hand_over_only_what_is_read(front_layers, moe_la
         if seg.side == "back" and seg.start < len(g.ops) and g.ops[seg.start].kind == "moe_matmul" \
                 and seg.end <= len(g.ops) and g.ops[seg.end - 1].kind == "moe_sum" \
                 and n_front_layers == cfg.n_layer:
-            # an expert segment between GPU segments takes the normed row and the route
+            # an expert piece between GPU pieces takes the normed row and the route
             assert sorted(seg.inputs) == ["moe_in", "route"], seg.inputs
             between += 1
-        for b in seg.inputs:      # an input is read before this segment writes it
+        for b in seg.inputs:      # an input is read before this piece writes it
             first_read = next(i for i in range(seg.start, seg.end) if b in g.ops[i].reads())
             assert not any(g.ops[i].out == b for i in range(seg.start, first_read))
     if n_front_layers == cfg.n_layer:        # the check above ran for every moved layer
@@ -84,14 +84,14 @@ def test_segments_alternate_and_hand_over_only_what_is_read(front_layers, moe_la
 
 @NEED_MOE
 def test_a_placement_that_splits_a_cache_is_refused():
-    from g4rt.backends.graph_split import segments
+    from g4rt.backends.graph_split import pieces
     from g4rt.errors import G4rtError
     g, _ = _graph()
     store = next(i for i, op in enumerate(g.ops) if isinstance(op, O.KvStore))
     sides = ["front"] * len(g.ops)
     sides[store] = "back"                    # the attention that reads the cache stays in front
     with pytest.raises(G4rtError, match="both sides"):
-        segments(g, sides)
+        pieces(g, sides)
 
 
 # ---- the hybrid against one backend ----------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_cpu_moe_equals_the_single_backend_and_meets_the_bar(front, front_layers
     e = Engine(MODEL, backend=hb, ctx=128)
     try:
         got = P.run_reference(e, ref)
-        assert sum(s.side == "back" for s in hb.last_segments) >= 2      # experts between GPU parts
+        assert sum(s.side == "back" for s in hb.last_pieces) >= 2      # experts between GPU parts
         ids = ref["ids_0"]
         e.reset()
         hybrid_logits = e.forward(ids, all_logits=True)
@@ -165,7 +165,7 @@ def test_cpu_moe_decode_through_the_cache_equals_prefill():
 @pytest.mark.parametrize("front", _fronts())
 def test_hand_over_bytes_per_token(front):
     """Per MoE layer and token through the host: the normed row and the route to the CPU and
-    the summed row back. The residual and dense-MLP rows stay on a GPU from one segment to the
+    the summed row back. The residual and dense-MLP rows stay on a GPU from one piece to the
     next (numpy, which cannot keep them, sends them through the host)."""
     from g4rt.engine import Engine
     hb = _hybrid(front, 1 << 30, 1 << 30)
@@ -181,7 +181,7 @@ def test_hand_over_bytes_per_token(front):
     E = cfg.n_embd
     kept_on_host = 0 if front != "numpy" else 2 * E * 4
     assert cg.transfer_bytes == n_moe * ((E + 2 * k) * 4 + E * 4 + kept_on_host)
-    fronts = [s for s in cg.segments if s.side == "front"]
+    fronts = [s for s in cg.pieces if s.side == "front"]
     if front != "numpy":
         assert all(sorted(s.kept_in) == ["o", "x"] for s in fronts[1:]), [s.kept_in for s in fronts]
 

@@ -131,7 +131,7 @@ def _run_schedule(make, n_head, n_kv, D, window, ring, slots=3, seed=0):
             ca = _seq_case(part, n_head, n_kv, D, window, ring, 1, tag=f"{len(steps)}.{s.slot}")
             be = alone[s.slot]
             be.load_weights(ca.src.specs, ca.src)
-            ref.append(np.array(be.compile(ca.graph("o")).run(np.arange(s.rows), s.pos0), copy=True))
+            ref.append(np.array(be.compile(ca.graph("o")).run(np.arange(s.rows), O.one_sequence(s.rows, s.pos0)), copy=True))
             pos[s.slot] += s.rows
         first = False
         mc = {s.slot: _cache(multi, "ck")[s.slot * ring:(s.slot + 1) * ring] for s in segs}
@@ -210,7 +210,7 @@ def test_bad_segments_are_refused():
         O.placement([O.Segment(0, 1, 0, 1), O.Segment(1, 2, 5, 1)], 3, 2)   # one slot twice
     with pytest.raises(G4rtError, match="bad segment"):
         O.placement([O.Segment(0, 3, 0, 2)], 3, 2)                          # no such slot
-    assert O.placement(7, 3) == (O.Segment(0, 3, 7, 0),)
+    assert O.one_sequence(3, 7) == (O.Segment(0, 3, 7, 0),)
 
 
 # ---- whole models --------------------------------------------------------------------------------
@@ -253,7 +253,6 @@ def test_greedy_batch_equals_each_prompt_alone_on_every_fixture(name):
     """Five prompts through three slots (prompt chunks of 24: long prompts prefill over several
     steps while others decode): every prompt's tokens as it gets them alone."""
     with _model(MODELS / f"{name}.gguf", "cpu", 3) as m:
-        assert m.engine.batched
         prompts = _prompts(name)
         from g4rt.slots import BatchStats
         st = BatchStats()
@@ -275,7 +274,6 @@ def _other_cases():
 def test_greedy_batch_equals_each_prompt_alone_on_the_other_backends(name, backend):
     n = 10
     with _model(MODELS / f"{name}.gguf", backend, 3) as m:
-        assert m.engine.batched
         prompts = _prompts(name, 4)
         got = m.generate_many(prompts, n)
         for p, r in zip(prompts, got):
@@ -386,7 +384,6 @@ def test_a_hybrid_split_batches_too():
     be = HybridBackend(_backend("cuda-emu"), CpuBackend(threads=2), layers_split(3))
     m = Model(Engine(MODELS / f"{name}.gguf", backend=be, ctx=160, slots=3, prefill_chunk=24))
     try:
-        assert m.engine.batched
         prompts = _prompts(name, 4)
         got = m.generate_many(prompts, 8)
         for p, r in zip(prompts, got):

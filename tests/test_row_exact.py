@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from g4rt.ops import ROW_EXACT_MAX
+from g4rt.ops import ROW_EXACT_MAX, one_sequence
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 pytestmark = pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
@@ -138,7 +138,7 @@ def test_matmul_rows_equal_one_row_matmuls(qtype, isa):
         be.load_weights(c.src.specs, c.src)
         be.allocate_caches({})
         try:
-            return np.array(be.compile(c.graph("y")).run(np.arange(len(rows)), 0))
+            return np.array(be.compile(c.graph("y")).run(np.arange(len(rows)), one_sequence(len(rows), 0)))
         finally:
             be.close()
     together = run(list(range(n)))

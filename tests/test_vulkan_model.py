@@ -98,7 +98,8 @@ def test_conformance_tool_passes_and_names_a_broken_kernel():
     deliberately broken kernel (RoPE told to rotate half of its dimensions)."""
     from click.testing import CliRunner
 
-    from g4rt.tools.conformance import compare_step, conformance_command
+    from g4rt.cli.checks import conformance as conformance_command
+    from g4rt.tools.conformance import compare_step
     from g4rt.engine import Engine
     model = FIXTURES / "models" / "g4-dense-Q4_K_M.gguf"
     r = CliRunner().invoke(conformance_command, [str(model), "--backend", "vulkan", "--tokens", "5"])

@@ -2,7 +2,8 @@
 
 One package per backend: numpy_ref/ (the reference that defines every op), cpu/ (native C
 kernels), vulkan/, cuda/. What spans backends lives here: graph_split.py (where a graph can be
-cut) and hybrid.py (running the two parts on two backends)."""
+cut), hybrid.py (running the two parts on two backends) and registry.py (the names, what each
+backend offers, and `create_backend`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import sys
 
 from ..errors import BackendUnavailableError, G4rtError
 from .base import Backend, CompiledGraph
-
-BACKEND_NAMES = ("cpu", "numpy", "vulkan", "cuda")
+from .registry import BackendInfo, backend_info, backend_names, create_backend
 
 
 def native_cpu_available() -> tuple[bool, str]:
@@ -54,31 +54,5 @@ def pick_backend() -> tuple[str, str]:
     return "numpy", "; ".join(reasons + [f"no native CPU backend ({first})"])
 
 
-def create_backend(name: str, **options) -> Backend:
-    """Instantiate a backend by name; raises BackendUnavailableError with the reason if it cannot run."""
-    if name == "cpu":
-        from .cpu import CpuBackend
-        return CpuBackend(**options)
-    if name == "numpy":
-        from .numpy_ref import NumpyBackend
-        options.pop("threads", None)         # the reference runs numpy's own threads
-        return NumpyBackend(**options)
-    if name == "vulkan":
-        try:
-            from .vulkan.backend import VulkanBackend
-        except ImportError as e:
-            raise BackendUnavailableError(f"the Vulkan backend is not available: {e}") from None
-        options.pop("threads", None)
-        return VulkanBackend(**options)
-    if name == "cuda":
-        try:
-            from .cuda.backend import CudaBackend
-        except ImportError as e:
-            raise BackendUnavailableError(f"the CUDA backend is not available: {e}") from None
-        options.pop("threads", None)
-        return CudaBackend(**options)
-    raise BackendUnavailableError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")
-
-
-__all__ = ["Backend", "CompiledGraph", "create_backend", "pick_backend", "native_cpu_available",
-           "BACKEND_NAMES"]
+__all__ = ["Backend", "BackendInfo", "CompiledGraph", "backend_info", "backend_names", "create_backend",
+           "pick_backend", "native_cpu_available"]

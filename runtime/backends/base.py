@@ -1,13 +1,15 @@
-"""The interface every backend implements."""
+"""The interface every backend implements: the Backend (weights, caches, compiling graphs, and
+what a hybrid of two backends needs from each half) and the CompiledGraph it records."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from ..ops import Graph, KvCache, WeightSpec
+from ..errors import G4rtError
+from ..ops import Graph, KvCache, Segment, WeightSpec
 
 #: Called after each op with (op index, op, output array copy) — the conformance tool's probe.
 OpObserver = Callable[[int, object, np.ndarray], None]
@@ -20,24 +22,28 @@ class WeightSource(Protocol):
 
 
 class CompiledGraph(ABC):
-    """A graph recorded on a backend, replayed with new token ids and a new start position."""
+    """A graph recorded on a backend, replayed with new token ids and a new placement of its rows."""
 
     graph: Graph
 
     @abstractmethod
-    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def run(self, tokens: np.ndarray, segments: Sequence[Segment],
+            observer: Optional[OpObserver] = None) -> np.ndarray:
         """Execute the graph; return the output buffer ([rows, n_vocab] float32) as a numpy array.
 
-        pos0: the position of the first row (one sequence, slot 0), or on a backend with
-        `supports_segments` a list of ops.Segment placing each sequence's rows."""
+        segments: where the rows sit (ops.Segment: first row, rows, first position, cache slot),
+        covering every row in order; ops.one_sequence(n, pos0) for the common case."""
+
+    def read_buffers(self, names) -> dict[str, np.ndarray]:
+        """Float32 copies of buffers as the last run left them (a hybrid's hand-over; call it
+        before another graph of the backend runs)."""
+        raise G4rtError(f"{type(self).__name__} keeps no buffers to read after a run")
 
 
 class Backend(ABC):
     name: str = "?"
-    #: Runs a graph over several sequences at once (CompiledGraph.run given ops.Segment lists,
-    #: caches of several slots). A backend without it runs one sequence per call, each slot with
-    #: caches and graphs of its own (the engine arranges that).
-    supports_segments: bool = False
+    #: The KV cache precision ("f16" or "f32"; backends/registry.py lists each backend's choices).
+    kv_dtype: str = "f32"
 
     @property
     def device_name(self) -> str:
@@ -58,3 +64,32 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release device resources."""
+
+    # ---- what a hybrid (hybrid.py) needs from each half --------------------------------------
+    def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """Persistent f32 buffers {name: (rows, cols)} that write_inputs fills and the graphs
+        read like caches (a hybrid's hand-over from the other half)."""
+        raise G4rtError(f"backend {self.name} cannot receive hybrid inputs")
+
+    def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy host arrays into inputs made by declare_inputs."""
+        raise G4rtError(f"backend {self.name} cannot receive hybrid inputs")
+
+    def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """Persistent f32 buffers a hybrid segment leaves for a later segment on this backend
+        (written by a Slice), so that they need not go through the host."""
+        raise G4rtError(f"backend {self.name} cannot keep hybrid buffers")
+
+    @property
+    def keeps_hand_overs(self) -> bool:
+        """Whether this backend offers declare_kept (else what one of its segments leaves for a
+        later one goes through the host)."""
+        return type(self).declare_kept is not Backend.declare_kept
+
+    def check_split_fits(self, graph: Graph, caches: dict[str, KvCache], split: int, batch: int) -> None:
+        """Raise InsufficientMemoryError, before anything is uploaded, when the ops [0, split) of
+        `graph` with these caches would not fit this device (a hybrid's front). A backend on
+        host memory has nothing to check."""
+
+    def check_ops_fit(self, graph: Graph, caches: dict[str, KvCache], op_indices: list[int], batch: int) -> None:
+        """As check_split_fits, for the ops at `op_indices` (a hybrid's front segments)."""

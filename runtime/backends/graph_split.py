@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
-from .. import ops as O
+from .. import ops
 from ..errors import G4rtError
 
 _LAYER = re.compile(r"^blk\.(\d+)(?:\.|\s|$)")
@@ -34,25 +34,25 @@ def layer_of(label: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def n_layers(graph: O.Graph) -> int:
+def n_layers(graph: ops.Graph) -> int:
     ids = [layer_of(lb) for lb in graph.labels]
     ids = [i for i in ids if i is not None]
     return max(ids) + 1 if ids else 0
 
 
-def op_caches(graph: O.Graph, op: O.Op) -> set[str]:
+def op_caches(graph: ops.Graph, op: ops.Op) -> set[str]:
     """Caches an op reads or writes."""
     names = set(op.reads()) | {op.out}
-    if isinstance(op, O.KvStore):
+    if isinstance(op, ops.KvStore):
         names.add(op.cache_v)
     return {n for n in names if n in graph.caches}
 
 
-def _labels(graph: O.Graph) -> list[str]:
+def _labels(graph: ops.Graph) -> list[str]:
     return list(graph.labels) + [""] * (len(graph.ops) - len(graph.labels))
 
 
-def raw_layer_split(graph: O.Graph, front_layers: int) -> int:
+def raw_layer_split(graph: ops.Graph, front_layers: int) -> int:
     """Op index where layer `front_layers` starts (or the first unlabelled op after the layers);
     the whole graph when front_layers covers every layer."""
     if front_layers <= 0:
@@ -71,7 +71,7 @@ def raw_layer_split(graph: O.Graph, front_layers: int) -> int:
     return len(graph.ops)
 
 
-def snap_split(graph: O.Graph, split: int) -> int:
+def snap_split(graph: ops.Graph, split: int) -> int:
     """Move `split` earlier until no KV cache is touched on both sides of it."""
     split = max(0, min(int(split), len(graph.ops)))
     users: dict[str, list[int]] = {}
@@ -88,12 +88,17 @@ def snap_split(graph: O.Graph, split: int) -> int:
     return split
 
 
-def layers_split(front_layers: int) -> Callable[[O.Graph], int]:
+@dataclass(frozen=True)
+class LayerSplit:
     """A split rule: the first `front_layers` layers (and everything before them) in front."""
-    def rule(graph: O.Graph) -> int:
-        return snap_split(graph, raw_layer_split(graph, front_layers))
-    rule.front_layers = front_layers          # type: ignore[attr-defined]
-    return rule
+    front_layers: int
+
+    def __call__(self, graph: ops.Graph) -> int:
+        return snap_split(graph, raw_layer_split(graph, self.front_layers))
+
+
+def layers_split(front_layers: int) -> LayerSplit:
+    return LayerSplit(front_layers)
 
 
 @dataclass
@@ -106,20 +111,20 @@ class Partition:
     transfers: list[str] = field(default_factory=list)   # front-written buffers the back reads
 
 
-def partition(graph: O.Graph, split: int) -> Partition:
+def partition(graph: ops.Graph, split: int) -> Partition:
     """Which weights, caches and buffers each side of op index `split` needs."""
     if not 0 <= split <= len(graph.ops):
         raise G4rtError(f"split index {split} is outside the op list (0..{len(graph.ops)})")
     p = Partition(split)
     front_written: set[str] = set()
     for op in graph.ops[:split]:
-        p.front_weights.update(O.op_weights(op))
+        p.front_weights.update(ops.op_weights(op))
         p.front_caches |= op_caches(graph, op)
         if op.out in graph.buffers:
             front_written.add(op.out)
     written: set[str] = set()
     for op in graph.ops[split:]:
-        p.back_weights.update(O.op_weights(op))
+        p.back_weights.update(ops.op_weights(op))
         p.back_caches |= op_caches(graph, op)
         for r in op.reads():
             if r in graph.buffers and r not in written and r in front_written and r not in p.transfers:
@@ -133,9 +138,9 @@ def partition(graph: O.Graph, split: int) -> Partition:
     return p
 
 
-def _buffers_of(graph: O.Graph, ops: list[O.Op]) -> dict[str, O.Buffer]:
+def _buffers_of(graph: ops.Graph, op_list: list[ops.Op]) -> dict[str, ops.Buffer]:
     names = set()
-    for op in ops:
+    for op in op_list:
         names.update(r for r in op.reads() if r in graph.buffers)
         if op.out in graph.buffers:
             names.add(op.out)
@@ -145,44 +150,45 @@ def _buffers_of(graph: O.Graph, ops: list[O.Op]) -> dict[str, O.Buffer]:
     return out
 
 
-def sub_graphs(graph: O.Graph, part: Partition, input_prefix: str) -> tuple[Optional[O.Graph], Optional[O.Graph], dict[str, str]]:
+def sub_graphs(graph: ops.Graph, part: Partition,
+               input_prefix: str) -> tuple[Optional[ops.Graph], Optional[ops.Graph], dict[str, str]]:
     """The front graph, the back graph (None for an empty side) and {transfer: back input name}."""
     labels = _labels(graph)
     s = part.split
     front = back = None
     inputs = {b: f"{input_prefix}{b}" for b in part.transfers}
     if s > 0:
-        ops = list(graph.ops[:s])
-        last = ops[-1].out
+        op_list = list(graph.ops[:s])
+        last = op_list[-1].out
         out = part.transfers[-1] if part.transfers else last
-        front = O.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, ops),
-                        caches={c: graph.caches[c] for c in sorted(part.front_caches)},
-                        weights={w: graph.weights[w] for w in sorted(part.front_weights)},
-                        ops=ops, output=out, tokens=graph.tokens, labels=labels[:s])
+        front = ops.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, op_list),
+                          caches={c: graph.caches[c] for c in sorted(part.front_caches)},
+                          weights={w: graph.weights[w] for w in sorted(part.front_weights)},
+                          ops=op_list, output=out, tokens=graph.tokens, labels=labels[:s])
     if s < len(graph.ops):
-        pre = [O.Slice(b, inputs[b], 0, 0) for b in part.transfers]
-        ops = pre + list(graph.ops[s:])
+        pre = [ops.Slice(b, inputs[b], 0, 0) for b in part.transfers]
+        op_list = pre + list(graph.ops[s:])
         caches = {c: graph.caches[c] for c in sorted(part.back_caches)}
         for b, name in inputs.items():
             buf = graph.buffers[b]
-            caches[name] = O.KvCache(name, buf.rows, buf.cols)
-        back = O.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, ops),
-                       caches=caches,
-                       weights={w: graph.weights[w] for w in sorted(part.back_weights)},
-                       ops=ops, output=graph.output, tokens=graph.tokens,
-                       labels=[INPUT_LABEL] * len(pre) + labels[s:])
+            caches[name] = ops.KvCache(name, buf.rows, buf.cols)
+        back = ops.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, op_list),
+                         caches=caches,
+                         weights={w: graph.weights[w] for w in sorted(part.back_weights)},
+                         ops=op_list, output=graph.output, tokens=graph.tokens,
+                         labels=[INPUT_LABEL] * len(pre) + labels[s:])
     return front, back, inputs
 
 
-# ---- many segments: expert ops of MoE layers on the back side (--cpu-moe) -----------------------
-def expert_op_ranges(graph: O.Graph) -> dict[int, tuple[int, int]]:
+# ---- many pieces: expert ops of MoE layers on the back side (--cpu-moe) -------------------------
+def expert_op_ranges(graph: ops.Graph) -> dict[int, tuple[int, int]]:
     """Per layer, the ops [start, end) that multiply by 3-D expert tensors: from the first op that
     reads one to the last, plus the weighted sums (moe_sum) right after it. What runs in between
     (the gate/up slices, the activation) reads only what those ops wrote, so the range's inputs
     are the activation rows and the route, and its output the summed row."""
     ranges: dict[int, tuple[int, int]] = {}
     for i, (op, label) in enumerate(zip(graph.ops, _labels(graph))):
-        if not any(graph.weights[w].experts for w in O.op_weights(op) if w in graph.weights):
+        if not any(graph.weights[w].experts for w in ops.op_weights(op) if w in graph.weights):
             continue
         layer = layer_of(label)
         if layer is None:
@@ -197,20 +203,20 @@ def expert_op_ranges(graph: O.Graph) -> dict[int, tuple[int, int]]:
 
 
 @dataclass
-class Segment:
+class Piece:
     """A contiguous run of ops on one side, with what crosses its edges."""
     start: int
     end: int
     side: str                                               # "front" or "back"
     weights: set[str] = field(default_factory=set)
     caches: set[str] = field(default_factory=set)
-    inputs: list[str] = field(default_factory=list)         # read here, written by an earlier segment
-    exports: list[str] = field(default_factory=list)        # written here, an input of a later segment
-    kept_in: list[str] = field(default_factory=list)        # as inputs, from a segment on the same side
-    kept_out: list[str] = field(default_factory=list)       # as exports, for a segment on the same side
+    inputs: list[str] = field(default_factory=list)         # read here, written by an earlier piece
+    exports: list[str] = field(default_factory=list)        # written here, an input of a later piece
+    kept_in: list[str] = field(default_factory=list)        # as inputs, from a piece on the same side
+    kept_out: list[str] = field(default_factory=list)       # as exports, for a piece on the same side
 
 
-def op_sides(graph: O.Graph, front_layers: int, back_expert_layers: int) -> list[str]:
+def op_sides(graph: ops.Graph, front_layers: int, back_expert_layers: int) -> list[str]:
     """The side of every op: the first `front_layers` layers in front (layers_split), except the
     expert ops of layers < `back_expert_layers`, which go to the back."""
     split = layers_split(front_layers)(graph)
@@ -221,35 +227,35 @@ def op_sides(graph: O.Graph, front_layers: int, back_expert_layers: int) -> list
     return sides
 
 
-def segments(graph: O.Graph, sides: list[str], keep: frozenset = frozenset()) -> list[Segment]:
-    """Cut the op list where the side changes; say what each segment needs and hands on.
-    keep: the sides that can keep a buffer on the device from one of their segments to a later
-    one (a persistent copy, see segment_graph); elsewhere it goes through the host."""
+def pieces(graph: ops.Graph, sides: list[str], keep: frozenset = frozenset()) -> list[Piece]:
+    """Cut the op list where the side changes; say what each piece needs and hands on.
+    keep: the sides that can keep a buffer on the device from one of their pieces to a later
+    one (a persistent copy, see piece_graph); elsewhere it goes through the host."""
     if len(sides) != len(graph.ops):
         raise G4rtError(f"{len(sides)} sides for {len(graph.ops)} ops")
-    segs: list[Segment] = []
+    cut: list[Piece] = []
     for i, side in enumerate(sides):
-        if segs and segs[-1].side == side:
-            segs[-1].end = i + 1
+        if cut and cut[-1].side == side:
+            cut[-1].end = i + 1
         else:
-            segs.append(Segment(i, i + 1, side))
+            cut.append(Piece(i, i + 1, side))
     last_writer: dict[str, int] = {}
     cache_side: dict[str, str] = {}
-    for j, seg in enumerate(segs):
+    for j, piece in enumerate(cut):
         written: set[str] = set()
-        for op in graph.ops[seg.start:seg.end]:
-            seg.weights.update(O.op_weights(op))
+        for op in graph.ops[piece.start:piece.end]:
+            piece.weights.update(ops.op_weights(op))
             for c in op_caches(graph, op):
-                if cache_side.setdefault(c, seg.side) != seg.side:
+                if cache_side.setdefault(c, piece.side) != piece.side:
                     raise G4rtError(f"cache {c} would be used on both sides; a placement must keep "
                                     "each KV cache on one side")
-                seg.caches.add(c)
+                piece.caches.add(c)
             for r in op.reads():
                 if r in graph.buffers and r != graph.tokens and r not in written and r in last_writer \
-                        and r not in seg.inputs and r not in seg.kept_in:
-                    producer = segs[last_writer[r]]
-                    kept = producer.side == seg.side and seg.side in keep
-                    (seg.kept_in if kept else seg.inputs).append(r)
+                        and r not in piece.inputs and r not in piece.kept_in:
+                    producer = cut[last_writer[r]]
+                    kept = producer.side == piece.side and piece.side in keep
+                    (piece.kept_in if kept else piece.inputs).append(r)
                     out = producer.kept_out if kept else producer.exports
                     if r not in out:
                         out.append(r)
@@ -257,39 +263,39 @@ def segments(graph: O.Graph, sides: list[str], keep: frozenset = frozenset()) ->
                 written.add(op.out)
         for b in written:
             last_writer[b] = j
-    return segs
+    return cut
 
 
-def input_name(graph: O.Graph, buffer: str) -> str:
-    """The f32 input a segment receives `buffer` in: shared by every segment graph of this shape
-    on a backend (segments run one after another, and each copies its inputs in first)."""
+def input_name(graph: ops.Graph, buffer: str) -> str:
+    """The f32 input a piece receives `buffer` in: shared by every piece graph of this shape on
+    a backend (pieces run one after another, and each copies its inputs in first)."""
     buf = graph.buffers[buffer]
     return f"{INPUT_LABEL}.{buf.rows}x{buf.cols}.{buffer}"
 
 
-def kept_name(graph: O.Graph, buffer: str) -> str:
-    """The persistent device copy a segment leaves `buffer` in for a later one on its side."""
+def kept_name(graph: ops.Graph, buffer: str) -> str:
+    """The persistent device copy a piece leaves `buffer` in for a later one on its side."""
     buf = graph.buffers[buffer]
     return f"{KEPT_LABEL}.{buf.rows}x{buf.cols}.{buffer}"
 
 
-def segment_graph(graph: O.Graph, seg: Segment) -> O.Graph:
-    """The segment as a graph of its own: leading Slice ops copy its inputs (and the copies an
-    earlier segment on its side kept) into place; trailing ones keep what a later one needs.
+def piece_graph(graph: ops.Graph, piece: Piece) -> ops.Graph:
+    """The piece as a graph of its own: leading Slice ops copy its inputs (and the copies an
+    earlier piece on its side kept) into place; trailing ones keep what a later one needs.
     Inputs and kept copies are declared like caches: persistent, f32, shared by name."""
     labels = _labels(graph)
-    pre = [O.Slice(b, input_name(graph, b), 0, 0) for b in seg.inputs] + \
-          [O.Slice(b, kept_name(graph, b), 0, 0) for b in seg.kept_in]
-    post = [O.Slice(kept_name(graph, b), b, 0, 0) for b in seg.kept_out]
-    ops = pre + list(graph.ops[seg.start:seg.end]) + post
-    caches = {c: graph.caches[c] for c in sorted(seg.caches)}
-    for name, b in [(input_name(graph, b), b) for b in seg.inputs] + \
-                   [(kept_name(graph, b), b) for b in seg.kept_in + seg.kept_out]:
-        caches[name] = O.KvCache(name, graph.buffers[b].rows, graph.buffers[b].cols)
-    final = seg.end == len(graph.ops)
-    output = graph.output if final else (seg.exports[-1] if seg.exports else
-                                         next(op.out for op in reversed(ops) if op.out in graph.buffers))
-    return O.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, ops), caches=caches,
-                   weights={w: graph.weights[w] for w in sorted(seg.weights)}, ops=ops, output=output,
-                   tokens=graph.tokens,
-                   labels=[INPUT_LABEL] * len(pre) + labels[seg.start:seg.end] + [KEPT_LABEL] * len(post))
+    pre = [ops.Slice(b, input_name(graph, b), 0, 0) for b in piece.inputs] + \
+          [ops.Slice(b, kept_name(graph, b), 0, 0) for b in piece.kept_in]
+    post = [ops.Slice(kept_name(graph, b), b, 0, 0) for b in piece.kept_out]
+    op_list = pre + list(graph.ops[piece.start:piece.end]) + post
+    caches = {c: graph.caches[c] for c in sorted(piece.caches)}
+    for name, b in [(input_name(graph, b), b) for b in piece.inputs] + \
+                   [(kept_name(graph, b), b) for b in piece.kept_in + piece.kept_out]:
+        caches[name] = ops.KvCache(name, graph.buffers[b].rows, graph.buffers[b].cols)
+    final = piece.end == len(graph.ops)
+    output = graph.output if final else (piece.exports[-1] if piece.exports else
+                                         next(op.out for op in reversed(op_list) if op.out in graph.buffers))
+    return ops.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, op_list), caches=caches,
+                     weights={w: graph.weights[w] for w in sorted(piece.weights)}, ops=op_list, output=output,
+                     tokens=graph.tokens,
+                     labels=[INPUT_LABEL] * len(pre) + labels[piece.start:piece.end] + [KEPT_LABEL] * len(post))

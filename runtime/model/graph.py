@@ -61,38 +61,35 @@ def model_weight_specs(cfg: ModelConfig, f: GGUFFile) -> tuple[dict[str, WeightS
     return specs, derived
 
 
-def cache_names(layer: int, slot: int = 0) -> tuple[str, str]:
-    """The K and V cache names of a layer; slot > 0 names another sequence's own caches (the
-    server's parallel slots each keep the KV of their last sequence)."""
-    suffix = f"@{slot}" if slot else ""
-    return f"cache_k.{layer}{suffix}", f"cache_v.{layer}{suffix}"
+def cache_names(layer: int) -> tuple[str, str]:
+    """The K and V cache names of a layer."""
+    return f"cache_k.{layer}", f"cache_v.{layer}"
 
 
-def kv_caches(cfg: ModelConfig, ctx: int, slot: int = 0, ring_slack: int = 0,
-              slots: int = 1) -> dict[str, KvCache]:
+def kv_caches(cfg: ModelConfig, ctx: int, ring_slack: int = 0, slots: int = 1) -> dict[str, KvCache]:
     """The persistent caches: sliding layers keep min(ctx, window + ring_slack) positions, global
     ones ctx. The slack lets a sequence move back up to ring_slack positions exactly (a prompt
     cache that keeps a shared prefix): the rows the window then needs are not yet overwritten.
-    slots > 1: each cache holds that many sequences (a multi-sequence graph picks the slot per
-    segment); slot > 0 instead names one sequence's own caches (backends without segments)."""
+    Each cache holds `slots` sequences (the server's parallel slots; a call picks the slot per
+    segment)."""
     caches = {}
     for L in cfg.layers:
         if L.owns_kv:
             rows = min(ctx, L.window + ring_slack) if L.window else ctx
-            for name in cache_names(L.index, slot):
+            for name in cache_names(L.index):
                 caches[name] = KvCache(name, rows, L.kv_width, slots)
     return caches
 
 
 class _Builder:
-    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int, slot: int = 0,
+    def __init__(self, cfg: ModelConfig, specs: dict[str, WeightSpec], n: int, ctx: int,
                  ring_slack: int = 0, slots: int = 1):
-        self.cfg, self.specs, self.n, self.slot = cfg, specs, n, slot
+        self.cfg, self.specs, self.n = cfg, specs, n
         self.buffers: dict[str, Buffer] = {}
         self.weights: dict[str, WeightSpec] = {}
         self.ops: list[Op] = []
         self.labels: list[str] = []
-        self.caches = kv_caches(cfg, ctx, slot, ring_slack, slots)
+        self.caches = kv_caches(cfg, ctx, ring_slack, slots)
 
     def buf(self, name: str, cols: int, rows: int | None = None) -> str:
         rows = self.n if rows is None else rows
@@ -132,16 +129,14 @@ class _Builder:
 
 
 def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, ctx: int,
-                all_logits: bool = False, slot: int = 0, ring_slack: int = 0, slots: int = 1) -> Graph:
+                all_logits: bool = False, ring_slack: int = 0, slots: int = 1) -> Graph:
     """The forward pass for a batch of n_tokens rows (one sequence's consecutive positions, or
     segments of several: see ops.Segment).
 
     all_logits: output logits for every row (teacher forcing, several sequences); else only for
-    the last row. slot: which sequence's own caches the graph reads and writes; slots: caches of
-    that many sequence slots each, chosen per segment at run time; ring_slack: see kv_caches."""
-    if slots > 1 and slot:
-        raise ValueError("a graph over multi-slot caches picks the slot per segment, not per graph")
-    b = _Builder(cfg, specs, n_tokens, ctx, slot, ring_slack, slots)
+    the last row. slots: caches of that many sequence slots each, chosen per segment at run
+    time; ring_slack: see kv_caches."""
+    b = _Builder(cfg, specs, n_tokens, ctx, ring_slack, slots)
     E, eps = cfg.n_embd, cfg.rms_eps
     b.buffers["tokens"] = Buffer("tokens", n_tokens, 1, "i32")
 
@@ -195,7 +190,7 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
             k, v = b.buffers[kname].name, b.buffers[vname].name
             if b.buffers[k].cols != L.kv_width:
                 raise TensorShapeError(f"layer {i} shares the KV of layer {src}, whose width differs")
-        ck, cv = cache_names(src, b.slot)
+        ck, cv = cache_names(src)
         a = b.emit(p + "attention", Attention(b.buf("attn", L.q_width), q, k, v, ck, cv, L.n_head,
                                                L.n_kv_head, D, L.window, cfg.attn_scale))
         if last_reader[src] == i:

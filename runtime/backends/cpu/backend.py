@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ... import ops as O
+from ... import ops
 from ...errors import G4rtError
 from ...gguf.quant_types import dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
@@ -53,7 +53,6 @@ def default_threads() -> int:
 
 class CpuBackend(Backend):
     name = "cpu"
-    supports_segments = True
 
     def __init__(self, threads: Optional[int] = None, kv_dtype: str = "f16", isa: Optional[str] = None):
         if kv_dtype not in ("f16", "f32"):
@@ -64,7 +63,7 @@ class CpuBackend(Backend):
         self.lib = N.load(isa)
         self.pool = N.Pool(self.lib, threads or default_threads())
         self.threads = self.pool.threads
-        self.specs: dict[str, O.WeightSpec] = {}
+        self.specs: dict[str, ops.WeightSpec] = {}
         self.source: Optional[WeightSource] = None
         self.caches: dict[str, np.ndarray] = {}
         self.inputs: dict[str, np.ndarray] = {}
@@ -121,14 +120,14 @@ class CpuBackend(Backend):
                 self.inputs[name] = np.zeros((rows, cols), np.float32)
 
     def declare_kept(self, shapes: dict[str, tuple[int, int]]) -> None:
-        """Persistent f32 copies a hybrid segment leaves for a later one (written by Slice)."""
+        """Persistent f32 copies a hybrid piece leaves for a later one (written by Slice)."""
         self.declare_inputs(shapes)
 
     def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
         for name, a in arrays.items():
             np.copyto(self.inputs[name], np.asarray(a, np.float32).reshape(self.inputs[name].shape))
 
-    def compile(self, graph: O.Graph) -> "CpuGraph":
+    def compile(self, graph: ops.Graph) -> "CpuGraph":
         return CpuGraph(self, graph)
 
     def close(self) -> None:
@@ -143,7 +142,7 @@ def _aligned(nbytes: int) -> np.ndarray:
 
 
 class CpuGraph(CompiledGraph):
-    def __init__(self, backend: CpuBackend, graph: O.Graph):
+    def __init__(self, backend: CpuBackend, graph: ops.Graph):
         self.backend, self.graph = backend, graph
         missing = set(graph.weights) - set(backend.specs)
         if missing:
@@ -165,15 +164,16 @@ class CpuGraph(CompiledGraph):
         ex.shared, ex.shared_bytes = self._shared.ctypes.data, shared
         self.ex = ex
         self.out = self.low.buffers[graph.output]
-        self._slots = O.graph_slots(graph)
+        self._slots = ops.graph_slots(graph)
 
-    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def run(self, tokens: np.ndarray, segments: Sequence[ops.Segment],
+            observer: Optional[OpObserver] = None) -> np.ndarray:
         n = self.graph.n_tokens
         tokens = np.asarray(tokens).reshape(-1)
         if len(tokens) != n:
             raise G4rtError(f"graph for {n} tokens got {len(tokens)}")
         self.low.tokens[:] = tokens
-        segs = O.placement(pos0, n, self._slots)
+        segs = ops.placement(segments, n, self._slots)
         if len(segs) == 1 and segs[0].slot == 0:
             self.ex.pos0, self.ex.n_segs = segs[0].pos0, 0     # one sequence: the plain path
         else:
@@ -188,8 +188,8 @@ class CpuGraph(CompiledGraph):
         be = self.backend
         for i, op in enumerate(self.graph.ops):
             pool.run(cmds, i, i + 1, self.ex)
-            if isinstance(op, O.KvStore):
-                observer(i, op, be.caches[op.out].astype(np.float32))
+            if isinstance(op, ops.KvStore):
+                observer(i, op, be.caches[op.cache_k].astype(np.float32))
             else:
                 observer(i, op, self.low.buffers[op.out].copy())
         return self.out

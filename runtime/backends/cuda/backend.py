@@ -88,7 +88,6 @@ class DeviceArray:
 
 class CudaBackend(Backend):
     name = "cuda"
-    supports_segments = True
 
     def __init__(self, device: int = 0, kv_dtype: str = "f16", use_graphs: Optional[bool] = None,
                  debug: Optional[bool] = None, arch: Optional[str] = None, driver=None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -194,7 +194,7 @@ class CudaGraph(CompiledGraph):
             self._exec = None
 
     # ---- running ----------------------------------------------------------------------------
-    def run(self, tokens, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def run(self, tokens, segments: Sequence[ops.Segment], observer: Optional[OpObserver] = None) -> np.ndarray:
         be = self.backend
         if self._released:
             raise G4rtError("this compiled graph was released (backend closed)")
@@ -204,7 +204,7 @@ class CudaGraph(CompiledGraph):
             raise G4rtError(f"graph for {self.n} tokens run with {len(tokens)}")
         if self._ready is None or self._gen != be._gen or self.arena_bytes > be._arena_size:
             self._build()
-        segs = ops.placement(pos0, self.n, self.slots)
+        segs = ops.placement(segments, self.n, self.slots)
         n = self.n
         self.params[0] = segs[0].pos0
         self.params[1] = n

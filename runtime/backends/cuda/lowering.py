@@ -287,9 +287,9 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
 
 def lower_kv_store(lw: GraphLowering, op: ops.KvStore) -> list[Launch]:
     be = lw.backend
-    ck, cv = be.caches.get(op.out), be.caches.get(op.cache_v)
+    ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
     if ck is None or cv is None:
-        raise G4rtError(f"KV caches {op.out!r}/{op.cache_v!r} are not allocated")
+        raise G4rtError(f"KV caches {op.cache_k!r}/{op.cache_v!r} are not allocated")
     rows, cols = lw.shape(op.k)
     if lw.shape(op.v) != (rows, cols) or ck.cols != cols or cv.cols != cols or (ck.rows, ck.ring) != (cv.rows, cv.ring):
         raise G4rtError(f"k/v {lw.shape(op.k)}/{lw.shape(op.v)} do not match caches "
@@ -299,7 +299,7 @@ def lower_kv_store(lw: GraphLowering, op: ops.KvStore) -> list[Launch]:
     total = rows * cols             # each row checks whether a later row of its sequence wins
     kernel = "kv_store_f16" if ck.f16 else "kv_store_f32"
     return [Launch(kernel, (kernels.ew_grid(total), 1, 1), kernels.EW_THREADS,
-                   [lw.ref(op.k), lw.ref(op.v), ("C", op.out), ("C", op.cache_v), PARAMS, rows, cols, ck.ring])]
+                   [lw.ref(op.k), lw.ref(op.v), ("C", op.cache_k), ("C", op.cache_v), PARAMS, rows, cols, ck.ring])]
 
 
 def _pairwise(lw: GraphLowering, op: ops.Op, a_name: str, b_name: str, kernel: str) -> list[Launch]:

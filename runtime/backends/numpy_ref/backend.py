@@ -1,7 +1,9 @@
 """The numpy reference backend: defines what every op means (the oracle of the other backends).
 
-float32 activations and KV cache; weights dequantized exactly (gguf.quants) one tensor at a time,
-kept in an LRU cache under a byte cap so a large model never sits dequantized in RAM at once.
+float32 activations and KV cache (f16 on request); weights dequantized exactly (gguf.quants) one
+tensor at a time, kept in an LRU cache under a byte cap so a large model never sits dequantized
+in RAM at once. The maths of each op is a module-level function (the CUDA emulator calls them
+too); `OP_FUNCTIONS` maps each op class to the small function that applies it in a run.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ... import ops as O
+from ... import ops
 from ...gguf.quant_types import dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 
@@ -37,9 +39,8 @@ def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float, group: int
 
 
 def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_factors: Optional[np.ndarray]) -> np.ndarray:
-    inv = base ** (-np.arange(0, n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
-    if freq_factors is not None:
-        inv = inv / freq_factors.astype(np.float64)
+    """[rows, n_rot/2] angles: each row's position times the pair frequencies of ops.Rope."""
+    inv = ops.Rope("", "", n_rot, n_rot, base, None).inverse_frequencies(freq_factors)
     return positions.astype(np.float64)[:, None] * inv[None, :]
 
 
@@ -119,15 +120,16 @@ def matmul_rows_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 class NumpyBackend(Backend):
     name = "numpy"
-    supports_segments = True
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32"):
         self.cache_bytes = cache_bytes
-        self.kv_dtype = np.float16 if kv_dtype == "f16" else np.float32
-        self.specs: dict[str, O.WeightSpec] = {}
+        self.kv_dtype = "f16" if kv_dtype == "f16" else "f32"
+        self._cache_dtype = np.float16 if self.kv_dtype == "f16" else np.float32
+        self.specs: dict[str, ops.WeightSpec] = {}
         self.source: Optional[WeightSource] = None
         self._dequant: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dequant_bytes = 0
+        #: KV caches, and the f32 hand-over inputs of a hybrid (read by name like caches)
         self.caches: dict[str, np.ndarray] = {}
 
     @property
@@ -141,8 +143,16 @@ class NumpyBackend(Backend):
         self.source = source
 
     def allocate_caches(self, caches) -> None:
-        self.caches = {c.name: np.zeros((c.slots * c.rows, c.cols), self.kv_dtype) for c in caches.values()}
+        self.caches = {c.name: np.zeros((c.slots * c.rows, c.cols), self._cache_dtype) for c in caches.values()}
         self.cache_rows = {c.name: c.rows for c in caches.values()}
+
+    def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
+        for name, (rows, cols) in shapes.items():
+            self.caches[name] = np.zeros((rows, cols), np.float32)
+
+    def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, a in arrays.items():
+            self.caches[name] = np.array(a, dtype=np.float32, copy=True)
 
     def weight(self, name: str) -> np.ndarray:
         w = self._dequant.get(name)
@@ -158,12 +168,16 @@ class NumpyBackend(Backend):
             self._dequant_bytes -= old.nbytes
         return w
 
+    def vector(self, name: Optional[str]) -> Optional[np.ndarray]:
+        """A small weight (norm, RoPE factors, scales) as a flat array; None for no weight."""
+        return self.weight(name).reshape(-1) if name else None
+
     def embedding_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         spec = self.specs[name]
         raw = self.source.weight_bytes(name)
         return dequantize_rows(raw[ids], spec.qtype, spec.cols)
 
-    def compile(self, graph: O.Graph) -> "NumpyGraph":
+    def compile(self, graph: ops.Graph) -> "NumpyGraph":
         return NumpyGraph(self, graph)
 
 
@@ -187,7 +201,7 @@ def moe_matmul(x: np.ndarray, route: np.ndarray, w: np.ndarray, n_expert: int) -
     ids = route[:, k:].astype(np.int64).reshape(-1)                 # selection s = r*k + j
     src = np.arange(rows * k) if x.shape[0] == rows * k else np.repeat(np.arange(rows), k)
     out = np.empty((rows * k, N), np.float32)
-    exact = rows <= O.ROW_EXACT_MAX
+    exact = rows <= ops.ROW_EXACT_MAX
     for e in np.unique(ids):                                        # each expert's rows at once
         s = np.flatnonzero(ids == e)
         we = w[e * N:(e + 1) * N]
@@ -204,99 +218,154 @@ def moe_sum(y: np.ndarray, route: np.ndarray) -> np.ndarray:
     return out
 
 
-class NumpyGraph(CompiledGraph):
-    def __init__(self, backend: "NumpyBackend", graph: O.Graph):
-        self.backend, self.graph = backend, graph
+class _Call:
+    """One run of a graph: its rows' placement and the buffers written so far."""
 
-    def run(self, tokens: np.ndarray, pos0, observer: Optional[OpObserver] = None) -> np.ndarray:
+    def __init__(self, backend: NumpyBackend, graph: ops.Graph, tokens: np.ndarray, segs: tuple[ops.Segment, ...]):
+        self.backend, self.graph, self.tokens, self.segs = backend, graph, tokens, segs
+        self.n = graph.n_tokens
+        self.positions = np.array(ops.segment_positions(segs))
+        self.caches = backend.caches
+        self.bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        return self.caches[name] if name in self.caches else self.bufs[name]
+
+    def slot_view(self, name: str, s: ops.Segment) -> np.ndarray:
+        """A segment's slot of a cache (its own ring of rows)."""
+        rows = self.backend.cache_rows[name]
+        return self.caches[name][s.slot * rows:(s.slot + 1) * rows]
+
+
+# ---- one function per op kind: the op's result (None: it wrote caches) -------------------------
+def _embed(c: _Call, op: ops.EmbedLookup):
+    return c.backend.embedding_rows(op.table, c.tokens) * np.float32(op.scale)
+
+
+def _matmul(c: _Call, op: ops.MatMul):
+    x, w = c.get(op.x), c.backend.weight(op.weight)
+    return matmul_rows_exact(x, w) if c.n <= ops.ROW_EXACT_MAX else x @ w.T
+
+
+def _rms_norm(c: _Call, op: ops.RmsNorm):
+    return rms_norm(c.get(op.x), c.backend.vector(op.weight), op.eps, op.group)
+
+
+def _rope(c: _Call, op: ops.Rope):
+    return rope(c.get(op.x), c.positions, op.head_dim, op.n_rot, op.base, c.backend.vector(op.freq_factors))
+
+
+def _attention(c: _Call, op: ops.Attention):
+    parts = []
+    for s in c.segs:      # each sequence sees only its own rows and cache slot
+        rows = slice(s.row0, s.row0 + s.rows)
+        args = (c.get(op.q)[rows], c.get(op.k)[rows], c.get(op.v)[rows],
+                c.slot_view(op.cache_k, s).astype(np.float32), c.slot_view(op.cache_v, s).astype(np.float32),
+                s.pos0, op.n_head, op.n_kv_head, op.head_dim, op.window, op.scale)
+        # row-exact within the segment: a sequence's rows get the bits they get alone
+        parts.append(attention_rows_exact(*args, c.caches[op.cache_k].dtype)
+                     if 1 < s.rows <= ops.ROW_EXACT_MAX else attention(*args))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def _kv_store(c: _Call, op: ops.KvStore):
+    for s in c.segs:
+        ck, cv = c.slot_view(op.cache_k, s), c.slot_view(op.cache_v, s)
+        ring = ck.shape[0]
+        keep = list(range(s.row0 + max(0, s.rows - ring), s.row0 + s.rows))
+        rows = [(s.pos0 + r - s.row0) % ring for r in keep]
+        ck[rows] = c.get(op.k)[keep]
+        cv[rows] = c.get(op.v)[keep]
+    return None
+
+
+def _gelu_mul(c: _Call, op: ops.GeluMul):
+    return gelu_tanh(c.get(op.gate)) * c.get(op.up)
+
+
+def _gelu(c: _Call, op: ops.Gelu):
+    return gelu_tanh(c.get(op.x))
+
+
+def _add(c: _Call, op: ops.Add):
+    return c.get(op.a) + c.get(op.b)
+
+
+def _mul(c: _Call, op: ops.Mul):
+    return c.get(op.a) * c.get(op.b)
+
+
+def _scale(c: _Call, op: ops.Scale):
+    res = c.get(op.x) * np.float32(op.scale)
+    if op.by:
+        res = res * c.backend.vector(op.by)[0]
+    return res
+
+
+def _softcap(c: _Call, op: ops.Softcap):
+    return np.float32(op.cap) * np.tanh(c.get(op.x) / np.float32(op.cap))
+
+
+def _slice(c: _Call, op: ops.Slice):
+    shape = c.graph.buffers[op.out]
+    return c.get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
+
+
+def _moe_route(c: _Call, op: ops.MoeRoute):
+    return moe_route(c.get(op.logits), op.k, c.backend.vector(op.expert_scale))
+
+
+def _moe_matmul(c: _Call, op: ops.MoeMatMul):
+    return moe_matmul(c.get(op.x), c.get(op.route), c.backend.weight(op.weight), op.n_expert)
+
+
+def _moe_sum(c: _Call, op: ops.MoeSum):
+    return moe_sum(c.get(op.y), c.get(op.route))
+
+
+OP_FUNCTIONS: dict[type, Callable[[_Call, ops.Op], Optional[np.ndarray]]] = {
+    ops.EmbedLookup: _embed, ops.MatMul: _matmul, ops.RmsNorm: _rms_norm, ops.Rope: _rope,
+    ops.Attention: _attention, ops.KvStore: _kv_store, ops.GeluMul: _gelu_mul, ops.Gelu: _gelu,
+    ops.Add: _add, ops.Mul: _mul, ops.Scale: _scale, ops.Softcap: _softcap, ops.Slice: _slice,
+    ops.MoeRoute: _moe_route, ops.MoeMatMul: _moe_matmul, ops.MoeSum: _moe_sum,
+}
+
+
+class NumpyGraph(CompiledGraph):
+    def __init__(self, backend: NumpyBackend, graph: ops.Graph):
+        self.backend, self.graph = backend, graph
+        self._slots = ops.graph_slots(graph)
+        self._last: dict[str, np.ndarray] = {}       # the last run's buffers (read_buffers)
+
+    def run(self, tokens: np.ndarray, segments: Sequence[ops.Segment],
+            observer: Optional[OpObserver] = None) -> np.ndarray:
         # One-row products are memory-bound: BLAS threads only add wake-up and spin costs there
         # (measured 665 ms vs 89 ms per Gemma 3 270M decode step on 2 cores), so decode runs the
         # BLAS single-threaded; batched prefill keeps all threads for its GEMMs.
-        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens <= O.ROW_EXACT_MAX \
+        limit = threadpool_limits(1, user_api="blas") if self.graph.n_tokens <= ops.ROW_EXACT_MAX \
             else contextlib.nullcontext()
         with limit:
-            return self._run(tokens, pos0, observer)
+            return self._run(tokens, segments, observer)
 
-    def _run(self, tokens: np.ndarray, at, observer: Optional[OpObserver] = None) -> np.ndarray:
-        be, g = self.backend, self.graph
-        n = g.n_tokens
+    def _run(self, tokens: np.ndarray, segments: Sequence[ops.Segment], observer: Optional[OpObserver]) -> np.ndarray:
+        g = self.graph
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        assert len(tokens) == n, (len(tokens), n)
-        bufs: dict[str, np.ndarray] = {}
-        caches = be.caches
-        segs = O.placement(at, n, O.graph_slots(g))
-        positions = np.array(O.segment_positions(segs))
-
-        def slot_view(name, s):
-            """A segment's slot of a cache (its own ring of rows)."""
-            rows = be.cache_rows[name]
-            return caches[name][s.slot * rows:(s.slot + 1) * rows]
-
-        def get(name):
-            return caches[name] if name in caches else bufs[name]
-
+        assert len(tokens) == g.n_tokens, (len(tokens), g.n_tokens)
+        call = _Call(self.backend, g, tokens, ops.placement(segments, g.n_tokens, self._slots))
+        self._last = call.bufs
         for idx, op in enumerate(g.ops):
-            if isinstance(op, O.EmbedLookup):
-                res = be.embedding_rows(op.table, tokens) * np.float32(op.scale)
-            elif isinstance(op, O.MatMul):
-                x = get(op.x)
-                res = matmul_rows_exact(x, be.weight(op.weight)) if n <= O.ROW_EXACT_MAX else x @ be.weight(op.weight).T
-            elif isinstance(op, O.RmsNorm):
-                w = be.weight(op.weight).reshape(-1) if op.weight else None
-                res = rms_norm(get(op.x), w, op.eps, op.group)
-            elif isinstance(op, O.Rope):
-                ff = be.weight(op.freq_factors).reshape(-1) if op.freq_factors else None
-                res = rope(get(op.x), positions, op.head_dim, op.n_rot, op.base, ff)
-            elif isinstance(op, O.Attention):
-                parts = []
-                for s in segs:      # each sequence sees only its own rows and cache slot
-                    rows = slice(s.row0, s.row0 + s.rows)
-                    args = (get(op.q)[rows], get(op.k)[rows], get(op.v)[rows],
-                            slot_view(op.cache_k, s).astype(np.float32), slot_view(op.cache_v, s).astype(np.float32),
-                            s.pos0, op.n_head, op.n_kv_head, op.head_dim, op.window, op.scale)
-                    # row-exact within the segment: a sequence's rows get the bits they get alone
-                    parts.append(attention_rows_exact(*args, caches[op.cache_k].dtype)
-                                 if 1 < s.rows <= O.ROW_EXACT_MAX else attention(*args))
-                res = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-            elif isinstance(op, O.KvStore):
-                for s in segs:
-                    ck, cv = slot_view(op.out, s), slot_view(op.cache_v, s)
-                    ring = ck.shape[0]
-                    keep = list(range(s.row0 + max(0, s.rows - ring), s.row0 + s.rows))
-                    rows = [(s.pos0 + r - s.row0) % ring for r in keep]
-                    ck[rows] = get(op.k)[keep]
-                    cv[rows] = get(op.v)[keep]
-                if observer:
-                    ck = caches[op.out]
-                    observer(idx, op, ck.copy())
-                continue
-            elif isinstance(op, O.GeluMul):
-                res = gelu_tanh(get(op.gate)) * get(op.up)
-            elif isinstance(op, O.Gelu):
-                res = gelu_tanh(get(op.x))
-            elif isinstance(op, O.Add):
-                res = get(op.a) + get(op.b)
-            elif isinstance(op, O.Mul):
-                res = get(op.a) * get(op.b)
-            elif isinstance(op, O.Scale):
-                res = get(op.x) * np.float32(op.scale)
-                if op.by:
-                    res = res * be.weight(op.by).reshape(-1)[0]
-            elif isinstance(op, O.Softcap):
-                res = np.float32(op.cap) * np.tanh(get(op.x) / np.float32(op.cap))
-            elif isinstance(op, O.Slice):
-                shape = g.buffers[op.out]
-                res = get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
-            elif isinstance(op, O.MoeRoute):
-                scale = be.weight(op.expert_scale).reshape(-1) if op.expert_scale else None
-                res = moe_route(get(op.logits), op.k, scale)
-            elif isinstance(op, O.MoeMatMul):
-                res = moe_matmul(get(op.x), get(op.route), be.weight(op.weight), op.n_expert)
-            elif isinstance(op, O.MoeSum):
-                res = moe_sum(get(op.y), get(op.route))
-            else:
+            apply = OP_FUNCTIONS.get(type(op))
+            if apply is None:
                 raise NotImplementedError(f"numpy backend: op {op.kind}")
-            bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
+            res = apply(call, op)
+            if res is None:                 # caches written in place
+                if observer:
+                    observer(idx, op, call.caches[op.out].copy())
+                continue
+            call.bufs[op.out] = np.ascontiguousarray(res, dtype=np.float32)
             if observer:
-                observer(idx, op, bufs[op.out].copy())
-        return get(g.output)
+                observer(idx, op, call.bufs[op.out].copy())
+        return call.get(g.output)
+
+    def read_buffers(self, names) -> dict[str, np.ndarray]:
+        return {name: self._last[name].copy() for name in names}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -51,7 +51,6 @@ PARAMS_MIN_TOKENS = 512       # the parameters buffer is shared by every graph u
 
 class VulkanBackend(Backend):
     name = "vulkan"
-    supports_segments = True
 
     def __init__(self, device: int | str = 0, kv_dtype: str = "f16",
                  max_buffer_bytes: Optional[int] = None, weight_memory: str = "auto",
@@ -272,11 +271,11 @@ class VulkanGraph(CompiledGraph):
         seq.record(kp.OpTensorSyncLocal(self.out_tensors))
         return seq
 
-    def _set_params(self, tokens: np.ndarray, pos0) -> None:
+    def _set_params(self, tokens: np.ndarray, segments: Sequence[ops.Segment]) -> None:
         tokens = np.asarray(tokens).reshape(-1)
         if len(tokens) != self.n:
             raise G4rtError(f"graph expects {self.n} tokens, got {len(tokens)}")
-        segs = ops.placement(pos0, self.n, self.slots)
+        segs = ops.placement(segments, self.n, self.slots)
         p = self.params.data()
         n = self.n
         p[0], p[1], p[2] = segs[0].pos0, n, 4 + n
@@ -289,8 +288,9 @@ class VulkanGraph(CompiledGraph):
                  for t, p in zip(self.out_tensors, loc.pieces)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
-    def run(self, tokens: np.ndarray, pos0: int, observer: Optional[OpObserver] = None) -> np.ndarray:
-        self._set_params(tokens, pos0)
+    def run(self, tokens: np.ndarray, segments: Sequence[ops.Segment],
+            observer: Optional[OpObserver] = None) -> np.ndarray:
+        self._set_params(tokens, segments)
         if observer is not None:
             return self._run_observed(observer)
         t0 = time.perf_counter()

@@ -189,7 +189,7 @@ def lower_attention(ctx, op: ops.Attention):
 def lower_kv_store(ctx, op: ops.KvStore):
     be = ctx.backend
     k, v = ctx.loc(op.k), ctx.loc(op.v)
-    ck, cv = ctx.cache(op.out), ctx.cache(op.cache_v)
+    ck, cv = ctx.cache(op.cache_k), ctx.cache(op.cache_v)
     if k.cols != ck.cache.cols or v.cols != cv.cache.cols:
         raise G4rtError(f"kv_store: k/v width {k.cols}/{v.cols} differs from the caches' {ck.cache.cols}")
     var = variant("kv_store", KV_F16=True) if be.kv_f16 else variant("kv_store")
