@@ -6,7 +6,7 @@
 - the block decoders (quant_blocks.cuh), compiled as host C++, decode exactly like gguf.quants;
 - the memory plan arithmetic, the hybrid partitioning and HybridBackend end to end (CPU + CPU);
 - without a driver, CudaBackend() / create_backend("cuda") raise BackendUnavailableError;
-- the CUDA backend's host code on the emulated driver (numpy kernels) against the CPU reference.
+- the CUDA backend's host code on the emulated driver (numpy kernels) against the numpy reference.
 """
 
 from __future__ import annotations

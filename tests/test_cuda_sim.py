@@ -2,7 +2,7 @@
 (runtime/testing/cuda/simulator.py, shaders/cuda/sim/cuda_sim.h: every CUDA thread a fiber, real
 barriers and warp shuffles) and driven by CudaBackend's host code through the emulated driver.
 
-- per-op conformance against the CPU reference: the same cases as the GPU suite
+- per-op conformance against the numpy reference: the same cases as the GPU suite
   (tests/test_cuda_ops.py), every weight type;
 - the simulator enforces what the hardware leaves undefined (warp collectives over exited lanes,
   divergent collectives) and a kernel that lacks a barrier fails its conformance check here;

@@ -94,7 +94,7 @@ def test_decode_through_cache_equals_prefill(name, kv_dtype, tol):
 
 
 def test_conformance_tool_passes_and_names_a_broken_kernel():
-    """`g4rt conformance` passes Vulkan against the CPU reference, and names the first op of a
+    """`g4rt conformance` passes Vulkan against the numpy reference, and names the first op of a
     deliberately broken kernel (RoPE told to rotate half of its dimensions)."""
     from click.testing import CliRunner
 

@@ -1,7 +1,7 @@
 """The GGUF tensor types g4rt runs, their block geometry, and exact dequantization.
 
 Block layouts and the reference dequantization come from the `gguf` package (llama.cpp's own
-Python library), so the CPU reference decodes bits exactly as llama.cpp writes them.
+Python library), so the numpy reference decodes bits exactly as llama.cpp writes them.
 """
 
 from __future__ import annotations

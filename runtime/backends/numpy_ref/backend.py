@@ -134,7 +134,7 @@ class NumpyBackend(Backend):
 
     @property
     def device_name(self) -> str:
-        return "numpy (CPU reference)"
+        return "numpy reference"
 
     def load_weights(self, specs, source, progress: Optional[Callable[[int], None]] = None) -> None:
         # Nothing to upload: weights stay memory-mapped and are dequantized on first use (so no

@@ -9,7 +9,7 @@ Two kinds of kernels:
   (the .cu comments); fast, checks the host code.
 - kernels="sim": the real CUDA sources of shaders/cuda, compiled for the CPU simulator
   (simulator.py, shaders/cuda/sim/cuda_sim.h: fibers for threads, real barriers and warp
-  shuffles); slow, checks the kernels themselves against the CPU reference.
+  shuffles); slow, checks the kernels themselves against the numpy reference.
 
 The numpy kernels whose arithmetic is the reference's (RMSNorm, RoPE, GeLU, MoE routing and
 sum) call backends/numpy_ref's functions; the rest follow their kernel's own split (attention's

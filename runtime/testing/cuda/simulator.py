@@ -5,7 +5,7 @@ force-included: that header supplies the CUDA builtins (every CUDA thread a fibe
 warp shuffles, `__shared__` memory per block) and a table of the file's kernels, so the same
 source NVRTC compiles for a GPU runs here. The emulated driver (`emulated_driver.EmulatedDriver(
 kernels="sim")`) launches them, which lets CI run CudaBackend's host code *and* its kernels
-against the CPU reference. It is a correctness tool (slow: a context switch per barrier and
+against the numpy reference. It is a correctness tool (slow: a context switch per barrier and
 shuffle), not an inference backend; it models no timing, and differs from a GPU in the last
 bits where nvcc fuses multiply-adds.
 
