@@ -273,7 +273,7 @@ g4rt_bench() {
     if "$PY" -m g4rt bench --help >/dev/null 2>&1; then
         "$PY" -m g4rt bench "$@"
     else
-        "$PY" -c 'import sys; from g4rt.tools.bench import bench_command; bench_command(sys.argv[1:], prog_name="g4rt bench")' "$@"
+        "$PY" -c 'import sys; from g4rt.cli.bench import bench; bench(sys.argv[1:], prog_name="g4rt bench")' "$@"
     fi
 }
 

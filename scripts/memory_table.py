@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from g4rt import memory_plan as M
+from g4rt import memory_plan
 
 CONTEXTS = (4096, 8192, 16384, 32768, 65536, 98304, 131072)
 MOE_CONTEXTS = (4096, 8192, 32768, 65536, 131072, 262144)
 MOE_QUANTS = ("Q4_0", "Q4_K_M", "Q8_0")
-BATCH = M.DEFAULT_BATCH
+BATCH = memory_plan.DEFAULT_BATCH
 GiB = 1 << 30
 
 
@@ -27,14 +27,14 @@ def build(card: int, reserve: int, ram: int = 64 * GiB) -> str:
 
 
 def build_12b(card: int, reserve: int) -> str:
-    cfg, specs = M.gemma4_12b_shape()
+    cfg, specs = memory_plan.gemma4_12b_shape()
     budget = card - reserve
-    layer_w, other_w = M.layer_weight_bytes(cfg, specs)
+    layer_w, other_w = memory_plan.layer_weight_bytes(cfg, specs)
     sl = next(L for L in cfg.layers if L.sliding)
     gl = next(L for L in cfg.layers if not L.sliding)
     n_sl = sum(L.sliding for L in cfg.layers)
     n_gl = cfg.n_layer - n_sl
-    scratch = M.scratch_bytes(cfg, specs, BATCH, 8192)
+    scratch = memory_plan.scratch_bytes(cfg, specs, BATCH, 8192)
     per_tok_global = {kv: 2 * gl.kv_width * kv * n_gl for kv in (2, 4)}
 
     out = [
@@ -58,53 +58,53 @@ def build_12b(card: int, reserve: int) -> str:
         "",
         "| weights | bytes |",
         "|---|---|",
-        f"| token embedding (tied output head), norms, rope_freqs | {M.human(other_w)} |",
-        f"| one sliding layer | {M.human(layer_w[0])} |",
-        f"| one global layer | {M.human(layer_w[5])} |",
-        f"| **all weights** | **{M.human(sum(layer_w) + other_w)}** |",
+        f"| token embedding (tied output head), norms, rope_freqs | {memory_plan.human(other_w)} |",
+        f"| one sliding layer | {memory_plan.human(layer_w[0])} |",
+        f"| one global layer | {memory_plan.human(layer_w[5])} |",
+        f"| **all weights** | **{memory_plan.human(sum(layer_w) + other_w)}** |",
         "",
         "## KV cache and totals by context",
         "",
         f"Sliding layers keep min(ctx, {sl.window}) positions, so their cache stops growing at "
-        f"{M.human(2 * sl.window * sl.kv_width * 2 * n_sl)} (f16); the {n_gl} global layers cost "
-        f"{M.human(per_tok_global[2])} per position in f16 ({M.human(per_tok_global[4])} in f32). "
-        f"Scratch is the activations of one {BATCH}-token prefill graph ({M.human(scratch)}); GPU "
+        f"{memory_plan.human(2 * sl.window * sl.kv_width * 2 * n_sl)} (f16); the {n_gl} global layers cost "
+        f"{memory_plan.human(per_tok_global[2])} per position in f16 ({memory_plan.human(per_tok_global[4])} in f32). "
+        f"Scratch is the activations of one {BATCH}-token prefill graph ({memory_plan.human(scratch)}); GPU "
         "backends fuse attention, so no score matrix is counted.",
         "",
-        f"Budget: a {M.human(card)} card less {M.human(reserve)} kept for the driver, runtime and "
-        f"display = **{M.human(budget)}**.",
+        f"Budget: a {memory_plan.human(card)} card less {memory_plan.human(reserve)} kept for the driver, runtime and "
+        f"display = **{memory_plan.human(budget)}**.",
         "",
         "| context | KV sliding (f16) | KV global (f16) | total, f16 KV | fits? | total, f32 KV | fits? |",
         "|---|---|---|---|---|---|---|",
     ]
     for ctx in CONTEXTS:
-        p16 = M.make_plan(cfg, specs, ctx, kv_bytes=2, batch=BATCH, budget=budget, check=False)
-        p32 = M.make_plan(cfg, specs, ctx, kv_bytes=4, batch=BATCH, budget=budget, check=False)
-        out.append(f"| {ctx} | {M.human(p16.kv_sliding)} | {M.human(p16.kv_global)} | "
-                   f"{M.human(p16.device_total)} | {'yes' if p16.fits else 'no'} | "
-                   f"{M.human(p32.device_total)} | {'yes' if p32.fits else 'no'} |")
+        p16 = memory_plan.make_plan(cfg, specs, ctx, kv_bytes=2, batch=BATCH, budget=budget, check=False)
+        p32 = memory_plan.make_plan(cfg, specs, ctx, kv_bytes=4, batch=BATCH, budget=budget, check=False)
+        out.append(f"| {ctx} | {memory_plan.human(p16.kv_sliding)} | {memory_plan.human(p16.kv_global)} | "
+                   f"{memory_plan.human(p16.device_total)} | {'yes' if p16.fits else 'no'} | "
+                   f"{memory_plan.human(p32.device_total)} | {'yes' if p32.fits else 'no'} |")
 
-    fit16 = M.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH)
-    fit32 = M.max_context(cfg, specs, budget, kv_bytes=4, batch=BATCH)
-    full16 = M.max_context(cfg, specs, card, kv_bytes=2, batch=BATCH)
-    layers128 = M.max_gpu_layers(cfg, specs, cfg.context_length, budget, kv_bytes=2, batch=BATCH)
-    p8k = M.make_plan(cfg, specs, 8192, kv_bytes=2, batch=BATCH, budget=budget, check=False)
-    p32k = M.make_plan(cfg, specs, 32768, kv_bytes=2, batch=BATCH, budget=budget, check=False)
+    fit16 = memory_plan.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH)
+    fit32 = memory_plan.max_context(cfg, specs, budget, kv_bytes=4, batch=BATCH)
+    full16 = memory_plan.max_context(cfg, specs, card, kv_bytes=2, batch=BATCH)
+    layers128 = memory_plan.max_gpu_layers(cfg, specs, cfg.context_length, budget, kv_bytes=2, batch=BATCH)
+    p8k = memory_plan.make_plan(cfg, specs, 8192, kv_bytes=2, batch=BATCH, budget=budget, check=False)
+    p32k = memory_plan.make_plan(cfg, specs, 32768, kv_bytes=2, batch=BATCH, budget=budget, check=False)
     out += [
         "",
         "## What fits",
         "",
-        f"- 8K context, f16 KV: {M.human(p8k.device_total)} — {M.human(budget - p8k.device_total)} to spare.",
-        f"- 32K context, f16 KV: {M.human(p32k.device_total)} — {M.human(budget - p32k.device_total)} to spare.",
-        f"- Largest context in {M.human(budget)}: **{fit16}** positions with an f16 KV cache, "
-        f"{fit32} with f32 ({full16} if the whole {M.human(card)} were usable).",
+        f"- 8K context, f16 KV: {memory_plan.human(p8k.device_total)} — {memory_plan.human(budget - p8k.device_total)} to spare.",
+        f"- 32K context, f16 KV: {memory_plan.human(p32k.device_total)} — {memory_plan.human(budget - p32k.device_total)} to spare.",
+        f"- Largest context in {memory_plan.human(budget)}: **{fit16}** positions with an f16 KV cache, "
+        f"{fit32} with f32 ({full16} if the whole {memory_plan.human(card)} were usable).",
         f"- The full trained {cfg.context_length} positions (f16 KV) need "
-        f"{M.human(M.make_plan(cfg, specs, cfg.context_length, kv_bytes=2, batch=BATCH).device_total)}: "
+        f"{memory_plan.human(memory_plan.make_plan(cfg, specs, cfg.context_length, kv_bytes=2, batch=BATCH).device_total)}: "
         f"{layers128} of {cfg.n_layer} layers fit on the card, the rest would run on the host "
         "(hybrid split).",
         "",
         "`g4rt` never allocates the trained length blindly: the default context is the trained length "
-        f"capped at {M.DEFAULT_CTX_CAP} and, when a budget is known, at what fits it; an explicit "
+        f"capped at {memory_plan.DEFAULT_CTX_CAP} and, when a budget is known, at what fits it; an explicit "
         "`--ctx` over budget is refused with the context and layer split that would fit.",
         "",
     ]
@@ -115,54 +115,54 @@ def _moe_weights(quants) -> list[str]:
     out = ["| quant | routed experts (all layers) | one layer's experts | everything else | **all weights** |",
            "|---|---|---|---|---|"]
     for q in quants:
-        cfg, specs = M.gemma4_26b_a4b_shape(q)
-        layer_w, other_w = M.layer_weight_bytes(cfg, specs)
-        exp = M.expert_weight_bytes(cfg, specs)
-        one = M.human(min(exp)) if min(exp) == max(exp) else f"{M.human(min(exp))} - {M.human(max(exp))}"
-        out.append(f"| {q} | {M.human(sum(exp))} | {one} | {M.human(sum(layer_w) + other_w - sum(exp))} | "
-                   f"**{M.human(sum(layer_w) + other_w)}** |")
+        cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+        layer_w, other_w = memory_plan.layer_weight_bytes(cfg, specs)
+        exp = memory_plan.expert_weight_bytes(cfg, specs)
+        one = memory_plan.human(min(exp)) if min(exp) == max(exp) else f"{memory_plan.human(min(exp))} - {memory_plan.human(max(exp))}"
+        out.append(f"| {q} | {memory_plan.human(sum(exp))} | {one} | {memory_plan.human(sum(layer_w) + other_w - sum(exp))} | "
+                   f"**{memory_plan.human(sum(layer_w) + other_w)}** |")
     return out
 
 
 def _moe_row(q: str, ctx: int, budget: int, ram: int) -> str:
-    cfg, specs = M.gemma4_26b_a4b_shape(q)
-    plan = lambda n: M.make_plan(cfg, specs, ctx, kv_bytes=2, batch=BATCH, budget=budget,  # noqa: E731
+    cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+    plan = lambda n: memory_plan.make_plan(cfg, specs, ctx, kv_bytes=2, batch=BATCH, budget=budget,  # noqa: E731
                                  host_budget=ram, cpu_moe_layers=n, check=False)
     gpu, moe = plan(0), plan(cfg.n_layer)
     yes = lambda p: "yes" if p.fits else "no"                                             # noqa: E731
     n = gpu.fit_cpu_moe
-    fewest = "none fits" if n is None else f"{n} ({M.human(plan(n).device_total)} / {M.human(plan(n).host_total)})"
-    return (f"| {q} | {ctx} | {M.human(gpu.device_total)} | {yes(gpu)} | {M.human(moe.device_total)} | "
-            f"{M.human(moe.host_total)} | {yes(moe)} | {fewest} |")
+    fewest = "none fits" if n is None else f"{n} ({memory_plan.human(plan(n).device_total)} / {memory_plan.human(plan(n).host_total)})"
+    return (f"| {q} | {ctx} | {memory_plan.human(gpu.device_total)} | {yes(gpu)} | {memory_plan.human(moe.device_total)} | "
+            f"{memory_plan.human(moe.host_total)} | {yes(moe)} | {fewest} |")
 
 
 def _moe_fit(q: str, budget: int) -> str:
-    cfg, specs = M.gemma4_26b_a4b_shape(q)
-    all_gpu = M.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH)
-    layers = M.max_gpu_layers(cfg, specs, 8192, budget, kv_bytes=2, batch=BATCH)
-    cpu_moe = M.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
-    layer_w, other_w = M.layer_weight_bytes(cfg, specs)
+    cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+    all_gpu = memory_plan.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH)
+    layers = memory_plan.max_gpu_layers(cfg, specs, 8192, budget, kv_bytes=2, batch=BATCH)
+    cpu_moe = memory_plan.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
+    layer_w, other_w = memory_plan.layer_weight_bytes(cfg, specs)
     weights = sum(layer_w) + other_w
     gpu_part = (f"all on the GPU up to context {all_gpu}" if all_gpu else
-                f"never all on the GPU ({M.human(weights)} of weights; at 8K only {layers} of {cfg.n_layer} "
+                f"never all on the GPU ({memory_plan.human(weights)} of weights; at 8K only {layers} of {cfg.n_layer} "
                 f"whole layers fit, --gpu-layers {layers})")
     return f"- {q}: {gpu_part}; with --cpu-moe up to context **{cpu_moe}**."
 
 
 def build_26b(card: int, reserve: int, ram: int) -> str:
     budget = card - reserve
-    cfg, specs = M.gemma4_26b_a4b_shape("Q4_K_M")
+    cfg, specs = memory_plan.gemma4_26b_a4b_shape("Q4_K_M")
     sl = next(L for L in cfg.layers if L.sliding)
     gl = next(L for L in cfg.layers if not L.sliding)
     n_sl = sum(L.sliding for L in cfg.layers)
     n_gl = cfg.n_layer - n_sl
     typed = lambda name, qt: [i for i in range(cfg.n_layer)                              # noqa: E731
                               if getattr(specs.get(f"blk.{i}.{name}.weight"), "qtype", None) == qt]
-    down_q6 = typed("ffn_down_exps", M.QT.Q8_0)       # Q6_K fallen back: 704 is no multiple of 256
-    v_q6 = typed("attn_v", M.QT.Q6_K)
-    per_layer = M.moe_transfer_bytes(cfg, 1)
-    per_token = M.moe_transfer_bytes(cfg, cfg.n_layer)
-    plan4k = M.make_plan(cfg, specs, 4096, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
+    down_q6 = typed("ffn_down_exps", memory_plan.QT.Q8_0)       # Q6_K fallen back: 704 is no multiple of 256
+    v_q6 = typed("attn_v", memory_plan.QT.Q6_K)
+    per_layer = memory_plan.moe_transfer_bytes(cfg, 1)
+    per_token = memory_plan.moe_transfer_bytes(cfg, cfg.n_layer)
+    plan4k = memory_plan.make_plan(cfg, specs, 4096, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
     out = [
         "",
         "## 26B-A4B: model shape (synthetic, no file needed)",
@@ -187,13 +187,13 @@ def build_26b(card: int, reserve: int, ram: int) -> str:
         "",
         "## 26B-A4B: KV cache, scratch and totals by context",
         "",
-        f"Sliding layers stop growing at {M.human(2 * sl.window * sl.kv_width * 2 * n_sl)} (f16); the {n_gl} "
-        f"global layers cost {M.human(2 * gl.kv_width * 2 * n_gl)} per position in f16. GPU scratch is the "
-        f"activations of one {BATCH}-token prefill graph ({M.human(plan4k.scratch_device)}, the experts' buffers "
+        f"Sliding layers stop growing at {memory_plan.human(2 * sl.window * sl.kv_width * 2 * n_sl)} (f16); the {n_gl} "
+        f"global layers cost {memory_plan.human(2 * gl.kv_width * 2 * n_gl)} per position in f16. GPU scratch is the "
+        f"activations of one {BATCH}-token prefill graph ({memory_plan.human(plan4k.scratch_device)}, the experts' buffers "
         "included even when the CPU runs them); with --cpu-moe the host adds the expert products' activations "
-        f"({M.human(plan4k.scratch_host)}).",
+        f"({memory_plan.human(plan4k.scratch_host)}).",
         "",
-        f"Budget: the same card, **{M.human(budget)}** on the GPU, and **{M.human(ram)}** of host RAM. "
+        f"Budget: the same card, **{memory_plan.human(budget)}** on the GPU, and **{memory_plan.human(ram)}** of host RAM. "
         "All on the GPU: every tensor on the card. --cpu-moe: every layer's expert tensors in host RAM (the CPU "
         "runs their products), the rest on the card. Fewest --n-cpu-moe: the smallest N that fits with the "
         "experts of layers 0..N-1 in host RAM (GPU / host totals). f16 KV.",
@@ -211,8 +211,8 @@ def build_26b(card: int, reserve: int, ram: int) -> str:
         f"Per MoE layer and token, one {cfg.n_embd}-wide f32 activation row goes to the CPU with its route "
         f"({sl.n_expert_used} weights and {sl.n_expert_used} indices as f32) and one row comes back: "
         f"2 x {cfg.n_embd} x 4 + {2 * sl.n_expert_used * 4} = **{per_layer} bytes**; over {cfg.n_layer} "
-        f"layers **{per_token} bytes ({M.human(per_token)}) per token**, in {cfg.n_layer} round trips; a "
-        f"{BATCH}-token prefill batch moves {M.human(BATCH * per_token)}. The expert weights themselves never "
+        f"layers **{per_token} bytes ({memory_plan.human(per_token)}) per token**, in {cfg.n_layer} round trips; a "
+        f"{BATCH}-token prefill batch moves {memory_plan.human(BATCH * per_token)}. The expert weights themselves never "
         "cross.",
         "",
     ]
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--reserve", default="512MiB", help="kept free for driver/runtime/display")
     ap.add_argument("--ram", default="64GiB", help="host RAM for the 26B-A4B's host part (default 64GiB)")
     a = ap.parse_args()
-    text = build(M.parse_size(a.card), M.parse_size(a.reserve), M.parse_size(a.ram))
+    text = build(memory_plan.parse_size(a.card), memory_plan.parse_size(a.reserve), memory_plan.parse_size(a.ram))
     Path(a.out).write_text(text)
     print(text)
 

@@ -85,12 +85,12 @@ def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     its rounding of x)."""
     import subprocess
     from pathlib import Path
-    from g4rt.backends.cpu import compiler as C
-    if "avx2" not in C.X86_NEEDS or not C.X86_NEEDS["avx2"] <= C.cpu_flags():
+    from g4rt.backends.cpu import compiler
+    if "avx2" not in compiler.X86_NEEDS or not compiler.X86_NEEDS["avx2"] <= compiler.cpu_flags():
         pytest.skip("needs an AVX2 CPU")
     root = Path(__file__).resolve().parents[1]
     exe = tmp_path / "q4_0_forms"
-    subprocess.run([C.compiler(), "-O2", *C.X86_FLAGS["avx2"], f"-I{root / 'shaders' / 'cpu'}",
+    subprocess.run([compiler.compiler(), "-O2", *compiler.X86_FLAGS["avx2"], f"-I{root / 'shaders' / 'cpu'}",
                     str(root / "scripts" / "q4_0_forms.c"), "-o", str(exe), "-lm"], check=True)
     out = subprocess.run([str(exe), "64", "256"], check=True, capture_output=True, text=True).stdout
     import re

@@ -2,90 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from ..errors import G4rtError
-from ..speculative import MAX_DRAFT
-
-BACKENDS = click.Choice(["auto", "cpu", "numpy", "vulkan", "cuda"])
-
-
-THREADS_OPTION = click.option("--threads", "-t", type=click.IntRange(1), default=None,
-                              help="CPU threads (native CPU backend; default: the physical cores).")
-
-
-def placement_options(f):
-    """Where the layers and experts run when the GPU cannot hold everything (as llama.cpp's)."""
-    for opt in reversed([
-        click.option("--gpu-layers", type=click.IntRange(0), default=None,
-                     help="Only the first N layers on the GPU backend, the rest on the CPU."),
-        click.option("--cpu-moe", is_flag=True,
-                     help="Mixture-of-experts models: keep every layer's experts in RAM and run them on "
-                          "the CPU; attention, the dense MLP and the router stay on the GPU."),
-        click.option("--n-cpu-moe", type=click.IntRange(0), default=None, metavar="N",
-                     help="As --cpu-moe for the experts of the first N layers only."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def speculative_options(f):
-    """Speculative decoding (as llama.cpp's --model-draft / --spec ngram)."""
-    for opt in reversed([
-        click.option("--draft", type=click.Path(dir_okay=False), default=None, metavar="MODEL.gguf",
-                     help="Speculative decoding: a smaller model with the same vocabulary drafts tokens "
-                          "that the model checks in one batched pass (greedy output unchanged)."),
-        click.option("--spec", type=click.Choice(["ngram"]), default=None,
-                     help="Speculative decoding without a draft model: propose what followed the last "
-                          "n tokens earlier in the context (edits, summaries, code)."),
-        click.option("--draft-max", type=click.IntRange(1, MAX_DRAFT), default=8, show_default=True,
-                     help="Most tokens drafted per verification."),
-        click.option("--draft-min", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
-                     help="Fewer drafted tokens than this: decode plainly instead."),
-        click.option("--draft-backend", type=click.Choice(["cpu", "numpy", "vulkan", "cuda"]), default=None,
-                     help="Backend of the draft model (default: the model's)."),
-        click.option("--draft-p-min", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-                     help="Stop drafting when the draft's top probability falls below this (0 = never)."),
-        click.option("--ngram-n", type=click.IntRange(1, 16), default=3, show_default=True,
-                     help="With --spec ngram: the longest context suffix looked up."),
-    ]):
-        f = opt(f)
-    return f
-
-
-def speculation(kw) -> dict:
-    return {k: kw.pop(k) for k in ("draft", "spec", "draft_max", "draft_min", "draft_backend", "draft_p_min",
-                                   "ngram_n")}
-
-
-def placement(kw) -> dict:
-    return dict(gpu_layers=kw.pop("gpu_layers"), cpu_moe=kw.pop("cpu_moe"), n_cpu_moe=kw.pop("n_cpu_moe"))
-
-
-def _sampling_options(f):
-    for opt in reversed([
-        click.option("-n", "--max-tokens", type=click.IntRange(1), default=256, show_default=True,
-                     help="Most tokens to generate."),
-        click.option("--temp", "temperature", type=click.FloatRange(0), default=0.0, show_default=True,
-                     help="Temperature; 0 = greedy."),
-        click.option("--top-k", type=click.IntRange(0), default=0, help="Top-k (0 = off)."),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Top-p (1 = off)."),
-        click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, help="Min-p (0 = off)."),
-        click.option("--repeat-penalty", type=click.FloatRange(0, min_open=True), default=1.0,
-                     help="Repetition penalty over the last 64 tokens (1 = off)."),
-        click.option("--seed", type=int, default=None, help="Seed: same seed, same output (per backend)."),
-        click.option("--ctx", type=click.IntRange(1), default=None, help="Context size in tokens."),
-        click.option("--backend", type=BACKENDS, default="auto", show_default=True),
-        placement_options,
-        speculative_options,
-        THREADS_OPTION,
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
-    ]):
-        f = opt(f)
-    return f
+from .options import placement, sampling, sampling_options, speculation
 
 
 class _LoadProgress:
@@ -145,11 +70,6 @@ def _summary(model) -> str:
             + (f"; {s.speculative.summary()}" if s.speculative else "") + "]")
 
 
-def _gen_kwargs(kw) -> dict:
-    return dict(max_tokens=kw["max_tokens"], temperature=kw["temperature"], top_k=kw["top_k"],
-                top_p=kw["top_p"], min_p=kw["min_p"], repeat_penalty=kw["repeat_penalty"], seed=kw["seed"])
-
-
 @click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("-p", "--prompt", help="Prompt text.")
@@ -163,7 +83,7 @@ def _gen_kwargs(kw) -> dict:
                    "all, decoding --parallel of them together; prints one JSON line per prompt, in order.")
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
               help="With --batch: how many prompts decode together (KV cache slots).")
-@_sampling_options
+@sampling_options
 def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, parallel, **kw):
     """Generate text from a prompt, streaming it as it is produced.
 
@@ -184,7 +104,7 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, par
     interrupted = False
     try:
         for piece in m.generate(text, chat=chat, system=system, show_thinking=show_thinking or not chat,
-                                **_gen_kwargs(kw)):
+                                **sampling(kw)):
             click.echo(piece, nl=False)
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -200,7 +120,6 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, par
 def read_batch_prompts(f) -> list[str]:
     """Prompts of a --batch file: JSON lines ({"prompt": ...} or a JSON string) when every
     non-blank line is JSON, else one prompt per non-blank line."""
-    import json
     lines = [ln.rstrip("\r\n") for ln in f.read().splitlines()]
     lines = [ln for ln in lines if ln.strip()]
     if not lines:
@@ -222,8 +141,6 @@ def read_batch_prompts(f) -> list[str]:
 
 
 def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
-    import json
-    import time
     from ..slots import BatchStats
     spec = speculation(kw)
     if spec["draft"] is not None or spec["spec"] is not None:
@@ -234,7 +151,7 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
     stats = BatchStats()
     t0 = time.perf_counter()
     try:
-        results = m.generate_many(prompts, chat=chat, system=system, stats=stats, **_gen_kwargs(kw))
+        results = m.generate_many(prompts, chat=chat, system=system, stats=stats, **sampling(kw))
     except KeyboardInterrupt:
         raise SystemExit(130)
     for i, (p, r) in enumerate(zip(prompts, results)):
@@ -243,7 +160,7 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
     if not kw["quiet"]:
         wall = time.perf_counter() - t0
         gen = sum(len(r.tokens) for r in results)
-        click.echo(f"[{len(prompts)} prompts, {slots} together ({'batched' if m.engine.batched else 'in turn'}); "
+        click.echo(f"[{len(prompts)} prompts, {slots} together (batched); "
                    f"{gen} tokens generated in {wall:.1f} s = {gen / wall:.1f} tok/s in all; "
                    f"{stats.steps} steps of {stats.mean_batch:.1f} rows on average; backend {m.backend_name}, "
                    f"device {m.device_name}]", err=True)
@@ -253,7 +170,7 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--system", help="System prompt.")
 @click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel.")
-@_sampling_options
+@sampling_options
 def chat(model, system, show_thinking, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session."""
@@ -286,7 +203,7 @@ def chat(model, system, show_thinking, **kw):
             click.echo("(history cleared)", err=True)
             continue
         try:
-            for piece in session.send(line, **_gen_kwargs(kw)):
+            for piece in session.send(line, **sampling(kw)):
                 click.echo(piece, nl=False)
                 sys.stdout.flush()
         except KeyboardInterrupt:
@@ -298,26 +215,3 @@ def chat(model, system, show_thinking, **kw):
         click.echo()
         if not kw["quiet"]:
             click.echo(_summary(m), err=True)
-
-
-@click.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.argument("text", required=False)
-@click.option("--json", "json_file", type=click.File("r", encoding="utf-8"),
-              help="A JSON list of strings; prints one JSON list of ids per string.")
-@click.option("--no-special", is_flag=True, help="Do not parse special tokens in the text.")
-@click.option("--bos", is_flag=True, help="Add BOS first.")
-def tokenize(model, text, json_file, no_special, bos):
-    """Print the token ids of TEXT (works on vocabulary-only GGUF files)."""
-    import json
-
-    from ..gguf.reader import GGUFFile
-    from ..text.tokenizer import load_tokenizer
-    if (text is None) == (json_file is None):
-        raise click.UsageError("give TEXT or --json FILE")
-    tok = load_tokenizer(GGUFFile(model))
-    strings = [text] if json_file is None else json.load(json_file)
-    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
-        raise G4rtError("--json must hold a list of strings")
-    for s in strings:
-        click.echo(json.dumps(tok.encode(s, add_bos=bos, parse_special=not no_special)))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import click
 
-from .generate import BACKENDS, THREADS_OPTION, placement, placement_options, speculation, speculative_options
 from ..errors import G4rtError
+from .options import (BACKEND_OR_AUTO_CHOICE, THREADS_OPTION, placement, placement_options, speculation,
+                      speculative_options)
 
 
 class ServeError(G4rtError):
@@ -31,7 +32,7 @@ class ServeError(G4rtError):
 @click.option("--queue", type=click.IntRange(0), default=64, show_default=True,
               help="Requests that may wait for a slot; past that, 503 with Retry-After.")
 @click.option("--ctx", type=click.IntRange(2), default=None, help="Context size per slot, in tokens.")
-@click.option("--backend", type=BACKENDS, default="auto", show_default=True)
+@click.option("--backend", type=BACKEND_OR_AUTO_CHOICE, default="auto", show_default=True)
 @placement_options
 @speculative_options
 @THREADS_OPTION
@@ -82,7 +83,7 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, ti
 
     app = create_app(state, loader)
     server = _make_server(uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info",
-                                    access_log=not quiet, timeout_graceful_shutdown=10, lifespan="on"), state)
+                                         access_log=not quiet, timeout_graceful_shutdown=10, lifespan="on"), state)
     app.state.on_load_error = lambda message: setattr(server, "should_exit", True)
     click.echo(f"g4rt serve: loading {Path(model).name}; serving http://{host}:{port} "
                f"(GET /health is 503 until the model is ready)", err=True)

@@ -1,4 +1,5 @@
-"""`g4rt bench MODEL --backend B [--prompt 512] [--gen 128] [--json]` and `g4rt bench --ops`.
+"""What `g4rt bench MODEL --backend B [--prompt 512] [--gen 128]` and `g4rt bench --ops` measure
+(the command is in cli/bench.py).
 
 Model mode: prefill tokens/s on a prompt of random ids, greedy decode tokens/s, decode weight
 traffic (bytes of every weight a decode step reads / time per token), Python overhead per decoded
@@ -15,38 +16,36 @@ time of a graph [inputs, kernel, 1-row slice] minus that of [inputs, 1-row slice
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Optional
 
-import click
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from .. import ops as O
-from ..cli.generate import placement_options, speculative_options
-from ..speculative import MAX_DRAFT
+from .. import ops
 from ..gguf.quant_types import block_geometry, row_bytes
+from ..model.shapes import DENSE_12B
+from .synth import random_blocks
 
 
 # ---- model benchmark --------------------------------------------------------------------------
-def decode_weight_bytes(graph: O.Graph) -> int:
+def decode_weight_bytes(graph: ops.Graph) -> int:
     """Weight bytes a one-token graph reads: every matrix of every MatMul, one embedding row per
     EmbedLookup, the small vectors; of an expert matrix only the k selected experts' rows (the
     active weights of a mixture of experts)."""
     total = 0
     seen = set()
     for op in graph.ops:
-        for name in O.op_weights(op):
+        for name in ops.op_weights(op):
             spec = graph.weights[name]
             rb = row_bytes(spec.qtype, spec.cols)
-            if isinstance(op, O.EmbedLookup):
+            if isinstance(op, ops.EmbedLookup):
                 total += rb * graph.n_tokens
-            elif isinstance(op, O.MoeMatMul):
+            elif isinstance(op, ops.MoeMatMul):
                 k = graph.buffers[op.route].cols // 2
                 total += rb * (spec.rows // op.n_expert) * min(op.n_expert, k * graph.n_tokens)
-            elif name not in seen or isinstance(op, O.MatMul):
+            elif name not in seen or isinstance(op, ops.MatMul):
                 total += rb * spec.rows
             seen.add(name)
     return total
@@ -61,9 +60,9 @@ class _Timed:
         self.replay_s = 0.0
         self._orig = graph.run
 
-        def run(tokens, pos0, observer=None):
+        def run(tokens, segments, observer=None):
             t0 = time.perf_counter()
-            out = self._orig(tokens, pos0, observer)
+            out = self._orig(tokens, segments, observer)
             dt = time.perf_counter() - t0
             self.run_s += dt
             self.replay_s += getattr(graph, "last_replay_s", None) or dt
@@ -71,12 +70,18 @@ class _Timed:
         graph.run = run
 
 
+def is_hybrid(place: dict) -> bool:
+    """Whether a placement (gpu_layers, cpu_moe, n_cpu_moe as the CLI's options) splits the model
+    between a GPU backend and the native CPU."""
+    return place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None
+
+
 def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_options: dict,
                 warmup: bool = True, echo=None, place: Optional[dict] = None) -> dict:
     """place: --gpu-layers / --cpu-moe / --n-cpu-moe (a hybrid with the native CPU backend)."""
     from ..engine import Engine
     t0 = time.perf_counter()
-    if place and (place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None):
+    if place and is_hybrid(place):
         from ..generation import load
         eng = load(model, backend=backend, ctx=n_prompt + n_gen + 2, **place, **backend_options).engine
     else:
@@ -141,24 +146,23 @@ def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_opt
 
 
 # ---- kernel benchmark -------------------------------------------------------------------------
-E, F = 3840, 15360
+E, F = DENSE_12B.hidden, DENSE_12B.ffn
 
 
 class _MemSource:
     def __init__(self):
         self.raw: dict[str, np.ndarray] = {}
-        self.specs: dict[str, O.WeightSpec] = {}
+        self.specs: dict[str, ops.WeightSpec] = {}
 
     def add(self, name, qtype, raw, cols):
         self.raw[name] = raw
-        self.specs[name] = O.WeightSpec(name, qtype, raw.shape[0], cols)
+        self.specs[name] = ops.WeightSpec(name, qtype, raw.shape[0], cols)
 
     def weight_bytes(self, name):
         return self.raw[name]
 
 
 def _random_matrix(qtype: QT, rows: int, cols: int, rng) -> np.ndarray:
-    from .synth import random_blocks
     block, size = block_geometry(qtype)
     return random_blocks(qtype, rows * cols // block, rng).reshape(rows, -1)
 
@@ -180,20 +184,19 @@ class OpBench:
 
     def graphs(self, src: _MemSource):
         n = self.n
-        bufs = {"tokens": O.Buffer("tokens", n, 1, "i32")}
-        ops, labels = [], []
+        bufs = {"tokens": ops.Buffer("tokens", n, 1, "i32")}
+        input_ops = []
         for name, cols in self.inputs.items():
-            bufs[name] = O.Buffer(name, n, cols)
-            ops.append(O.EmbedLookup(name, f"table.{name}", 1.0))
-            labels.append(f"input {name}")
-        base_ops = list(ops) + [O.Slice("probe", next(iter(self.inputs)), 0, 0)]
-        bufs_base = dict(bufs, probe=O.Buffer("probe", 1, next(iter(self.inputs.values()))))
+            bufs[name] = ops.Buffer(name, n, cols)
+            input_ops.append(ops.EmbedLookup(name, f"table.{name}", 1.0))
+        base_ops = list(input_ops) + [ops.Slice("probe", next(iter(self.inputs)), 0, 0)]
+        bufs_base = dict(bufs, probe=ops.Buffer("probe", 1, next(iter(self.inputs.values()))))
         op = self.op_fn()
-        bufs[op.out] = O.Buffer(op.out, n, self.out_cols)
-        full_ops = list(ops) + [op, O.Slice("probe", op.out, 0, 0)]
-        bufs_full = dict(bufs, probe=O.Buffer("probe", 1, self.out_cols))
-        mk = lambda b, o: O.Graph(n_tokens=n, buffers=b, caches=self.caches, weights=dict(src.specs), ops=o,
-                                  output="probe", labels=[f"op{i}" for i in range(len(o))])
+        bufs[op.out] = ops.Buffer(op.out, n, self.out_cols)
+        full_ops = list(input_ops) + [op, ops.Slice("probe", op.out, 0, 0)]
+        bufs_full = dict(bufs, probe=ops.Buffer("probe", 1, self.out_cols))
+        mk = lambda b, o: ops.Graph(n_tokens=n, buffers=b, caches=self.caches, weights=dict(src.specs), ops=o,
+                                    output="probe", labels=[f"op{i}" for i in range(len(o))])
         return mk(bufs_base, base_ops), mk(bufs_full, full_ops)
 
 
@@ -210,43 +213,51 @@ def kernel_benches(rng) -> tuple[_MemSource, list[OpBench]]:
         wb_up, wb_down = src.raw[up].nbytes, src.raw[down].nbytes
         for n in (1, P):
             kind = "matvec" if n == 1 else f"matmul n={n}"
-            benches.append(OpBench(f"{kind} {qt.name} {E}->{F}", n, {"x": E}, lambda up=up: O.MatMul("y", "x", up),
-                                   F, 2 * n * E * F, wb_up + 4 * n * (E + F)))
-            benches.append(OpBench(f"{kind} {qt.name} {F}->{E}", n, {"xf": F}, lambda down=down: O.MatMul("y", "xf", down),
-                                   E, 2 * n * E * F, wb_down + 4 * n * (E + F)))
-    # attention: the 12B's sliding layer (16 heads, 8 KV heads of 256, window 1024) and global
-    # layer (16 heads, 4 KV heads of 512) at the end of an 8K context, one decode step
-    for label, H, KV, D, window, ring, pos0 in (("attention 1K ctx (sliding, D=256)", 16, 8, 256, 1024, 1024, 1023),
-                                                 ("attention 8K ctx (global, D=512)", 16, 4, 512, 0, 8192, 8191)):
+            benches.append(OpBench(f"{kind} {qt.name} {E}->{F}", n, {"x": E},
+                                   lambda up=up: ops.MatMul("y", "x", up), F, 2 * n * E * F, wb_up + 4 * n * (E + F)))
+            benches.append(OpBench(f"{kind} {qt.name} {F}->{E}", n, {"xf": F},
+                                   lambda down=down: ops.MatMul("y", "xf", down), E, 2 * n * E * F,
+                                   wb_down + 4 * n * (E + F)))
+    # attention: the 12B's sliding layer (its window of cache) and global layer (at the end of an
+    # 8K context), one decode step
+    shape = DENSE_12B
+    for label, H, KV, D, window, ring, pos0 in (
+            (f"attention 1K ctx (sliding, D={shape.d_swa})", shape.n_head, shape.kv_swa, shape.d_swa, shape.window,
+             shape.window, shape.window - 1),
+            (f"attention 8K ctx (global, D={shape.d_global})", shape.n_head, shape.kv_global, shape.d_global, 0,
+             8192, 8191)):
         qc, kc = H * D, KV * D
         for name, cols in (("q", qc), ("k", kc), ("v", kc)):
             if f"table.{name}{D}" not in src.raw:
                 src.add(f"table.{name}{D}", QT.F32, _f32(rng.standard_normal((P, cols))), cols)
-        caches = {"ck": O.KvCache("ck", ring, kc), "cv": O.KvCache("cv", ring, kc)}
+        caches = {"ck": ops.KvCache("ck", ring, kc), "cv": ops.KvCache("cv", ring, kc)}
         T = min(window, pos0 + 1) if window else pos0 + 1
         benches.append(OpBench(
             label, 1, {f"q{D}": qc, f"k{D}": kc, f"v{D}": kc},
-            lambda H=H, KV=KV, D=D, window=window: O.Attention("o", f"q{D}", f"k{D}", f"v{D}", "ck", "cv", H, KV, D,
-                                                             window, 1.0),
+            lambda H=H, KV=KV, D=D, window=window: ops.Attention("o", f"q{D}", f"k{D}", f"v{D}", "ck", "cv", H, KV, D,
+                                                               window, 1.0),
             qc, 4 * H * T * D, 2 * T * kc * 2 + 8 * qc, caches=caches, pos0=pos0))
     src.add("norm.w", QT.F32, _f32(np.ones((1, E))), E)
     for n in (1, P):
-        benches.append(OpBench(f"rmsnorm n={n} x {E}", n, {"x": E}, lambda: O.RmsNorm("y", "x", "norm.w", 1e-6, E),
+        benches.append(OpBench(f"rmsnorm n={n} x {E}", n, {"x": E}, lambda: ops.RmsNorm("y", "x", "norm.w", 1e-6, E),
                                E, 4 * n * E, 8 * n * E + 4 * E))
-    src.add("table.x4096", QT.F32, _f32(rng.standard_normal((P, 4096))), 4096)
-    for n in (1, P):   # the sliding layers' queries: 16 heads of 256
-        benches.append(OpBench(f"rope n={n} x 16 heads x 256", n, {"x4096": 4096},
-                               lambda: O.Rope("y", "x4096", 256, 256, 1e4, None), 4096, 6 * n * 4096, 8 * n * 4096))
+    Q = shape.n_head * shape.d_swa          # the sliding layers' queries
+    src.add(f"table.x{Q}", QT.F32, _f32(rng.standard_normal((P, Q))), Q)
+    for n in (1, P):
+        benches.append(OpBench(f"rope n={n} x {shape.n_head} heads x {shape.d_swa}", n, {f"x{Q}": Q},
+                               lambda: ops.Rope("y", f"x{Q}", shape.d_swa, shape.d_swa, 1e4, None), Q, 6 * n * Q,
+                               8 * n * Q))
     return src, benches
 
 
 def _time_graph(cg, n, pos0, reps) -> float:
     toks = np.arange(n, dtype=np.int32) % 512
-    cg.run(toks, pos0)     # warm: pipelines
+    segments = ops.one_sequence(n, pos0)
+    cg.run(toks, segments)     # warm: pipelines
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        cg.run(toks, pos0)
+        cg.run(toks, segments)
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
@@ -279,105 +290,3 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
     finally:
         be.close()
     return res
-
-
-def _cpu_threads() -> int:
-    from ..backends.cpu.backend import default_threads
-    return default_threads()
-
-
-@click.command("bench")
-@click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--backend", default="cpu", show_default=True)
-@click.option("--prompt", "n_prompt", default=512, show_default=True, type=click.IntRange(1, 1 << 20))
-@click.option("--gen", "n_gen", default=128, show_default=True, type=click.IntRange(1, 1 << 20))
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
-@click.option("--ops", "ops_mode", is_flag=True, help="time each kernel alone at the 12B's shapes instead")
-@click.option("--only", default=None, help="with --ops: only kernels whose label contains this")
-@click.option("--reps", default=3, show_default=True, help="with --ops: timed repetitions per kernel")
-@click.option("--no-warmup", is_flag=True, help="skip the untimed first prefill")
-@click.option("--device", default=None, help="device index or name (GPU backends)")
-@click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None)
-@click.option("--threads", "-t", type=click.IntRange(1), default=None,
-              help="CPU threads (native CPU backend; default: the physical cores); llama-bench gets the same")
-@click.option("--int8", "int8", is_flag=True,
-              help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
-@placement_options
-@speculative_options
-@click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
-@click.option("--verify-cost", type=click.IntRange(1, MAX_DRAFT), default=None, metavar="K",
-              help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
-@click.option("--parallel", "parallel", default=None, metavar="1,2,4,8",
-              help="decode that many sequences together (comma-separated levels): aggregate and per-stream tokens/s")
-@click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
-              help="also run llama.cpp's llama-bench on the same model and lengths and compare "
-                   "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
-def bench_command(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-                  threads, int8, llama_bench, text, verify_cost, parallel, **place):
-    """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
-    from ..errors import G4rtError
-    from .llama_compare import find_llama_bench, run_llama_bench, summary_lines
-    opts = {}
-    if kv_dtype:
-        opts["kv_dtype"] = kv_dtype
-    if int8:
-        if backend != "cuda":
-            raise click.UsageError("--int8 is a CUDA option (--backend cuda)")
-        opts["int8_matvec"] = True
-    if threads is not None:
-        if backend != "cpu":
-            raise click.UsageError("--threads is a native CPU backend option (--backend cpu)")
-        opts["threads"] = threads
-    if device is not None and backend not in ("cpu", "numpy"):
-        opts["device"] = int(device) if str(device).isdigit() else device
-    echo = None if as_json else click.echo
-    from ..cli.generate import speculation
-    spec = speculation(place)
-    speculating = spec["draft"] is not None or spec["spec"] is not None
-    try:
-        if ops_mode:
-            res = bench_ops(backend, opts, reps, only, echo)
-        elif parallel:
-            from .bench_parallel import bench_parallel
-            if model is None:
-                raise click.UsageError("MODEL is required")
-            try:
-                levels = sorted({int(x) for x in parallel.split(",") if x.strip()})
-            except ValueError:
-                raise click.UsageError(f"--parallel takes comma-separated counts such as 1,2,4,8, not {parallel!r}")
-            if not levels or levels[0] < 1 or levels[-1] > 64:
-                raise click.UsageError("--parallel levels must be between 1 and 64")
-            res = bench_parallel(model, backend, levels, n_prompt, n_gen, opts, echo)
-        elif verify_cost or speculating:
-            from .bench_speculative import bench_speculative, verify_costs
-            if model is None:
-                raise click.UsageError("MODEL is required")
-            res = {"model": str(model), "backend": backend}
-            if verify_cost:
-                res["verify_cost"] = verify_costs(model, backend, verify_cost, opts, reps=max(reps, 5), echo=echo)
-            if speculating:
-                res["speculative"] = bench_speculative(model, backend, n_gen, opts, spec, text, echo=echo)
-        else:
-            if model is None:
-                raise click.UsageError("MODEL is required (or pass --ops)")
-            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo, place)
-            hybrid = place["gpu_layers"] is not None or place["cpu_moe"] or place["n_cpu_moe"] is not None
-            if hybrid:
-                res["placement"] = place
-            exe = None if hybrid else find_llama_bench(llama_bench)
-            if exe:
-                on_cpu = backend in ("cpu", "numpy")
-                n_threads = threads or (_cpu_threads() if on_cpu else None)
-                res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=not on_cpu,
-                                                   threads=n_threads)
-                if echo:
-                    for line in summary_lines(res, res["llama_cpp"]):
-                        echo(line)
-            elif echo and hybrid:
-                echo("  llama.cpp: not compared (a GPU + CPU placement; llama-bench here is a CPU build)")
-            elif echo:
-                echo("  llama.cpp: llama-bench not found (set G4RT_LLAMA_BENCH or --llama-bench PATH to compare)")
-    except G4rtError as e:
-        raise click.ClickException(str(e))
-    if as_json:
-        click.echo(json.dumps(res, indent=1))

