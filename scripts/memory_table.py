@@ -4,7 +4,7 @@
 
 Usage: python scripts/memory_table.py [--out docs/memory-plan.md] [--card 12GiB] [--reserve 512MiB] [--ram 64GiB]
 
-No model file is needed: the shapes are built in memory (g4rt.memory_plan.gemma4_12b_shape,
+No model file is needed: the shapes are built in memory (g4rt.synthetic.gemma4_12b_shape,
 gemma4_26b_a4b_shape) and planned with the same code `g4rt info MODEL --plan` runs on a real file.
 """
 
@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gguf import GGMLQuantizationType as QT
+
 from g4rt import memory_plan
+from g4rt.model import synthetic
 
 CONTEXTS = (4096, 8192, 16384, 32768, 65536, 98304, 131072)
 MOE_CONTEXTS = (4096, 8192, 32768, 65536, 131072, 262144)
@@ -27,7 +30,7 @@ def build(card: int, reserve: int, ram: int = 64 * GiB) -> str:
 
 
 def build_12b(card: int, reserve: int) -> str:
-    cfg, specs = memory_plan.gemma4_12b_shape()
+    cfg, specs = synthetic.gemma4_12b_shape()
     budget = card - reserve
     layer_w, other_w = memory_plan.layer_weight_bytes(cfg, specs)
     sl = next(L for L in cfg.layers if L.sliding)
@@ -115,7 +118,7 @@ def _moe_weights(quants) -> list[str]:
     out = ["| quant | routed experts (all layers) | one layer's experts | everything else | **all weights** |",
            "|---|---|---|---|---|"]
     for q in quants:
-        cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+        cfg, specs = synthetic.gemma4_26b_a4b_shape(q)
         layer_w, other_w = memory_plan.layer_weight_bytes(cfg, specs)
         exp = memory_plan.expert_weight_bytes(cfg, specs)
         one = memory_plan.human(min(exp)) if min(exp) == max(exp) else f"{memory_plan.human(min(exp))} - {memory_plan.human(max(exp))}"
@@ -125,7 +128,7 @@ def _moe_weights(quants) -> list[str]:
 
 
 def _moe_row(q: str, ctx: int, budget: int, ram: int) -> str:
-    cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+    cfg, specs = synthetic.gemma4_26b_a4b_shape(q)
     plan = lambda n: memory_plan.make_plan(cfg, specs, ctx, kv_bytes=2, batch=BATCH, budget=budget,  # noqa: E731
                                  host_budget=ram, cpu_moe_layers=n, check=False)
     gpu, moe = plan(0), plan(cfg.n_layer)
@@ -137,7 +140,7 @@ def _moe_row(q: str, ctx: int, budget: int, ram: int) -> str:
 
 
 def _moe_fit(q: str, budget: int) -> str:
-    cfg, specs = memory_plan.gemma4_26b_a4b_shape(q)
+    cfg, specs = synthetic.gemma4_26b_a4b_shape(q)
     all_gpu = memory_plan.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH)
     layers = memory_plan.max_gpu_layers(cfg, specs, 8192, budget, kv_bytes=2, batch=BATCH)
     cpu_moe = memory_plan.max_context(cfg, specs, budget, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
@@ -151,15 +154,15 @@ def _moe_fit(q: str, budget: int) -> str:
 
 def build_26b(card: int, reserve: int, ram: int) -> str:
     budget = card - reserve
-    cfg, specs = memory_plan.gemma4_26b_a4b_shape("Q4_K_M")
+    cfg, specs = synthetic.gemma4_26b_a4b_shape("Q4_K_M")
     sl = next(L for L in cfg.layers if L.sliding)
     gl = next(L for L in cfg.layers if not L.sliding)
     n_sl = sum(L.sliding for L in cfg.layers)
     n_gl = cfg.n_layer - n_sl
     typed = lambda name, qt: [i for i in range(cfg.n_layer)                              # noqa: E731
                               if getattr(specs.get(f"blk.{i}.{name}.weight"), "qtype", None) == qt]
-    down_q6 = typed("ffn_down_exps", memory_plan.QT.Q8_0)       # Q6_K fallen back: 704 is no multiple of 256
-    v_q6 = typed("attn_v", memory_plan.QT.Q6_K)
+    down_q6 = typed("ffn_down_exps", QT.Q8_0)       # Q6_K fallen back: 704 is no multiple of 256
+    v_q6 = typed("attn_v", QT.Q6_K)
     per_layer = memory_plan.moe_transfer_bytes(cfg, 1)
     per_token = memory_plan.moe_transfer_bytes(cfg, cfg.n_layer)
     plan4k = memory_plan.make_plan(cfg, specs, 4096, kv_bytes=2, batch=BATCH, cpu_moe_layers=cfg.n_layer)
@@ -169,7 +172,7 @@ def build_26b(card: int, reserve: int, ram: int) -> str:
         "",
         f"- {cfg.n_layer} layers: {n_sl} sliding (window {sl.window}) : {n_gl} global (every 6th), hidden "
         f"{cfg.n_embd}, {sl.n_head} query heads, vocabulary {cfg.n_vocab}, tied embeddings, trained context "
-        f"{cfg.context_length} (`g4rt.memory_plan.gemma4_26b_a4b_shape`)",
+        f"{cfg.context_length} (`g4rt.synthetic.gemma4_26b_a4b_shape`)",
         f"- sliding layers: head_dim {sl.head_dim}, {sl.n_kv_head} KV heads (K/V width {sl.kv_width}); global "
         f"layers: head_dim {gl.head_dim}, {gl.n_kv_head} KV heads (K/V width {gl.kv_width}), K = V (no attn_v; "
         "the cache still keeps K and V)",

@@ -7,9 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as QT
 
 from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES
-from g4rt import memory_plan as M
+from g4rt import memory_plan
+from g4rt.model import synthetic
 from g4rt.cli import run
 from g4rt.engine import Engine
 from g4rt.errors import ContextOverflowError, G4rtError, InsufficientMemoryError
@@ -34,7 +36,7 @@ def model(name: str):
 @pytest.mark.parametrize("ctx", [1, 7, 16, 300])
 def test_parts_match_the_file_and_the_graph(name, ctx):
     f, cfg, specs = model(name)
-    plan = M.make_plan(cfg, specs, ctx, kv_bytes=2, batch=5)
+    plan = memory_plan.make_plan(cfg, specs, ctx, kv_bytes=2, batch=5)
     # weights: exactly the tensor bytes in the file
     assert plan.weights_device == sum(t.nbytes for t in f.tensors.values()) and plan.weights_host == 0
     # KV: exactly the caches the graph allocates, at 2 bytes a value
@@ -48,27 +50,27 @@ def test_parts_match_the_file_and_the_graph(name, ctx):
 @needs_fixtures
 def test_kv_by_layer_kind():
     _, cfg, _ = model("g4-edge-Q4_0-pure")     # window 8; layers 5-7 share the caches of 3 and 4
-    per = M.kv_bytes_per_layer(cfg, 100, 2)
+    per = memory_plan.kv_bytes_per_layer(cfg, 100, 2)
     sliding = 2 * 8 * 128 * 2                   # K and V, min(ctx, window) rows, width 2 heads x 64
     glob = 2 * 100 * 256 * 2                    # ctx rows, width 2 heads x 128
     assert per == [sliding] * 4 + [glob] + [0, 0, 0]
-    assert M.kv_bytes_per_layer(cfg, 5, 4) == [2 * 5 * 128 * 4] * 4 + [2 * 5 * 256 * 4] + [0] * 3
+    assert memory_plan.kv_bytes_per_layer(cfg, 5, 4) == [2 * 5 * 128 * 4] * 4 + [2 * 5 * 256 * 4] + [0] * 3
 
 
 @needs_fixtures
 def test_hybrid_split_conserves_bytes():
     _, cfg, specs = model("g4-dense-Q4_0-pure")
-    full = M.make_plan(cfg, specs, 512)
+    full = memory_plan.make_plan(cfg, specs, 512)
     for k in range(cfg.n_layer + 1):
-        p = M.make_plan(cfg, specs, 512, gpu_layers=k)
+        p = memory_plan.make_plan(cfg, specs, 512, gpu_layers=k)
         assert p.weights_device + p.weights_host == full.weights_device
         assert p.kv_device + p.kv_host == full.kv_device
         assert p.hybrid == (k < cfg.n_layer)
-    half = M.make_plan(cfg, specs, 512, gpu_layers=3)
-    layer_w, other = M.layer_weight_bytes(cfg, specs)
+    half = memory_plan.make_plan(cfg, specs, 512, gpu_layers=3)
+    layer_w, other = memory_plan.layer_weight_bytes(cfg, specs)
     assert half.weights_device == sum(layer_w[:3]) and half.weights_host == sum(layer_w[3:]) + other
     with pytest.raises(G4rtError):
-        M.make_plan(cfg, specs, 512, gpu_layers=cfg.n_layer + 1)
+        memory_plan.make_plan(cfg, specs, 512, gpu_layers=cfg.n_layer + 1)
 
 
 # ---- what fits a budget ------------------------------------------------------------------------------
@@ -78,79 +80,79 @@ def test_max_context_is_the_largest_that_fits(kv_bytes, materialized):
     _, cfg, specs = model("g4-dense-Q4_0-pure")
 
     def total(ctx):
-        return M.make_plan(cfg, specs, ctx, kv_bytes=kv_bytes, materialized_attention=materialized).device_total
+        return memory_plan.make_plan(cfg, specs, ctx, kv_bytes=kv_bytes, materialized_attention=materialized).device_total
     for budget in (total(100), total(3000) + 1234, total(cfg.context_length) - 1):
-        fit = M.max_context(cfg, specs, budget, kv_bytes=kv_bytes, materialized_attention=materialized)
+        fit = memory_plan.max_context(cfg, specs, budget, kv_bytes=kv_bytes, materialized_attention=materialized)
         assert total(fit) <= budget < total(fit + 1)
-    assert M.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes) == cfg.context_length
-    assert M.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes, limit=777) == 777
-    assert M.max_context(cfg, specs, 1000) == 0        # less than the weights
+    assert memory_plan.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes) == cfg.context_length
+    assert memory_plan.max_context(cfg, specs, 10 * GiB, kv_bytes=kv_bytes, limit=777) == 777
+    assert memory_plan.max_context(cfg, specs, 1000) == 0        # less than the weights
 
 
 @needs_fixtures
 def test_max_gpu_layers_is_the_most_that_fit():
     _, cfg, specs = model("g4-dense-Q4_0-pure")
     ctx = 4096
-    totals = [M.make_plan(cfg, specs, ctx, gpu_layers=k).device_total for k in range(cfg.n_layer + 1)]
+    totals = [memory_plan.make_plan(cfg, specs, ctx, gpu_layers=k).device_total for k in range(cfg.n_layer + 1)]
     assert totals == sorted(totals)
     for k in range(cfg.n_layer):
-        assert M.max_gpu_layers(cfg, specs, ctx, totals[k]) == k
-    assert M.max_gpu_layers(cfg, specs, ctx, totals[-1]) == cfg.n_layer
+        assert memory_plan.max_gpu_layers(cfg, specs, ctx, totals[k]) == k
+    assert memory_plan.max_gpu_layers(cfg, specs, ctx, totals[-1]) == cfg.n_layer
 
 
 @needs_fixtures
 def test_over_budget_is_refused_with_what_fits():
     _, cfg, specs = model("g4-dense-Q4_0-pure")
-    budget = M.make_plan(cfg, specs, 1000).device_total
+    budget = memory_plan.make_plan(cfg, specs, 1000).device_total
     with pytest.raises(InsufficientMemoryError) as ei:
-        M.make_plan(cfg, specs, 8000, budget=budget, model="m.gguf", device="GPU")
+        memory_plan.make_plan(cfg, specs, 8000, budget=budget, model="m.gguf", device="GPU")
     msg = str(ei.value)
-    fit = M.max_context(cfg, specs, budget)
+    fit = memory_plan.max_context(cfg, specs, budget)
     assert 1000 <= fit < 8000 and f"--ctx {fit}" in msg and "m.gguf at context 8000" in msg
-    layers = M.max_gpu_layers(cfg, specs, 8000, budget)
+    layers = memory_plan.max_gpu_layers(cfg, specs, 8000, budget)
     assert f"{layers} of 6 layers on the GPU" in msg
-    plan = M.make_plan(cfg, specs, 8000, budget=budget, check=False)
+    plan = memory_plan.make_plan(cfg, specs, 8000, budget=budget, check=False)
     assert not plan.fits and plan.fit_ctx == fit and "does NOT fit" in plan.markdown()
     with pytest.raises(InsufficientMemoryError, match="weights alone"):
-        M.make_plan(cfg, specs, 16, budget=1000)
+        memory_plan.make_plan(cfg, specs, 16, budget=1000)
 
 
 @needs_fixtures
 def test_default_context_policy():
     _, cfg, specs = model("g4-dense-Q4_0-pure")
-    assert M.default_context(cfg, specs) == min(cfg.context_length, 8192)
+    assert memory_plan.default_context(cfg, specs) == min(cfg.context_length, 8192)
     huge = dataclasses.replace(cfg, context_length=262144)
-    assert M.default_context(huge, specs) == 8192          # never the trained 256K blindly
-    budget = M.make_plan(cfg, specs, 3000, kv_bytes=4).device_total
-    ctx = M.default_context(cfg, specs, budget)
+    assert memory_plan.default_context(huge, specs) == 8192          # never the trained 256K blindly
+    budget = memory_plan.make_plan(cfg, specs, 3000, kv_bytes=4).device_total
+    ctx = memory_plan.default_context(cfg, specs, budget)
     assert ctx % 256 == 0 and 3000 - 256 < ctx <= 3000
     with pytest.raises(InsufficientMemoryError):
-        M.default_context(cfg, specs, 1000)
+        memory_plan.default_context(cfg, specs, 1000)
 
 
 @pytest.mark.parametrize("text,value", [("12GiB", 12 * GiB), ("12G", 12 * GiB), ("12GB", 12 * 10**9),
                                         ("11.5 GiB", int(11.5 * GiB)), ("512MiB", 512 << 20), ("4096", 4096),
                                         ("1t", 1 << 40)])
 def test_parse_size(text, value):
-    assert M.parse_size(text) == value
+    assert memory_plan.parse_size(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "twelve", "12XB", "-1G", "1..5G"])
 def test_parse_size_refuses(text):
     with pytest.raises(G4rtError):
-        M.parse_size(text)
+        memory_plan.parse_size(text)
 
 
 # ---- the 12B on a 12 GB card ----------------------------------------------------------------------------
 def test_12b_shape_and_fit():
-    cfg, specs = M.gemma4_12b_shape()
+    cfg, specs = synthetic.gemma4_12b_shape()
     E, F, V = 3840, 15360, 262144
     q4 = lambda n: n // 32 * 18                                         # noqa: E731 (Q4_0 bytes)
     sliding = E * (4096 + 2048 + 2048) + 4096 * E + 3 * E * F           # q, k, v, o, ffn
     glob = E * (8192 + 2048 + 2048) + 8192 * E + 3 * E * F
     matrices = q4(40 * sliding + 8 * glob + V * E)
     norms = 4 * (40 * (4 * E + 2 * 256 + 1) + 8 * (4 * E + 2 * 512 + 1) + E + 256)   # F32, + rope_freqs
-    plan8k = M.make_plan(cfg, specs, 8192, kv_bytes=2)
+    plan8k = memory_plan.make_plan(cfg, specs, 8192, kv_bytes=2)
     assert plan8k.weights_device == matrices + norms
     assert 6.2 * GiB < plan8k.weights_device < 6.4 * GiB
     # KV: 40 sliding layers hold 1024 positions of K+V (2048 wide), 8 global layers ctx positions
@@ -158,26 +160,26 @@ def test_12b_shape_and_fit():
     assert plan8k.kv_global == 8 * 2 * 8192 * 2048 * 2
     budget = 12 * GiB - 512 * (1 << 20)
     for ctx in (8192, 16384, 32768):
-        assert M.make_plan(cfg, specs, ctx, kv_bytes=2, budget=budget).fits
-    fit = M.max_context(cfg, specs, budget, kv_bytes=2)
+        assert memory_plan.make_plan(cfg, specs, ctx, kv_bytes=2, budget=budget).fits
+    fit = memory_plan.max_context(cfg, specs, budget, kv_bytes=2)
     assert 65536 < fit < 98304
     with pytest.raises(InsufficientMemoryError, match=f"--ctx {fit}"):
-        M.make_plan(cfg, specs, 131072, kv_bytes=2, budget=budget)
+        memory_plan.make_plan(cfg, specs, 131072, kv_bytes=2, budget=budget)
 
 
 def test_memory_table_doc_is_current():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("memory_table", M.__file__.replace("runtime/memory_plan.py", "scripts/memory_table.py"))
+    spec = importlib.util.spec_from_file_location("memory_table", memory_plan.__file__.replace("runtime/memory_plan.py", "scripts/memory_table.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    doc = M.__file__.replace("runtime/memory_plan.py", "docs/memory-plan.md")
+    doc = memory_plan.__file__.replace("runtime/memory_plan.py", "docs/memory-plan.md")
     assert open(doc).read() == mod.build(12 * GiB, 512 << 20), "rerun scripts/memory_table.py"
 
 
 # ---- mixture of experts: the 26B-A4B, --cpu-moe / --n-cpu-moe ------------------------------------------
 @pytest.fixture(scope="module")
 def moe26():
-    return M.gemma4_26b_a4b_shape("Q4_K_M")
+    return synthetic.gemma4_26b_a4b_shape("Q4_K_M")
 
 
 def test_26b_shape_and_weights():
@@ -191,28 +193,28 @@ def test_26b_shape_and_weights():
     f32 = 4 * (30 * (X * E + 9 * E + X + 1) + 25 * 2 * 256 + 5 * 2 * 512 + E + 256)
     sizes = {}
     for q, bits in (("Q4_0", 4.5), ("Q8_0", 8.5)):
-        cfg, specs = M.gemma4_26b_a4b_shape(q)
-        plan = M.make_plan(cfg, specs, 4096)
+        cfg, specs = synthetic.gemma4_26b_a4b_shape(q)
+        plan = memory_plan.make_plan(cfg, specs, 4096)
         assert plan.weights_device == matrices * bits / 8 + f32
         assert plan.experts_device == experts * bits / 8 and plan.experts_host == 0
         sizes[q] = plan.weights_device
     assert 25e9 < matrices < 26e9                                       # "26B" parameters
     assert 13 * GiB < sizes["Q4_0"] < 15 * GiB and 24 * GiB < sizes["Q8_0"] < 27 * GiB
-    cfg, specs = M.gemma4_26b_a4b_shape("Q4_K_M")
-    assert sizes["Q4_0"] < M.make_plan(cfg, specs, 4096).weights_device < sizes["Q8_0"]
+    cfg, specs = synthetic.gemma4_26b_a4b_shape("Q4_K_M")
+    assert sizes["Q4_0"] < memory_plan.make_plan(cfg, specs, 4096).weights_device < sizes["Q8_0"]
     assert cfg.n_layer == 30 and cfg.context_length == 262144 and cfg.tied_output
     is_sliding = [(i + 1) % 6 != 0 for i in range(30)]
     assert [L.has_v_proj for L in cfg.layers] == [L.sliding for L in cfg.layers] == is_sliding  # K = V when global
     assert all(L.moe and (L.n_expert, L.n_expert_used, L.expert_ffn) == (X, 8, F) for L in cfg.layers)
-    assert specs["blk.0.ffn_gate_up_exps.weight"].experts == X and specs["blk.0.ffn_gate_inp.weight"].qtype == M.QT.F32
+    assert specs["blk.0.ffn_gate_up_exps.weight"].experts == X and specs["blk.0.ffn_gate_inp.weight"].qtype == QT.F32
     # Q4_K_M: Q6_K head, Q4_K elsewhere, 704/2112-wide rows fall back (Q4_K -> Q5_0, Q6_K -> Q8_0)
-    assert specs["token_embd.weight"].qtype == M.QT.Q6_K and specs["blk.3.ffn_gate_up_exps.weight"].qtype == M.QT.Q4_K
+    assert specs["token_embd.weight"].qtype == QT.Q6_K and specs["blk.3.ffn_gate_up_exps.weight"].qtype == QT.Q4_K
     down = [specs[f"blk.{i}.ffn_down_exps.weight"].qtype for i in range(30)]
-    assert set(down) == {M.QT.Q5_0, M.QT.Q8_0} and down.count(M.QT.Q8_0) == 14
+    assert set(down) == {QT.Q5_0, QT.Q8_0} and down.count(QT.Q8_0) == 14
     assert down == [specs[f"blk.{i}.ffn_down.weight"].qtype for i in range(30)]
-    assert {specs[f"blk.{i}.attn_v.weight"].qtype for i in range(30) if (i + 1) % 6} == {M.QT.Q4_K, M.QT.Q6_K}
+    assert {specs[f"blk.{i}.attn_v.weight"].qtype for i in range(30) if (i + 1) % 6} == {QT.Q4_K, QT.Q6_K}
     with pytest.raises(G4rtError, match="unknown quantization"):
-        M.gemma4_26b_a4b_shape("Q3_X")
+        synthetic.gemma4_26b_a4b_shape("Q3_X")
 
 
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_K"])
@@ -222,39 +224,39 @@ def test_26b_shape_matches_synth(qtype):
     from g4rt.model.graph import router_norm_name
     from g4rt.model.shapes import MOE_26B
     from g4rt.tools.synth import tensor_plan
-    _, specs = M.gemma4_26b_a4b_shape(qtype)
+    _, specs = synthetic.gemma4_26b_a4b_shape(qtype)
     ours = {n: (s.qtype, s.rows, s.cols) for n, s in specs.items() if n not in {router_norm_name(i) for i in range(30)}}
-    assert ours == {n: (qt, r, c) for n, qt, r, c in tensor_plan(30, M.QT[qtype], 262144, MOE_26B)}
+    assert ours == {n: (qt, r, c) for n, qt, r, c in tensor_plan(30, QT[qtype], 262144, MOE_26B)}
 
 
 def test_cpu_moe_conserves_bytes(moe26):
     cfg, specs = moe26
-    full = M.make_plan(cfg, specs, 8192)
-    experts = M.expert_weight_bytes(cfg, specs)
+    full = memory_plan.make_plan(cfg, specs, 8192)
+    experts = memory_plan.expert_weight_bytes(cfg, specs)
     for k in (None, 20, 0):
         for n in (0, 1, 7, 29, 30):
-            p = M.make_plan(cfg, specs, 8192, gpu_layers=k, cpu_moe_layers=n)
+            p = memory_plan.make_plan(cfg, specs, 8192, gpu_layers=k, cpu_moe_layers=n)
             assert p.weights_device + p.weights_host == full.weights_device
             assert p.experts_device + p.experts_host == sum(experts) == full.experts_device
             assert p.kv_device + p.kv_host == full.kv_device and p.cpu_moe_layers == n
             assert p.hybrid == (n > 0 or k is not None)
-    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=7)
+    p = memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=7)
     assert p.weights_host == p.experts_host == sum(experts[:7]) and p.kv_host == 0
     assert p.weights_device == full.weights_device - sum(experts[:7]) and p.scratch_device == full.scratch_device
     assert 0 < p.scratch_host < 100 << 20                     # the expert products' activations only
     assert p.moe_transfer == 7 * (2 * 2816 * 4 + 2 * 8 * 4)
-    assert M.make_plan(cfg, specs, 8192, cpu_moe_layers=30).experts_device == 0
+    assert memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=30).experts_device == 0
     with pytest.raises(G4rtError, match="0..30"):
-        M.make_plan(cfg, specs, 8192, cpu_moe_layers=31)
+        memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=31)
 
 
 def test_n_cpu_moe_is_monotone(moe26):
     cfg, specs = moe26
-    plans = [M.make_plan(cfg, specs, 32768, cpu_moe_layers=n) for n in range(31)]
+    plans = [memory_plan.make_plan(cfg, specs, 32768, cpu_moe_layers=n) for n in range(31)]
     for a, b in zip(plans, plans[1:]):
         assert b.device_total < a.device_total and b.host_total > a.host_total
         assert b.experts_host > a.experts_host
-    with_split = [M.make_plan(cfg, specs, 32768, gpu_layers=20, cpu_moe_layers=n).device_total for n in range(31)]
+    with_split = [memory_plan.make_plan(cfg, specs, 32768, gpu_layers=20, cpu_moe_layers=n).device_total for n in range(31)]
     assert with_split == sorted(with_split, reverse=True)
     assert len(set(with_split[20:])) == 1                     # the experts of layers >= 20 are on the host anyway
 
@@ -262,51 +264,51 @@ def test_n_cpu_moe_is_monotone(moe26):
 def test_fewest_cpu_moe_layers_is_the_smallest_that_fits(moe26):
     cfg, specs = moe26
     ctx = 65536
-    plans = [M.make_plan(cfg, specs, ctx, cpu_moe_layers=n) for n in range(31)]
+    plans = [memory_plan.make_plan(cfg, specs, ctx, cpu_moe_layers=n) for n in range(31)]
 
     def brute(budget, host_budget=None):
         return next((n for n, p in enumerate(plans) if p.device_total <= budget
                      and (host_budget is None or p.host_total <= host_budget)), None)
     budgets = [p.device_total + d for p in plans[::3] for d in (-1, 0)] + [plans[-1].device_total - 1, 64 * GiB]
     for budget in budgets:
-        assert M.min_cpu_moe_layers(cfg, specs, ctx, budget) == brute(budget)
+        assert memory_plan.min_cpu_moe_layers(cfg, specs, ctx, budget) == brute(budget)
     hosts = [plans[12].host_total, plans[12].host_total - 1]
     for host in hosts:
-        assert M.min_cpu_moe_layers(cfg, specs, ctx, plans[12].device_total, host_budget=host) == \
+        assert memory_plan.min_cpu_moe_layers(cfg, specs, ctx, plans[12].device_total, host_budget=host) == \
             brute(plans[12].device_total, host)
     # the plan over budget suggests it, and the error names it
     budget = plans[12].device_total
-    plan = M.make_plan(cfg, specs, ctx, budget=budget, check=False, model="26b", device="GPU")
+    plan = memory_plan.make_plan(cfg, specs, ctx, budget=budget, check=False, model="26b", device="GPU")
     assert not plan.fits and plan.fit_cpu_moe == brute(budget) == 12
     assert "12 (--n-cpu-moe 12)" in plan.markdown()
     with pytest.raises(InsufficientMemoryError, match="--n-cpu-moe 12"):
-        M.make_plan(cfg, specs, ctx, budget=budget)
-    assert M.make_plan(cfg, specs, ctx, budget=budget, cpu_moe_layers=12).fits
-    assert M.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).fit_cpu_moe == 30
-    assert "(--cpu-moe)" in M.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).advice()
+        memory_plan.make_plan(cfg, specs, ctx, budget=budget)
+    assert memory_plan.make_plan(cfg, specs, ctx, budget=budget, cpu_moe_layers=12).fits
+    assert memory_plan.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).fit_cpu_moe == 30
+    assert "(--cpu-moe)" in memory_plan.make_plan(cfg, specs, ctx, budget=plans[-1].device_total, check=False).advice()
 
 
 def test_host_budget(moe26):
     cfg, specs = moe26
-    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=64 * GiB)
+    p = memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=64 * GiB)
     assert p.fits and "within the budget of 11.00 GiB and the host budget of 64.00 GiB" in p.advice()
     small = p.host_total - 1
     with pytest.raises(InsufficientMemoryError, match="more than the host RAM budget") as ei:
-        M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=small)
-    fewer = M.min_cpu_moe_layers(cfg, specs, 8192, 11 * GiB, host_budget=small)
+        memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=small)
+    fewer = memory_plan.min_cpu_moe_layers(cfg, specs, 8192, 11 * GiB, host_budget=small)
     assert fewer is not None and f"--n-cpu-moe {fewer}" in str(ei.value)
-    p = M.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=GiB, check=False)
+    p = memory_plan.make_plan(cfg, specs, 8192, cpu_moe_layers=30, budget=11 * GiB, host_budget=GiB, check=False)
     assert not p.fits_host and p.fits_device and p.fit_cpu_moe is None and p.fit_gpu_layers is None
     assert "weights in host RAM alone exceed it" in p.advice() and "does NOT fit" in p.markdown()
-    assert M.make_plan(cfg, specs, 8192, budget=11 * GiB, check=False).fits_host    # nothing on the host
+    assert memory_plan.make_plan(cfg, specs, 8192, budget=11 * GiB, check=False).fits_host    # nothing on the host
 
 
 @needs_fixtures
 def test_cpu_moe_needs_experts():
     _, cfg, specs = model("g4-dense-Q4_0-pure")
     with pytest.raises(G4rtError, match="no expert tensors"):
-        M.make_plan(cfg, specs, 512, cpu_moe_layers=1)
-    assert M.min_cpu_moe_layers(cfg, specs, 512, 1 << 40) is None
+        memory_plan.make_plan(cfg, specs, 512, cpu_moe_layers=1)
+    assert memory_plan.min_cpu_moe_layers(cfg, specs, 512, 1 << 40) is None
 
 
 @needs_moe
@@ -328,7 +330,7 @@ def test_cli_plan_cpu_moe(capsys):
     cfg = load_config(f)
     from g4rt.model.graph import model_weight_specs
     specs, _ = model_weight_specs(cfg, f)
-    budget = M.make_plan(cfg, specs, 4096, cpu_moe_layers=3).device_total
+    budget = memory_plan.make_plan(cfg, specs, 4096, cpu_moe_layers=3).device_total
     assert run(["info", path, "--plan", "--backend", "cuda", "--budget", str(budget), "--ctx", "4096"]) == 1
     assert "--n-cpu-moe 3" in capsys.readouterr().err
     assert run(["info", path, "--plan", "--backend", "cuda", "--budget", str(budget), "--ctx", "4096",
@@ -366,7 +368,7 @@ def test_engine_default_context_and_budget():
     path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
     assert Engine(path).ctx == 8192
     _, cfg, specs = model("g4-dense-Q4_0-pure")
-    budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
+    budget = memory_plan.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
     e = Engine(path, backend="numpy", memory_budget=budget)
     assert 768 <= e.ctx <= 1000 and e.ctx % 256 == 0
     with pytest.raises(InsufficientMemoryError, match="--ctx"):
@@ -381,7 +383,7 @@ def test_engine_plans_the_kv_cache_in_the_backends_own_precision():
     from g4rt.engine import kv_value_bytes
     path = FIXTURES / "models" / "g4-dense-Q4_0-pure.gguf"
     _, cfg, specs = model("g4-dense-Q4_0-pure")
-    budget = M.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
+    budget = memory_plan.make_plan(cfg, specs, 1000, kv_bytes=4).device_total
     f32 = Engine(path, backend="numpy", memory_budget=budget).ctx
     f16 = Engine(path, backend=NumpyBackend(kv_dtype="f16"), memory_budget=budget).ctx
     assert f16 >= 1.5 * f32, (f16, f32)
@@ -439,16 +441,16 @@ def test_cli_plan(capsys):
 def test_ring_slack_and_slots_are_planned():
     """Longer sliding rings (chat, speculative decoding) and several sequence slots (the server)
     are counted as the engine allocates them."""
-    cfg, specs = M.gemma4_12b_shape()
-    base = M.make_plan(cfg, specs, 8192)
-    slack = M.make_plan(cfg, specs, 8192, ring_slack=8)
-    slots = M.make_plan(cfg, specs, 8192, slots=3)
+    cfg, specs = synthetic.gemma4_12b_shape()
+    base = memory_plan.make_plan(cfg, specs, 8192)
+    slack = memory_plan.make_plan(cfg, specs, 8192, ring_slack=8)
+    slots = memory_plan.make_plan(cfg, specs, 8192, slots=3)
     n_sliding = sum(1 for L in cfg.layers if L.window and L.owns_kv)
     width = next(L.kv_width for L in cfg.layers if L.window)
     assert slack.kv_sliding - base.kv_sliding == n_sliding * 2 * 8 * width * 2
     assert slack.kv_global == base.kv_global
     assert slots.kv_device == 3 * base.kv_device
-    assert M.max_context(cfg, specs, 10 << 30, slots=2) < M.max_context(cfg, specs, 10 << 30)
+    assert memory_plan.max_context(cfg, specs, 10 << 30, slots=2) < memory_plan.max_context(cfg, specs, 10 << 30)
 
 
 def test_cli_plan_counts_parallel_slots_and_draft_rows(capsys):

@@ -282,10 +282,10 @@ def test_a_draft_with_another_vocabulary_is_refused(tmp_path):
 
 @NEED_FIXTURES
 def test_a_draft_too_big_for_memory_is_refused_before_loading(monkeypatch):
-    import g4rt.memory_plan as M
+    from g4rt import memory_plan
     from g4rt import speculative
     from g4rt.generation import load
-    monkeypatch.setattr(M, "available_ram", lambda: 1 << 20)
+    monkeypatch.setattr(memory_plan, "available_ram", lambda: 1 << 20)
     built = []
     real = speculative.Engine
     monkeypatch.setattr(speculative, "Engine", lambda *a, **k: built.append(a) or real(*a, **k))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..errors import MetadataError, MetadataTypeError, MissingKeyError, UnsupportedModelError
 from ..gguf.reader import ARCH_ALIASES, GGUFFile
@@ -307,3 +309,9 @@ def _moe_layer(f: GGUFFile, i: int, n_embd: int, n_expert: int, expert_ffn: int)
     for name in ("pre_ffw_norm_2.weight", "post_ffw_norm_1.weight", "post_ffw_norm_2.weight"):
         check(name, (n_embd,))
     return layout
+
+
+def layer_index(name: str) -> Optional[int]:
+    """The layer a tensor belongs to (`blk.N.…`), None for the others."""
+    m = re.match(r"blk\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
