@@ -309,7 +309,9 @@ G4_AI_MV void q4_0_rows_t(const int R, const uint8_t *w, const float *const *xq,
 /* The one-row kernels are the multi-row ones with one row (the same code once inlined). */
 static float dot_q8_0(const uint8_t *w, const float *x, int64_t nb) { float y; q8_0_rows_t(1, w, &x, nb, &y); return y; }
 /* Q4_0 against xq (see g4_matvec_prepare): s = lo*xa + byte*xb + xc, acc += d*s. */
-static float dot_q4_0(const uint8_t *w, const float *xq, int64_t nb) { float y; q4_0_rows_t(1, w, &xq, nb, &y); return y; }
+static float dot_q4_0(const uint8_t *w, const float *x, const float *xq, int64_t nb) {
+    (void)x; float y; q4_0_rows_t(1, w, &xq, nb, &y); return y;
+}
 
 
 /* ======================================================================================= */
@@ -327,32 +329,8 @@ void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     mv_write_sums(x, nb, (float *)ws);
 }
 
-void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1) {
-    const uint8_t *W = (const uint8_t *)c->w;
-    const int64_t rb = c->w_row_bytes, K = c->in_cols;
-    const float *sx = (const float *)ws;
-    const int64_t nb = K / QK, nsb = K / QKK;
-    int64_t o;
-    (void)sx;
-    g4_f16tab_ready();   /* normally done by g4_matvec_prepare; one load when ready */
-    switch (c->qtype) {
-    case G4_F32:  for (o = o0; o < o1; o++) y[o] = dot_f32(W + o * rb, x, K); break;
-    case G4_F16:  for (o = o0; o < o1; o++) y[o] = dot_f16(W + o * rb, x, K); break;
-    case G4_BF16: for (o = o0; o < o1; o++) y[o] = dot_bf16(W + o * rb, x, K); break;
-    case G4_Q8_0: for (o = o0; o < o1; o++) y[o] = dot_q8_0(W + o * rb, x, nb); break;
-    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, sx, nb); break;
-    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;
-    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, sx, nb); break;
-    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, sx, nb); break;
-    case G4_Q4_K: for (o = o0; o < o1; o++) y[o] = dot_q4_k(W + o * rb, x, sx, nsb); break;
-    case G4_Q5_K: for (o = o0; o < o1; o++) y[o] = dot_q5_k(W + o * rb, x, sx, nsb); break;
-    case G4_Q6_K: for (o = o0; o < o1; o++) y[o] = dot_q6_k(W + o * rb, x, nsb); break;
-    default: break;
-    }
-}
 
-/* R activation rows against W rows [o0, o1): y[r][o] = W[o] . x[r], each bit for bit what
- * g4_matvec gives that row alone; Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 decode each block once for up
+/* The multi-row kernels g4_matvec_rows (matvec_entry.h) runs: Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 decode each block once for up
  * to ROWS_G rows, other types run g4_matvec per row. ws[r]: row r's g4_matvec_prepare scratch.
  * ROWS_SWITCH: the row count as a constant, so that each case unrolls its row loop. */
 #define ROWS_SWITCH(CALL) switch (g) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; \
@@ -363,36 +341,4 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
 #define CALL_Q5_0(n) nib_rows_t(n, wo, xs, ss, nb, v, 22, 6, 2, 0, 16.0f)
 #define CALL_Q5_1(n) nib_rows_t(n, wo, xs, ss, nb, v, 24, 8, 4, 2, 0.0f)
 
-void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
-                    int64_t o0, int64_t o1) {
-    const uint8_t *W = (const uint8_t *)c->w;
-    const int64_t rb = c->w_row_bytes, nb = c->in_cols / QK;
-    const int qt = c->qtype;
-    int fused = qt == G4_Q8_0 || qt == G4_Q4_0 || qt == G4_Q4_1 || qt == G4_Q5_0 || qt == G4_Q5_1;
-    if (R > 1 && fused) {
-        g4_f16tab_ready();
-        for (int r0 = 0; r0 < R; r0 += ROWS_G) {
-            const int g = R - r0 < ROWS_G ? R - r0 : ROWS_G;
-            const float *xs[ROWS_G], *ss[ROWS_G];
-            for (int r = 0; r < g; r++) {
-                xs[r] = qt == G4_Q4_0 ? (const float *)ws[r0 + r] : x[r0 + r];
-                ss[r] = (const float *)ws[r0 + r];
-            }
-            for (int64_t o = o0; o < o1; o++) {
-                const uint8_t *wo = W + o * rb;
-                float v[ROWS_G];
-                switch (qt) {
-                case G4_Q8_0: ROWS_SWITCH(CALL_Q8_0) break;
-                case G4_Q4_0: ROWS_SWITCH(CALL_Q4_0) break;
-                case G4_Q4_1: ROWS_SWITCH(CALL_Q4_1) break;
-                case G4_Q5_0: ROWS_SWITCH(CALL_Q5_0) break;
-                case G4_Q5_1: ROWS_SWITCH(CALL_Q5_1) break;
-                default: break;
-                }
-                for (int r = 0; r < g; r++) y[r0 + r][o] = v[r];
-            }
-        }
-        return;
-    }
-    for (int r = 0; r < R; r++) g4_matvec(c, x[r], ws[r], y[r], o0, o1);
-}
+#include "matvec_entry.h"     /* g4_matvec, g4_matvec_rows */

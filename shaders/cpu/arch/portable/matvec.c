@@ -209,33 +209,6 @@ void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     mv_write_sums(x, c->in_cols / QK, (float *)ws);
 }
 
-void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1) {
-    const uint8_t *W = (const uint8_t *)c->w;
-    const int64_t rb = c->w_row_bytes, K = c->in_cols;
-    const float *sx = (const float *)ws;
-    const int64_t nb = K / QK, nsb = K / QKK;
-    int64_t o;
-    (void)sx;
-    g4_f16tab_ready();   /* normally done by g4_matvec_prepare; one load when ready */
-    switch (c->qtype) {
-    case G4_F32:  for (o = o0; o < o1; o++) y[o] = dot_f32(W + o * rb, x, K); break;
-    case G4_F16:  for (o = o0; o < o1; o++) y[o] = dot_f16(W + o * rb, x, K); break;
-    case G4_BF16: for (o = o0; o < o1; o++) y[o] = dot_bf16(W + o * rb, x, K); break;
-    case G4_Q8_0: for (o = o0; o < o1; o++) y[o] = dot_q8_0(W + o * rb, x, nb); break;
-    case G4_Q4_0: for (o = o0; o < o1; o++) y[o] = dot_q4_0(W + o * rb, x, sx, nb); break;
-    case G4_Q4_1: for (o = o0; o < o1; o++) y[o] = dot_q4_1(W + o * rb, x, sx, nb); break;
-    case G4_Q5_0: for (o = o0; o < o1; o++) y[o] = dot_q5_0(W + o * rb, x, sx, nb); break;
-    case G4_Q5_1: for (o = o0; o < o1; o++) y[o] = dot_q5_1(W + o * rb, x, sx, nb); break;
-    case G4_Q4_K: for (o = o0; o < o1; o++) y[o] = dot_q4_k(W + o * rb, x, sx, nsb); break;
-    case G4_Q5_K: for (o = o0; o < o1; o++) y[o] = dot_q5_k(W + o * rb, x, sx, nsb); break;
-    case G4_Q6_K: for (o = o0; o < o1; o++) y[o] = dot_q6_k(W + o * rb, x, nsb); break;
-    default: break;
-    }
-}
 
-/* R activation rows against W rows [o0, o1): y[r][o] = W[o] . x[r], g4_matvec per row.
- * ws[r]: row r's g4_matvec_prepare scratch. */
-void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
-                    int64_t o0, int64_t o1) {
-    for (int r = 0; r < R; r++) g4_matvec(c, x[r], ws[r], y[r], o0, o1);
-}
+/* No multi-row kernels here: g4_matvec_rows runs g4_matvec per row. */
+#include "matvec_entry.h"     /* g4_matvec, g4_matvec_rows */
