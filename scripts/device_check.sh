@@ -15,7 +15,7 @@
 # device image (python3 there is PyTorch's venv with cuda-bindings and nvidia-cuda-nvrtc).
 #
 # Stages: info, kernel compile warm-up (all kernels, NVRTC, cached in /tmp for the later stages),
-# per-op conformance (tests/test_cuda_ops.py), fixture parity / hybrid / decode==prefill
+# per-op conformance (tests/test_backend_ops.py -k "cuda and not cuda-emulated and not cuda-sim"), fixture parity / hybrid / decode==prefill
 # (tests/test_cuda_model.py), decode and prefill timing on fixtures, a 12B-shaped 6-layer
 # synthetic model (runtime/tools/synth.py) timed the same way, and runtime/tools/bench.py's `g4rt bench`
 # on it and `g4rt bench --ops` (each kernel alone at the 12B's shapes) when that file exists. Logs go to $OUT (else ./.device_out): device_check.log (everything),
@@ -286,7 +286,7 @@ export RESULTS PY
 export -f info warmup bench_fixtures synth bench_synth g4rt_bench bench_ops
 stage info 40 info
 stage warmup 90 warmup
-stage ops 120 "$PY" -m pytest tests/test_cuda_ops.py -v -p no:cacheprovider -o addopts="" --tb=short --maxfail=30
+stage ops 120 "$PY" -m pytest tests/test_backend_ops.py -k "cuda and not cuda-emulated and not cuda-sim" -v -p no:cacheprovider -o addopts="" --tb=short --maxfail=30
 stage model 170 "$PY" -m pytest tests/test_cuda_model.py -v -p no:cacheprovider -o addopts="" --tb=short
 stage bench_fixtures 40 bench_fixtures
 stage synth 60 synth

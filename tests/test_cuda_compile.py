@@ -26,7 +26,7 @@ from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.errors import BackendUnavailableError, G4rtError
 from g4rt.gguf.quant_types import dequantize_rows
 
-import test_cuda_ops
+import op_cases
 
 REPO = Path(__file__).resolve().parents[1]
 SHADERS = REPO / "shaders" / "cuda"
@@ -162,11 +162,11 @@ def decoder_harness(tmp_path_factory):
     return exe
 
 
-@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", op_cases.ALL_TYPES, ids=lambda t: t.name)
 def test_block_decoders_match_gguf(decoder_harness, qtype):
     rng = np.random.default_rng(int(qtype))
     rows, cols = 5, 768          # 3 K-quant super-blocks, 24 groups
-    raw = test_cuda_ops.random_weight(rng, qtype, rows, cols)
+    raw = op_cases.scaled_random_weight(rng, qtype, rows, cols)
     ref = dequantize_rows(raw, qtype, cols)
     x = rng.standard_normal(cols).astype(np.float32)
     shift = 4 if qtype == QT.F32 else 2     # rows at 2-byte aligned addresses, as in shared memory
@@ -361,23 +361,6 @@ def emulated(kv_dtype="f16", **kw):
     return CudaBackend(driver=EmulatedDriver(**kw), kv_dtype=kv_dtype)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_K, QT.Q6_K, QT.F16], ids=lambda t: t.name)
-@pytest.mark.parametrize("n", [1, 6])
-def test_emulated_matmul(qtype, n):
-    test_cuda_ops.check_matmul(emulated, qtype, n, rows=37, cols=512)
-
-
-def test_emulated_ops():
-    test_cuda_ops.check_embed(emulated, QT.Q5_1)
-    test_cuda_ops.check_attention(emulated, 4, 2, 64, 16, 16, 5, 30)
-    test_cuda_ops.check_attention(emulated, 2, 1, 128, 0, 300, 1, 290, kv_dtype="f32")
-    test_cuda_ops.check_kv_store(emulated, 40, 16, 3)
-    test_cuda_ops.check_rmsnorm(emulated, 3, 512, 64, True)
-    test_cuda_ops.check_rope(emulated, 4, 64, 32, 2, 17, True, False)
-    test_cuda_ops.check_elementwise(emulated)
-    test_cuda_ops.check_replay(emulated)
-
-
 @needs_fixtures
 @pytest.mark.parametrize("model", ["g4-dense-Q4_0", "g4-edge-Q4_K_M", "g4-dense-keqv-F32"])
 def test_emulated_engine_matches_cpu(model):
@@ -393,14 +376,6 @@ def test_emulated_engine_matches_cpu(model):
         np.testing.assert_allclose(emu.forward([t]), ref.forward([t]), rtol=0, atol=2e-4)
     assert be.drv.graph_launches > 0          # runs replayed recorded graphs
     emu.close()
-
-
-def test_emulated_int8_matvec():
-    from g4rt.backends.cuda.backend import CudaBackend
-    from g4rt.testing.cuda.emulated_driver import EmulatedDriver
-    for qt in test_cuda_ops.INT8_TYPES:
-        test_cuda_ops.check_matvec8(lambda kv: CudaBackend(driver=EmulatedDriver(), kv_dtype=kv, int8_matvec=True),
-                        qt, 2, 19, 512)
 
 
 @pytest.mark.slow     # the opt-in int8 path over a whole fixture on the emulator

@@ -2,14 +2,13 @@
 (runtime/testing/cuda/simulator.py, shaders/cuda/sim/cuda_sim.h: every CUDA thread a fiber, real
 barriers and warp shuffles) and driven by CudaBackend's host code through the emulated driver.
 
-- per-op conformance against the numpy reference: the same cases as the GPU suite
-  (tests/test_cuda_ops.py), every weight type;
+- (per-op conformance on the simulator is the `cuda-sim` backend of tests/test_backend_ops.py);
 - the simulator enforces what the hardware leaves undefined (warp collectives over exited lanes,
   divergent collectives) and a kernel that lacks a barrier fails its conformance check here;
 - fixture models through the kernels: exact references meet their bars, decode through the KV
   cache equals prefill, a hybrid split (simulated GPU front, CPU back) meets the bar.
 
-The whole GPU suite also runs on the simulator: G4RT_CUDA_EMULATE=sim pytest tests/test_cuda_ops.py
+The whole GPU suite also runs on the simulator: G4RT_CUDA_EMULATE=sim pytest tests/test_backend_ops.py -k cuda
 tests/test_cuda_model.py (docs/cuda.md).
 """
 
@@ -26,7 +25,7 @@ from conftest import FIXTURES, HAVE_FIXTURES, SKIP_NO_FIXTURES, check_decode_equ
 from g4rt.backends.cuda.kernels import all_kernels
 from g4rt.testing.cuda.simulator import SimFault, SimKernels, sim_available
 
-import test_cuda_ops
+import op_cases
 
 SIM_OK, SIM_REASON = sim_available()
 pytestmark = pytest.mark.skipif(not SIM_OK, reason=SIM_REASON or "CUDA simulator unavailable")
@@ -111,67 +110,7 @@ def test_a_missing_barrier_fails_conformance(tmp_path, monkeypatch):
                            "    }\n#pragma unroll")
     monkeypatch.setenv("G4RT_CUDA_SHADER_DIR", str(src))
     with pytest.raises(AssertionError, match="max \\|diff\\|"):
-        test_cuda_ops.check_matmul(sim, QT.F32, 20, rows=11, cols=100)   # > ROW_EXACT_MAX: the tiled kernel
-
-
-# ---- op conformance: the GPU suite's cases, on the simulator ---------------------------------
-@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n", test_cuda_ops.MATMUL_BATCHES)
-def test_matmul_every_type(qtype, n):
-    test_cuda_ops.check_matmul(sim, qtype, n, rows=37, cols=768)
-
-
-@pytest.mark.parametrize("qtype", test_cuda_ops.LONG_ROW_TYPES, ids=lambda t: t.name)
-def test_matvec_long_rows_many_tiles(qtype):
-    test_cuda_ops.check_matmul(sim, qtype, 1, rows=129, cols=4608)
-
-
-@pytest.mark.parametrize("qtype", [QT.F32, QT.F16, QT.BF16], ids=lambda t: t.name)
-@pytest.mark.parametrize("cols", [100, 98, 33])
-@pytest.mark.parametrize("n", [1, 9, 20])
-def test_matmul_float_types_odd_widths(qtype, cols, n):
-    test_cuda_ops.check_matmul(sim, qtype, n, rows=11, cols=cols)
-
-
-@pytest.mark.parametrize("qtype", test_cuda_ops.INT8_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n,rows,cols", [(1, 37, 768), (4, 129, 4608), (3, 5, 256)])
-def test_int8_matvec(qtype, n, rows, cols):
-    test_cuda_ops.check_matvec8(lambda kv: sim(kv, int8_matvec=True), qtype, n, rows, cols)
-
-
-@pytest.mark.parametrize("qtype", test_cuda_ops.ALL_TYPES, ids=lambda t: t.name)
-def test_embedding_every_type(qtype):
-    test_cuda_ops.check_embed(sim, qtype)
-
-
-@pytest.mark.parametrize("H,Hkv,D,window,ring,n,pos0", test_cuda_ops.ATTN_CASES)
-@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
-def test_attention(H, Hkv, D, window, ring, n, pos0, kv_dtype):
-    test_cuda_ops.check_attention(sim, H, Hkv, D, window, ring, n, pos0, kv_dtype)
-
-
-@pytest.mark.parametrize("n,ring,pos0", test_cuda_ops.KV_CASES)
-@pytest.mark.parametrize("kv_dtype", ["f16", "f32"])
-def test_kv_store(n, ring, pos0, kv_dtype):
-    test_cuda_ops.check_kv_store(sim, n, ring, pos0, kv_dtype)
-
-
-@pytest.mark.parametrize("rows,cols,group,w", test_cuda_ops.RMSNORM_CASES)
-def test_rmsnorm(rows, cols, group, w):
-    test_cuda_ops.check_rmsnorm(sim, rows, cols, group, w)
-
-
-@pytest.mark.parametrize("rows,head_dim,n_rot,heads,pos0,ff,inplace", test_cuda_ops.ROPE_CASES)
-def test_rope(rows, head_dim, n_rot, heads, pos0, ff, inplace):
-    test_cuda_ops.check_rope(sim, rows, head_dim, n_rot, heads, pos0, ff, inplace)
-
-
-def test_elementwise_ops():
-    test_cuda_ops.check_elementwise(sim)
-
-
-def test_graph_replay_with_new_tokens_and_positions():
-    test_cuda_ops.check_replay(sim)
+        op_cases.check_matmul(sim, QT.F32, 20, rows=11, cols=100)   # > ROW_EXACT_MAX: the tiled kernel
 
 
 def test_f16_cache_rounding_matches_numpy():

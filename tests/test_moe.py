@@ -117,17 +117,19 @@ else:
 def test_native_moe_ops(isa, qtype, n, k, n_exp):
     """Up to 16 tokens (a row-exact batch) take the matvec path, 17 and more the gathered tiled
     product; per-selection inputs (the down projection) on both paths."""
-    from test_cpu_ops import run_both
+    from op_cases import run_both
+    from g4rt.backends.cpu import CpuBackend
     K = 256 if qtype in (QT.Q4_K, QT.Q6_K) else 96
     c = _moe_case(n, k, n_exp, qtype, K, 40, per_selection=n in (7, 20))
     for out in ("route", "y", "s"):
         for threads in (1, 3):
-            _check_moe_output(out, k, *run_both(c, out, isa, threads))
+            _check_moe_output(out, k, *run_both(c, out, CpuBackend(threads=threads, isa=isa)))
 
 
 @pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
 def test_native_routing_ties_same_expert_and_every_expert():
-    from test_cpu_ops import run_both
+    from op_cases import run_both
+    from g4rt.backends.cpu import CpuBackend
     n, k, n_exp = 24, 2, 8
     logits = rng.standard_normal((n, n_exp))
     logits[0] = 1.0                                  # every expert tied: 0 and 1
@@ -136,11 +138,11 @@ def test_native_routing_ties_same_expert_and_every_expert():
     for e in range(n_exp):                           # and every expert first somewhere
         logits[10 + e, e] = 20.0
     c = _moe_case(n, k, n_exp, QT.Q4_0, 96, 32, logits=logits)
-    a, b = run_both(c, "route", ISAS[0], 2)
+    a, b = run_both(c, "route", CpuBackend(threads=2, isa=ISAS[0]))
     assert np.array_equal(a[:, k:], b[:, k:])
     assert list(b[0, k:]) == [0, 1] and list(b[1, k:]) == [3, 5]
     assert set(b[10:18, k].astype(int)) == set(range(n_exp))
-    a, b = run_both(c, "s", ISAS[0], 2)
+    a, b = run_both(c, "s", CpuBackend(threads=2, isa=ISAS[0]))
     assert rel_err(b, a) < 2e-5
 
 
@@ -151,13 +153,14 @@ def test_native_routing_ties_same_expert_and_every_expert():
 def test_vulkan_moe_ops(qtype, n, k, n_exp):
     """The Vulkan kernels against the reference; a small buffer cap puts the experts in several
     chunks (whole experts each), so each dispatch skips the selections of the other chunks."""
-    from test_vulkan_ops import run_both
+    from op_cases import run_both
+    from g4rt.backends.vulkan.backend import VulkanBackend
     K = 256 if qtype in (QT.Q4_K, QT.Q6_K) else 96
     c = _moe_case(n, k, n_exp, qtype, K, 40, per_selection=(n == 7))
     rb = c.src.raw["w"].shape[1]
     cap = -(-(40 * rb * 3 + 256 * 64) // 256) * 256          # ~3 experts of w per weight buffer
     for out in ("route", "y", "s"):
-        _check_moe_output(out, k, *run_both(c, out, max_buffer_bytes=max(cap, 1 << 16)), weight_rtol=1e-5)
+        _check_moe_output(out, k, *run_both(c, out, VulkanBackend(max_buffer_bytes=max(cap, 1 << 16))), weight_rtol=1e-5)
 
 
 def _run_on(backend, case, out):
