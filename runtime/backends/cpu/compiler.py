@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from ...errors import BackendUnavailableError, G4rtError
+from ..kernel_sources import kernel_folder
 
 ISAS = ("native", "avx512", "avx2", "scalar")
 #: the folder under shaders/cpu/arch with each code path's matvec and gemm kernels
@@ -53,18 +54,8 @@ class CpuBuildError(G4rtError):
 
 
 def source_dir() -> Path:
-    """$G4RT_CPU_SHADER_DIR, else shaders/cpu inside the installed package, else the repo's."""
-    env = os.environ.get("G4RT_CPU_SHADER_DIR")
-    if env:
-        p = Path(env)
-        if not p.is_dir():
-            raise G4rtError(f"G4RT_CPU_SHADER_DIR={env} is not a folder")
-        return p
-    pkg = Path(__file__).resolve().parents[2]          # the g4rt package folder (runtime/)
-    for cand in (pkg / "shaders" / "cpu", pkg.parent / "shaders" / "cpu"):
-        if (cand / "g4cpu.h").is_file():
-            return cand
-    raise G4rtError("cannot find the shaders/cpu folder (set G4RT_CPU_SHADER_DIR to point at it)")
+    """$G4RT_CPU_SHADER_DIR, else shaders/cpu of the package data, else the repo's."""
+    return kernel_folder("cpu", "g4cpu.h", "G4RT_CPU_SHADER_DIR")
 
 
 def sources(isa: str, src_dir: Optional[Path] = None) -> list[Path]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ...errors import BackendUnavailableError, G4rtError
+from ..kernel_sources import kernel_folder
 
 _lock = threading.Lock()
 _bindings = None          # (driver, nvrtc) once imported
@@ -172,18 +173,8 @@ def cuda_available(device: int = 0, driver=None) -> tuple[bool, str]:
 
 # ---- NVRTC ----------------------------------------------------------------------------------
 def shader_dir() -> Path:
-    """$G4RT_CUDA_SHADER_DIR, else shaders/cuda inside the installed package, else the repo's."""
-    env = os.environ.get("G4RT_CUDA_SHADER_DIR")
-    if env:
-        p = Path(env)
-        if p.is_dir():
-            return p
-        raise G4rtError(f"G4RT_CUDA_SHADER_DIR={env} is not a folder")
-    pkg = Path(__file__).resolve().parents[2]          # the g4rt package folder (runtime/)
-    for cand in (pkg / "shaders" / "cuda", pkg.parent / "shaders" / "cuda"):
-        if (cand / "quant_blocks.cuh").is_file():
-            return cand
-    raise G4rtError("cannot find the shaders/cuda folder (set G4RT_CUDA_SHADER_DIR to point at it)")
+    """$G4RT_CUDA_SHADER_DIR, else shaders/cuda of the package data, else the repo's."""
+    return kernel_folder("cuda", "quant_blocks.cuh", "G4RT_CUDA_SHADER_DIR")
 
 
 def cache_dir() -> Optional[Path]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ...errors import G4rtError
+from ..kernel_sources import kernel_folder
 
 TARGET_ENV = "vulkan1.1"
 COMPILER = "glslangValidator"
@@ -92,25 +93,8 @@ def all_variants() -> list[Variant]:
 
 # ---- locations --------------------------------------------------------------------------------
 def shader_dir() -> Path:
-    env = os.environ.get("G4RT_SHADER_DIR")
-    if env:
-        p = Path(env)
-        if not p.is_dir():
-            raise G4rtError(f"G4RT_SHADER_DIR={env} is not a directory")
-        return p
-    pkg = Path(__file__).resolve().parents[2]          # the g4rt package folder (runtime/)
-    cands = [pkg / "shaders" / "glsl", pkg.parent / "shaders" / "glsl"]
-    try:   # the package data `g4rt.shaders` (pyproject), wherever the install put it
-        import importlib.util
-        spec = importlib.util.find_spec("g4rt.shaders")
-        if spec is not None and spec.submodule_search_locations:
-            cands = [Path(p) / "glsl" for p in spec.submodule_search_locations] + cands
-    except (ImportError, ValueError):
-        pass
-    for cand in cands:
-        if (cand / "common.glsl").is_file():
-            return cand
-    raise G4rtError("cannot find the shaders/glsl folder (set G4RT_SHADER_DIR to point at it)")
+    """$G4RT_SHADER_DIR, else shaders/glsl of the package data, else the repo's."""
+    return kernel_folder("glsl", "common.glsl", "G4RT_SHADER_DIR")
 
 
 def cache_dir() -> Path:
