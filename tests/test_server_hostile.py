@@ -47,6 +47,9 @@ CHAT_BAD_FIELDS = [
     ("messages", [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1, 2]"}}]}]),
     ("messages", [{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}]),
     ("messages", [{"role": "assistant", "tool_calls": "f"}]),
+    ("messages", [{"role": "user"}]), ("messages", [{"role": "user", "content": None}]),
+    ("messages", [{"role": "system", "content": "x"}, {"role": "user"}]), ("messages", [{"role": "assistant"}]),
+    ("messages", [{"role": "tool", "tool_call_id": "1"}]),
     ("messages", [{"role": "user", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}]),
     ("max_tokens", "10"), ("max_tokens", 1.5), ("max_tokens", -5), ("max_tokens", 0), ("max_tokens", True),
     ("max_tokens", [10]), ("max_completion_tokens", -1), ("max_completion_tokens", "x"),
@@ -253,3 +256,22 @@ def test_prompt_too_long_says_by_how_much(hostile_server):
         body = r.json()
         assert body["choices"][0]["finish_reason"] == "length", body
         assert body["usage"]["total_tokens"] <= HOSTILE_CTX, body["usage"]
+
+
+def test_a_message_without_content_is_refused_naming_it(hostile_server):
+    """OpenAI and llama-server answer 400 for a user message with no content (an empty prompt
+    would otherwise be answered 200); the error names the message. An assistant turn that only
+    calls tools needs none."""
+    srv = hostile_server
+    r = http().post(srv.url + CHAT, json={"messages": [{"role": "system", "content": "Be brief."},
+                                                        {"role": "user"}], "max_tokens": 2})
+    assert r.status_code == 400, r.text
+    err = assert_error_body(r, "no content")
+    assert err["param"] == "messages.1" and "user message needs content" in err["message"], err
+    calls_only = {"messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "1", "content": "sunny"}], "max_tokens": 2}
+    assert http().post(srv.url + CHAT, json=calls_only).status_code == 200
+    assert_settled(srv)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 MAX_STOPS = 16
 MAX_TOP_LOGPROBS = 20
@@ -57,6 +58,15 @@ class Message(_Strict):
     tool_calls: Optional[list[ToolCallIn]] = None
     tool_call_id: Optional[str] = None
     reasoning_content: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> "Message":
+        # as OpenAI and llama-server: only an assistant turn that calls tools may leave it out
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            need = "content (or tool_calls)" if self.role == "assistant" else "content"
+            raise PydanticCustomError("missing_content", "a {role} message needs {need}",
+                                      {"role": self.role, "need": need})
+        return self
 
 
 class FunctionDef(_Strict):
