@@ -96,3 +96,29 @@ def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     import re
     errs = [float(v) for v in re.findall(r"maxrel (\S+)", out)]
     assert len(errs) == 5 and errs[0] == 0 and max(errs[:4]) < 1e-5 and errs[4] < 1e-4 and "FMA_OP" in out, out
+
+
+def test_depth_times_prefill_and_decode_with_that_many_tokens_in_the_cache(tmp_path, monkeypatch):
+    """--depth N (llama-bench's -d N): the timed prefill and the timed decode both start with N
+    tokens already in the cache, and llama-bench gets -d N in the same run."""
+    from g4rt.engine import Engine
+    seen = []
+    real = Engine.forward
+
+    def spy(self, ids, *a, **k):
+        seen.append((len(ids), self.pos))
+        return real(self, ids, *a, **k)
+    monkeypatch.setattr(Engine, "forward", spy)
+    exe = fake_llama_bench(tmp_path, REPORT)
+    r = bench("--json", "--depth", "24", "--no-warmup", "--llama-bench", str(exe))
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert res["depth"] == 24 and res["prompt_tokens"] == 8
+    # fill 24, prefill 8 at 24; fill 24 again, then decode 1 + 2 tokens from position 24
+    assert seen == [(24, 0), (8, 24), (24, 0), (1, 24), (1, 25), (1, 26)], seen
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-d") + 1] == "24"
+    plain = bench("--json", "--llama-bench", str(exe))
+    assert json.loads(plain.output[plain.output.index("{"):])["depth"] == 0
+    assert "-d" not in json.loads((tmp_path / "argv.json").read_text())
+    assert bench("--ops", "--depth", "8").exit_code != 0

@@ -19,6 +19,8 @@ from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculatio
 @click.option("--backend", default="cpu", show_default=True)
 @click.option("--prompt", "n_prompt", default=512, show_default=True, type=click.IntRange(1, 1 << 20))
 @click.option("--gen", "n_gen", default=128, show_default=True, type=click.IntRange(1, 1 << 20))
+@click.option("--depth", default=0, show_default=True, type=click.IntRange(0, 1 << 20),
+              help="time prefill and decode with this many tokens already in the cache (llama-bench's -d)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
 @click.option("--ops", "ops_mode", is_flag=True, help="time each kernel alone at the 12B's shapes instead")
 @click.option("--only", default=None, help="with --ops: only kernels whose label contains this")
@@ -40,7 +42,7 @@ from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculatio
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
-def bench(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
+def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
           threads, int8, llama_bench, text, verify_cost, parallel, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from ..tools.bench import bench_model, bench_ops, is_hybrid
@@ -61,6 +63,9 @@ def bench(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_war
     echo = None if as_json else click.echo
     spec = speculation(place)
     speculating = spec["draft"] is not None or spec["spec"] is not None
+    if depth and (ops_mode or parallel or verify_cost or speculating):
+        raise click.UsageError("--depth applies to the prefill/decode benchmark (not with --ops, --parallel, "
+                               "--spec/--draft or --verify-cost)")
     try:
         if ops_mode:
             res = bench_ops(backend, opts, reps, only, echo)
@@ -87,7 +92,7 @@ def bench(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_war
         else:
             if model is None:
                 raise click.UsageError("MODEL is required (or pass --ops)")
-            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo, place)
+            res = bench_model(model, backend, n_prompt, n_gen, opts, not no_warmup, echo, place, depth)
             hybrid = is_hybrid(place)
             if hybrid:
                 res["placement"] = place
@@ -96,7 +101,7 @@ def bench(model, backend, n_prompt, n_gen, as_json, ops_mode, only, reps, no_war
                 on_cpu = runs_on_cpu(backend)
                 n_threads = threads or (_cpu_threads() if on_cpu else None)
                 res["llama_cpp"] = run_llama_bench(exe, model, n_prompt, n_gen, gpu=not on_cpu,
-                                                   threads=n_threads)
+                                                   threads=n_threads, depth=depth)
                 if echo:
                     for line in summary_lines(res, res["llama_cpp"]):
                         echo(line)

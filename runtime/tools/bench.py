@@ -77,42 +77,56 @@ def is_hybrid(place: dict) -> bool:
 
 
 def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_options: dict,
-                warmup: bool = True, echo=None, place: Optional[dict] = None) -> dict:
-    """place: --gpu-layers / --cpu-moe / --n-cpu-moe (a hybrid with the native CPU backend)."""
+                warmup: bool = True, echo=None, place: Optional[dict] = None, depth: int = 0) -> dict:
+    """place: --gpu-layers / --cpu-moe / --n-cpu-moe (a hybrid with the native CPU backend).
+
+    depth 0: the prompt is prefilled into an empty cache and decoding continues after it. depth N
+    (llama-bench's -d N): the prefill and, separately, the decode each start with N tokens already
+    in the cache (filled untimed), so both are timed at that depth."""
     from ..engine import Engine
     t0 = time.perf_counter()
     if place and is_hybrid(place):
         from ..generation import load
-        eng = load(model, backend=backend, ctx=n_prompt + n_gen + 2, **place, **backend_options).engine
+        eng = load(model, backend=backend, ctx=depth + n_prompt + n_gen + 2, **place, **backend_options).engine
     else:
-        eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 2, **backend_options)
+        eng = Engine(model, backend=backend, ctx=depth + n_prompt + n_gen + 2, **backend_options)
     load_s = time.perf_counter() - t0
     try:
         rng = np.random.default_rng(0)
         ids = rng.integers(0, eng.config.n_vocab, n_prompt).astype(np.int32)
+        context = rng.integers(0, eng.config.n_vocab, depth).astype(np.int32)
+
+        def start_at_depth():
+            """An empty cache holding `depth` tokens (untimed)."""
+            eng.reset()
+            if depth:
+                eng.forward(context)
         res = dict(model=str(model), backend=backend, device=eng.backend.device_name,
-                   prompt_tokens=n_prompt, gen_tokens=n_gen, load_s=round(load_s, 3))
+                   prompt_tokens=n_prompt, gen_tokens=n_gen, depth=depth, load_s=round(load_s, 3))
         if echo:
             echo(f"{model}: {backend} on {eng.backend.device_name}; loaded in {load_s:.1f} s")
         first = None
         if warmup:
+            start_at_depth()
             t0 = time.perf_counter()
-            eng.reset()
             logits = eng.forward(ids)
             first = time.perf_counter() - t0
             res["first_prefill_s"] = round(first, 3)
             if echo:
                 echo(f"  first prefill (builds pipelines): {first:.2f} s")
-        eng.reset()
+        start_at_depth()
         t0 = time.perf_counter()
         logits = eng.forward(ids)
         prefill_s = time.perf_counter() - t0
         res["prefill_s"] = round(prefill_s, 3)
         res["prefill_tok_s"] = round(n_prompt / prefill_s, 2)
         if echo:
-            echo(f"  prefill {n_prompt} tokens: {prefill_s:.2f} s = {n_prompt / prefill_s:.2f} tokens/s")
+            at = f" at depth {depth}" if depth else ""
+            echo(f"  prefill {n_prompt} tokens{at}: {prefill_s:.2f} s = {n_prompt / prefill_s:.2f} tokens/s")
 
         tok = int(np.argmax(logits[-1]))
+        if depth:
+            start_at_depth()
         t0 = time.perf_counter()
         logits = eng.forward([tok])        # builds the one-token graph
         res["first_decode_s"] = round(time.perf_counter() - t0, 3)
@@ -135,7 +149,7 @@ def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_opt
                    python_overhead_pct=round(100 * overhead / per_tok, 2),
                    replay_ms_per_token=round(timer.replay_s / n_gen * 1e3, 2))
         if echo:
-            echo(f"  decode {n_gen} tokens: {total:.2f} s = {n_gen / total:.3f} tokens/s "
+            echo(f"  decode {n_gen} tokens{' at depth %d' % depth if depth else ''}: {total:.2f} s = {n_gen / total:.3f} tokens/s "
                  f"({per_tok * 1e3:.1f} ms/token)")
             echo(f"  decode weight traffic: {wbytes / 2**20:.0f} MiB/token -> {wbytes / per_tok / 1e9:.2f} GB/s")
             echo(f"  Python overhead per decoded token: {overhead * 1e3:.2f} ms = {100 * overhead / per_tok:.1f} % "

@@ -31,11 +31,12 @@ def find_llama_bench(choice: str = "auto") -> Optional[str]:
 
 
 def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, gpu: bool, reps: int = 3,
-                    timeout: float = 3600, threads: Optional[int] = None) -> dict:
+                    timeout: float = 3600, threads: Optional[int] = None, depth: int = 0) -> dict:
     """llama.cpp's prefill and decode tokens/s for `model`; on any failure a dict with "error"
     (the comparison is extra information: it never fails the g4rt benchmark)."""
     cmd = [exe, "-m", str(model), "-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps),
-           "-o", "json", "-ngl", "99" if gpu else "0"] + (["-t", str(threads)] if threads else [])
+           "-o", "json", "-ngl", "99" if gpu else "0"] + (["-t", str(threads)] if threads else []) \
+        + (["-d", str(depth)] if depth else [])
     out: dict = {"command": " ".join(cmd)}
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
