@@ -179,6 +179,11 @@ if cmake --build "$BUILD_DIR" --target help 2>/dev/null | grep -Eq '(^|[ :.])lla
 else
     log "no llama-batched-bench target in this llama.cpp (optional; skipped)"
 fi
+if cmake --build "$BUILD_DIR" --target help 2>/dev/null | grep -Eq '(^|[ :.])llama-perplexity([ :]|$)'; then
+    log "building llama-perplexity (g4rt perplexity's comparison)"
+    cmake --build "$BUILD_DIR" --config Release --target llama-perplexity -j "$JOBS" >&2 \
+        || log "warning: llama-perplexity did not build (optional; continuing)"
+fi
 if [[ "${LLAMA_BENCH_SPEC:-0}" == 1 ]]; then
     log "building llama-lookup and llama-speculative-simple (examples on)"
     cmake -DLLAMA_BUILD_EXAMPLES=ON "$BUILD_DIR" >>"$CONFIG_LOG" 2>&1 || die "reconfigure with examples failed"
@@ -198,6 +203,7 @@ install_bin() {  # name -> copies $BUILD_DIR/bin/<name> to $BIN_DIR/<name> atomi
 }
 install_bin llama-bench || die "llama-bench was not produced under $BUILD_DIR"
 install_bin llama-batched-bench || true
+install_bin llama-perplexity || true
 install_bin llama-lookup || true
 install_bin llama-speculative-simple || true
 

@@ -138,3 +138,84 @@ def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threa
     finally:
         ea.close()
         eb.close()
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("-f", "--file", "text_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the text to score (UTF-8)")
+@click.option("--ctx", default=512, show_default=True, type=click.IntRange(8, 1 << 20),
+              help="tokens per chunk; the second half of each is scored")
+@click.option("--chunks", type=click.IntRange(1), default=None, help="score at most this many chunks")
+@click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
+@click.option("--kv-dtype", type=KV_DTYPE_CHOICE, default=None)
+@THREADS_OPTION
+@click.option("--kl-base", "kl_base", type=click.Path(dir_okay=False), default=None,
+              help="without --kl: save this run's top next-token probabilities here; with --kl: compare against them")
+@click.option("--kl", "kl", is_flag=True, help="report the KL divergence from the --kl-base run")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
+def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, kl_base, kl, as_json):
+    """Perplexity of MODEL on a text, as llama-perplexity computes it (chunks of --ctx tokens, BOS
+    first, the second half of each scored), optionally with the KL divergence from a base run."""
+    from ..engine import Engine
+    from ..model.bundled import default_model_path
+    from ..text.tokenizer import load_tokenizer
+    from ..tools import perplexity as ppl_tool
+
+    if kl and not kl_base:
+        raise click.UsageError("--kl needs --kl-base FILE (a base saved by an earlier run)")
+    base = ppl_tool.load_kl_base(kl_base) if kl else None
+    path = model or str(default_model_path())
+    try:
+        text = Path(text_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise G4rtError(f"{text_file} is not UTF-8 text: {e}") from None
+    options = threads_backend_option(backend, threads)
+    if kv_dtype:
+        options["kv_dtype"] = kv_dtype
+    engine = Engine(path, backend=backend, ctx=ctx, **options)
+    try:
+        tok = load_tokenizer(engine.file)
+        if tok.bos_id is None:
+            raise G4rtError(f"{path} has no BOS token: llama-perplexity's chunking starts every chunk with one")
+        tokens = tok.encode(text, add_bos=True, parse_special=False)
+
+        def forward(chunk):
+            engine.reset()
+            return engine.forward(chunk, all_logits=True)
+
+        from tqdm import tqdm
+        n_chunks = min(len(tokens) // ctx, chunks or len(tokens))
+        bar = tqdm(total=max(n_chunks, 0), desc="perplexity", unit="chunk", disable=as_json or n_chunks < 2,
+                   file=sys.stderr, leave=False)
+        shown = []
+
+        def progress(i, value):
+            bar.update(1)
+            bar.set_postfix(ppl=f"{value:.4f}")
+            shown.append(f"[{i + 1}]{value:.4f}")
+        try:
+            result, saved = ppl_tool.perplexity(forward, tokens, ctx, tok.bos_id, chunks, kl_base=base,
+                                                save_base=bool(kl_base) and not kl, progress=progress)
+        finally:
+            bar.close()
+    finally:
+        engine.close()
+    if saved is not None:
+        ppl_tool.save_kl_base(kl_base, saved)
+    if as_json:
+        out = dict(model=path, backend=backend, text=str(text_file), tokens=len(tokens), **result.as_dict())
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{Path(path).name} on {backend}: {len(tokens)} tokens, {result.chunks} chunks of {ctx}, "
+               f"{result.scored_tokens} scored")
+    click.echo(",".join(shown))
+    click.echo(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}")
+    if saved is not None:
+        click.echo(f"KL base saved to {kl_base}")
+    if result.kl is not None:
+        k = result.kl
+        click.echo(f"Mean KLD: {k['mean_kl']:.6f} +/- {k['mean_kl_error']:.6f}  (max {k['max_kl']:.6f}; "
+                   f"top {ppl_tool.KL_TOP} of the base + the rest)")
+        click.echo(f"Same top p: {100 * k['same_top_p']:.3f} %")
+        click.echo(f"Mean Δp: {100 * k['mean_delta_p']:.4f} %, RMS Δp: {100 * k['rms_delta_p']:.4f} %")

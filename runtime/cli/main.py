@@ -55,5 +55,5 @@ def entry() -> None:
 
 
 for command in (generate.run, generate.chat, inspect.tokenize, serve.serve, inspect.info, checks.parity,
-                bench.bench, bench.synth, checks.conformance):
+                bench.bench, bench.synth, checks.conformance, checks.perplexity):
     main.add_command(command)
