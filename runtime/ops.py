@@ -371,3 +371,20 @@ class Graph:
         for label, op in zip(self.labels, self.ops):
             lines.append(f"  {label:<28} {op.kind:<10} -> {op.out}")
         return "\n".join(lines)
+
+
+def op_classes() -> tuple[type, ...]:
+    """Every op of the contract (the dataclasses below Op), in definition order."""
+    found, todo = [], list(Op.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return tuple(found)
+
+
+def table_by_kind(namespace: dict, prefix: str) -> dict[type, object]:
+    """A backend's dispatch table {op class: namespace[prefix + op.kind]}: a backend names its
+    per-op functions after the op kinds (lower_matmul, lower_kv_store, ...), so the table is never
+    written out by hand (an op without such a function is simply absent: unsupported)."""
+    return {cls: namespace[prefix + cls.kind] for cls in op_classes() if prefix + cls.kind in namespace}

@@ -403,21 +403,4 @@ def lower_moe_sum(lw: GraphLowering, op: ops.MoeSum) -> list[Launch]:
                    [lw.ref(op.y), lw.ref(op.route), out, rows, cols, k])]
 
 
-LOWERINGS: dict[type, Callable[[GraphLowering, ops.Op], list[Launch]]] = {
-    ops.EmbedLookup: lower_embed,
-    ops.MatMul: lower_matmul,
-    ops.RmsNorm: lower_rmsnorm,
-    ops.Rope: lower_rope,
-    ops.Attention: lower_attention,
-    ops.KvStore: lower_kv_store,
-    ops.GeluMul: lower_gelu_mul,
-    ops.Add: lower_add,
-    ops.Mul: lower_mul,
-    ops.Gelu: lower_gelu,
-    ops.Scale: lower_scale,
-    ops.Softcap: lower_softcap,
-    ops.Slice: lower_slice,
-    ops.MoeRoute: lower_moe_route,
-    ops.MoeMatMul: lower_moe_matmul,
-    ops.MoeSum: lower_moe_sum,
-}
+LOWERINGS: dict[type, Callable[[GraphLowering, ops.Op], list[Launch]]] = ops.table_by_kind(globals(), "lower_")

@@ -311,21 +311,4 @@ def lower_moe_matmul(ctx, op: ops.MoeMatMul):
 
 
 #: op class -> its lowering
-LOWERINGS: dict[type, Callable[[LoweringContext, ops.Op], list[Dispatch]]] = {
-    ops.EmbedLookup: lower_embed,
-    ops.MatMul: lower_matmul,
-    ops.RmsNorm: lower_rmsnorm,
-    ops.Rope: lower_rope,
-    ops.Attention: lower_attention,
-    ops.KvStore: lower_kv_store,
-    ops.GeluMul: lower_gelu_mul,
-    ops.Gelu: lower_gelu,
-    ops.Add: lower_add,
-    ops.Mul: lower_mul,
-    ops.Scale: lower_scale,
-    ops.Softcap: lower_softcap,
-    ops.Slice: lower_slice,
-    ops.MoeRoute: lower_moe_route,
-    ops.MoeMatMul: lower_moe_matmul,
-    ops.MoeSum: lower_moe_sum,
-}
+LOWERINGS: dict[type, Callable[[LoweringContext, ops.Op], list[Dispatch]]] = ops.table_by_kind(globals(), "lower_")
