@@ -78,9 +78,7 @@ def graph_slots(graph) -> Optional[int]:
     use count: a hybrid's hand-over inputs sit among the caches too."""
     used = set()
     for op in graph.ops:
-        if isinstance(op, Attention):
-            used.update((op.cache_k, op.cache_v))
-        elif isinstance(op, KvStore):
+        if isinstance(op, (Attention, KvStore)):
             used.update((op.cache_k, op.cache_v))
     return min((graph.caches[c].slots for c in used if c in graph.caches), default=None)
 
@@ -158,6 +156,14 @@ class RmsNorm(Op):
     _read_fields: ClassVar = ("x",)
 
 
+def inverse_frequencies(base: float, n_rot: int, factors: Optional[np.ndarray] = None) -> np.ndarray:
+    """RoPE's n_rot/2 pair frequencies base^(-2i/n_rot) / factors[i], float64 (Rope.inverse_frequencies)."""
+    inv = base ** (-np.arange(0, n_rot // 2, dtype=np.float64) * 2.0 / n_rot)
+    if factors is not None:
+        inv = inv / np.asarray(factors, dtype=np.float64).reshape(-1)[: n_rot // 2]
+    return np.ascontiguousarray(inv)
+
+
 @dataclass(frozen=True)
 class Rope(Op):
     """NeoX-style rotary embedding on each head of `head_dim` columns, at the row's position.
@@ -177,10 +183,7 @@ class Rope(Op):
         """The n_rot/2 pair frequencies base^(-2i/n_rot) / factors[i] in float64 (radians per
         position): the one definition every backend derives its angles or tables from.
         factors: the values of `freq_factors` (at least n_rot/2 of them), when the op has it."""
-        inv = self.base ** (-np.arange(0, self.n_rot // 2, dtype=np.float64) * 2.0 / self.n_rot)
-        if factors is not None:
-            inv = inv / np.asarray(factors, dtype=np.float64).reshape(-1)[: self.n_rot // 2]
-        return np.ascontiguousarray(inv)
+        return inverse_frequencies(self.base, self.n_rot, factors)
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,11 @@ class SlotLoop:
     # ---- one step --------------------------------------------------------------------------
     def step(self) -> int:
         """One step of every busy slot; returns the rows fed through forward_batch (0: none)."""
+        if self.should_stop is not None:
+            for slot in self.busy():
+                reason = self.should_stop(slot.request)
+                if reason is not None:
+                    self._end(slot, reason)
         if self.speculator is not None:
             for slot in self.busy():
                 try:
@@ -196,13 +201,8 @@ class SlotLoop:
         return sum(len(ids) for _, ids, _ in work)
 
     def _next_input(self, slot: Slot) -> Optional[list[int]]:
-        """What a slot feeds next: a prompt chunk, or the token decided after its last pass
-        (None when the request ended instead)."""
+        """What a slot feeds next: a prompt chunk, or the token decided after its last pass."""
         request = slot.request
-        reason = self.should_stop(request) if self.should_stop is not None else None
-        if reason is not None:
-            self._end(slot, reason)
-            return None
         if request.pending:
             return request.pending[:self.engine.prefill_chunk]
         tok, request.next_tok = request.next_tok, None
@@ -238,10 +238,6 @@ class SlotLoop:
         """One turn of one slot: a prompt chunk (the other slots keep streaming between chunks),
         or its next token and the drafter's proposals the model accepts, in one verification."""
         request, engine, spec = slot.request, self.engine, self.speculator
-        reason = self.should_stop(request) if self.should_stop is not None else None
-        if reason is not None:
-            self._end(slot, reason)
-            return
         if request.pending:
             chunk = request.pending[:engine.prefill_chunk]
             t0 = time.perf_counter()

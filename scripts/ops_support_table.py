@@ -11,7 +11,6 @@ suite checks every supported op against the numpy reference on every backend pre
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
 from g4rt import ops
@@ -32,13 +31,6 @@ BACKEND_TABLES = {
 }
 
 
-def op_classes() -> list[type]:
-    """Every op of the contract, in the order runtime/ops.py defines them."""
-    found = [c for _, c in inspect.getmembers(ops, inspect.isclass)
-             if issubclass(c, ops.Op) and c is not ops.Op and c.__module__ == ops.__name__]
-    return sorted(found, key=lambda c: inspect.getsourcelines(c)[1])
-
-
 def build() -> str:
     names = list(BACKEND_TABLES)
     lines = [
@@ -52,7 +44,7 @@ def build() -> str:
         "| op kind | class | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
     ]
-    for cls in op_classes():
+    for cls in ops.op_classes():
         marks = ["yes" if cls in BACKEND_TABLES[n][1] else "no" for n in names]
         lines.append(f"| `{cls.kind}` | `ops.{cls.__name__}` | " + " | ".join(marks) + " |")
     lines += [

@@ -566,4 +566,4 @@ def test_ops_support_doc_is_current():
         "docs/ops-support.md is out of date: run scripts/ops_support_table.py"
     # the reference, which defines each op, runs every op class the table lists
     from g4rt.backends.numpy_ref.backend import OP_FUNCTIONS
-    assert set(table.op_classes()) == set(OP_FUNCTIONS)
+    assert set(ops.op_classes()) == set(OP_FUNCTIONS)

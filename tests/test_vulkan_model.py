@@ -115,7 +115,7 @@ def test_conformance_tool_passes_and_names_a_broken_kernel():
             d.pc[7] //= 2        # n_rot (push-constant word 7 of rope.comp)
         gv.seq = gv.record()
         lines = []
-        fail = compare_step("prefill", gv, ec.graph(4), np.arange(3, 7, dtype=np.int32), 0, lines.append)
+        fail, _ = compare_step("prefill", gv, ec.graph(4), np.arange(3, 7, dtype=np.int32), 0, lines.append)
         assert fail is not None and fail[1] == "blk.0.rope_q", "\n".join(lines)
     finally:
         ev.close()

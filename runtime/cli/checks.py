@@ -185,20 +185,23 @@ def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, kl_bas
             return engine.forward(chunk, all_logits=True)
 
         from tqdm import tqdm
-        n_chunks = min(len(tokens) // ctx, chunks or len(tokens))
-        bar = tqdm(total=max(n_chunks, 0), desc="perplexity", unit="chunk", disable=as_json or n_chunks < 2,
-                   file=sys.stderr, leave=False)
+        bar = None
         shown = []
 
-        def progress(i, value):
+        def progress(done, total, value):
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc="perplexity", unit="chunk", disable=as_json or total < 2,
+                           file=sys.stderr, leave=False)
             bar.update(1)
             bar.set_postfix(ppl=f"{value:.4f}")
-            shown.append(f"[{i + 1}]{value:.4f}")
+            shown.append(f"[{done}]{value:.4f}")
         try:
             result, saved = ppl_tool.perplexity(forward, tokens, ctx, tok.bos_id, chunks, kl_base=base,
                                                 save_base=bool(kl_base) and not kl, progress=progress)
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
     finally:
         engine.close()
     if saved is not None:

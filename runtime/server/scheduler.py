@@ -150,7 +150,7 @@ class Scheduler:
         self._thread.join(wait)
 
     def busy_slots(self) -> int:
-        return sum(s.request is not None for s in self.slots)
+        return len(self.loop.busy())
 
     def slot_info(self) -> list[dict]:
         out = []

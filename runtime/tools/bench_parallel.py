@@ -22,7 +22,7 @@ def bench_parallel(model, backend: str, levels: list[int], n_prompt: int, n_gen:
         rng = np.random.default_rng(0)
         prompts = [rng.integers(0, eng.config.n_vocab, n_prompt).astype(np.int32) for _ in range(most)]
         res = {"model": str(model), "backend": backend, "device": eng.backend.device_name,
-               "batched": True, "prompt_tokens": n_prompt, "gen_tokens": n_gen, "levels": []}
+               "prompt_tokens": n_prompt, "gen_tokens": n_gen, "levels": []}
         if echo:
             echo(f"{model}: {backend} on {eng.backend.device_name}; "
                  "one batched pass per step")

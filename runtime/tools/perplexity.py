@@ -94,11 +94,11 @@ def _kl_row_terms(base: dict, i: int, logp: np.ndarray, target: int) -> tuple[fl
 
 def perplexity(forward: Callable[[np.ndarray], np.ndarray], tokens: list[int], ctx: int, bos: int,
                chunks: Optional[int] = None, kl_base: Optional[dict] = None, save_base: bool = False,
-               progress: Optional[Callable[[int, float], None]] = None) -> tuple[PerplexityResult, Optional[dict]]:
+               progress: Optional[Callable[[int, int, float], None]] = None) -> tuple[PerplexityResult, Optional[dict]]:
     """forward(chunk) -> logits [ctx, n_vocab] of one chunk run from an empty cache.
 
     Returns the result and, with save_base, the KL base of this run (see the module doc).
-    progress(chunk index, running PPL) is called after each chunk."""
+    progress(chunks done, chunks in all, running PPL) is called after each chunk."""
     runs = chunk_tokens(tokens, ctx, chunks, bos)
     first = ctx // 2
     per_chunk = ctx - first - 1
@@ -135,7 +135,7 @@ def perplexity(forward: Callable[[np.ndarray], np.ndarray], tokens: list[int], c
             saved["target_logp"].append(lp_t.astype(np.float64))
             saved["argmax"].append(np.argmax(logp, axis=1).astype(np.int32))
         if progress is not None:
-            progress(c, running[-1])
+            progress(c + 1, len(runs), running[-1])
     mean = nll / count
     var = nll2 / count - mean * mean
     ppl = math.exp(mean)

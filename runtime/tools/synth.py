@@ -30,7 +30,6 @@ from ..model.shapes import DENSE_12B, Shape
 QT = GGMLQuantizationType
 ARCH = "gemma4"
 
-CONTEXT_LENGTH = 131072            # what every synthetic file declares (the 12B's trained length)
 ROPE_BASE, ROPE_BASE_SWA = 1e6, 1e4
 ROPE_PARTIAL = 0.25                # proportional RoPE: this fraction of the pairs rotate
 CHUNK_BYTES = 64 << 20             # rows generated and written at a time
@@ -189,7 +188,7 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
                     GGUFValueType.STRING)
     w.add_key_value("general.size_label", shape.label, GGUFValueType.STRING)
     w.add_uint32(f"{ARCH}.block_count", n_layers)
-    w.add_uint32(f"{ARCH}.context_length", CONTEXT_LENGTH)
+    w.add_uint32(f"{ARCH}.context_length", DENSE_12B.context_length)   # every synthetic file: the 12B's
     w.add_uint32(f"{ARCH}.embedding_length", shape.hidden)
     w.add_uint32(f"{ARCH}.feed_forward_length", shape.ffn)
     w.add_uint32(f"{ARCH}.attention.head_count", shape.n_head)

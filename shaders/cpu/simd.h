@@ -32,6 +32,9 @@ G4_AI vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 G4_AI vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
 G4_AI vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 G4_AI vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+G4_AI vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+G4_AI vf vfnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }      /* c - a*b, one rounding */
+G4_AI vf vround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 G4_AI float vsum(vf v) { return _mm512_reduce_add_ps(v); }
 G4_AI float vhmax(vf v) { return _mm512_reduce_max_ps(v); }
 
@@ -55,6 +58,9 @@ G4_AI vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 G4_AI vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
 G4_AI vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 G4_AI vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+G4_AI vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+G4_AI vf vfnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+G4_AI vf vround(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 G4_AI float vsum(vf v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -82,31 +82,31 @@ class _Lowering:
 
 
 # ---- one function per op kind: fill the command (out, rows, cols and in_cols are set) ----------
-def _embed(lw: _Lowering, c, op: ops.EmbedLookup) -> None:
+def lower_embed(lw: _Lowering, c, op: ops.EmbedLookup) -> None:
     lw.weight(c, op.table)
     c.op, c.scale = N.OP_EMBED, op.scale
 
 
-def _matmul(lw: _Lowering, c, op: ops.MatMul) -> None:
+def lower_matmul(lw: _Lowering, c, op: ops.MatMul) -> None:
     if op.x == op.out:
         raise G4rtError(f"CPU backend: matmul {op.weight} writes its own input")
     spec = lw.weight(c, op.weight)
     c.op, c.in_cols, c.a = N.OP_MATMUL, spec.cols, _ptr(lw.buf(op.x))
 
 
-def _rms_norm(lw: _Lowering, c, op: ops.RmsNorm) -> None:
+def lower_rmsnorm(lw: _Lowering, c, op: ops.RmsNorm) -> None:
     c.op, c.eps, c.group, c.a = N.OP_RMSNORM, op.eps, op.group, _ptr(lw.buf(op.x))
     if op.weight:
         c.w = lw.small_vector(op.weight)
 
 
-def _rope(lw: _Lowering, c, op: ops.Rope) -> None:
+def lower_rope(lw: _Lowering, c, op: ops.Rope) -> None:
     freqs = op.inverse_frequencies(lw.vector(op.freq_factors) if op.freq_factors else None)
     lw.keep.append(freqs)
     c.op, c.group, c.n_rot, c.a, c.freqs = N.OP_ROPE, op.head_dim, op.n_rot, _ptr(lw.buf(op.x)), _ptr(freqs)
 
 
-def _attention(lw: _Lowering, c, op: ops.Attention) -> None:
+def lower_attention(lw: _Lowering, c, op: ops.Attention) -> None:
     c.op, c.group, c.n_head, c.n_kv_head = N.OP_ATTENTION, op.head_dim, op.n_head, op.n_kv_head
     c.window, c.scale, c.cache_f16 = op.window, op.scale, int(lw.cache_f16)
     c.cache_rows = lw.graph.caches[op.cache_k].rows      # per slot
@@ -114,7 +114,7 @@ def _attention(lw: _Lowering, c, op: ops.Attention) -> None:
     c.cache_k, c.cache_v = _ptr(lw.caches[op.cache_k]), _ptr(lw.caches[op.cache_v])
 
 
-def _kv_store(lw: _Lowering, c, op: ops.KvStore) -> None:
+def lower_kv_store(lw: _Lowering, c, op: ops.KvStore) -> None:
     k = lw.buf(op.k)
     c.op, c.rows, c.cols, c.in_cols = N.OP_KV_STORE, k.shape[0], k.shape[1], k.shape[1]
     c.cache_rows, c.cache_f16 = lw.graph.caches[op.cache_k].rows, int(lw.cache_f16)
@@ -122,48 +122,48 @@ def _kv_store(lw: _Lowering, c, op: ops.KvStore) -> None:
     c.cache_k, c.cache_v = _ptr(lw.caches[op.cache_k]), _ptr(lw.caches[op.cache_v])
 
 
-def _gelu_mul(lw: _Lowering, c, op: ops.GeluMul) -> None:
+def lower_gelu_mul(lw: _Lowering, c, op: ops.GeluMul) -> None:
     c.op, c.a, c.b = N.OP_GELU_MUL, _ptr(lw.buf(op.gate)), _ptr(lw.buf(op.up))
 
 
-def _gelu(lw: _Lowering, c, op: ops.Gelu) -> None:
+def lower_gelu(lw: _Lowering, c, op: ops.Gelu) -> None:
     c.op, c.a = N.OP_GELU, _ptr(lw.buf(op.x))
 
 
-def _add(lw: _Lowering, c, op: ops.Add) -> None:
+def lower_add(lw: _Lowering, c, op: ops.Add) -> None:
     c.op, c.a, c.b = N.OP_ADD, _ptr(lw.buf(op.a)), _ptr(lw.buf(op.b))
 
 
-def _mul(lw: _Lowering, c, op: ops.Mul) -> None:
+def lower_mul(lw: _Lowering, c, op: ops.Mul) -> None:
     c.op, c.a, c.b = N.OP_MUL, _ptr(lw.buf(op.a)), _ptr(lw.buf(op.b))
 
 
-def _scale(lw: _Lowering, c, op: ops.Scale) -> None:
+def lower_scale(lw: _Lowering, c, op: ops.Scale) -> None:
     s = np.float32(op.scale)
     if op.by:
         s = np.float32(s * lw.vector(op.by).reshape(-1)[0])
     c.op, c.scale, c.a = N.OP_SCALE, float(s), _ptr(lw.buf(op.x))
 
 
-def _softcap(lw: _Lowering, c, op: ops.Softcap) -> None:
+def lower_softcap(lw: _Lowering, c, op: ops.Softcap) -> None:
     c.op, c.cap, c.a = N.OP_SOFTCAP, op.cap, _ptr(lw.buf(op.x))
 
 
-def _slice(lw: _Lowering, c, op: ops.Slice) -> None:
+def lower_slice(lw: _Lowering, c, op: ops.Slice) -> None:
     src = lw.buf(op.x)
     if op.row0 + c.rows > src.shape[0] or op.col0 + c.cols > src.shape[1]:
         raise G4rtError(f"CPU backend: slice of {op.x} out of range")
     c.op, c.row0, c.col0, c.in_cols, c.a = N.OP_SLICE, op.row0, op.col0, src.shape[1], _ptr(src)
 
 
-def _moe_route(lw: _Lowering, c, op: ops.MoeRoute) -> None:
+def lower_moe_route(lw: _Lowering, c, op: ops.MoeRoute) -> None:
     lg = lw.buf(op.logits)
     c.op, c.group, c.in_cols, c.a = N.OP_MOE_ROUTE, op.k, lg.shape[1], _ptr(lg)
     if op.expert_scale:
         c.w = lw.small_vector(op.expert_scale)
 
 
-def _moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
+def lower_moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
     spec = lw.graph.weights[op.weight]
     x, route = lw.buf(op.x), lw.buf(op.route)
     k = route.shape[1] // 2
@@ -175,17 +175,12 @@ def _moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
     c.a, c.b = _ptr(x), _ptr(route)
 
 
-def _moe_sum(lw: _Lowering, c, op: ops.MoeSum) -> None:
+def lower_moe_sum(lw: _Lowering, c, op: ops.MoeSum) -> None:
     route = lw.buf(op.route)
     c.op, c.group, c.a, c.b = N.OP_MOE_SUM, route.shape[1] // 2, _ptr(lw.buf(op.y)), _ptr(route)
 
 
-LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = {
-    ops.EmbedLookup: _embed, ops.MatMul: _matmul, ops.RmsNorm: _rms_norm, ops.Rope: _rope,
-    ops.Attention: _attention, ops.KvStore: _kv_store, ops.GeluMul: _gelu_mul, ops.Gelu: _gelu,
-    ops.Add: _add, ops.Mul: _mul, ops.Scale: _scale, ops.Softcap: _softcap, ops.Slice: _slice,
-    ops.MoeRoute: _moe_route, ops.MoeMatMul: _moe_matmul, ops.MoeSum: _moe_sum,
-}
+LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = ops.table_by_kind(globals(), "lower_")
 
 
 def lower(graph: ops.Graph, weight_raw: Callable[[str], np.ndarray], vector: Callable[[str], np.ndarray],

@@ -40,7 +40,7 @@ def rms_norm(x: np.ndarray, weight: Optional[np.ndarray], eps: float, group: int
 
 def rope_angles(positions: np.ndarray, n_rot: int, base: float, freq_factors: Optional[np.ndarray]) -> np.ndarray:
     """[rows, n_rot/2] angles: each row's position times the pair frequencies of ops.Rope."""
-    inv = ops.Rope("", "", n_rot, n_rot, base, None).inverse_frequencies(freq_factors)
+    inv = ops.inverse_frequencies(base, n_rot, freq_factors)
     return positions.astype(np.float64)[:, None] * inv[None, :]
 
 
@@ -238,24 +238,24 @@ class _Call:
 
 
 # ---- one function per op kind: the op's result (None: it wrote caches) -------------------------
-def _embed(c: _Call, op: ops.EmbedLookup):
+def apply_embed(c: _Call, op: ops.EmbedLookup):
     return c.backend.embedding_rows(op.table, c.tokens) * np.float32(op.scale)
 
 
-def _matmul(c: _Call, op: ops.MatMul):
+def apply_matmul(c: _Call, op: ops.MatMul):
     x, w = c.get(op.x), c.backend.weight(op.weight)
     return matmul_rows_exact(x, w) if c.n <= ops.ROW_EXACT_MAX else x @ w.T
 
 
-def _rms_norm(c: _Call, op: ops.RmsNorm):
+def apply_rmsnorm(c: _Call, op: ops.RmsNorm):
     return rms_norm(c.get(op.x), c.backend.vector(op.weight), op.eps, op.group)
 
 
-def _rope(c: _Call, op: ops.Rope):
+def apply_rope(c: _Call, op: ops.Rope):
     return rope(c.get(op.x), c.positions, op.head_dim, op.n_rot, op.base, c.backend.vector(op.freq_factors))
 
 
-def _attention(c: _Call, op: ops.Attention):
+def apply_attention(c: _Call, op: ops.Attention):
     parts = []
     for s in c.segs:      # each sequence sees only its own rows and cache slot
         rows = slice(s.row0, s.row0 + s.rows)
@@ -268,7 +268,7 @@ def _attention(c: _Call, op: ops.Attention):
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
-def _kv_store(c: _Call, op: ops.KvStore):
+def apply_kv_store(c: _Call, op: ops.KvStore):
     for s in c.segs:
         ck, cv = c.slot_view(op.cache_k, s), c.slot_view(op.cache_v, s)
         ring = ck.shape[0]
@@ -279,56 +279,51 @@ def _kv_store(c: _Call, op: ops.KvStore):
     return None
 
 
-def _gelu_mul(c: _Call, op: ops.GeluMul):
+def apply_gelu_mul(c: _Call, op: ops.GeluMul):
     return gelu_tanh(c.get(op.gate)) * c.get(op.up)
 
 
-def _gelu(c: _Call, op: ops.Gelu):
+def apply_gelu(c: _Call, op: ops.Gelu):
     return gelu_tanh(c.get(op.x))
 
 
-def _add(c: _Call, op: ops.Add):
+def apply_add(c: _Call, op: ops.Add):
     return c.get(op.a) + c.get(op.b)
 
 
-def _mul(c: _Call, op: ops.Mul):
+def apply_mul(c: _Call, op: ops.Mul):
     return c.get(op.a) * c.get(op.b)
 
 
-def _scale(c: _Call, op: ops.Scale):
+def apply_scale(c: _Call, op: ops.Scale):
     res = c.get(op.x) * np.float32(op.scale)
     if op.by:
         res = res * c.backend.vector(op.by)[0]
     return res
 
 
-def _softcap(c: _Call, op: ops.Softcap):
+def apply_softcap(c: _Call, op: ops.Softcap):
     return np.float32(op.cap) * np.tanh(c.get(op.x) / np.float32(op.cap))
 
 
-def _slice(c: _Call, op: ops.Slice):
+def apply_slice(c: _Call, op: ops.Slice):
     shape = c.graph.buffers[op.out]
     return c.get(op.x)[op.row0:op.row0 + shape.rows, op.col0:op.col0 + shape.cols].copy()
 
 
-def _moe_route(c: _Call, op: ops.MoeRoute):
+def apply_moe_route(c: _Call, op: ops.MoeRoute):
     return moe_route(c.get(op.logits), op.k, c.backend.vector(op.expert_scale))
 
 
-def _moe_matmul(c: _Call, op: ops.MoeMatMul):
+def apply_moe_matmul(c: _Call, op: ops.MoeMatMul):
     return moe_matmul(c.get(op.x), c.get(op.route), c.backend.weight(op.weight), op.n_expert)
 
 
-def _moe_sum(c: _Call, op: ops.MoeSum):
+def apply_moe_sum(c: _Call, op: ops.MoeSum):
     return moe_sum(c.get(op.y), c.get(op.route))
 
 
-OP_FUNCTIONS: dict[type, Callable[[_Call, ops.Op], Optional[np.ndarray]]] = {
-    ops.EmbedLookup: _embed, ops.MatMul: _matmul, ops.RmsNorm: _rms_norm, ops.Rope: _rope,
-    ops.Attention: _attention, ops.KvStore: _kv_store, ops.GeluMul: _gelu_mul, ops.Gelu: _gelu,
-    ops.Add: _add, ops.Mul: _mul, ops.Scale: _scale, ops.Softcap: _softcap, ops.Slice: _slice,
-    ops.MoeRoute: _moe_route, ops.MoeMatMul: _moe_matmul, ops.MoeSum: _moe_sum,
-}
+OP_FUNCTIONS: dict[type, Callable[[_Call, ops.Op], Optional[np.ndarray]]] = ops.table_by_kind(globals(), "apply_")
 
 
 class NumpyGraph(CompiledGraph):

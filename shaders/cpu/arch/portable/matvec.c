@@ -15,38 +15,30 @@ static inline void k4_unpack(const uint8_t *scales, uint32_t u[4]) {
     u[0] &= km1;
 }
 
-static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
-    const float *w = (const float *)(const void *)w8;
+/* F32 / F16 / BF16 rows: one loop (8 partial sums, then the tail), the element read picked by
+ * `kind` (a constant at each call site, so each is compiled with its own read inlined). */
+enum { ROW_F32, ROW_F16, ROW_BF16 };
+
+static inline __attribute__((always_inline)) float row_value(const uint8_t *w8, int64_t i, int kind) {
+    if (kind == ROW_F32) return ((const float *)(const void *)w8)[i];
+    const uint16_t h = ((const uint16_t *)(const void *)w8)[i];
+    return kind == ROW_F16 ? g4_h2f(h) : g4_bf2f(h);
+}
+
+static inline __attribute__((always_inline)) float dot_float_row(const uint8_t *w8, const float *x, int64_t K,
+                                                                  int kind) {
     float a[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= K; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += w[i + j] * x[i + j];
+        for (int j = 0; j < 8; j++) a[j] += row_value(w8, i + j, kind) * x[i + j];
     float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < K; i++) r += w[i] * x[i];
+    for (; i < K; i++) r += row_value(w8, i, kind) * x[i];
     return r;
 }
 
-static float dot_f16(const uint8_t *w8, const float *x, int64_t K) {
-    const uint16_t *w = (const uint16_t *)(const void *)w8;
-    float a[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= K; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += g4_h2f(w[i + j]) * x[i + j];
-    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < K; i++) r += g4_h2f(w[i]) * x[i];
-    return r;
-}
-
-static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) {
-    const uint16_t *w = (const uint16_t *)(const void *)w8;
-    float a[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= K; i += 8)
-        for (int j = 0; j < 8; j++) a[j] += g4_bf2f(w[i + j]) * x[i + j];
-    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    for (; i < K; i++) r += g4_bf2f(w[i]) * x[i];
-    return r;
-}
+static float dot_f32(const uint8_t *w8, const float *x, int64_t K) { return dot_float_row(w8, x, K, ROW_F32); }
+static float dot_f16(const uint8_t *w8, const float *x, int64_t K) { return dot_float_row(w8, x, K, ROW_F16); }
+static float dot_bf16(const uint8_t *w8, const float *x, int64_t K) { return dot_float_row(w8, x, K, ROW_BF16); }
 
 /* sum over a 32-value 4-bit block of nibble * x (codes 0..15). */
 static inline float nib_dot(const uint8_t *q, const float *xb) {
