@@ -100,6 +100,10 @@ class BackendUnavailableError(G4rtError):
     """The requested backend cannot run on this machine (no driver, no device, library missing)."""
 
 
+class PrecisionUnavailableError(G4rtError):
+    """The backend does not offer the requested activation precision (--precision)."""
+
+
 class ContextOverflowError(G4rtError):
     """A prompt or generation does not fit the context window."""
 

@@ -82,6 +82,15 @@ class Model:
         return self.engine.backend.device_name
 
     @property
+    def precision(self) -> str:
+        """The --precision asked for (auto, exact, q8)."""
+        return self.engine.backend.precision
+
+    def precision_summary(self) -> str:
+        """What the matmuls run with, per weight type (e.g. "q8 (Q4_0), exact (F32)")."""
+        return self.engine.backend.precision_summary()
+
+    @property
     def chat_template(self):
         if self._template is None:
             self._template = load_chat_template(self.engine.file, self.tokenizer)
@@ -290,7 +299,8 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          threads: Optional[int] = None, slots: int = 1, ring_slack: int = 0, cpu_moe: bool = False,
          n_cpu_moe: Optional[int] = None, draft=None, spec: Optional[str] = None,
          draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: Optional[str] = None,
-         draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N, **backend_options) -> Model:
+         draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N, precision: str = "auto",
+         **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
@@ -301,7 +311,9 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     ring_slack: KV caches for several sequences and longer sliding rings (the server's; see Engine).
     draft / spec="ngram": speculative decoding with a draft model (same vocabulary; on
     `draft_backend`, default the target's backend) or prompt lookup; draft_max proposals per
-    verification, at least draft_min (see speculative.py)."""
+    verification, at least draft_min (see speculative.py). precision: the activation precision,
+    "auto" (the fastest path that passes the quality gates here), "exact" (float32 activations)
+    or "q8" (int8 blocks of 32, as llama.cpp); the draft model gets the same."""
     if path is None:
         from .model.bundled import default_model_path
         path = default_model_path()
@@ -319,7 +331,7 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         moe_layers = expert_layers_on_host(load_config(GGUFFile(path)), backend, cpu_moe, n_cpu_moe)
     if gpu_layers is not None or moe_layers:
         hybrid = create_backend(backend, threads=threads, gpu_layers=gpu_layers, cpu_moe_layers=moe_layers,
-                                **backend_options)
+                                precision=precision, **backend_options)
         if gpu_layers is not None:
             reason += f"; first {gpu_layers} layers on {backend}, the rest on the CPU"
         if moe_layers:
@@ -330,14 +342,14 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         if threads is not None and not backend_info(backend).takes_threads:
             raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
         engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack,
-                        threads=threads, **backend_options)
+                        threads=threads, precision=precision, **backend_options)
     speculator = None
     if speculating:
         try:
             speculator = create_speculator(engine, load_tokenizer(engine.file), draft=draft, spec=spec,
                                            draft_max=draft_max, draft_min=draft_min,
                                            draft_backend=draft_backend or backend, draft_p_min=draft_p_min,
-                                           ngram_n=ngram_n, threads=threads)
+                                           ngram_n=ngram_n, threads=threads, precision=precision)
         except BaseException:
             engine.close()
             raise

@@ -279,8 +279,9 @@ def check_draft_fits(f, ctx: int, backend: str, slots: int = 1, ring_slack: int 
 def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str | None = None,
                       draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: str = "cpu",
                       draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N,
-                      threads: int | None = None) -> Speculator:
-    """A Speculator for `target` from `--draft PATH` or `--spec ngram` (one of them)."""
+                      threads: int | None = None, precision: str = "auto") -> Speculator:
+    """A Speculator for `target` from `--draft PATH` or `--spec ngram` (one of them); a draft
+    model runs with the target's --precision (a choice its backend lacks is an error)."""
     if (draft is None) == (spec is None):
         raise SpeculativeError("give a draft model (--draft) or --spec ngram, not both")
     if spec is not None and spec != "ngram":
@@ -293,7 +294,7 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
     check_same_vocabulary(target_tokenizer, load_tokenizer(f))
     check_draft_fits(f, target.ctx, draft_backend, target.slots, draft_max)
     eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max,
-                 threads=threads or None)
+                 threads=threads or None, precision=precision)
     try:
         return Speculator(target, ModelDrafter(eng, draft_p_min), draft_max, draft_min)
     except BaseException:

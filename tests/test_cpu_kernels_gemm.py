@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType as T, quants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM = ROOT / "tests" / "cpu_shim" / "gemm_shim.c"
-REAL_PARTS = ("dispatch.c", "pool.c", "quant.c", "f16_table.c")   # + gemm.c; dispatch.c links ops.c weakly
+REAL_PARTS = ("dispatch.c", "pool.c", "quant.c", "f16_table.c", "repack.c")   # + gemm.c; dispatch.c links ops.c weakly
 REAL_ARCH_PARTS = ("matvec.c",)                                   # + arch/<isa>/gemm.c
 
 from cpu_build import G4Cmd, G4Exec, ISA_CPU_FLAGS, ISA_FLAGS, SRC as CPU, arch_file, host_flags  # noqa: E402

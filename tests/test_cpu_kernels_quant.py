@@ -46,6 +46,7 @@ def lib(request, tmp_path_factory):
         out = tmp_path_factory.mktemp(f"g4cpu_{isa}") / f"g4quant_{isa}.so"
         cmd = [cc, "-O2", "-fPIC", "-shared", "-std=c11", "-Wall", "-Wextra", "-Werror",
                *ISA_FLAGS[isa], f"-I{SRC}", str(SRC / "quant.c"), str(SRC / "f16_table.c"),
+               *[str(p) for p in (SRC / "repack.c",) if p.is_file()],   # the q8 path's repack helpers
                str(arch_file(isa, "matvec.c")), str(SHIM),
                "-o", str(out)]
         r = subprocess.run(cmd, capture_output=True, text=True)

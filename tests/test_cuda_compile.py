@@ -406,7 +406,7 @@ def test_emulated_hybrid_gpu_front_cpu_back(back):
     path = FIXTURES / "models" / "g4-edge-Q4_0-pure.gguf"
     ids = np.load(FIXTURES / "ref" / "g4-edge-Q4_0-pure.exact.npz")["ids_0"][:20]
     ref = Engine(path, backend="numpy", ctx=64)
-    hb = HybridBackend(emulated("f32"), create_backend(back, kv_dtype="f32"), layers_split(4))
+    hb = HybridBackend(emulated("f32"), create_backend(back, kv_dtype="f32", precision="exact"), layers_split(4))
     e = Engine(path, backend=hb, ctx=64)
     np.testing.assert_allclose(e.forward(ids, all_logits=True), ref.forward(ids, all_logits=True),
                                rtol=0, atol=2e-4)

@@ -123,7 +123,7 @@ def test_native_moe_ops(isa, qtype, n, k, n_exp):
     c = _moe_case(n, k, n_exp, qtype, K, 40, per_selection=n in (7, 20))
     for out in ("route", "y", "s"):
         for threads in (1, 3):
-            _check_moe_output(out, k, *run_both(c, out, CpuBackend(threads=threads, isa=isa)))
+            _check_moe_output(out, k, *run_both(c, out, CpuBackend(threads=threads, isa=isa, precision="exact")))
 
 
 @pytest.mark.skipif(not CC, reason="no C compiler: the native CPU backend cannot be built")
@@ -138,11 +138,11 @@ def test_native_routing_ties_same_expert_and_every_expert():
     for e in range(n_exp):                           # and every expert first somewhere
         logits[10 + e, e] = 20.0
     c = _moe_case(n, k, n_exp, QT.Q4_0, 96, 32, logits=logits)
-    a, b = run_both(c, "route", CpuBackend(threads=2, isa=ISAS[0]))
+    a, b = run_both(c, "route", CpuBackend(threads=2, isa=ISAS[0], precision="exact"))
     assert np.array_equal(a[:, k:], b[:, k:])
     assert list(b[0, k:]) == [0, 1] and list(b[1, k:]) == [3, 5]
     assert set(b[10:18, k].astype(int)) == set(range(n_exp))
-    a, b = run_both(c, "s", CpuBackend(threads=2, isa=ISAS[0]))
+    a, b = run_both(c, "s", CpuBackend(threads=2, isa=ISAS[0], precision="exact"))
     assert rel_err(b, a) < 2e-5
 
 
@@ -216,13 +216,18 @@ def _bar(name):
 
 
 @NEED_MOE
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + (["cpu-i16"] if CC else []))
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_meets_its_bar(name, backend):
     from g4rt.tools import parity as P
     from g4rt.engine import Engine
     ref = np.load(MOE / "ref" / f"{name}.exact.npz")
-    e = Engine(MOE / "models" / f"{name}.gguf", backend=backend, ctx=256)
+    if backend.startswith("cpu"):
+        from g4rt.backends.cpu import CpuBackend
+        be = CpuBackend(precision="i16" if backend == "cpu-i16" else "exact")
+    else:
+        be = backend
+    e = Engine(MOE / "models" / f"{name}.gguf", backend=be, ctx=256)
     if backend == "vulkan" and name != "g4-moe-Q4_K_M":
         e.close()
         pytest.skip("lavapipe is slow: one MoE fixture on Vulkan in CI (scripts/parity_report.py runs all)")
@@ -234,6 +239,11 @@ def test_fixture_meets_its_bar(name, backend):
     w = P.worst(rows)
     bar = _bar(name)
     assert w["top1"] >= bar["min_top1"] and w["max_dlogit"] <= bar["max_dlogit"], w
+    if backend == "cpu-i16":
+        # int16-precision activations: the router flips a near-tied expert at a few positions
+        # (large |dlogit| there, as llama.cpp's flips), the top-1 stays near-exact
+        assert w["top1"] >= 0.97, w
+        return
     # activations stay float: far inside the bar (llama.cpp's own flips set the bar's width)
     assert w["top1"] >= 0.99 and w["max_dlogit"] <= 0.05, w
 
@@ -248,7 +258,9 @@ def test_decode_through_the_cache_equals_prefill(backend, kv_dtype):
     if backend == "numpy":
         from g4rt.backends.numpy_ref import NumpyBackend as make
     elif backend == "cpu":
-        from g4rt.backends.cpu import CpuBackend as make
+        from functools import partial
+        from g4rt.backends.cpu import CpuBackend
+        make = partial(CpuBackend, precision="exact")       # the integer paths: bit-exact (test_row_exact)
     else:
         from g4rt.backends.vulkan import VulkanBackend as make
     ids = np.load(MOE / "ref" / "g4-moe-Q4_K_M.exact.npz")["ids_3"][:60]

@@ -119,8 +119,9 @@ def _front(name, kv_dtype="f16"):
 def _hybrid(front, front_layers, moe_layers, kv_dtype="f16"):
     from g4rt.backends.cpu import CpuBackend
     from g4rt.backends.hybrid import HybridBackend, layers_split
-    return HybridBackend(_front(front, kv_dtype), CpuBackend(kv_dtype=kv_dtype), layers_split(front_layers),
-                         back_expert_layers=moe_layers)
+    # exact CPU half: these tests are about where layers run, against exact single backends
+    return HybridBackend(_front(front, kv_dtype), CpuBackend(kv_dtype=kv_dtype, precision="exact"),
+                         layers_split(front_layers), back_expert_layers=moe_layers)
 
 
 @NEED_MOE

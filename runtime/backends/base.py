@@ -8,7 +8,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import G4rtError
+from ..errors import G4rtError, PrecisionUnavailableError
 from ..ops import Graph, KvCache, Segment, WeightSpec
 
 #: Called after each op with (op index, op, output array copy) — the conformance tool's probe.
@@ -19,6 +19,15 @@ class WeightSource(Protocol):
     """Where weights come from: raw GGUF bytes, uint8 [rows, row_bytes], memory-mapped."""
 
     def weight_bytes(self, name: str) -> np.ndarray: ...
+
+
+def checked_precision(backend: str, precision: str, choices: tuple[str, ...]) -> str:
+    """`precision` when it is one of the backend's `choices`, else an error naming them (each
+    backend checks its own, so that one made directly, not through the registry, refuses too)."""
+    if precision not in choices:
+        raise PrecisionUnavailableError(f"--precision {precision} is not available on the {backend} backend "
+                                        f"(choices: {', '.join(choices)})")
+    return precision
 
 
 class CompiledGraph(ABC):
@@ -44,10 +53,17 @@ class Backend(ABC):
     name: str = "?"
     #: The KV cache precision ("f16" or "f32"; backends/registry.py lists each backend's choices).
     kv_dtype: str = "f32"
+    #: The activation precision asked for ("auto", "exact", "q8"; the registry lists each
+    #: backend's choices); precision_summary() says what the loaded weights actually run with.
+    precision: str = "exact"
 
     @property
     def device_name(self) -> str:
         return self.name
+
+    def precision_summary(self) -> str:
+        """What the matmuls of the loaded weights run with, e.g. "q8 (Q4_0, Q6_K), exact (F32)"."""
+        return "exact"
 
     @abstractmethod
     def load_weights(self, specs: dict[str, WeightSpec], source: WeightSource,

@@ -50,10 +50,13 @@ class HybridBackend(Backend):
     name = "hybrid"
 
     def __init__(self, front: Backend, back: Backend, split: Union[int, Callable[[ops.Graph], int]],
-                 check_memory: bool = True, batch: int = 512, back_expert_layers: int = 0):
+                 check_memory: bool = True, batch: int = 512, back_expert_layers: int = 0,
+                 precision: str = "auto"):
         """back_expert_layers: the expert ops of layers below this run on `back` too, between
-        front segments (--cpu-moe / --n-cpu-moe); needs a layer-count split rule."""
+        front segments (--cpu-moe / --n-cpu-moe); needs a layer-count split rule. precision: the
+        --precision request (each half was made with what it runs of it; registry.hybrid_precision)."""
         self.front, self.back = front, back
+        self.precision = precision
         self.split_rule = split
         self.back_expert_layers = int(back_expert_layers)
         if self.back_expert_layers and not isinstance(split, LayerSplit):
@@ -77,6 +80,21 @@ class HybridBackend(Backend):
     def kv_dtype(self) -> str:
         """The front's (memory plans are for the device's caches)."""
         return self.front.kv_dtype
+
+    def precision_summary(self) -> str:
+        """Each half's, e.g. "cuda: exact; cpu: q8 (Q4_0)"; "(no q8 path)" marks a half that runs
+        exact under a q8 request. A half holds its weights only from the first compile on: before
+        that it names its mode alone, after it a half that got no weights is left out."""
+        loaded = [side for side in ("front", "back") if self._loaded[side]]
+        parts = []
+        for side, be in (("front", self.front), ("back", self.back)):
+            if loaded and side not in loaded:
+                continue
+            text = be.precision_summary()
+            if self.precision == "q8" and be.precision == "exact":
+                text += " (no q8 path)"
+            parts.append(f"{be.name}: {text}")
+        return "; ".join(parts)
 
     def load_weights(self, specs, source, progress=None) -> None:
         self.specs, self.source, self.progress = dict(specs), source, progress

@@ -11,7 +11,8 @@ import click
 
 from ..errors import G4rtError
 from ..speculative import MAX_DRAFT
-from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculation, speculative_options, takes_threads
+from .options import (KV_DTYPE_CHOICE, PRECISION_OPTION, placement_options, runs_on_cpu, speculation,
+                      speculative_options, takes_threads)
 
 
 @click.command("bench")
@@ -30,8 +31,9 @@ from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculatio
 @click.option("--kv-dtype", type=KV_DTYPE_CHOICE, default=None)
 @click.option("--threads", "-t", type=click.IntRange(1), default=None,
               help="CPU threads (native CPU backend; default: the physical cores); llama-bench gets the same")
+@PRECISION_OPTION
 @click.option("--int8", "int8", is_flag=True,
-              help="CUDA: decode matvecs with 8-bit activations and dp4a (as llama.cpp; not exact)")
+              help="CUDA: the same as --precision q8 (decode matvecs with 8-bit activations and dp4a)")
 @placement_options
 @speculative_options
 @click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
@@ -43,17 +45,20 @@ from .options import KV_DTYPE_CHOICE, placement_options, runs_on_cpu, speculatio
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-          threads, int8, llama_bench, text, verify_cost, parallel, **place):
+          threads, precision, int8, llama_bench, text, verify_cost, parallel, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from ..tools.bench import bench_model, bench_ops, is_hybrid
     from ..tools.llama_compare import find_llama_bench, run_llama_bench, summary_lines
     opts = {}
     if kv_dtype:
         opts["kv_dtype"] = kv_dtype
-    if int8:
+    if int8:        # kept for scripts written before --precision
         if backend != "cuda":
             raise click.UsageError("--int8 is a CUDA option (--backend cuda)")
-        opts["int8_matvec"] = True
+        if precision == "exact":
+            raise click.UsageError("--int8 is --precision q8: it contradicts --precision exact")
+        precision = "q8"
+    opts["precision"] = precision
     if threads is not None:
         if not takes_threads(backend):
             raise click.UsageError("--threads is a native CPU backend option (--backend cpu)")
@@ -84,11 +89,12 @@ def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps,
             from ..tools.bench_speculative import bench_speculative, verify_costs
             if model is None:
                 raise click.UsageError("MODEL is required")
-            res = {"model": str(model), "backend": backend}
+            res = {"model": str(model), "backend": backend, "precision": precision}
             if verify_cost:
                 res["verify_cost"] = verify_costs(model, backend, verify_cost, opts, reps=max(reps, 5), echo=echo)
             if speculating:
                 res["speculative"] = bench_speculative(model, backend, n_gen, opts, spec, text, echo=echo)
+            res["precision_summary"] = res.get("speculative", res.get("verify_cost"))["precision_summary"]
         else:
             if model is None:
                 raise click.UsageError("MODEL is required (or pass --ops)")

@@ -12,8 +12,8 @@ import click
 import numpy as np
 
 from ..errors import G4rtError, ParityError
-from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, THREADS_OPTION, runs_on_cpu, takes_threads,
-                      threads_backend_option)
+from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION, THREADS_OPTION, runs_on_cpu,
+                      takes_threads, threads_backend_option)
 
 
 @click.command()
@@ -27,7 +27,8 @@ from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, THREADS_OPTION, runs_on_c
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write g4rt's outputs here (.npz).")
 @click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
 @THREADS_OPTION
-def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
+@PRECISION_OPTION
+def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, precision):
     """Replay a reference teacher-forced, decode greedily, and compare.
 
     Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
@@ -37,7 +38,7 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
     if (ref_path is None) == (prompts_path is None):
         raise click.UsageError("give --ref REF.npz or --prompts FILE.json")
     if prompts_path is not None:
-        _parity_prompts(model, prompts_path, backend, out_path, ctx, threads)
+        _parity_prompts(model, prompts_path, backend, out_path, ctx, threads, precision)
         return
     ref = np.load(ref_path)
     longest, i = 0, 0
@@ -46,12 +47,14 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
         i += 1
     if i == 0:
         raise G4rtError(f"{ref_path}: no ids_0 — not a reference file")
-    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64), **threads_backend_option(backend, threads))
+    engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64), precision=precision,
+                    **threads_backend_option(backend, threads))
     out = parity_tool.run_reference(engine, ref)
     if out_path:
         np.savez(out_path, **out)
     rows = parity_tool.compare(ref, out)
-    click.echo(f"{Path(model).name} on {backend} ({engine.backend.device_name}) vs {Path(ref_path).name}")
+    click.echo(f"{Path(model).name} on {backend} ({engine.backend.device_name}, precision "
+               f"{engine.backend.precision_summary()}) vs {Path(ref_path).name}")
     for r in rows:
         click.echo(f"prompt {r['prompt']}: n={r['positions']} top1 {r['top1']:.3f} "
                    f"max|dlogit| {r['max_dlogit']:.5f} greedy {r['greedy']}/{r['greedy_of']}")
@@ -67,7 +70,7 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads):
                           f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
 
 
-def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
+def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None, precision="auto"):
     """Tokenize prompt strings and write this backend's own reference-format outputs."""
     from ..tools import parity as parity_tool
     from ..engine import Engine
@@ -78,8 +81,9 @@ def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
     prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise G4rtError(f"{prompts_path}: expected a JSON list of strings")
-    engine = Engine(model, backend=backend, ctx=ctx, **threads_backend_option(backend, threads))
+    engine = Engine(model, backend=backend, ctx=ctx, precision=precision, **threads_backend_option(backend, threads))
     tok = load_tokenizer(engine.file)
+    click.echo(f"{Path(model).name} on {backend}, precision {engine.backend.precision_summary()}")
     out = {}
     for i, text in enumerate(prompts):
         ids = np.array(tok.encode(text, add_bos=True, parse_special=True), dtype=np.int32)
@@ -103,8 +107,11 @@ def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None):
               help="KV cache precision on both sides (default: each backend's own)")
 @click.option("--device", default=None, help="device index or name for GPU backends")
 @click.option("--threads", "-t", type=click.IntRange(1), default=None, help="threads of the native CPU backend")
-def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threads):
-    """Compare every op of BACKEND against AGAINST on the same op lists."""
+@PRECISION_OPTION
+def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threads, precision):
+    """Compare every op of BACKEND against AGAINST on the same op lists.
+
+    --precision applies to BACKEND; AGAINST, the reference, always runs exact."""
     from ..engine import Engine
     from ..tools.conformance import ConformanceError, compare_engines
 
@@ -120,12 +127,13 @@ def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threa
 
     ctx = n_tokens + 1
     try:
-        ea = Engine(model, backend=backend, ctx=ctx, **opts(backend))
-        eb = Engine(model, backend=against, ctx=ctx, **opts(against))
+        ea = Engine(model, backend=backend, ctx=ctx, precision=precision, **opts(backend))
+        eb = Engine(model, backend=against, ctx=ctx, precision="exact", **opts(against))
     except G4rtError as e:
         raise click.ClickException(str(e))
     try:
-        click.echo(f"{model}: {backend} ({ea.backend.device_name}) vs {against} ({eb.backend.device_name})")
+        click.echo(f"{model}: {backend} ({ea.backend.device_name}, precision {ea.backend.precision_summary()}) "
+                   f"vs {against} ({eb.backend.device_name}, precision {eb.backend.precision_summary()})")
         try:
             fail = compare_engines(ea, eb, n_tokens, seed, click.echo)
         except ConformanceError as e:
@@ -150,11 +158,12 @@ def conformance(model, backend, against, n_tokens, seed, kv_dtype, device, threa
 @click.option("--backend", type=BACKEND_CHOICE, default="cpu", show_default=True)
 @click.option("--kv-dtype", type=KV_DTYPE_CHOICE, default=None)
 @THREADS_OPTION
+@PRECISION_OPTION
 @click.option("--kl-base", "kl_base", type=click.Path(dir_okay=False), default=None,
               help="without --kl: save this run's top next-token probabilities here; with --kl: compare against them")
 @click.option("--kl", "kl", is_flag=True, help="report the KL divergence from the --kl-base run")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of text")
-def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, kl_base, kl, as_json):
+def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, precision, kl_base, kl, as_json):
     """Perplexity of MODEL on a text, as llama-perplexity computes it (chunks of --ctx tokens, BOS
     first, the second half of each scored), optionally with the KL divergence from a base run."""
     from ..engine import Engine
@@ -173,7 +182,8 @@ def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, kl_bas
     options = threads_backend_option(backend, threads)
     if kv_dtype:
         options["kv_dtype"] = kv_dtype
-    engine = Engine(path, backend=backend, ctx=ctx, **options)
+    engine = Engine(path, backend=backend, ctx=ctx, precision=precision, **options)
+    ran = engine.backend.precision_summary()
     try:
         tok = load_tokenizer(engine.file)
         if tok.bos_id is None:
@@ -207,11 +217,12 @@ def perplexity(model, text_file, ctx, chunks, backend, kv_dtype, threads, kl_bas
     if saved is not None:
         ppl_tool.save_kl_base(kl_base, saved)
     if as_json:
-        out = dict(model=path, backend=backend, text=str(text_file), tokens=len(tokens), **result.as_dict())
+        out = dict(model=path, backend=backend, precision=precision, precision_summary=ran, text=str(text_file),
+                   tokens=len(tokens), **result.as_dict())
         click.echo(json.dumps(out, indent=1))
         return
-    click.echo(f"{Path(path).name} on {backend}: {len(tokens)} tokens, {result.chunks} chunks of {ctx}, "
-               f"{result.scored_tokens} scored")
+    click.echo(f"{Path(path).name} on {backend} (precision {ran}): {len(tokens)} tokens, {result.chunks} chunks "
+               f"of {ctx}, {result.scored_tokens} scored")
     click.echo(",".join(shown))
     click.echo(f"Final estimate: PPL = {result.ppl:.4f} +/- {result.ppl_error:.5f}")
     if saved is not None:

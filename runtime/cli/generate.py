@@ -36,7 +36,8 @@ class _LoadProgress:
             self.bar.close()
 
 
-def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None, slots=1):
+def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None, slots=1,
+          precision="auto"):
     from ..generation import load
     if model_path is None:
         from ..model.bundled import default_model_path
@@ -46,12 +47,13 @@ def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=
     progress = _LoadProgress()
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
-                     threads=threads, ring_slack=ring_slack, slots=slots, **(place or {}), **(spec or {}))
+                     threads=threads, ring_slack=ring_slack, slots=slots, precision=precision,
+                     **(place or {}), **(spec or {}))
     finally:
         progress.close()
     if not quiet:
-        click.echo(f"g4rt: {Path(model_path).name} on {model.backend_name} ({model.device_name}); "
-                   f"{model.backend_reason}", err=True)
+        click.echo(f"g4rt: {Path(model_path).name} on {model.backend_name} ({model.device_name}, "
+                   f"precision {model.precision_summary()}); {model.backend_reason}", err=True)
     return model
 
 
@@ -66,7 +68,7 @@ def _summary(model) -> str:
     s = model.last_stats
     return (f"[prompt {s.prompt_tokens} tokens ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
             f"decode {s.decode_tps:.1f} tok/s, {s.generated_tokens} generated, stop: {s.stop_reason}, "
-            f"backend {model.backend_name}, device {model.device_name}"
+            f"backend {model.backend_name}, device {model.device_name}, precision {model.precision_summary()}"
             + (f"; {s.speculative.summary()}" if s.speculative else "") + "]")
 
 
@@ -97,7 +99,8 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, par
         _run_batch(model, batch_file, parallel, chat or system is not None, system, kw)
         return
     text = prompt if prompt is not None else prompt_file.read()
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw))
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw),
+              precision=kw["precision"])
     chat = chat or system is not None
     if chat:
         _base_model_notice(m)
@@ -147,7 +150,8 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
         raise click.UsageError("--batch decodes prompts together without speculation: drop --draft / --spec")
     prompts = read_batch_prompts(batch_file)
     slots = min(parallel, len(prompts))
-    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], slots=slots)
+    m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], slots=slots,
+              precision=kw["precision"])
     stats = BatchStats()
     t0 = time.perf_counter()
     try:
@@ -163,7 +167,7 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
         click.echo(f"[{len(prompts)} prompts, {slots} together (batched); "
                    f"{gen} tokens generated in {wall:.1f} s = {gen / wall:.1f} tok/s in all; "
                    f"{stats.steps} steps of {stats.mean_batch:.1f} rows on average; backend {m.backend_name}, "
-                   f"device {m.device_name}]", err=True)
+                   f"device {m.device_name}, precision {m.precision_summary()}]", err=True)
 
 
 @click.command()
@@ -179,7 +183,7 @@ def chat(model, system, show_thinking, **kw):
     # longer sliding rings: each turn keeps the history's KV although the template re-renders the
     # previous answer differently from how it was generated
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
-              ring_slack=CHAT_RING_SLACK, spec=speculation(kw))
+              ring_slack=CHAT_RING_SLACK, spec=speculation(kw), precision=kw["precision"])
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     _base_model_notice(m)
     if not kw["quiet"]:

@@ -10,7 +10,7 @@ import click
 from ..backends.registry import backend_info
 from ..errors import G4rtError
 from ..speculative import MAX_DRAFT
-from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE
+from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION
 
 
 @click.command()
@@ -36,15 +36,17 @@ from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE
               help="[--plan] Sequence slots, each with its own KV cache (g4rt serve --parallel).")
 @click.option("--draft-max", "draft_max", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
               help="[--plan] Speculative decoding: the sliding rings keep this many more rows.")
+@PRECISION_OPTION
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
-         parallel, draft_max):
+         parallel, draft_max, precision):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
                                    ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
                                    ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
-                                   ("parallel", "--parallel"), ("draft_max", "--draft-max"))
+                                   ("parallel", "--parallel"), ("draft_max", "--draft-max"),
+                                   ("precision", "--precision"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
@@ -61,6 +63,8 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
     specs, _ = model_weight_specs(cfg, f)
     on_cpu = not backend_info(plan_backend).has_device_memory
     moe_layers = memory_plan.expert_layers_on_host(cfg, plan_backend, cpu_moe, n_cpu_moe)
+    from ..tools.precision_plan import precision_markdown
+    precision_text = precision_markdown(specs, plan_backend, precision, moe_layers)   # a refused choice fails first
     if budget is not None:
         budget_bytes = memory_plan.parse_size(budget)
     elif on_cpu:
@@ -88,6 +92,7 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
                                  device="CPU" if on_cpu else f"GPU ({plan_backend})", model=Path(model).name,
                                  check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes, **layout)
     click.echo(plan.markdown())
+    click.echo(precision_text, nl=False)
     if not plan.fits:
         raise plan.error()
 

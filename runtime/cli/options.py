@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from ..backends.registry import backend_info, backend_names
+from ..backends.registry import PRECISIONS, backend_info, backend_names
 from ..errors import G4rtError
 from ..speculative import MAX_DRAFT
 
@@ -22,6 +22,14 @@ KV_DTYPE_CHOICE = click.Choice(list(dict.fromkeys(dtype for name in backend_name
 
 THREADS_OPTION = click.option("--threads", "-t", type=click.IntRange(1), default=None,
                               help="CPU threads (native CPU backend; default: the physical cores).")
+
+#: --precision: how the matmuls take their activations (the backends' choices are in the registry)
+PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(list(PRECISIONS)), default="auto", show_default=True,
+    help="Activation precision of the matmuls. auto: the fastest path that passes the quality gates for "
+         "this host and weight type (i16 on the native CPU's AVX2 / AVX-512 builds for quantized weights); "
+         "exact: float32 activations (the oracle); i16: activations at int16 precision on integer dot "
+         "products (near-exact); q8: activations rounded to int8 as llama.cpp does (fastest prefill).")
 
 
 def takes_threads(backend: str) -> bool:
@@ -95,7 +103,8 @@ def speculation(kw) -> dict:
 
 
 def sampling_options(f):
-    """What `run` and `chat` share: sampling, context, backend, placement, speculation, threads."""
+    """What `run` and `chat` share: sampling, context, backend, placement, speculation, threads,
+    precision."""
     for opt in reversed([
         click.option("-n", "--max-tokens", type=click.IntRange(1), default=256, show_default=True,
                      help="Most tokens to generate."),
@@ -112,6 +121,7 @@ def sampling_options(f):
         placement_options,
         speculative_options,
         THREADS_OPTION,
+        PRECISION_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary line."),
     ]):
         f = opt(f)

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import G4rtError
-from .options import (BACKEND_OR_AUTO_CHOICE, THREADS_OPTION, placement, placement_options, speculation,
-                      speculative_options)
+from .options import (BACKEND_OR_AUTO_CHOICE, PRECISION_OPTION, THREADS_OPTION, placement, placement_options,
+                      speculation, speculative_options)
 
 
 class ServeError(G4rtError):
@@ -36,6 +36,7 @@ class ServeError(G4rtError):
 @placement_options
 @speculative_options
 @THREADS_OPTION
+@PRECISION_OPTION
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Most seconds one request may take (it then ends with finish_reason 'length').")
 @click.option("--truncate", is_flag=True,
@@ -45,7 +46,7 @@ class ServeError(G4rtError):
               help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.")
 @click.option("--alias", "aliases", multiple=True, help="Another model name clients may ask for (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
-def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, timeout, truncate,
+def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, precision, timeout, truncate,
           max_body, cors_origins, aliases, quiet, **place):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -75,10 +76,10 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, ti
         from ..generation import load
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
-        m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel,
+        m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel, precision=precision,
                  ring_slack=CHAT_RING_SLACK, **placement(place), **spec)
-        click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}); {parallel} slot(s) "
-                   f"of {m.engine.ctx} tokens", err=True)
+        click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}, precision "
+                   f"{m.precision_summary()}); {parallel} slot(s) of {m.engine.ctx} tokens", err=True)
         return m
 
     app = create_app(state, loader)

@@ -278,7 +278,8 @@ def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None
         if state.model is not None:
             eng = state.model.engine
             data[0]["meta"] = {"n_ctx": eng.ctx, "n_vocab": eng.config.n_vocab, "slots": eng.slots,
-                               "backend": state.model.backend_name}
+                               "backend": state.model.backend_name, "precision": state.model.precision,
+                               "precision_summary": state.model.precision_summary()}
         return {"object": "list", "data": data}
 
     # ---- tokens ------------------------------------------------------------------------------

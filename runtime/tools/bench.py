@@ -70,6 +70,12 @@ class _Timed:
         graph.run = run
 
 
+def precision_fields(backend) -> dict:
+    """The --precision asked for and what the matmuls ran with (read after the runs: a hybrid's
+    halves know their weights from the first compile on)."""
+    return {"precision": backend.precision, "precision_summary": backend.precision_summary()}
+
+
 def is_hybrid(place: dict) -> bool:
     """Whether a placement (gpu_layers, cpu_moe, n_cpu_moe as the CLI's options) splits the model
     between a GPU backend and the native CPU."""
@@ -147,13 +153,14 @@ def bench_model(model: str, backend: str, n_prompt: int, n_gen: int, backend_opt
                    decode_weight_gb_s=round(wbytes / per_tok / 1e9, 3),
                    python_overhead_ms_per_token=round(overhead * 1e3, 3),
                    python_overhead_pct=round(100 * overhead / per_tok, 2),
-                   replay_ms_per_token=round(timer.replay_s / n_gen * 1e3, 2))
+                   replay_ms_per_token=round(timer.replay_s / n_gen * 1e3, 2), **precision_fields(eng.backend))
         if echo:
             echo(f"  decode {n_gen} tokens{' at depth %d' % depth if depth else ''}: {total:.2f} s = {n_gen / total:.3f} tokens/s "
                  f"({per_tok * 1e3:.1f} ms/token)")
             echo(f"  decode weight traffic: {wbytes / 2**20:.0f} MiB/token -> {wbytes / per_tok / 1e9:.2f} GB/s")
             echo(f"  Python overhead per decoded token: {overhead * 1e3:.2f} ms = {100 * overhead / per_tok:.1f} % "
                  f"(backend replay {timer.replay_s / n_gen * 1e3:.1f} ms)")
+            echo(f"  precision {res['precision']}: {res['precision_summary']}")
         return res
     finally:
         eng.close()
@@ -286,8 +293,10 @@ def bench_ops(backend: str, backend_options: dict, reps: int, only: Optional[str
     res = dict(backend=backend, device=be.device_name, kernels=[])
     try:
         be.load_weights(src.specs, src)
+        res.update(precision_fields(be))
         if echo:
-            echo(f"kernels on {be.device_name} (median of {reps}; graph with the kernel minus graph without)")
+            echo(f"kernels on {be.device_name}, precision {res['precision']}: {res['precision_summary']} "
+                 f"(median of {reps}; graph with the kernel minus graph without)")
             echo(f"  {'kernel':<40} {'ms':>10} {'GB/s':>8} {'GFLOP/s':>9}")
         for b in benches:
             be.allocate_caches(b.caches)

@@ -16,6 +16,7 @@ import numpy as np
 def bench_parallel(model, backend: str, levels: list[int], n_prompt: int, n_gen: int, backend_options: dict,
                    echo=None) -> dict:
     from ..engine import Engine
+    from .bench import precision_fields
     most = max(levels)
     eng = Engine(model, backend=backend, ctx=n_prompt + n_gen + 4, slots=most, **backend_options)
     try:
@@ -52,6 +53,9 @@ def bench_parallel(model, backend: str, levels: list[int], n_prompt: int, n_gen:
             if echo:
                 echo(f"  {P:>2} streams: aggregate {agg:7.2f} tok/s, per stream {agg / P:6.2f} tok/s"
                      + (f", {agg / base:.2f}x one stream" if base else ""))
+        res.update(precision_fields(eng.backend))
+        if echo:
+            echo(f"  precision {res['precision']}: {res['precision_summary']}")
         return res
     finally:
         eng.close()

@@ -41,6 +41,7 @@ def bench_speculative(model_path, backend: str, n_gen: int, backend_options: dic
         ids = plain.encode_prompt(text or DEFAULT_TEXT, chat=chat)
         _generate(plain, ids[:8], 2)                          # records the decode graphs
         ref, st0, _ = _generate(plain, ids, n_gen)
+        ran = plain.precision_summary()
     finally:
         plain.close()
     fast = load(model_path, backend=backend, **backend_options, **spec_options)
@@ -53,7 +54,8 @@ def bench_speculative(model_path, backend: str, n_gen: int, backend_options: dic
     res = dict(prompt_tokens=len(ids), generated=len(got), identical=got == ref,
                plain_decode_tok_s=round(st0.decode_tps, 2), spec_decode_tok_s=round(st1.decode_tps, 2),
                speedup=round(st1.decode_tps / st0.decode_tps, 3) if st0.decode_tps else None,
-               **sp.as_dict(), draft_s=round(sp.draft_s, 3), verify_s=round(sp.verify_s, 3))
+               **sp.as_dict(), draft_s=round(sp.draft_s, 3), verify_s=round(sp.verify_s, 3),
+               precision_summary=ran)
     if echo:
         echo(f"  prompt {len(ids)} tokens, {len(got)} generated; same tokens as plain decoding: "
              f"{'yes' if res['identical'] else 'NO'}")
@@ -61,6 +63,7 @@ def bench_speculative(model_path, backend: str, n_gen: int, backend_options: dic
              f"({res['speedup']}x)")
         echo(f"  {sp.summary()} ({sp.steps} verifications; drafting {sp.draft_s:.2f} s, "
              f"verifying {sp.verify_s:.2f} s)")
+        echo(f"  precision: {ran}")
     return res
 
 
@@ -84,6 +87,7 @@ def verify_costs(model_path, backend: str, max_k: int, backend_options: dict, re
                 ts.append(time.perf_counter() - t0)
                 eng.truncate(at)
             times[n] = float(np.median(ts))
+        ran = eng.backend.precision_summary()
     finally:
         eng.close()
     rel = {n: t / times[1] for n, t in times.items()}
@@ -93,6 +97,7 @@ def verify_costs(model_path, backend: str, max_k: int, backend_options: dict, re
         for n in times:
             echo(f"    {n:2d} tokens ({n - 1} proposals): {times[n] * 1e3:7.1f} ms = {rel[n]:.2f} steps; "
                  f"most gain {n / rel[n]:.2f}x")
+        echo(f"  precision: {ran}")
     return {"position": at, "ms": {n: round(t * 1e3, 3) for n, t in times.items()},
             "relative": {n: round(r, 3) for n, r in rel.items()},
-            "max_gain": {n: round(n / r, 3) for n, r in rel.items()}}
+            "max_gain": {n: round(n / r, 3) for n, r in rel.items()}, "precision_summary": ran}

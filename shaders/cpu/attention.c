@@ -6,7 +6,10 @@
  * Threading: (row block, kv head, head chunk) units are handed out through g4_chunk; for a few
  * rows with long contexts the key positions are split across all threads instead
  * (flash-decoding), merging per-thread partials in ex->shared after a barrier. Batches of
- * 2..G4_ROW_EXACT_MAX rows run row by row (att_rows_exact) to be row-exact.
+ * 2..G4_ROW_EXACT_MAX rows run row by row (att_rows_exact) to be row-exact; with c->act set
+ * (the q8 path, lowering.py) every batch does, so a prefill gives each row its decode bits: the
+ * quantized activations downstream would turn the last-bit differences of a tiled prefill into
+ * different int8 codes, and a prompt would then decode differently after a cache hit.
  */
 #include <math.h>
 #include <stddef.h>
@@ -369,9 +372,12 @@ static size_t att_copy_bytes(const g4_cmd *c) {
     return c->cache_f16 ? G4_ALIGN64((size_t)c->rows * (size_t)(c->n_kv_head > 0 ? c->n_kv_head : 1) * c->group * 2) : 0;
 }
 
+/* Whether a batch of `rows` runs row by row (row-exact). */
+static int att_row_by_row(const g4_cmd *c, int64_t rows) { return rows <= G4_ROW_EXACT_MAX || c->act; }
+
 static size_t att_shared_rows(const g4_cmd *c, int64_t rows, int nth) {
     if (rows <= 0) return 0;
-    if (rows > 1 && rows <= G4_ROW_EXACT_MAX) {   /* one row at a time: a one-row split + the copy */
+    if (rows > 1 && att_row_by_row(c, rows)) {   /* one row at a time: a one-row split + the copy */
         g4_cmd cr = *c;
         cr.rows = (int32_t)rows;
         return (nth > 1 ? G4_ALIGN64(att_partials_bytes(1, c, nth)) : 0) + 2 * att_copy_bytes(&cr);
@@ -384,7 +390,7 @@ static size_t att_shared_rows(const g4_cmd *c, int64_t rows, int nth) {
  * command once per segment, on fewer rows). */
 size_t g4_attention_shared(const g4_cmd *c, int nth) {
     size_t most = att_shared_rows(c, c->rows, nth);
-    for (int64_t r = 1; r < c->rows && r <= G4_ROW_EXACT_MAX; r++) {
+    for (int64_t r = 1; r < c->rows && (r <= G4_ROW_EXACT_MAX || c->act); r++) {
         size_t b = att_shared_rows(c, r, nth);
         if (b > most) most = b;
     }
@@ -404,7 +410,7 @@ static int att_use_split(const att_geo *g, const g4_cmd *c, const g4_exec *ex, i
 static void att_run_op(const att_geo *gp, const g4_cmd *c, g4_exec *ex, int ith, int nth, int dynamic);
 
 /* Row-exact batches (2..G4_ROW_EXACT_MAX rows: speculative verification, several sequences'
- * decode steps) give every row the bits a one-row decode step would: each row runs as a one-row
+ * decode steps; any batch with c->act) give every row the bits a one-row decode step would: each row runs as a one-row
  * attention (same key range, same split, same summation order) that reads the batch's earlier
  * rows as the cache would hold them (f16-rounded copies here) instead of the batch's float rows. */
 static void att_rows_exact(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
@@ -443,7 +449,7 @@ static void att_rows_exact(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
 
 void g4_k_attention(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     if (c->rows <= 0 || c->group <= 0 || c->n_head <= 0) return;
-    if (c->rows > 1 && c->rows <= G4_ROW_EXACT_MAX) {
+    if (c->rows > 1 && att_row_by_row(c, c->rows)) {
         att_rows_exact(c, ex, ith, nth);
         return;
     }

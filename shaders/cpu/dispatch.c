@@ -10,6 +10,7 @@
 #define WEAK __attribute__((weak))
 WEAK void g4_k_matmul(const g4_cmd *, g4_exec *, int, int);
 WEAK size_t g4_matmul_scratch(const g4_cmd *, int);
+WEAK size_t g4_matmul_shared(const g4_cmd *, int);
 WEAK void g4_k_embed(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_rmsnorm(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_rope(const g4_cmd *, g4_exec *, int, int);
@@ -75,6 +76,7 @@ size_t g4_scratch_bytes(const g4_cmd *c, int nth) {
 
 size_t g4_shared_bytes(const g4_cmd *c, int nth) {
     if (c->op == G4_OP_ATTENTION && g4_attention_shared) return g4_attention_shared(c, nth);
+    if (c->op == G4_OP_MATMUL && g4_matmul_shared) return g4_matmul_shared(c, nth);
     return 0;
 }
 

@@ -72,6 +72,12 @@ enum {
     G4_Q4_K = 12, G4_Q5_K = 13, G4_Q6_K = 14, G4_BF16 = 30,
 };
 
+/* Activation paths of a matmul (g4_cmd.act; q8.h): exact float32 (0), or a mode - int8 (Q8) or
+ * int16-precision as two int8 planes (I16) - plus G4_ACT_REPACKED when w points at the weights
+ * repacked 8 rows at a time (repack.c) instead of the GGUF rows. */
+enum { G4_ACT_EXACT = 0, G4_ACT_Q8 = 1, G4_ACT_I16 = 2, G4_ACT_MODE = 3, G4_ACT_REPACKED = 4,
+       G4_ACT_ROW_EXACT = 8 /* an exact matmul in a graph on an integer path: row-exact at any size */ };
+
 /* Op kinds (one per op class of runtime/ops.py). */
 enum {
     G4_OP_EMBED = 1,      /* out[r] = dequant(w row tokens[r]) * scale                         */
@@ -125,7 +131,8 @@ typedef struct g4_cmd {
     float eps;             /* RMSNORM */
     float scale;           /* EMBED, SCALE, ATTENTION */
     float cap;             /* SOFTCAP */
-    float pad_;
+    int32_t act;           /* MATMUL, MOE_MATMUL: G4_ACT_* (quantized weight types only);
+                              ATTENTION: nonzero = every batch row-exact (the q8 path's) */
     float *out;            /* KV_STORE: unused (writes cache_k / cache_v) */
     const float *a;
     const float *b;
@@ -185,6 +192,7 @@ size_t g4_sizeof_exec(void);
 /* Kernels. Matmul (gemm.c dispatches: few rows -> the matvec, more -> tiled gemm). */
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 size_t g4_matmul_scratch(const g4_cmd *c, int nth);
+size_t g4_matmul_shared(const g4_cmd *c, int nth);
 /* gemm.c's tiled product, one task on the calling thread (see g4_gemm_block in gemm.c). */
 size_t g4_gemm_scratch(void);
 int g4_gemm_nr(void);
@@ -196,6 +204,18 @@ void g4_gemm_block(const g4_cmd *c, int64_t pb0, int64_t pb1, int64_t r0, int64_
 size_t g4_matvec_scratch(const g4_cmd *c);
 void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws);
 void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_t o0, int64_t o1);
+/* c->act == G4_ACT_Q8 on a quantized type: the q8 path (q8.h); ws then holds the quantized row
+ * (g4_q8_row_bytes(in_cols) bytes). g4_q8_dot: how this build takes integer dots ("vnni",
+ * "avxvnni", "maddubs" or "scalar"). */
+size_t g4_q8_row_bytes(int64_t K);
+/* repack.c: weight types with an 8-row repacked layout, its size and the repacking itself. */
+int g4_repack8_type(int qtype);
+size_t g4_repack8_bytes(int qtype, int64_t rows, int64_t row_bytes);
+int64_t g4_repack8_group_bytes(int qtype, int64_t K);
+int g4_repack8(int qtype, const void *src, int64_t rows, int64_t row_bytes, void *dst);
+/* whether this build has a kernel for qtype's repacked layout */
+int g4_q8_repacked_kernel(int qtype);
+const char *g4_q8_dot(void);
 /* The same for R rows at once, each row's result bit for bit g4_matvec's (weights decoded once). */
 void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
                     int64_t o0, int64_t o1);

@@ -27,6 +27,12 @@
  * n < NR weight rows is zero-padded and goes through an MR x NR staging tile on the stack;
  * the last K-block may be shorter than KC (K is always a multiple of the type's block size).
  * No barrier: threads claim tasks with g4_chunk and write disjoint parts of out.
+ *
+ * The q8 path (c->act, q8.h) has no tiled product: its multi-row matvec kernels decode a weight
+ * block once for a group of rows and take one integer dot per row, which is the work of a GEMM
+ * tile already, and keeps every row's bits those of its one-row step. Batches of more than
+ * G4_ROW_EXACT_MAX rows quantize their rows once into the shared scratch (threads take every
+ * nth row, then a barrier) and hand out tasks of 16..64 features x 16 rows.
  */
 #include <string.h>
 
@@ -115,6 +121,7 @@ static size_t matvec_ws(const g4_cmd *c) { return G4_ALIGN64(g4_matvec_scratch(c
 /* Row-exact batches (g4cpu.h) take the matvec path. It was also measured the faster one up to
  * 1 (F32) .. 8 (Q4_0, Q8_0) rows; from there to 16 rows it costs prefill some speed for exactness. */
 static int use_matvec(const g4_cmd *c) {
+    if (c->act & G4_ACT_ROW_EXACT) return 1;      /* any size, in row groups (matmul_matvec) */
 #ifdef G4_GEMM_MATVEC_ROWS
     return c->rows <= G4_GEMM_MATVEC_ROWS && c->rows <= G4_ROW_EXACT_MAX;   /* tests: tiled from here */
 #else
@@ -122,40 +129,91 @@ static int use_matvec(const g4_cmd *c) {
 #endif
 }
 
+/* a q8 batch too large for the per-thread scratch: its rows quantized once, shared */
+static int q8_batch(const g4_cmd *c) { return (c->act & G4_ACT_MODE) != 0 && c->rows > G4_ROW_EXACT_MAX && g4_matvec_scratch(c) > 0; }
+
 size_t g4_matmul_scratch(const g4_cmd *c, int nth) {
     (void)nth;
-    if (use_matvec(c)) return matvec_ws(c) * (size_t)(c->rows > 0 ? c->rows : 1);
+    if (q8_batch(c)) return 0;
+    if (use_matvec(c)) return matvec_ws(c) * (size_t)(c->rows <= 0 ? 1 : c->rows < G4_ROW_EXACT_MAX ? c->rows : G4_ROW_EXACT_MAX);
     return tiled_scratch();
 }
 
+size_t g4_matmul_shared(const g4_cmd *c, int nth) {
+    (void)nth;
+    return q8_batch(c) ? matvec_ws(c) * (size_t)c->rows : 0;
+}
+
+/* chunks of 16..64 features, ~8 per thread at least */
+static int64_t feature_chunk(const g4_cmd *c, int nth) {
+    int64_t cs = c->cols / (8 * (int64_t)nth);
+    return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
+}
+
+static void matmul_q8_batch(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
+    const int64_t K = c->in_cols, N = c->cols, R = c->rows;
+    const size_t mw = matvec_ws(c);
+    uint8_t *sh = ex->shared;
+    for (int64_t r = ith; r < R; r += nth) g4_matvec_prepare(c, c->a + r * K, sh + (size_t)r * mw);
+    g4_barrier(ex);
+    const int64_t cs = feature_chunk(c, nth), RB = G4_ROW_EXACT_MAX;
+    const int64_t nrb = (R + RB - 1) / RB, nch = (N + cs - 1) / cs;
+    for (;;) {
+        const int64_t t = g4_chunk(ex);
+        if (t >= nrb * nch) break;
+        const int64_t o0 = (t / nrb) * cs, o1 = o0 + cs < N ? o0 + cs : N;
+        const int64_t r0 = (t % nrb) * RB, n = R - r0 < RB ? R - r0 : RB;
+        const float *xs[G4_ROW_EXACT_MAX];
+        void *wss[G4_ROW_EXACT_MAX];
+        float *ys[G4_ROW_EXACT_MAX];
+        for (int64_t i = 0; i < n; i++) {
+            xs[i] = c->a + (r0 + i) * K;
+            wss[i] = sh + (size_t)(r0 + i) * mw;
+            ys[i] = c->out + (r0 + i) * N;
+        }
+        g4_matvec_rows(c, (int)n, xs, wss, ys, o0, o1);
+    }
+}
+
+/* Row groups of up to G4_ROW_EXACT_MAX rows x feature chunks, claimed with g4_chunk; a thread
+ * prepares a group's rows (g4_matvec_prepare, into its own scratch) when it first works on it.
+ * One group for a row-exact batch; several for a G4_ACT_ROW_EXACT matmul's prefill. */
 static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
-    /* rows <= G4_ROW_EXACT_MAX here (use_matvec), or the G4_GEMM_MATVEC_ROWS test override */
-    const int64_t K = c->in_cols, N = c->cols;
-    const int rows = c->rows;
+    const int64_t K = c->in_cols, N = c->cols, R = c->rows;
     uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
     const size_t mw = matvec_ws(c);
     const float *xs[G4_ROW_EXACT_MAX];
     void *wss[G4_ROW_EXACT_MAX];
     float *ys[G4_ROW_EXACT_MAX];
-    for (int r = 0; r < rows; r++) {
-        g4_matvec_prepare(c, c->a + r * K, ws + r * mw);
-        xs[r] = c->a + r * K;
-        wss[r] = ws + r * mw;
-        ys[r] = c->out + r * N;
-    }
-    /* chunks of 16..64 features, ~8 per thread at least */
-    int64_t cs = N / (8 * (int64_t)nth);
-    cs = cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
+    const int64_t cs = feature_chunk(c, nth), nch = (N + cs - 1) / cs;
+    const int64_t ngr = (R + G4_ROW_EXACT_MAX - 1) / G4_ROW_EXACT_MAX;
+    int64_t have = -1;                   /* the row group whose rows this thread has prepared */
+    int n = 0;
     for (;;) {
-        int64_t o0 = g4_chunk(ex) * cs;
-        if (o0 >= N) break;
-        int64_t o1 = o0 + cs < N ? o0 + cs : N;
-        g4_matvec_rows(c, rows, xs, wss, ys, o0, o1);
+        const int64_t t = g4_chunk(ex);
+        if (t >= ngr * nch) break;
+        const int64_t gr = t / nch, o0 = (t % nch) * cs, o1 = o0 + cs < N ? o0 + cs : N;
+        if (gr != have) {
+            const int64_t r0 = gr * G4_ROW_EXACT_MAX;
+            n = (int)(R - r0 < G4_ROW_EXACT_MAX ? R - r0 : G4_ROW_EXACT_MAX);
+            for (int r = 0; r < n; r++) {
+                g4_matvec_prepare(c, c->a + (r0 + r) * K, ws + r * mw);
+                xs[r] = c->a + (r0 + r) * K;
+                wss[r] = ws + r * mw;
+                ys[r] = c->out + (r0 + r) * N;
+            }
+            have = gr;
+        }
+        g4_matvec_rows(c, n, xs, wss, ys, o0, o1);
     }
 }
 
 void g4_k_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     if (c->rows <= 0 || c->cols <= 0) return;
+    if (q8_batch(c)) {
+        matmul_q8_batch(c, ex, ith, nth);
+        return;
+    }
     if (use_matvec(c)) {
         matmul_matvec(c, ex, ith, nth);
         return;

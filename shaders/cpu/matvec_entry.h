@@ -1,5 +1,6 @@
 /* The matvec entry points g4_matvec and g4_matvec_rows, written once for every ISA: each
- * arch/<isa>/matvec.c defines its static dot products first, then includes this file.
+ * arch/<isa>/matvec.c defines its static dot products (and its q8 path, matvec_q8_entry.h)
+ * first, then includes this file. A q8 command (q8_active) goes to the q8 path.
  *
  * One signature per family (a kernel ignores what it does not need):
  *   dot_f32 / dot_f16 / dot_bf16 (w, x, K)      dot_q8_0 (w, x, nb)      dot_q6_k (w, x, nsb)
@@ -18,6 +19,10 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
     const float *sx = (const float *)ws;
     const int64_t nb = K / QK, nsb = K / QKK;
     int64_t o;
+    if (q8_active(c)) {
+        q8_matvec(c, ws, y, o0, o1);
+        return;
+    }
     g4_f16tab_ready();   /* normally done by g4_matvec_prepare; one load when ready */
     switch (c->qtype) {
     case G4_F32:  for (o = o0; o < o1; o++) y[o] = dot_f32(W + o * rb, x, K); break;
@@ -43,6 +48,10 @@ void g4_matvec(const g4_cmd *c, const float *x, const void *ws, float *y, int64_
  * g4_matvec_prepare scratch. */
 void g4_matvec_rows(const g4_cmd *c, int R, const float *const *x, void *const *ws, float *const *y,
                     int64_t o0, int64_t o1) {
+    if (q8_active(c)) {
+        q8_matvec_rows(c, R, ws, y, o0, o1);
+        return;
+    }
 #ifdef ROWS_G
     const uint8_t *W = (const uint8_t *)c->w;
     const int64_t rb = c->w_row_bytes, nb = c->in_cols / QK, nsb = c->in_cols / QKK;

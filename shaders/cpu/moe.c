@@ -77,6 +77,10 @@ static int64_t moe_chunk(const g4_cmd *c, int nth) {
 #define MOE_GEMM_MIN_ROWS (G4_ROW_EXACT_MAX + 1)   /* tokens from which a batch goes through the tiled product */
 #define A64(n) (((size_t)(n) + 63) / 64 * 64)
 
+/* Distinct input rows of the expert matmul: one per selection (row0: the down projection reads
+ * each selection's own row), else one per token (gate / up read the token's row k times). */
+static int64_t moe_inputs(const g4_cmd *c) { return c->row0 ? (int64_t)c->rows * c->group : c->rows; }
+
 size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth) {
     (void)nth;
     g4_cmd sub = *c;
@@ -84,8 +88,8 @@ size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth) {
     sub.w_rows = c->cols;
     if (c->rows >= MOE_GEMM_MIN_ROWS)   /* a token picks an expert once: at most rows selections each */
         return A64(g4_gemm_scratch()) + A64((size_t)c->rows * c->in_cols * 4) + A64((size_t)c->rows * c->cols * 4)
-               + A64((size_t)c->rows * 8);
-    return A64(g4_matvec_scratch(&sub));
+               + A64((size_t)c->rows * 8) + ((c->act & G4_ACT_MODE) ? (size_t)c->rows * A64(g4_matvec_scratch(&sub)) : 0);
+    return (size_t)moe_inputs(c) * A64(g4_matvec_scratch(&sub));
 }
 
 static void moe_matmul_gemm(const g4_cmd *c, g4_exec *ex, int ith) {
@@ -115,8 +119,27 @@ static void moe_matmul_gemm(const g4_cmd *c, g4_exec *ex, int ith) {
         if (m == 0) continue;
         sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
         sub.rows = (int32_t)m;
-        for (int64_t pb = 0; pb < np; pb += tp)
-            g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
+        if (c->act & G4_ACT_MODE) {
+            /* the q8 path: the gathered rows quantized once, the multi-row kernels over all N */
+            uint8_t *qs = (uint8_t *)sel + A64((size_t)R * 8);
+            const size_t mw = A64(g4_matvec_scratch(&sub));
+            for (int64_t i0 = 0; i0 < m; i0 += G4_ROW_EXACT_MAX) {
+                const int n = (int)(m - i0 < G4_ROW_EXACT_MAX ? m - i0 : G4_ROW_EXACT_MAX);
+                const float *xs[G4_ROW_EXACT_MAX];
+                void *wss[G4_ROW_EXACT_MAX];
+                float *ys[G4_ROW_EXACT_MAX];
+                for (int i = 0; i < n; i++) {
+                    xs[i] = A + (i0 + i) * K;
+                    wss[i] = qs + (size_t)i * mw;
+                    ys[i] = T + (i0 + i) * N;
+                    g4_matvec_prepare(&sub, xs[i], wss[i]);
+                }
+                g4_matvec_rows(&sub, n, xs, wss, ys, 0, N);
+            }
+        } else {
+            for (int64_t pb = 0; pb < np; pb += tp)
+                g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
+        }
         for (int64_t i = 0; i < m; i++) memcpy(c->out + sel[i] * N, T + i * N, (size_t)N * 4);
     }
 }
@@ -129,10 +152,14 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
         return;
     }
     const int64_t cs = moe_chunk(c, nth), nchunk = (N + cs - 1) / cs;
-    void *ws = g4_ws(ex, ith);
+    uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
     g4_cmd sub = *c;            /* one expert's matrix as a plain matmul command */
     sub.op = G4_OP_MATMUL;
     sub.w_rows = N;
+    /* every input row prepared once per thread (sums, or the q8 quantization), not per chunk */
+    const size_t mw = A64(g4_matvec_scratch(&sub));
+    const int64_t n_in = moe_inputs(c);
+    for (int64_t i = 0; i < n_in; i++) g4_matvec_prepare(&sub, c->a + i * K, ws + (size_t)i * mw);
     for (;;) {
         const int64_t t = g4_chunk(ex);
         if (t >= E * nchunk) break;
@@ -142,10 +169,8 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
             const float *route = c->b + r * 2 * k;
             for (int64_t j = 0; j < k; j++) {
                 if ((int64_t)route[k + j] != e) continue;
-                const int64_t s = r * k + j;
-                const float *x = c->a + (c->row0 ? s : r) * K;
-                g4_matvec_prepare(&sub, x, ws);
-                g4_matvec(&sub, x, ws, c->out + s * N, o0, o1);
+                const int64_t s = r * k + j, in = c->row0 ? s : r;
+                g4_matvec(&sub, c->a + in * K, ws + (size_t)in * mw, c->out + s * N, o0, o1);
             }
         }
     }

@@ -3,6 +3,14 @@
 Weights stay in the memory map in their block layout; each graph is lowered once into a command
 array (lowering.py) and a token is one call into the library, which a persistent thread pool
 walks. f16 KV caches by default (as the GPU backends), f32 on request.
+
+Activation precision (docs/design.md, "Precision modes"): `exact` multiplies float32 activations
+with the exactly decoded weights; `q8` quantizes each activation row once per matmul to int8 as
+llama.cpp does (Q8_0 / Q8_1 / Q8_K, shaders/cpu/q8.h) and takes integer dot products with the
+weight codes; `i16` quantizes to int16 precision (per 32 values, as two int8 planes) on the same
+integer kernels - near-exact; `auto` picks i16 for the quantized weight types where this build
+has integer dot products (AVX-512 VNNI, AVX2), exact for float weights and on the portable build.
+Q4_0 weights of the integer paths are repacked 8 rows at a time at load (repack.c).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import numpy as np
 
 from ... import ops
 from ...errors import G4rtError
-from ...gguf.quant_types import dequantize_rows
+from ...gguf.quant_types import QT, dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource
 from . import native as N
 from .lowering import lower
@@ -51,15 +59,45 @@ def default_threads() -> int:
     return physical_cores()
 
 
+#: --precision choices of the native CPU backend
+PRECISIONS = ("auto", "exact", "i16", "q8")
+#: weight types with an integer-activation (q8) kernel; float weights always run exact
+Q8_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})   # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
+#: builds whose integer kernels are faster than their exact ones (auto picks i16 there); the
+#: portable build's scalar integer loops are not (docs/benchmarks/cpu-native.md)
+AUTO_INT_ISAS = frozenset({"avx512", "avx2"})
+_MODES = {"q8": 1, "i16": 2}   # native.ACT_Q8, native.ACT_I16
+
+
+def activation_path(precision: str, isa: str, qtype: int) -> int:
+    """The g4_cmd.act mode of a matmul on `qtype` weights: N.ACT_EXACT, N.ACT_Q8 or N.ACT_I16.
+    auto: i16 - it meets every fixture's bar as exact does (q8, llama.cpp's rounding, lands
+    around the bars, docs/design.md) - where the build has integer dots, else exact."""
+    if int(qtype) not in Q8_TYPES or precision == "exact":
+        return N.ACT_EXACT
+    if precision in _MODES:
+        return _MODES[precision]
+    return N.ACT_I16 if isa in AUTO_INT_ISAS else N.ACT_EXACT
+
+
+def path_name(act: int) -> str:
+    """"exact", "q8" or "i16" for a g4_cmd.act (the repacked flag aside)."""
+    return {N.ACT_EXACT: "exact", N.ACT_Q8: "q8", N.ACT_I16: "i16"}[act & 3]
+
+
 class CpuBackend(Backend):
     name = "cpu"
 
-    def __init__(self, threads: Optional[int] = None, kv_dtype: str = "f16", isa: Optional[str] = None):
+    def __init__(self, threads: Optional[int] = None, kv_dtype: str = "f16", isa: Optional[str] = None,
+                 precision: str = "auto"):
         if kv_dtype not in ("f16", "f32"):
             raise G4rtError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
         if threads is not None and int(threads) < 1:
             raise G4rtError(f"--threads must be at least 1, got {threads}")
+        if precision not in PRECISIONS:
+            raise G4rtError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.kv_dtype = kv_dtype
+        self.precision = precision
         self.lib = N.load(isa)
         self.pool = N.Pool(self.lib, threads or default_threads())
         self.threads = self.pool.threads
@@ -69,10 +107,47 @@ class CpuBackend(Backend):
         self.inputs: dict[str, np.ndarray] = {}
         self._raw: dict[str, np.ndarray] = {}
         self._vectors: dict[str, np.ndarray] = {}
+        self._repacked: dict[str, np.ndarray] = {}
 
     @property
     def device_name(self) -> str:
         return f"native CPU ({self.lib.isa}, {self.threads} thread{'s' if self.threads != 1 else ''})"
+
+    def act_for(self, qtype: int) -> int:
+        """The activation path (N.ACT_*) matmuls on `qtype` weights take on this backend."""
+        return activation_path(self.precision, self.lib.isa, qtype)
+
+    def repacked(self, name: str) -> Optional[np.ndarray]:
+        """The 8-row repacked copy of a q8 matmul's weight where this build has a kernel for
+        it (made once, on first use; None otherwise). The GGUF rows stay mapped for the rest
+        (embedding lookups, the exact path)."""
+        spec = self.specs[name]
+        if (self.act_for(spec.qtype) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or spec.rows < 8
+                or os.environ.get("G4RT_CPU_REPACK", "1") == "0"):     # 0: the GGUF rows only (less RAM)
+            return None
+        w = self._repacked.get(name)
+        if w is None:
+            w = self._repacked[name] = self.lib.repack8(spec.qtype, self.weight_raw(name))
+        return w
+
+    @property
+    def repacked_bytes(self) -> int:
+        """RAM the repacked copies take beyond the memory map."""
+        return sum(int(w.nbytes) for w in self._repacked.values())
+
+    def precision_summary(self) -> str:
+        """e.g. "q8 (Q4_0, Q6_K), exact (F32)" for the matrix weights loaded; the mode alone
+        before any are."""
+        paths: dict[str, list[str]] = {}
+        for spec in self.specs.values():
+            if spec.rows > 1 and spec.cols > 1:
+                path = path_name(self.act_for(spec.qtype))
+                names = paths.setdefault(path, [])
+                if QT(spec.qtype).name not in names:
+                    names.append(QT(spec.qtype).name)
+        if not paths:
+            return self.precision
+        return ", ".join(f"{path} ({', '.join(sorted(names))})" for path, names in sorted(paths.items(), reverse=True))
 
     # ---- weights, caches, hybrid inputs ---------------------------------------------------------
     def load_weights(self, specs, source, progress: Optional[Callable[[int], None]] = None) -> None:
@@ -82,6 +157,7 @@ class CpuBackend(Backend):
         self.source = source
         self._raw.clear()               # a new source: compiled graphs keep their own references
         self._vectors.clear()
+        self._repacked.clear()
         for name in specs:
             raw = self.weight_raw(name)
             if raw.size:
@@ -148,7 +224,8 @@ class CpuGraph(CompiledGraph):
         if missing:
             raise G4rtError(f"weights not loaded: {', '.join(sorted(missing))}")
         self.low = lower(graph, backend.weight_raw, backend.vector, backend.caches, backend.inputs,
-                         cache_f16=backend.kv_dtype == "f16")
+                         cache_f16=backend.kv_dtype == "f16", act_for=backend.act_for,
+                         repacked=backend.repacked)
         lib, nth = backend.lib, backend.threads
         for i, cmd in enumerate(self.low.cmds):
             if not lib.cmd_valid(cmd):
@@ -199,4 +276,4 @@ class CpuGraph(CompiledGraph):
         return {nm: np.array(self.low.buffers[nm], np.float32) for nm in names}
 
 
-__all__ = ["CpuBackend", "CpuGraph", "default_threads", "physical_cores"]
+__all__ = ["CpuBackend", "CpuGraph", "PRECISIONS", "activation_path", "default_threads", "physical_cores"]

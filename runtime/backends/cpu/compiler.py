@@ -10,6 +10,7 @@ the flags and the CPU's features: a machine whose CPU changed
 $G4RT_CPU_ISA picks the code path: `native` (default: the best this CPU runs), `avx512`, `avx2`,
 or `scalar` (portable C, the path every other CPU architecture takes). $G4RT_CC names the
 compiler (default: cc, then gcc, then clang). $G4RT_CPU_CFLAGS adds flags (e.g. sanitizers).
+$G4RT_CPU_VNNI=0 builds without the VNNI integer dots even where the CPU has them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ X86_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c", "-mbmi2"],
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
                "-mbmi2", "-mprefer-vector-width=512"],
+}
+#: Integer-dot extensions a path uses when this CPU has them (/proc/cpuinfo flag, compiler flag):
+#: the q8 kernels then take vpdpbusd instead of vpmaddubsw + vpmaddwd (shaders/cpu/q8.h).
+X86_OPTIONAL = {
+    "avx512": [("avx512_vnni", "-mavx512vnni")],
+    "avx2": [("avx_vnni", "-mavxvnni")],
 }
 #: CPU flags (/proc/cpuinfo) each x86 path needs.
 X86_NEEDS = {
@@ -142,10 +149,18 @@ def resolve_isa(isa: Optional[str] = None) -> str:
     return isa
 
 
+def optional_flags(isa: str) -> list[str]:
+    """The X86_OPTIONAL compiler flags of `isa` this CPU has ($G4RT_CPU_VNNI=0: none)."""
+    if os.environ.get("G4RT_CPU_VNNI", "1") == "0":
+        return []
+    have = cpu_flags()
+    return [flag for cpu_flag, flag in X86_OPTIONAL.get(isa, []) if cpu_flag in have]
+
+
 def flags_for(isa: str) -> list[str]:
     extra = os.environ.get("G4RT_CPU_CFLAGS", "").split()
     if isa in X86_FLAGS:
-        return BASE_FLAGS + X86_FLAGS[isa] + extra
+        return BASE_FLAGS + X86_FLAGS[isa] + optional_flags(isa) + extra
     if isa == "scalar" and not is_x86():
         # Other architectures: let the compiler use what this CPU has (NEON on aarch64).
         return BASE_FLAGS + ["-mcpu=native" if platform.machine().startswith(("aarch64", "arm"))

@@ -4,7 +4,7 @@ resolved once (activation arena, KV caches, memory-mapped GGUF weights), so a to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -50,8 +50,10 @@ class _Lowering:
     """What the per-op functions share: the arena's views, caches, hybrid inputs, weights, and
     the arrays the commands point into (kept alive with the command array)."""
 
-    def __init__(self, graph: ops.Graph, weight_raw, vector, caches, inputs, cache_f16: bool):
-        self.graph, self.weight_raw, self.vector = graph, weight_raw, vector
+    def __init__(self, graph: ops.Graph, weight_raw, vector, caches, inputs, cache_f16: bool,
+                 act_for: Callable[[int], int], repacked: Callable[[str], Optional[np.ndarray]]):
+        self.graph, self.weight_raw, self.vector, self.act_for = graph, weight_raw, vector, act_for
+        self.repacked = repacked
         self.caches, self.inputs, self.cache_f16 = caches, inputs, cache_f16
         self.raw, self.bufs = _arena(graph)
         self.tokens = np.zeros(graph.n_tokens, np.int32)
@@ -91,7 +93,11 @@ def lower_matmul(lw: _Lowering, c, op: ops.MatMul) -> None:
     if op.x == op.out:
         raise G4rtError(f"CPU backend: matmul {op.weight} writes its own input")
     spec = lw.weight(c, op.weight)
-    c.op, c.in_cols, c.a = N.OP_MATMUL, spec.cols, _ptr(lw.buf(op.x))
+    c.op, c.in_cols, c.a, c.act = N.OP_MATMUL, spec.cols, _ptr(lw.buf(op.x)), lw.act_for(spec.qtype)
+    packed = lw.repacked(op.weight) if c.act != N.ACT_EXACT else None
+    if packed is not None:                   # the integer kernels on 8-row groups (repack.c)
+        c.w, c.act = _ptr(packed), c.act | N.ACT_REPACKED
+        lw.keep.append(packed)
 
 
 def lower_rmsnorm(lw: _Lowering, c, op: ops.RmsNorm) -> None:
@@ -170,7 +176,7 @@ def lower_moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
     if x.shape[0] not in (route.shape[0], route.shape[0] * k) or spec.rows != op.n_expert * c.cols:
         raise G4rtError(f"CPU backend: expert matmul {op.weight} has inconsistent shapes")
     lw.weight(c, op.weight)
-    c.op, c.in_cols, c.rows = N.OP_MOE_MATMUL, spec.cols, route.shape[0]
+    c.op, c.in_cols, c.rows, c.act = N.OP_MOE_MATMUL, spec.cols, route.shape[0], lw.act_for(spec.qtype)
     c.group, c.n_head, c.row0 = k, op.n_expert, int(x.shape[0] == route.shape[0] * k and k > 1)
     c.a, c.b = _ptr(x), _ptr(route)
 
@@ -184,11 +190,14 @@ LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = ops.table_b
 
 
 def lower(graph: ops.Graph, weight_raw: Callable[[str], np.ndarray], vector: Callable[[str], np.ndarray],
-          caches: dict[str, np.ndarray], inputs: dict[str, np.ndarray], cache_f16: bool) -> Lowered:
+          caches: dict[str, np.ndarray], inputs: dict[str, np.ndarray], cache_f16: bool,
+          act_for: Callable[[int], int] = lambda qtype: N.ACT_EXACT,
+          repacked: Callable[[str], Optional[np.ndarray]] = lambda name: None) -> Lowered:
     """weight_raw(name): the GGUF bytes [rows, row_bytes] (uint8, C-contiguous); vector(name): a
     small weight as contiguous float32; caches: KV caches (f16 when cache_f16, else f32); inputs:
-    f32 arrays the hybrid backend writes (read like caches by Slice)."""
-    lw = _Lowering(graph, weight_raw, vector, caches, inputs, cache_f16)
+    f32 arrays the hybrid backend writes (read like caches by Slice); act_for(qtype): a matmul's
+    activation path (native.ACT_*); repacked(name): a weight's 8-row repacked copy, or None."""
+    lw = _Lowering(graph, weight_raw, vector, caches, inputs, cache_f16, act_for, repacked)
     cmds = (N.G4Cmd * len(graph.ops))()
     for i, op in enumerate(graph.ops):
         fill = LOWERINGS.get(type(op))
@@ -200,4 +209,15 @@ def lower(graph: ops.Graph, weight_raw: Callable[[str], np.ndarray], vector: Cal
             c.rows, c.cols, c.in_cols = out.shape[0], out.shape[1], out.shape[1]
             c.out = _ptr(out)
         fill(lw, c, op)
+    # A graph with q8 matmuls runs every attention batch row by row (attention.c): a prefill
+    # then gives each row its decode-step bits, which the int8 rounding downstream would not
+    # forgive, so a prompt decodes the same after a cache hit or in another chunking.
+    # The exact matmuls of such a graph (float weights) run row by row at any size for the same
+    # reason (gemm.c's G4_ACT_ROW_EXACT).
+    if any(c.act != N.ACT_EXACT for c in cmds if c.op in (N.OP_MATMUL, N.OP_MOE_MATMUL)):
+        for c in cmds:
+            if c.op == N.OP_ATTENTION:
+                c.act = 1
+            elif c.op == N.OP_MATMUL and c.act == N.ACT_EXACT:
+                c.act = N.ACT_ROW_EXACT
     return Lowered(cmds=cmds, arena=lw.raw, buffers=lw.bufs, tokens=lw.tokens, keep=lw.keep)

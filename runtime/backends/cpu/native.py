@@ -13,6 +13,8 @@ from . import compiler
 # Op kinds and GGML type ids, as in g4cpu.h.
 OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_ATTENTION, OP_KV_STORE, OP_GELU_MUL, OP_GELU, \
     OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE, OP_MOE_ROUTE, OP_MOE_MATMUL, OP_MOE_SUM = range(1, 17)
+# Activation paths of a matmul (g4_cmd.act).
+ACT_EXACT, ACT_Q8, ACT_I16, ACT_REPACKED, ACT_ROW_EXACT = 0, 1, 2, 4, 8
 
 _p = ctypes.c_void_p
 
@@ -23,7 +25,7 @@ class G4Cmd(ctypes.Structure):
         "n_kv_head", "window", "cache_rows", "cache_f16")] + [
         ("w_rows", ctypes.c_int64), ("w_row_bytes", ctypes.c_int64),
         ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("cap", ctypes.c_float),
-        ("pad_", ctypes.c_float),
+        ("act", ctypes.c_int32),
         ("out", _p), ("a", _p), ("b", _p), ("c", _p), ("w", _p), ("freqs", _p),
         ("cache_k", _p), ("cache_v", _p)]
 
@@ -58,14 +60,36 @@ class NativeLib:
             getattr(lib, fn).argtypes = [ctypes.POINTER(G4Cmd), ctypes.c_int]
             getattr(lib, fn).restype = ctypes.c_size_t
         lib.g4_cmd_valid.argtypes = [ctypes.POINTER(G4Cmd)]
+        lib.g4_q8_dot.restype = ctypes.c_char_p
+        lib.g4_repack8_bytes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        lib.g4_repack8_bytes.restype = ctypes.c_size_t
+        lib.g4_repack8.argtypes = [ctypes.c_int, _p, ctypes.c_int64, ctypes.c_int64, _p]
+        lib.g4_q8_repacked_kernel.argtypes = [ctypes.c_int]
         for fn in ("g4_sizeof_cmd", "g4_sizeof_exec"):
             getattr(lib, fn).restype = ctypes.c_size_t
         if (lib.g4_sizeof_cmd(), lib.g4_sizeof_exec()) != (ctypes.sizeof(G4Cmd), ctypes.sizeof(G4Exec)):
             raise G4rtError("the CPU kernel library's structs do not match native.py (g4cpu.h changed?)")
         self.lib = lib
+        #: how the q8 kernels take integer dots: "vnni", "avxvnni", "maddubs" or "scalar"
+        self.q8_dot = lib.g4_q8_dot().decode()
         if lib.g4_isa().decode() != self.isa:
             raise G4rtError(f"the CPU kernel library was built for {lib.g4_isa().decode()}, "
                             f"not {self.isa} (compiler flags not honoured?)")
+
+    def repacks(self, qtype: int) -> bool:
+        """Whether q8 matmuls on `qtype` run on 8-row repacked weights in this build."""
+        return bool(self.lib.g4_q8_repacked_kernel(int(qtype)))
+
+    def repack8(self, qtype: int, raw) -> "object":
+        """The 8-row repacked copy (repack.c) of GGUF rows raw (uint8 [rows, row_bytes])."""
+        import numpy as np
+        rows, rb = raw.shape
+        n = int(self.lib.g4_repack8_bytes(int(qtype), rows, rb))
+        out = np.empty(n + 64, np.uint8)
+        out = out[(-out.ctypes.data) % 64:][:n]
+        if self.lib.g4_repack8(int(qtype), raw.ctypes.data, rows, rb, out.ctypes.data) != 0:
+            raise G4rtError(f"the CPU kernels cannot repack type {qtype}")
+        return out
 
     def cmd_valid(self, cmd: G4Cmd) -> bool:
         return bool(self.lib.g4_cmd_valid(ctypes.byref(cmd)))

@@ -42,9 +42,9 @@ import numpy as np
 
 from ... import ops
 from ...errors import G4rtError, UnsupportedModelError
-from ...gguf.quant_types import dequantize_rows
+from ...gguf.quant_types import QT, dequantize_rows
 from ...gguf.quant_types import row_bytes as q_row_bytes
-from ..base import Backend, WeightSource
+from ..base import Backend, WeightSource, checked_precision
 from . import kernels
 from .driver import CudaError, check, compile_many, cuda_available, open_driver
 from .graph import CudaGraph, ReadyLaunch
@@ -61,6 +61,22 @@ def _env_flag(name: str) -> Optional[bool]:
     if v is None or v.strip() == "":
         return None
     return v.strip().lower() not in ("0", "false", "no", "off")
+
+
+#: --precision choices of the CUDA backend (q8: the int8 decode matvecs)
+PRECISIONS = ("auto", "exact", "q8")
+
+
+def int8_matvec_for(precision: str, int8_matvec: Optional[bool] = None) -> bool:
+    """Whether the int8 (dp4a) decode matvecs run for a --precision: q8 on, exact off, auto as
+    int8_matvec says, else $G4RT_CUDA_INT8, else off. A contradiction is an error."""
+    if precision == "auto":
+        return bool(int8_matvec if int8_matvec is not None else _env_flag("G4RT_CUDA_INT8"))
+    want = precision == "q8"
+    if int8_matvec is not None and bool(int8_matvec) != want:
+        raise G4rtError(f"--precision {precision} contradicts int8_matvec={int8_matvec} "
+                        "(q8 is the int8 path: give one of the two)")
+    return want
 
 
 @dataclass
@@ -91,7 +107,7 @@ class CudaBackend(Backend):
 
     def __init__(self, device: int = 0, kv_dtype: str = "f16", use_graphs: Optional[bool] = None,
                  debug: Optional[bool] = None, arch: Optional[str] = None, driver=None,
-                 int8_matvec: Optional[bool] = None):
+                 int8_matvec: Optional[bool] = None, precision: str = "auto"):
         """device: CUDA device index. kv_dtype: "f16" (default) or "f32".
         use_graphs: record CUDA graphs (default on; env G4RT_CUDA_GRAPHS=0 turns it off).
         debug: synchronise after every op and name the op on a fault (env G4RT_CUDA_DEBUG=1).
@@ -100,9 +116,13 @@ class CudaBackend(Backend):
         EmulatedDriver); None: cuda-python's own.
         int8_matvec: decode matvecs of Q4_0/Q4_K/Q6_K/Q8_0 weights with 8-bit activations and
         dp4a (matvec8.cu; fewer instructions per byte, activations rounded to 8 bits as llama.cpp
-        does). Default off (env G4RT_CUDA_INT8=1): the fp32 matvec is exact to fp32 sums."""
+        does). Default off (env G4RT_CUDA_INT8=1): the fp32 matvec is exact to fp32 sums.
+        precision: --precision; "q8" is int8_matvec on, "exact" off, "auto" today's default
+        (int8_matvec, else the env var; off)."""
         if kv_dtype not in ("f16", "f32"):
             raise G4rtError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
+        self.int8_matvec = int8_matvec_for(checked_precision(self.name, precision, PRECISIONS), int8_matvec)
+        self.precision = precision
         self._closed = True
         self.kv_dtype = kv_dtype
         self.kv_f16 = kv_dtype == "f16"
@@ -146,8 +166,6 @@ class CudaBackend(Backend):
         except BaseException:
             self.close()
             raise
-        env_int8 = _env_flag("G4RT_CUDA_INT8")
-        self.int8_matvec = bool(int8_matvec if int8_matvec is not None else env_int8)
         env_graphs, env_debug = _env_flag("G4RT_CUDA_GRAPHS"), _env_flag("G4RT_CUDA_DEBUG")
         self.debug = bool(debug if debug is not None else env_debug)
         self.use_graphs = (use_graphs if use_graphs is not None
@@ -158,6 +176,18 @@ class CudaBackend(Backend):
     def device_name(self) -> str:
         return (f"{self.gpu_name} (CUDA sm_{self.cc[0]}{self.cc[1]}, "
                 f"{self.total_memory / (1 << 30):.0f} GiB)")
+
+    def precision_summary(self) -> str:
+        """q8 when the int8 decode path is on (the weight types it takes, of those loaded), else exact."""
+        if not self.int8_matvec:
+            return "exact"
+        types = [t.name for t in kernels.family_types("matvec8")]
+        if self.specs:
+            loaded = {QT(s.qtype).name for s in self.specs.values() if s.rows > 1 and s.cols > 1}
+            types = [t for t in types if t in loaded]
+            if not types:
+                return "exact (no Q4_0/Q4_K/Q6_K/Q8_0 weights for the int8 path)"
+        return f"q8 (dp4a decode matvecs of {'/'.join(sorted(types))})"
 
     def _attr(self, a) -> int:
         return int(check(self.drv.cuDeviceGetAttribute(a, self.dev), f"cuDeviceGetAttribute({a})"))

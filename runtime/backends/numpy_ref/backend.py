@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from ... import ops
 from ...gguf.quant_types import dequantize_rows
-from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource, checked_precision
 
 DEFAULT_CACHE_BYTES = 4 << 30
 _GELU_C = math.sqrt(2.0 / math.pi)
@@ -121,7 +121,9 @@ def matmul_rows_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 class NumpyBackend(Backend):
     name = "numpy"
 
-    def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32"):
+    def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES, kv_dtype: str = "f32", precision: str = "auto"):
+        # the reference defines the ops in float32: exact is its only activation path
+        self.precision = checked_precision(self.name, precision, ("auto", "exact"))
         self.cache_bytes = cache_bytes
         self.kv_dtype = "f16" if kv_dtype == "f16" else "f32"
         self._cache_dtype = np.float16 if self.kv_dtype == "f16" else np.float32

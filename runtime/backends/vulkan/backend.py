@@ -36,7 +36,7 @@ import numpy as np
 
 from ... import ops
 from ...errors import G4rtError
-from ..base import Backend, CompiledGraph, OpObserver, WeightSource
+from ..base import Backend, CompiledGraph, OpObserver, WeightSource, checked_precision
 from .arena import (ActivationPool, BufferLocation, BufferPiece, CacheLocation, PlacedWeight, WeightChunk,
                     pack_caches, pack_weights, place_buffers)
 from .derived import DerivedTensors
@@ -54,7 +54,7 @@ class VulkanBackend(Backend):
 
     def __init__(self, device: int | str = 0, kv_dtype: str = "f16",
                  max_buffer_bytes: Optional[int] = None, weight_memory: str = "auto",
-                 barriers: Optional[bool] = None, kernels: str = "auto"):
+                 barriers: Optional[bool] = None, kernels: str = "auto", precision: str = "auto"):
         """device: index or name substring. kv_dtype: "f16" or "f32".
         max_buffer_bytes: cap on one buffer (weight chunk, arena); tests lower it to exercise
         splitting. weight_memory: "auto", "host" (CPU drivers) or "device" (staged upload).
@@ -63,6 +63,8 @@ class VulkanBackend(Backend):
         (barrier-free kernels with eight rows per SIMD register: lavapipe) or "auto"."""
         if kv_dtype not in ("f16", "f32"):
             raise G4rtError(f"kv_dtype must be 'f16' or 'f32', got {kv_dtype!r}")
+        # the shaders take float32 activations only (no integer-activation path yet)
+        self.precision = checked_precision(self.name, precision, ("auto", "exact"))
         self.kp = import_kp()
         self.info: DeviceInfo = select_device(device)
         self.mgr = open_manager(self.info)

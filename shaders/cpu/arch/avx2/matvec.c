@@ -316,10 +316,20 @@ static float dot_q4_0(const uint8_t *w, const float *x, const float *xq, int64_t
 
 /* ======================================================================================= */
 
-size_t g4_matvec_scratch(const g4_cmd *c) { return mv_scratch_bytes(c, 1); }
+/* the q8 path (q8.h): ymm integer kernels, 2 rows per call (16 vector registers) */
+#define Q8_ROWS_G 2
+#define Q8_ROWS_SWITCH(R, CALL) switch (R) { case 1: CALL(1); break; default: CALL(2); break; }
+#include "arch/avx2/matvec_q8_x86.h"
+#include "matvec_q8_entry.h"
+
+size_t g4_matvec_scratch(const g4_cmd *c) { return q8_active(c) ? q8_scratch(c) : mv_scratch_bytes(c, 1); }
 
 void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     g4_f16tab_ready();
+    if (q8_active(c)) {
+        q8_prepare(c, x, ws);
+        return;
+    }
     if (!mv_needs_sums(c->qtype) || !ws) return;
     const int64_t nb = c->in_cols / QK;
     if (c->qtype == G4_Q4_0) {

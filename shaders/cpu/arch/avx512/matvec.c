@@ -343,10 +343,21 @@ static float dot_q5_1(const uint8_t *w, const float *x, const float *sx, int64_t
 
 /* ======================================================================================= */
 
-size_t g4_matvec_scratch(const g4_cmd *c) { return mv_scratch_bytes(c, 1); }
+/* the q8 path (q8.h): ymm integer kernels, 4 rows per call */
+#define Q8_ROWS_G 4
+#define Q8_ROWS_SWITCH(R, CALL) switch (R) { case 1: CALL(1); break; case 2: CALL(2); break; \
+    case 3: CALL(3); break; default: CALL(4); break; }
+#include "arch/avx2/matvec_q8_x86.h"
+#include "matvec_q8_entry.h"
+
+size_t g4_matvec_scratch(const g4_cmd *c) { return q8_active(c) ? q8_scratch(c) : mv_scratch_bytes(c, 1); }
 
 void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     g4_f16tab_ready();
+    if (q8_active(c)) {
+        q8_prepare(c, x, ws);
+        return;
+    }
     if (!mv_needs_sums(c->qtype) || !ws) return;
     const int64_t nb = c->in_cols / QK;
     if (c->qtype == G4_Q4_0) {

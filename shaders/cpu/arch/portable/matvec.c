@@ -193,10 +193,18 @@ static float dot_q6_k(const uint8_t *w, const float *x, int64_t nsb) {
 
 /* ======================================================================================= */
 
-size_t g4_matvec_scratch(const g4_cmd *c) { return mv_scratch_bytes(c, 0); }
+/* the q8 path (q8.h) in plain C */
+#include "arch/portable/matvec_q8.h"
+#include "matvec_q8_entry.h"
+
+size_t g4_matvec_scratch(const g4_cmd *c) { return q8_active(c) ? q8_scratch(c) : mv_scratch_bytes(c, 0); }
 
 void g4_matvec_prepare(const g4_cmd *c, const float *x, void *ws) {
     g4_f16tab_ready();
+    if (q8_active(c)) {
+        q8_prepare(c, x, ws);
+        return;
+    }
     if (!mv_needs_sums(c->qtype) || !ws) return;
     mv_write_sums(x, c->in_cols / QK, (float *)ws);
 }

@@ -1,0 +1,59 @@
+"""What `g4rt info MODEL --plan` says about activation precision: for each weight type of the
+model's matrices, whether its matmuls would take int8 (q8) or float32 (exact) activations on the
+planned backend. Worked out from the rules the backends themselves apply (the CPU backend's
+activation_path, CUDA's int8_matvec_for), so no device is opened and no kernel built."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..backends.registry import check_precision, hybrid_precision
+from ..gguf.quant_types import QT
+from ..model.config import layer_index
+from ..ops import WeightSpec
+
+
+def _rule(backend: str, precision: str) -> tuple[Callable[[int], str], str]:
+    """(weight type -> "q8 ..." or "exact", what decided it) for a backend that is not a hybrid."""
+    if backend == "cpu":
+        from ..backends.cpu import native
+        from ..backends.cpu.backend import activation_path, path_name
+        from ..backends.cpu.compiler import resolve_isa
+        isa = resolve_isa()          # the build this host would load ($G4RT_CPU_ISA honoured)
+        return (lambda q: path_name(activation_path(precision, isa, q))), f"{isa} build"
+    if backend == "cuda":
+        from ..backends.cuda.backend import int8_matvec_for
+        from ..backends.cuda.kernels import family_types
+        on, int8 = int8_matvec_for(precision), set(family_types("matvec8"))
+        return (lambda q: "q8 (decode matvecs; prefill exact)" if on and q in int8 else "exact"), \
+            f"int8 decode path {'on' if on else 'off'}"
+    return (lambda q: "exact"), "float32 activations only"
+
+
+def _matrices(specs: dict[str, WeightSpec]) -> list[tuple[str, WeightSpec]]:
+    """The weights a matmul reads (vectors such as norm weights take no activation path)."""
+    return [(n, s) for n, s in specs.items() if s.rows > 1 and s.cols > 1]
+
+
+def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: str, cpu_moe_layers: int = 0) -> str:
+    """A Markdown section: one row per (where, weight type) with its matrix count and path.
+
+    cpu_moe_layers: the expert tensors of layers below this run on the native CPU (a hybrid;
+    each half gets what registry.hybrid_precision gives it)."""
+    if cpu_moe_layers:
+        halves = {backend: _rule(backend, hybrid_precision(backend, precision)),
+                  "cpu": _rule("cpu", hybrid_precision("cpu", precision))}
+    else:
+        halves = {backend: _rule(backend, check_precision(backend, precision))}
+    counts: dict[tuple[str, str], int] = {}
+    for name, s in _matrices(specs):
+        layer = layer_index(name)
+        side = "cpu" if cpu_moe_layers and s.experts and layer is not None and layer < cpu_moe_layers else backend
+        key = (side, QT(s.qtype).name)
+        counts[key] = counts.get(key, 0) + 1
+    how = "; ".join(f"{side}: {why}" for side, (_, why) in halves.items())
+    lines = [f"## Activation precision: --precision {precision} ({how})", "",
+             "| runs on | weight type | matrices | activations |", "|---|---|---|---|"]
+    for (side, qname), n in sorted(counts.items()):
+        lines.append(f"| {side} | {qname} | {n} | {halves[side][0](QT[qname])} |")
+    return "\n".join(lines) + "\n"
