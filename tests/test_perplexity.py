@@ -77,7 +77,7 @@ def test_perplexity_scores_the_second_half_of_each_bos_led_chunk(text_file):
 
 
 def test_kl_divergence_from_a_base_run(text_file, tmp_path, capsys):
-    base = tmp_path / "base.npz"
+    base = tmp_path / "base.kl"            # any name: the file is written under exactly this one
     r, _ = ppl(F32, "-f", text_file, "--ctx", CTX, "--chunks", 2, "--kl-base", base)
     assert r.exit_code == 0 and base.is_file(), r.output
     _, same = ppl(F32, "-f", text_file, "--ctx", CTX, "--chunks", 2, "--kl-base", base, "--kl", "--json")

@@ -177,3 +177,30 @@ def test_server_reports_the_precision(tmp_path):
         assert (meta["precision"], meta["precision_summary"]) == ("exact", "exact (Q4_0)")
     finally:
         assert server.stop() == 0
+
+
+def test_repacked_size_mirrors_the_library():
+    """info --plan's repacked-RAM figure (a Python mirror) against repack.c's own count."""
+    from g4rt.backends.cpu import native
+    from g4rt.backends.cpu.backend import repacked_size
+    from g4rt.gguf.quant_types import row_bytes
+    lib = native.load()
+    for qtype in (2, 12, 14, 8, 13):
+        for rows, cols in ((8, 256), (77, 512), (3, 256), (262, 2816)):
+            want = int(lib.lib.g4_repack8_bytes(qtype, rows, row_bytes(qtype, cols))) if rows >= 8 else 0
+            assert repacked_size(qtype, rows, cols) == want, (qtype, rows, cols)
+
+
+def test_auto_keeps_narrow_models_and_q8_0_exact():
+    from g4rt.backends.cpu import native as N
+    from g4rt.backends.cpu.backend import activation_path, is_wide
+    from g4rt.ops import WeightSpec
+    assert activation_path("auto", "avx512", 2, wide=True) == N.ACT_I16      # Q4_0 in a 12B-wide model
+    assert activation_path("auto", "avx512", 2, wide=False) == N.ACT_EXACT   # the 270M
+    assert activation_path("auto", "avx512", 8) == N.ACT_EXACT               # Q8_0: exact streams as fast
+    assert activation_path("auto", "scalar", 2) == N.ACT_EXACT               # portable: no integer dots
+    assert activation_path("auto", "avx2", 0) == N.ACT_EXACT                 # float weights
+    assert activation_path("q8", "scalar", 8, wide=False) == N.ACT_Q8        # asked for: always
+    assert activation_path("i16", "avx2", 14, wide=False) == N.ACT_I16
+    assert is_wide([WeightSpec("a", 2, 4096, 3840)]) and not is_wide([WeightSpec("a", 2, 2048, 640)])
+    assert not is_wide([WeightSpec("a", 0, 4096, 4096)])                     # float weights do not count

@@ -157,7 +157,13 @@ def perplexity(forward: Callable[[np.ndarray], np.ndarray], tokens: list[int], c
 
 
 def save_kl_base(path: str | Path, base: dict) -> None:
-    np.savez_compressed(path, **base)
+    """Written to exactly `path` (np.savez would append .npz to a name without it, and a later
+    --kl-base with the same name would not find the file)."""
+    try:
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **base)
+    except OSError as e:
+        raise PerplexityError(f"cannot write the KL base {path}: {e}") from None
 
 
 def load_kl_base(path: str | Path) -> dict:

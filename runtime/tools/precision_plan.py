@@ -5,6 +5,7 @@ activation_path, CUDA's int8_matvec_for), so no device is opened and no kernel b
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from ..backends.registry import check_precision, hybrid_precision
@@ -13,21 +14,23 @@ from ..model.config import layer_index
 from ..ops import WeightSpec
 
 
-def _rule(backend: str, precision: str) -> tuple[Callable[[int], str], str]:
-    """(weight type -> "q8 ..." or "exact", what decided it) for a backend that is not a hybrid."""
+def _rule(backend: str, precision: str, specs) -> tuple[Callable[[int, int], str], str]:
+    """((weight type, inputs) -> "i16", "q8 ..." or "exact", what decided it) for a backend that
+    is not a hybrid."""
     if backend == "cpu":
-        from ..backends.cpu import native
-        from ..backends.cpu.backend import activation_path, path_name
+        from ..backends.cpu.backend import activation_path, is_wide, path_name
         from ..backends.cpu.compiler import resolve_isa
         isa = resolve_isa()          # the build this host would load ($G4RT_CPU_ISA honoured)
-        return (lambda q: path_name(activation_path(precision, isa, q))), f"{isa} build"
+        wide = is_wide(specs.values())
+        return (lambda q, cols: path_name(activation_path(precision, isa, q, wide))), \
+            f"{isa} build{'' if wide else ', a narrow model'}"
     if backend == "cuda":
         from ..backends.cuda.backend import int8_matvec_for
         from ..backends.cuda.kernels import family_types
         on, int8 = int8_matvec_for(precision), set(family_types("matvec8"))
-        return (lambda q: "q8 (decode matvecs; prefill exact)" if on and q in int8 else "exact"), \
+        return (lambda q, cols: "q8 (decode matvecs; prefill exact)" if on and q in int8 else "exact"), \
             f"int8 decode path {'on' if on else 'off'}"
-    return (lambda q: "exact"), "float32 activations only"
+    return (lambda q, cols: "exact"), "float32 activations only"
 
 
 def _matrices(specs: dict[str, WeightSpec]) -> list[tuple[str, WeightSpec]]:
@@ -41,19 +44,34 @@ def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: st
     cpu_moe_layers: the expert tensors of layers below this run on the native CPU (a hybrid;
     each half gets what registry.hybrid_precision gives it)."""
     if cpu_moe_layers:
-        halves = {backend: _rule(backend, hybrid_precision(backend, precision)),
-                  "cpu": _rule("cpu", hybrid_precision("cpu", precision))}
+        halves = {backend: _rule(backend, hybrid_precision(backend, precision), specs),
+                  "cpu": _rule("cpu", hybrid_precision("cpu", precision), specs)}
     else:
-        halves = {backend: _rule(backend, check_precision(backend, precision))}
-    counts: dict[tuple[str, str], int] = {}
+        halves = {backend: _rule(backend, check_precision(backend, precision), specs)}
+    # one row per (side, weight type, path): auto can differ by a matrix's width
+    counts: dict[tuple[str, str, str], int] = {}
     for name, s in _matrices(specs):
         layer = layer_index(name)
         side = "cpu" if cpu_moe_layers and s.experts and layer is not None and layer < cpu_moe_layers else backend
-        key = (side, QT(s.qtype).name)
+        key = (side, QT(s.qtype).name, halves[side][0](QT(s.qtype), s.cols))
         counts[key] = counts.get(key, 0) + 1
     how = "; ".join(f"{side}: {why}" for side, (_, why) in halves.items())
     lines = [f"## Activation precision: --precision {precision} ({how})", "",
              "| runs on | weight type | matrices | activations |", "|---|---|---|---|"]
-    for (side, qname), n in sorted(counts.items()):
-        lines.append(f"| {side} | {qname} | {n} | {halves[side][0](QT[qname])} |")
+    for (side, qname, path), n in sorted(counts.items()):
+        lines.append(f"| {side} | {qname} | {n} | {path} |")
+    repacked = _repacked_bytes(specs, halves, backend, cpu_moe_layers)
+    if repacked:
+        lines += ["", f"Repacked weights (the integer kernels' 8-row layout, shaders/cpu/repack.c): "
+                      f"{repacked / 2**20:.1f} MiB of RAM beyond the memory map (G4RT_CPU_REPACK=0: none)."]
     return "\n".join(lines) + "\n"
+
+
+def _repacked_bytes(specs, halves, backend: str, cpu_moe_layers: int) -> int:
+    """RAM the CPU backend's repacked copies would take (expert tensors are not repacked)."""
+    if "cpu" not in halves or os.environ.get("G4RT_CPU_REPACK", "1") == "0":
+        return 0
+    from ..backends.cpu.backend import repacked_size
+    rule = halves["cpu"][0]
+    return sum(repacked_size(s.qtype, s.rows, s.cols) for _, s in _matrices(specs)
+               if not s.experts and rule(QT(s.qtype), s.cols) != "exact" and (backend == "cpu" or cpu_moe_layers == 0))

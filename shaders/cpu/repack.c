@@ -45,64 +45,48 @@ static void k4_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
     }
 }
 
-static void repack_q4_k(const uint8_t *src, int64_t rows, int64_t row_bytes, uint8_t *dst) {
-    const int64_t nsb = row_bytes / 144, groups = (rows + 7) / 8;
+/* The walk every layout shares: for each group of 8 rows and each block (in: `in` bytes per
+ * row, out: `out` bytes for the group), the output zeroed, then `put` places row r's block. */
+typedef void (*put_fn)(uint8_t *o, const uint8_t *blk, int r);
+
+static void repack_groups(const uint8_t *src, int64_t rows, int64_t row_bytes, uint8_t *dst, int64_t in,
+                          int64_t out, put_fn put) {
+    const int64_t nb = row_bytes / in, groups = (rows + 7) / 8;
     for (int64_t g = 0; g < groups; g++)
-        for (int64_t i = 0; i < nsb; i++) {
-            uint8_t *o = dst + (g * nsb + i) * 1184;
-            memset(o, 0, 1184);
-            for (int r = 0; r < 8; r++) {
-                const int64_t row = g * 8 + r;
-                if (row >= rows) continue;
-                const uint8_t *blk = src + row * row_bytes + i * 144;
-                memcpy(o + 2 * r, blk, 2);
-                memcpy(o + 16 + 2 * r, blk + 2, 2);
-                for (int j = 0; j < 8; j++) k4_scale_min(blk + 4, j, o + 32 + 8 * j + r, o + 96 + 8 * j + r);
-                for (int j = 0; j < 4; j++)
-                    for (int c = 0; c < 8; c++) memcpy(o + 160 + 256 * j + 32 * c + 4 * r, blk + 16 + 32 * j + 4 * c, 4);
-            }
+        for (int64_t i = 0; i < nb; i++) {
+            uint8_t *o = dst + (g * nb + i) * out;
+            memset(o, 0, (size_t)out);
+            for (int r = 0; r < 8 && g * 8 + r < rows; r++) put(o, src + (g * 8 + r) * row_bytes + i * in, r);
         }
 }
 
-static void repack_q6_k(const uint8_t *src, int64_t rows, int64_t row_bytes, uint8_t *dst) {
-    const int64_t nsb = row_bytes / 210, groups = (rows + 7) / 8;
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t i = 0; i < nsb; i++) {
-            uint8_t *o = dst + (g * nsb + i) * 1680;
-            memset(o, 0, 1680);
-            for (int r = 0; r < 8; r++) {
-                const int64_t row = g * 8 + r;
-                if (row >= rows) continue;
-                const uint8_t *blk = src + row * row_bytes + i * 210;
-                memcpy(o + 2 * r, blk + 208, 2);
-                for (int k = 0; k < 16; k++) o[16 + 8 * k + r] = blk[192 + k];
-                for (int h = 0; h < 2; h++) {
-                    for (int c = 0; c < 16; c++) memcpy(o + 144 + 512 * h + 32 * c + 4 * r, blk + 64 * h + 4 * c, 4);
-                    for (int c = 0; c < 8; c++) memcpy(o + 1168 + 256 * h + 32 * c + 4 * r, blk + 128 + 32 * h + 4 * c, 4);
-                }
-            }
-        }
+static void put_q4_0(uint8_t *o, const uint8_t *blk, int r) {
+    memcpy(o + 2 * r, blk, 2);
+    for (int c = 0; c < 4; c++) memcpy(o + 16 + 32 * c + 4 * r, blk + 2 + 4 * c, 4);
 }
 
-int g4_repack8(int qtype, const void *src_, int64_t rows, int64_t row_bytes, void *dst_) {
-    if (!g4_repack8_type(qtype)) return -1;
-    const uint8_t *src = (const uint8_t *)src_;
-    uint8_t *dst = (uint8_t *)dst_;
-    if (qtype == G4_Q4_K) { repack_q4_k(src, rows, row_bytes, dst); return 0; }
-    if (qtype == G4_Q6_K) { repack_q6_k(src, rows, row_bytes, dst); return 0; }
-    const int64_t nb = row_bytes / 18, groups = (rows + 7) / 8;
-    for (int64_t g = 0; g < groups; g++) {
-        for (int64_t b = 0; b < nb; b++) {
-            uint8_t *o = dst + (g * nb + b) * 144;
-            memset(o, 0, 144);
-            for (int r = 0; r < 8; r++) {
-                const int64_t row = g * 8 + r;
-                if (row >= rows) continue;
-                const uint8_t *blk = src + row * row_bytes + b * 18;
-                memcpy(o + 2 * r, blk, 2);
-                for (int c = 0; c < 4; c++) memcpy(o + 16 + 32 * c + 4 * r, blk + 2 + 4 * c, 4);
-            }
-        }
+static void put_q4_k(uint8_t *o, const uint8_t *blk, int r) {
+    memcpy(o + 2 * r, blk, 2);
+    memcpy(o + 16 + 2 * r, blk + 2, 2);
+    for (int j = 0; j < 8; j++) k4_scale_min(blk + 4, j, o + 32 + 8 * j + r, o + 96 + 8 * j + r);
+    for (int j = 0; j < 4; j++)
+        for (int c = 0; c < 8; c++) memcpy(o + 160 + 256 * j + 32 * c + 4 * r, blk + 16 + 32 * j + 4 * c, 4);
+}
+
+static void put_q6_k(uint8_t *o, const uint8_t *blk, int r) {
+    memcpy(o + 2 * r, blk + 208, 2);
+    for (int k = 0; k < 16; k++) o[16 + 8 * k + r] = blk[192 + k];
+    for (int h = 0; h < 2; h++) {
+        for (int c = 0; c < 16; c++) memcpy(o + 144 + 512 * h + 32 * c + 4 * r, blk + 64 * h + 4 * c, 4);
+        for (int c = 0; c < 8; c++) memcpy(o + 1168 + 256 * h + 32 * c + 4 * r, blk + 128 + 32 * h + 4 * c, 4);
     }
-    return 0;
+}
+
+int g4_repack8(int qtype, const void *src, int64_t rows, int64_t row_bytes, void *dst) {
+    switch (qtype) {
+    case G4_Q4_0: repack_groups(src, rows, row_bytes, dst, 18, 144, put_q4_0); return 0;
+    case G4_Q4_K: repack_groups(src, rows, row_bytes, dst, 144, 1184, put_q4_k); return 0;
+    case G4_Q6_K: repack_groups(src, rows, row_bytes, dst, 210, 1680, put_q6_k); return 0;
+    default: return -1;
+    }
 }

@@ -66,18 +66,46 @@ Q8_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})   # Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q
 #: builds whose integer kernels are faster than their exact ones (auto picks i16 there); the
 #: portable build's scalar integer loops are not (docs/benchmarks/cpu-native.md)
 AUTO_INT_ISAS = frozenset({"avx512", "avx2"})
+#: what auto leaves exact, measured (Zen 4, docs/benchmarks/cpu-native.md): Q8_0, whose exact
+#: kernel already streams at the memory's speed, and every matrix of a narrow model - one with no
+#: quantized matrix of at least AUTO_WIDE rows and inputs (the Gemma 3 270M: 640 wide) - where the
+#: per-row quantization costs more than the integer dots save and the exact tiled GEMM prefills
+#: faster. The choice is per model, so a graph runs one kind of path throughout.
+AUTO_EXACT_TYPES = frozenset({8})
+AUTO_WIDE = 2048
 _MODES = {"q8": 1, "i16": 2}   # native.ACT_Q8, native.ACT_I16
 
 
-def activation_path(precision: str, isa: str, qtype: int) -> int:
+def is_wide(specs) -> bool:
+    """Whether a model's weights make auto take the integer path (see AUTO_WIDE)."""
+    return any(int(s.qtype) in Q8_TYPES and s.rows >= AUTO_WIDE and s.cols >= AUTO_WIDE for s in specs)
+
+
+def activation_path(precision: str, isa: str, qtype: int, wide: bool = True) -> int:
     """The g4_cmd.act mode of a matmul on `qtype` weights: N.ACT_EXACT, N.ACT_Q8 or N.ACT_I16.
     auto: i16 - it meets every fixture's bar as exact does (q8, llama.cpp's rounding, lands
-    around the bars, docs/design.md) - where the build has integer dots, else exact."""
+    around the bars, docs/design.md) - where the build has integer dots and it measured faster
+    (a wide model, is_wide), else exact."""
     if int(qtype) not in Q8_TYPES or precision == "exact":
         return N.ACT_EXACT
     if precision in _MODES:
         return _MODES[precision]
-    return N.ACT_I16 if isa in AUTO_INT_ISAS else N.ACT_EXACT
+    if isa in AUTO_INT_ISAS and int(qtype) not in AUTO_EXACT_TYPES and wide:
+        return N.ACT_I16
+    return N.ACT_EXACT
+
+
+#: bytes of one 8-row group per 256 inputs in repack.c's layouts (g4_repack8_group_bytes)
+_REPACK_GROUP_PER_256 = {2: 8 * 144, 12: 1184, 14: 1680}      # Q4_0, Q4_K, Q6_K
+
+
+def repacked_size(qtype: int, rows: int, cols: int) -> int:
+    """Bytes of the 8-row repacked copy repack.c makes of a rows x cols matrix (0: not repacked;
+    tests check it against the library's g4_repack8_bytes)."""
+    per = _REPACK_GROUP_PER_256.get(int(qtype))
+    if per is None or rows < 8:
+        return 0
+    return (rows + 7) // 8 * per * cols // 256
 
 
 def path_name(act: int) -> str:
@@ -108,21 +136,22 @@ class CpuBackend(Backend):
         self._raw: dict[str, np.ndarray] = {}
         self._vectors: dict[str, np.ndarray] = {}
         self._repacked: dict[str, np.ndarray] = {}
+        self._wide = True                   # is_wide() of the loaded weights
 
     @property
     def device_name(self) -> str:
         return f"native CPU ({self.lib.isa}, {self.threads} thread{'s' if self.threads != 1 else ''})"
 
-    def act_for(self, qtype: int) -> int:
-        """The activation path (N.ACT_*) matmuls on `qtype` weights take on this backend."""
-        return activation_path(self.precision, self.lib.isa, qtype)
+    def act_for(self, spec: ops.WeightSpec) -> int:
+        """The activation path (N.ACT_*) a matmul on this weight takes on this backend."""
+        return activation_path(self.precision, self.lib.isa, spec.qtype, self._wide)
 
     def repacked(self, name: str) -> Optional[np.ndarray]:
         """The 8-row repacked copy of a q8 matmul's weight where this build has a kernel for
         it (made once, on first use; None otherwise). The GGUF rows stay mapped for the rest
         (embedding lookups, the exact path)."""
         spec = self.specs[name]
-        if (self.act_for(spec.qtype) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or spec.rows < 8
+        if (self.act_for(spec) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or spec.rows < 8
                 or os.environ.get("G4RT_CPU_REPACK", "1") == "0"):     # 0: the GGUF rows only (less RAM)
             return None
         w = self._repacked.get(name)
@@ -141,7 +170,7 @@ class CpuBackend(Backend):
         paths: dict[str, list[str]] = {}
         for spec in self.specs.values():
             if spec.rows > 1 and spec.cols > 1:
-                path = path_name(self.act_for(spec.qtype))
+                path = path_name(self.act_for(spec))
                 names = paths.setdefault(path, [])
                 if QT(spec.qtype).name not in names:
                     names.append(QT(spec.qtype).name)
@@ -155,6 +184,7 @@ class CpuBackend(Backend):
         now (with real progress) rather than during the first token."""
         self.specs = dict(specs)
         self.source = source
+        self._wide = is_wide(self.specs.values())
         self._raw.clear()               # a new source: compiled graphs keep their own references
         self._vectors.clear()
         self._repacked.clear()
@@ -276,4 +306,5 @@ class CpuGraph(CompiledGraph):
         return {nm: np.array(self.low.buffers[nm], np.float32) for nm in names}
 
 
-__all__ = ["CpuBackend", "CpuGraph", "PRECISIONS", "activation_path", "default_threads", "physical_cores"]
+__all__ = ["CpuBackend", "CpuGraph", "PRECISIONS", "activation_path", "default_threads", "is_wide", "path_name",
+           "physical_cores", "repacked_size"]

@@ -51,7 +51,7 @@ class _Lowering:
     the arrays the commands point into (kept alive with the command array)."""
 
     def __init__(self, graph: ops.Graph, weight_raw, vector, caches, inputs, cache_f16: bool,
-                 act_for: Callable[[int], int], repacked: Callable[[str], Optional[np.ndarray]]):
+                 act_for: Callable[[ops.WeightSpec], int], repacked: Callable[[str], Optional[np.ndarray]]):
         self.graph, self.weight_raw, self.vector, self.act_for = graph, weight_raw, vector, act_for
         self.repacked = repacked
         self.caches, self.inputs, self.cache_f16 = caches, inputs, cache_f16
@@ -93,7 +93,7 @@ def lower_matmul(lw: _Lowering, c, op: ops.MatMul) -> None:
     if op.x == op.out:
         raise G4rtError(f"CPU backend: matmul {op.weight} writes its own input")
     spec = lw.weight(c, op.weight)
-    c.op, c.in_cols, c.a, c.act = N.OP_MATMUL, spec.cols, _ptr(lw.buf(op.x)), lw.act_for(spec.qtype)
+    c.op, c.in_cols, c.a, c.act = N.OP_MATMUL, spec.cols, _ptr(lw.buf(op.x)), lw.act_for(spec)
     packed = lw.repacked(op.weight) if c.act != N.ACT_EXACT else None
     if packed is not None:                   # the integer kernels on 8-row groups (repack.c)
         c.w, c.act = _ptr(packed), c.act | N.ACT_REPACKED
@@ -176,7 +176,7 @@ def lower_moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
     if x.shape[0] not in (route.shape[0], route.shape[0] * k) or spec.rows != op.n_expert * c.cols:
         raise G4rtError(f"CPU backend: expert matmul {op.weight} has inconsistent shapes")
     lw.weight(c, op.weight)
-    c.op, c.in_cols, c.rows, c.act = N.OP_MOE_MATMUL, spec.cols, route.shape[0], lw.act_for(spec.qtype)
+    c.op, c.in_cols, c.rows, c.act = N.OP_MOE_MATMUL, spec.cols, route.shape[0], lw.act_for(spec)
     c.group, c.n_head, c.row0 = k, op.n_expert, int(x.shape[0] == route.shape[0] * k and k > 1)
     c.a, c.b = _ptr(x), _ptr(route)
 
@@ -191,11 +191,11 @@ LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = ops.table_b
 
 def lower(graph: ops.Graph, weight_raw: Callable[[str], np.ndarray], vector: Callable[[str], np.ndarray],
           caches: dict[str, np.ndarray], inputs: dict[str, np.ndarray], cache_f16: bool,
-          act_for: Callable[[int], int] = lambda qtype: N.ACT_EXACT,
+          act_for: Callable[[ops.WeightSpec], int] = lambda spec: N.ACT_EXACT,
           repacked: Callable[[str], Optional[np.ndarray]] = lambda name: None) -> Lowered:
     """weight_raw(name): the GGUF bytes [rows, row_bytes] (uint8, C-contiguous); vector(name): a
     small weight as contiguous float32; caches: KV caches (f16 when cache_f16, else f32); inputs:
-    f32 arrays the hybrid backend writes (read like caches by Slice); act_for(qtype): a matmul's
+    f32 arrays the hybrid backend writes (read like caches by Slice); act_for(spec): a matmul's
     activation path (native.ACT_*); repacked(name): a weight's 8-row repacked copy, or None."""
     lw = _Lowering(graph, weight_raw, vector, caches, inputs, cache_f16, act_for, repacked)
     cmds = (N.G4Cmd * len(graph.ops))()
