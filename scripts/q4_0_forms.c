@@ -24,6 +24,7 @@
 int main(void) { puts("needs an AVX2 build (-mavx2 -mfma -mf16c, not the AVX-512 flags)"); return 0; }
 #else
 #include "../shaders/cpu/f16_table.c"
+#include "../shaders/cpu/repack.c"   /* the q8 path of matvec.c uses its group sizes */
 #include "../shaders/cpu/arch/avx2/matvec.c"
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
