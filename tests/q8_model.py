@@ -43,7 +43,7 @@ F32_MAX = np.float32(3.4028235e38)
 TINY = np.float32(1e-30)
 
 
-def bias_mult(qtype: int, vnni: bool) -> int:
+def bias_mult(qtype: int) -> int:
     """Q4_0's offset 8 and Q5_0's 16, an eighth per int32 lane; Q8_0 takes the sign trick on
     every build (so VNNI does not change it)."""
     return {Q4_0: 1, Q5_0: 2}.get(qtype, 0)
@@ -89,10 +89,10 @@ def quantize_i16(x: np.ndarray, qtype: int) -> dict:
     with np.errstate(all="ignore"):
         sd = (d * S.astype(np.float32)).astype(np.float32)
     return {"q": q, "q2": q2, "codes": codes, "d": d, "sd": sd,
-            "bias": (-S * bias_mult(qtype, False)).astype(np.int32), "s16": c16.astype(np.float32), "bad": ~fin}
+            "bias": (-S * bias_mult(qtype)).astype(np.int32), "s16": c16.astype(np.float32), "bad": ~fin}
 
 
-def quantize(x: np.ndarray, qtype: int, vnni: bool = False, half_away: bool = False) -> dict:
+def quantize(x: np.ndarray, qtype: int, half_away: bool = False) -> dict:
     """The quantized row of x (float32 [K]) for `qtype` weights: q int8 [K], d / sd float32
     [K/32], bias int32 [K/32], s16 float32 [K/16], bad bool [K/32] (a non-finite block: q there
     is not modelled). half_away: round ties away from zero instead of to even (a wrong model,
@@ -136,7 +136,7 @@ def quantize(x: np.ndarray, qtype: int, vnni: bool = False, half_away: bool = Fa
         else:
             d = d_unr.astype(np.float16).astype(np.float32)
             sd = (d_unr * S.astype(np.float32)).astype(np.float32).astype(np.float16).astype(np.float32)
-    return {"q": q, "d": d, "sd": sd, "bias": (-S * bias_mult(qtype, vnni)).astype(np.int32),
+    return {"q": q, "d": d, "sd": sd, "bias": (-S * bias_mult(qtype)).astype(np.int32),
             "s16": q16.astype(np.float32), "bad": bad}
 
 

@@ -264,9 +264,9 @@ def _bits_equal(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
 
 
-def check_quantized(got: dict, x: np.ndarray, qtype: int, vnni: bool, what: str) -> None:
+def check_quantized(got: dict, x: np.ndarray, qtype: int, what: str) -> None:
     """got: the C's quantized row of x (c_row) against the model's, bit for bit."""
-    want = M.quantize(x, qtype, vnni)
+    want = M.quantize(x, qtype)
     ok = ~want["bad"]                                  # q of a non-finite block is unspecified
     okv = np.repeat(ok, 32)
     bad_q = np.flatnonzero((got["q"] != want["q"]) & okv)
@@ -290,7 +290,7 @@ def test_quantization_is_bit_exact(build, qtype):
     n = 0
     for K in widths(qtype):
         for name, x in {**activations(rng, K), **crafted(K)}.items():
-            check_quantized(c_row(L, qtype, x), x, qtype, b.vnni, f"{b.name} {M.NAMES[qtype]} K={K} {name}")
+            check_quantized(c_row(L, qtype, x), x, qtype, f"{b.name} {M.NAMES[qtype]} K={K} {name}")
             n += 1
     assert n >= 39
 
@@ -407,7 +407,7 @@ def test_a_wrong_rounding_model_is_rejected(build, qtype):
     K = 256
     x = crafted(K)["ties"]
     row = c_row(L, qtype, x)
-    check_quantized(row, x, qtype, b.vnni, "ties")                           # the right model: equal
+    check_quantized(row, x, qtype, "ties")                           # the right model: equal
     got, wrong = row["q"], M.quantize(x, qtype, half_away=True)["q"]
     odd_floor = (np.floor(np.abs(x)) % 2 == 0) & (np.abs(x) != 127)          # n even: n + 1/2 -> n
     assert odd_floor.sum() > 20

@@ -1,11 +1,10 @@
 """What `g4rt info MODEL --plan` says about activation precision: for each weight type of the
-model's matrices, whether its matmuls would take int8 (q8) or float32 (exact) activations on the
-planned backend. Worked out from the rules the backends themselves apply (the CPU backend's
+model's matrices, whether its matmuls would take integer (i16, q8) or float32 (exact)
+activations on the planned backend, and the RAM of the CPU's repacked weights. Worked out from the rules the backends themselves apply (the CPU backend's
 activation_path, CUDA's int8_matvec_for), so no device is opened and no kernel built."""
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from ..backends.registry import check_precision, hybrid_precision
@@ -60,18 +59,19 @@ def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: st
              "| runs on | weight type | matrices | activations |", "|---|---|---|---|"]
     for (side, qname, path), n in sorted(counts.items()):
         lines.append(f"| {side} | {qname} | {n} | {path} |")
-    repacked = _repacked_bytes(specs, halves, backend, cpu_moe_layers)
+    repacked = _repacked_bytes(specs, halves, backend)
     if repacked:
         lines += ["", f"Repacked weights (the integer kernels' 8-row layout, shaders/cpu/repack.c): "
                       f"{repacked / 2**20:.1f} MiB of RAM beyond the memory map (G4RT_CPU_REPACK=0: none)."]
     return "\n".join(lines) + "\n"
 
 
-def _repacked_bytes(specs, halves, backend: str, cpu_moe_layers: int) -> int:
-    """RAM the CPU backend's repacked copies would take (expert tensors are not repacked)."""
-    if "cpu" not in halves or os.environ.get("G4RT_CPU_REPACK", "1") == "0":
+def _repacked_bytes(specs, halves, backend: str) -> int:
+    """RAM the native CPU backend's repacked copies would take (a hybrid's CPU half runs only
+    experts, which are not repacked)."""
+    from ..backends.cpu.backend import repack_enabled, repacked_size
+    if backend != "cpu" or not repack_enabled():
         return 0
-    from ..backends.cpu.backend import repacked_size
     rule = halves["cpu"][0]
     return sum(repacked_size(s.qtype, s.rows, s.cols) for _, s in _matrices(specs)
-               if not s.experts and rule(QT(s.qtype), s.cols) != "exact" and (backend == "cpu" or cpu_moe_layers == 0))
+               if not s.experts and rule(QT(s.qtype), s.cols) != "exact")

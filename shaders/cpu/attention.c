@@ -7,7 +7,7 @@
  * rows with long contexts the key positions are split across all threads instead
  * (flash-decoding), merging per-thread partials in ex->shared after a barrier. Batches of
  * 2..G4_ROW_EXACT_MAX rows run row by row (att_rows_exact) to be row-exact; with c->act set
- * (the q8 path, lowering.py) every batch does, so a prefill gives each row its decode bits: the
+ * (a graph on an integer path, lowering.py) every batch does, so a prefill gives each row its decode bits: the
  * quantized activations downstream would turn the last-bit differences of a tiled prefill into
  * different int8 codes, and a prompt would then decode differently after a cache hit.
  */

@@ -1,11 +1,18 @@
 /* matvec_q8_entry.h: the q8 path's matvec entry points, written once for every ISA: each
  * arch/<isa>/matvec.c includes its q8 kernels (q8_weight_row, q8_quantize_row, Q8_ROWS_G,
- * Q8_ROWS_SWITCH, Q8_VNNI, Q8_DOT_NAME) before this file. g4_matvec_scratch / _prepare and
+ * Q8_ROWS_SWITCH, Q8_DOT_NAME, and for a build with repacked kernels Q8_REPACKED_TYPE,
+ * q8_repacked_span, q8_repacked_finish) before this file. g4_matvec_scratch / _prepare and
  * matvec_entry.h's g4_matvec / g4_matvec_rows call these when q8_active(c). */
 #ifndef G4_MATVEC_Q8_ENTRY_H
 #define G4_MATVEC_Q8_ENTRY_H
 
 #include "q8.h"
+
+#ifndef Q8_REPACKED_TYPE              /* a build without repacked kernels (the portable one) */
+#define Q8_REPACKED_TYPE(qt) 0
+#else
+#define Q8_HAS_REPACKED 1
+#endif
 
 static inline int q8_active(const g4_cmd *c) {
     const int mode = c->act & G4_ACT_MODE;
@@ -32,9 +39,10 @@ static void q8_prepare(const g4_cmd *c, const float *x, void *ws) {
     else if (q8_k_type(c->qtype)) q8_quantize_k(x, K, (int8_t *)p, (float *)r.d);
     else q8_quantize_row(x, K, (int8_t *)p, (float *)r.d);
     /* a repacked kernel's int32 lane sums a whole block: the full offset, not an eighth */
-    q8_write_sums(K, c->qtype, two, q8_bias_mult(c->qtype, Q8_VNNI) * (c->act & G4_ACT_REPACKED ? 8 : 1), ws);
+    q8_write_sums(K, c->qtype, two, q8_bias_mult(c->qtype) * (c->act & G4_ACT_REPACKED ? 8 : 1), ws);
 }
 
+#ifdef Q8_HAS_REPACKED
 /* Rows [o0, o1) of a repacked matrix: whole groups of 8 are computed (the same bits whatever
  * the range), the rows asked for stored. K goes in spans of Q8_SPAN values for up to 8 groups
  * at a time, each group's per-row state carried from span to span (the same operations in the
@@ -67,16 +75,20 @@ static void q8_repacked_rows(const g4_cmd *c, int R, const q8_row *xs, float *co
     }
 }
 
+#endif
+
 int g4_q8_repacked_kernel(int qtype) { (void)qtype; return Q8_REPACKED_TYPE(qtype); }
 
 static void q8_matvec(const g4_cmd *c, const void *ws, float *y, int64_t o0, int64_t o1) {
     const uint8_t *W = (const uint8_t *)c->w;
     const q8_row x = q8_row_at(ws, c->in_cols);
     g4_f16tab_ready();
+#ifdef Q8_HAS_REPACKED
     if (c->act & G4_ACT_REPACKED) {
         q8_repacked_rows(c, 1, &x, &y, o0, o1);
         return;
     }
+#endif
     for (int64_t o = o0; o < o1; o++) q8_weight_row(c, 1, W + o * c->w_row_bytes, &x, y + o);
 }
 
@@ -88,10 +100,12 @@ static void q8_matvec_rows(const g4_cmd *c, int R, void *const *ws, float *const
         const int g = R - r0 < Q8_ROWS_G ? R - r0 : Q8_ROWS_G;
         q8_row xs[Q8_ROWS_G];
         for (int r = 0; r < g; r++) xs[r] = q8_row_at(ws[r0 + r], c->in_cols);
+#ifdef Q8_HAS_REPACKED
         if (c->act & G4_ACT_REPACKED) {
             q8_repacked_rows(c, g, xs, y + r0, o0, o1);
             continue;
         }
+#endif
         for (int64_t o = o0; o < o1; o++) {
             float v[Q8_ROWS_G];
             q8_weight_row(c, g, W + o * c->w_row_bytes, xs, v);

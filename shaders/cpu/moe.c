@@ -14,7 +14,8 @@
  * on every (expert, chunk of output features) item, for that expert's selections only. A batch:
  * each thread claims whole experts, gathers the expert's selections' input rows into its scratch
  * and runs gemm.c's tiled product on them, so each used expert's weights are decoded once per
- * batch, then scatters the rows back to their selections.
+ * batch, then scatters the rows back to their selections. On an integer path (c->act) a batch
+ * runs the multi-row matvec kernels per expert instead (moe_matmul_rows), row-exact.
  */
 #include <math.h>
 
@@ -86,9 +87,11 @@ size_t g4_moe_matmul_scratch(const g4_cmd *c, int nth) {
     g4_cmd sub = *c;
     sub.op = G4_OP_MATMUL;
     sub.w_rows = c->cols;
+    if (c->rows >= MOE_GEMM_MIN_ROWS && (c->act & G4_ACT_MODE))   /* moe_matmul_rows' groups */
+        return (size_t)G4_ROW_EXACT_MAX * A64(g4_matvec_scratch(&sub));
     if (c->rows >= MOE_GEMM_MIN_ROWS)   /* a token picks an expert once: at most rows selections each */
         return A64(g4_gemm_scratch()) + A64((size_t)c->rows * c->in_cols * 4) + A64((size_t)c->rows * c->cols * 4)
-               + A64((size_t)c->rows * 8) + ((c->act & G4_ACT_MODE) ? (size_t)c->rows * A64(g4_matvec_scratch(&sub)) : 0);
+               + A64((size_t)c->rows * 8);
     return (size_t)moe_inputs(c) * A64(g4_matvec_scratch(&sub));
 }
 
@@ -119,28 +122,44 @@ static void moe_matmul_gemm(const g4_cmd *c, g4_exec *ex, int ith) {
         if (m == 0) continue;
         sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
         sub.rows = (int32_t)m;
-        if (c->act & G4_ACT_MODE) {
-            /* the q8 path: the gathered rows quantized once, the multi-row kernels over all N */
-            uint8_t *qs = (uint8_t *)sel + A64((size_t)R * 8);
-            const size_t mw = A64(g4_matvec_scratch(&sub));
-            for (int64_t i0 = 0; i0 < m; i0 += G4_ROW_EXACT_MAX) {
-                const int n = (int)(m - i0 < G4_ROW_EXACT_MAX ? m - i0 : G4_ROW_EXACT_MAX);
-                const float *xs[G4_ROW_EXACT_MAX];
-                void *wss[G4_ROW_EXACT_MAX];
-                float *ys[G4_ROW_EXACT_MAX];
-                for (int i = 0; i < n; i++) {
-                    xs[i] = A + (i0 + i) * K;
-                    wss[i] = qs + (size_t)i * mw;
-                    ys[i] = T + (i0 + i) * N;
-                    g4_matvec_prepare(&sub, xs[i], wss[i]);
-                }
-                g4_matvec_rows(&sub, n, xs, wss, ys, 0, N);
-            }
-        } else {
-            for (int64_t pb = 0; pb < np; pb += tp)
-                g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
-        }
+        for (int64_t pb = 0; pb < np; pb += tp)
+            g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
         for (int64_t i = 0; i < m; i++) memcpy(c->out + sel[i] * N, T + i * N, (size_t)N * 4);
+    }
+}
+
+/* The integer paths' batches: each expert's selections in groups of up to G4_ROW_EXACT_MAX,
+ * quantized straight from their input rows, through the multi-row kernels over all N into their
+ * output rows - the bits of each selection's one-row matvec (row-exact), no gathering copies. */
+static void moe_matmul_rows(const g4_cmd *c, g4_exec *ex, int ith) {
+    const int64_t K = c->in_cols, N = c->cols, R = c->rows, k = c->group, E = c->n_head;
+    uint8_t *ws = (uint8_t *)g4_ws(ex, ith);
+    g4_cmd sub = *c;
+    sub.op = G4_OP_MATMUL;
+    sub.w_rows = N;
+    const size_t mw = A64(g4_matvec_scratch(&sub));
+    for (;;) {
+        const int64_t e = g4_chunk(ex);
+        if (e >= E) break;
+        sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
+        const float *xs[G4_ROW_EXACT_MAX];
+        void *wss[G4_ROW_EXACT_MAX];
+        float *ys[G4_ROW_EXACT_MAX];
+        int n = 0;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < k; j++) {
+                if ((int64_t)c->b[r * 2 * k + k + j] != e) continue;
+                const int64_t s = r * k + j;
+                xs[n] = c->a + (c->row0 ? s : r) * K;
+                wss[n] = ws + (size_t)n * mw;
+                ys[n] = c->out + s * N;
+                g4_matvec_prepare(&sub, xs[n], wss[n]);
+                if (++n == G4_ROW_EXACT_MAX) {
+                    g4_matvec_rows(&sub, n, xs, wss, ys, 0, N);
+                    n = 0;
+                }
+            }
+        if (n) g4_matvec_rows(&sub, n, xs, wss, ys, 0, N);
     }
 }
 
@@ -148,7 +167,8 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     const int64_t K = c->in_cols, N = c->cols, R = c->rows, k = c->group, E = c->n_head;
     if (R <= 0 || N <= 0) return;
     if (R >= MOE_GEMM_MIN_ROWS) {
-        moe_matmul_gemm(c, ex, ith);
+        if (c->act & G4_ACT_MODE) moe_matmul_rows(c, ex, ith);
+        else moe_matmul_gemm(c, ex, ith);
         return;
     }
     const int64_t cs = moe_chunk(c, nth), nchunk = (N + cs - 1) / cs;

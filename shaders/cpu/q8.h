@@ -60,8 +60,7 @@ static inline q8_row q8_row_at(const void *ws, int64_t K) {
 /* The bias multiplier of a weight type: its offset / 8 (0: no offset folded in). Q8_0's signed
  * codes take the sign trick (|w| against sign(q, w)) on every build, so the VNNI and the AVX2
  * builds give the same lanes and the same bits. */
-static inline int32_t q8_bias_mult(int qtype, int vnni) {
-    (void)vnni;
+static inline int32_t q8_bias_mult(int qtype) {
     switch (qtype) {
     case G4_Q4_0: return 1;
     case G4_Q5_0: return 2;

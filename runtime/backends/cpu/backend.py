@@ -8,9 +8,9 @@ Activation precision (docs/design.md, "Precision modes"): `exact` multiplies flo
 with the exactly decoded weights; `q8` quantizes each activation row once per matmul to int8 as
 llama.cpp does (Q8_0 / Q8_1 / Q8_K, shaders/cpu/q8.h) and takes integer dot products with the
 weight codes; `i16` quantizes to int16 precision (per 32 values, as two int8 planes) on the same
-integer kernels - near-exact; `auto` picks i16 for the quantized weight types where this build
-has integer dot products (AVX-512 VNNI, AVX2), exact for float weights and on the portable build.
-Q4_0 weights of the integer paths are repacked 8 rows at a time at load (repack.c).
+integer kernels - near-exact; `auto` picks i16 for a wide model's quantized weights where this
+build has integer dot products (activation_path). The integer paths read Q4_0 / Q4_K / Q6_K
+weights repacked 8 rows at a time (repack.c), made when a graph first uses them.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ AUTO_INT_ISAS = frozenset({"avx512", "avx2"})
 #: faster. The choice is per model, so a graph runs one kind of path throughout.
 AUTO_EXACT_TYPES = frozenset({8})
 AUTO_WIDE = 2048
-_MODES = {"q8": 1, "i16": 2}   # native.ACT_Q8, native.ACT_I16
+_MODES = {"q8": N.ACT_Q8, "i16": N.ACT_I16}
 
 
 def is_wide(specs) -> bool:
@@ -108,9 +108,14 @@ def repacked_size(qtype: int, rows: int, cols: int) -> int:
     return (rows + 7) // 8 * per * cols // 256
 
 
+def repack_enabled() -> bool:
+    """$G4RT_CPU_REPACK=0 keeps the integer paths on the GGUF rows (no copy, less RAM)."""
+    return os.environ.get("G4RT_CPU_REPACK", "1") != "0"
+
+
 def path_name(act: int) -> str:
     """"exact", "q8" or "i16" for a g4_cmd.act (the repacked flag aside)."""
-    return {N.ACT_EXACT: "exact", N.ACT_Q8: "q8", N.ACT_I16: "i16"}[act & 3]
+    return {N.ACT_EXACT: "exact", N.ACT_Q8: "q8", N.ACT_I16: "i16"}[act & (N.ACT_Q8 | N.ACT_I16)]
 
 
 class CpuBackend(Backend):
@@ -147,22 +152,17 @@ class CpuBackend(Backend):
         return activation_path(self.precision, self.lib.isa, spec.qtype, self._wide)
 
     def repacked(self, name: str) -> Optional[np.ndarray]:
-        """The 8-row repacked copy of a q8 matmul's weight where this build has a kernel for
-        it (made once, on first use; None otherwise). The GGUF rows stay mapped for the rest
-        (embedding lookups, the exact path)."""
+        """The 8-row repacked copy of an integer-path matmul's weight where this build has a
+        kernel for it (made once, on first use; None otherwise). The GGUF rows stay mapped for
+        the rest (embedding lookups, the exact path)."""
         spec = self.specs[name]
-        if (self.act_for(spec) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or spec.rows < 8
-                or os.environ.get("G4RT_CPU_REPACK", "1") == "0"):     # 0: the GGUF rows only (less RAM)
+        if (self.act_for(spec) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or not repack_enabled()
+                or repacked_size(spec.qtype, spec.rows, spec.cols) == 0):
             return None
         w = self._repacked.get(name)
         if w is None:
             w = self._repacked[name] = self.lib.repack8(spec.qtype, self.weight_raw(name))
         return w
-
-    @property
-    def repacked_bytes(self) -> int:
-        """RAM the repacked copies take beyond the memory map."""
-        return sum(int(w.nbytes) for w in self._repacked.values())
 
     def precision_summary(self) -> str:
         """e.g. "q8 (Q4_0, Q6_K), exact (F32)" for the matrix weights loaded; the mode alone
@@ -307,4 +307,4 @@ class CpuGraph(CompiledGraph):
 
 
 __all__ = ["CpuBackend", "CpuGraph", "PRECISIONS", "activation_path", "default_threads", "is_wide", "path_name",
-           "physical_cores", "repacked_size"]
+           "physical_cores", "repack_enabled", "repacked_size"]

@@ -209,7 +209,7 @@ def lower(graph: ops.Graph, weight_raw: Callable[[str], np.ndarray], vector: Cal
             c.rows, c.cols, c.in_cols = out.shape[0], out.shape[1], out.shape[1]
             c.out = _ptr(out)
         fill(lw, c, op)
-    # A graph with q8 matmuls runs every attention batch row by row (attention.c): a prefill
+    # A graph with integer (q8 / i16) matmuls runs every attention batch row by row: a prefill
     # then gives each row its decode-step bits, which the int8 rounding downstream would not
     # forgive, so a prompt decodes the same after a cache hit or in another chunking.
     # The exact matmuls of such a graph (float weights) run row by row at any size for the same

@@ -7,6 +7,8 @@ import ctypes
 import functools
 from typing import Optional
 
+import numpy as np
+
 from ...errors import G4rtError
 from . import compiler
 
@@ -80,9 +82,8 @@ class NativeLib:
         """Whether q8 matmuls on `qtype` run on 8-row repacked weights in this build."""
         return bool(self.lib.g4_q8_repacked_kernel(int(qtype)))
 
-    def repack8(self, qtype: int, raw) -> "object":
+    def repack8(self, qtype: int, raw: np.ndarray) -> np.ndarray:
         """The 8-row repacked copy (repack.c) of GGUF rows raw (uint8 [rows, row_bytes])."""
-        import numpy as np
         rows, rb = raw.shape
         n = int(self.lib.g4_repack8_bytes(int(qtype), rows, rb))
         out = np.empty(n + 64, np.uint8)

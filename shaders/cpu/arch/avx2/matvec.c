@@ -9,13 +9,6 @@
 #error "arch/avx2 needs the AVX2 flags and not the AVX-512 ones (runtime/backends/cpu/compiler.py X86_FLAGS)"
 #endif
 
-static inline float hsum8(__m256 v) {
-    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
 static float dot_f32(const uint8_t *w8, const float *x, int64_t K) {
     const float *w = (const float *)(const void *)w8;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;

@@ -8,7 +8,7 @@
  * The pair sums of vpmaddubsw saturate at 32767: every u here is < 64 (2 * 63 * 127 < 32767),
  * or Q8_0's |w| <= 128 against |q| <= 127 (the sign trick): 2 * 128 * 127 < 32767.
  *
- * Each kernel handles R rows (a compile-time constant at each call: q8_rows_dispatch) with four
+ * Each kernel handles R rows (a compile-time constant at each call: Q8_ROWS_SWITCH) with four
  * accumulators per row, block (or sub-block) k into accumulator k % 4, so one row alone and the
  * same row among R take the same operations in the same order: row-exact. The caller defines
  * Q8_ROWS_G, the most rows per call (AVX-512: 4, AVX2: 2, for the 32 / 16 vector registers). */
@@ -19,15 +19,12 @@
 #include "q8.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define Q8_VNNI 1
 #define Q8_DOT_NAME "vnni"
 static inline __m256i q8_dpb(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 #elif defined(__AVXVNNI__)
-#define Q8_VNNI 1
 #define Q8_DOT_NAME "avxvnni"
 static inline __m256i q8_dpb(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
 #else
-#define Q8_VNNI 0
 #define Q8_DOT_NAME "maddubs"
 static inline __m256i q8_dpb(__m256i acc, __m256i u, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
@@ -45,16 +42,9 @@ Q8_AI __m256i q8_dot(const int two, __m256i init, __m256i u, const q8_row *x, in
     return _mm256_add_epi32(_mm256_slli_epi32(h, 7), q8_dpb(init, u, _mm256_loadu_si256((const __m256i *)(x->q2 + o))));
 }
 
-static inline float q8_hsum8(__m256 v) {
-    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
 /* (a0 + a1) + (a2 + a3), reduced: the end of every kernel, per row */
 Q8_AI float q8_total(const __m256 *a) {
-    return q8_hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    return hsum8(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
 /* The 32 codes of a 16-byte nibble block in value order: low nibbles (values 0..15), then high. */
@@ -206,7 +196,7 @@ Q8_AI void q8_k45_rows(const int R, const int two, const uint8_t *w, const q8_ro
             }
         }
     }
-    for (int r = 0; r < R; r++) out[r] = q8_total(acc[r]) - q8_hsum8(am[r]);
+    for (int r = 0; r < R; r++) out[r] = q8_total(acc[r]) - hsum8(am[r]);
 }
 
 /* ---- Q6_K: 6-bit codes u = q + 32 (0..63), a signed 8-bit scale per 16 values ----
@@ -270,7 +260,24 @@ Q8_AI void q8_q6k_rows(const int R, const int two, const uint8_t *w, const q8_ro
             }
         }
     }
-    for (int r = 0; r < R; r++) out[r] = q8_total(acc[r]) - q8_hsum8(am[r]);
+    for (int r = 0; r < R; r++) out[r] = q8_total(acc[r]) - hsum8(am[r]);
+}
+
+/* The dot of 4 repacked code chunks u[c] (4 bytes of each of 8 rows) with the 16 activation
+ * bytes at p (chunk c against p[4c .. 4c+4)), one int32 lane per weight row; two chains for
+ * latency. */
+Q8_AI __m256i q8r_plane4(const __m256i *u, const int8_t *p) {
+    __m256i a = q8_dpb(_mm256_setzero_si256(), u[0], _mm256_broadcastd_epi32(_mm_loadu_si32(p)));
+    __m256i b = q8_dpb(_mm256_setzero_si256(), u[1], _mm256_broadcastd_epi32(_mm_loadu_si32(p + 4)));
+    a = q8_dpb(a, u[2], _mm256_broadcastd_epi32(_mm_loadu_si32(p + 8)));
+    b = q8_dpb(b, u[3], _mm256_broadcastd_epi32(_mm_loadu_si32(p + 12)));
+    return _mm256_add_epi32(a, b);
+}
+
+/* q8r_plane4 against row x's activation codes at offset o: q, or 128 q + q2 (i16) */
+Q8_AI __m256i q8r_dot4(const int two, const __m256i *u, const q8_row *x, int64_t o) {
+    const __m256i h = q8r_plane4(u, x->q + o);
+    return two ? _mm256_add_epi32(_mm256_slli_epi32(h, 7), q8r_plane4(u, x->q2 + o)) : h;
 }
 
 /* ---- repacked Q4_0 (repack.c's q4_0x8): 8 weight rows at once, lane j = row 8g + j ----
@@ -292,65 +299,13 @@ Q8_AI void q8r_q4_0_rows(const int R, const int two, const uint8_t *w, const q8_
             hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         }
         for (int r = 0; r < R; r++) {
-            const int8_t *xq = x[r].q + b * 32;
-            __m256i ia = _mm256_setzero_si256(), ib = ia;
-            for (int c = 0; c < 4; c++) {
-                ia = q8_dpb(ia, lo[c], _mm256_broadcastd_epi32(_mm_loadu_si32(xq + 4 * c)));
-                ib = q8_dpb(ib, hi[c], _mm256_broadcastd_epi32(_mm_loadu_si32(xq + 16 + 4 * c)));
-            }
-            __m256i i = _mm256_add_epi32(ia, ib);
-            if (two) {     /* i16: the low plane, and the high one's dot times 128 */
-                const int8_t *xq2 = x[r].q2 + b * 32;
-                __m256i ja = _mm256_setzero_si256(), jb = ja;
-                for (int c = 0; c < 4; c++) {
-                    ja = q8_dpb(ja, lo[c], _mm256_broadcastd_epi32(_mm_loadu_si32(xq2 + 4 * c)));
-                    jb = q8_dpb(jb, hi[c], _mm256_broadcastd_epi32(_mm_loadu_si32(xq2 + 16 + 4 * c)));
-                }
-                i = _mm256_add_epi32(_mm256_slli_epi32(i, 7), _mm256_add_epi32(ja, jb));
-            }
+            /* chunk c's low nibbles are values 4c.., its high ones 16 + 4c.. */
+            __m256i i = _mm256_add_epi32(q8r_dot4(two, lo, &x[r], b * 32), q8r_dot4(two, hi, &x[r], b * 32 + 16));
             i = _mm256_add_epi32(i, _mm256_set1_epi32(x[r].bias[b]));
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i),
                                      _mm256_mul_ps(dw, _mm256_broadcast_ss(x[r].d + b)), acc[r]);
         }
     }
-}
-
-/* The dot of 8 repacked code chunks u[c] (4 bytes of each of 8 rows) with the 32 activation
- * bytes at offset o of row x (chunk c against bytes o + 4c .. +4), one int32 lane per weight
- * row: two chains (even / odd chunks) for latency; i16: both planes, the high one times 128. */
-Q8_AI __m256i q8r_dot8(const int two, const __m256i *u, const q8_row *x, int64_t o) {
-    __m256i a = _mm256_setzero_si256(), b = a;
-    for (int c = 0; c < 8; c += 2) {
-        a = q8_dpb(a, u[c], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o + 4 * c)));
-        b = q8_dpb(b, u[c + 1], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o + 4 * c + 4)));
-    }
-    __m256i i = _mm256_add_epi32(a, b);
-    if (two) {
-        __m256i e = _mm256_setzero_si256(), f = e;
-        for (int c = 0; c < 8; c += 2) {
-            e = q8_dpb(e, u[c], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o + 4 * c)));
-            f = q8_dpb(f, u[c + 1], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o + 4 * c + 4)));
-        }
-        i = _mm256_add_epi32(_mm256_slli_epi32(i, 7), _mm256_add_epi32(e, f));
-    }
-    return i;
-}
-
-/* As q8r_dot8 for 4 chunks (16 values: a Q6_K scale group). */
-Q8_AI __m256i q8r_dot4(const int two, const __m256i *u, const q8_row *x, int64_t o) {
-    __m256i a = q8_dpb(_mm256_setzero_si256(), u[0], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o)));
-    __m256i b = q8_dpb(_mm256_setzero_si256(), u[1], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o + 4)));
-    a = q8_dpb(a, u[2], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o + 8)));
-    b = q8_dpb(b, u[3], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q + o + 12)));
-    __m256i i = _mm256_add_epi32(a, b);
-    if (two) {
-        __m256i e = q8_dpb(_mm256_setzero_si256(), u[0], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o)));
-        __m256i f = q8_dpb(_mm256_setzero_si256(), u[1], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o + 4)));
-        e = q8_dpb(e, u[2], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o + 8)));
-        f = q8_dpb(f, u[3], _mm256_broadcastd_epi32(_mm_loadu_si32(x->q2 + o + 12)));
-        i = _mm256_add_epi32(_mm256_slli_epi32(i, 7), _mm256_add_epi32(e, f));
-    }
-    return i;
 }
 
 /* ---- repacked Q4_K (q4_Kx8): per sub-block k, the 8 rows' scales d * sc[k] as one vector;
@@ -374,7 +329,8 @@ Q8_AI void q8r_q4_k_rows(const int R, const int two, const uint8_t *w, const q8_
             const __m256 mn = _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 96 + 8 * k)))));
             for (int r = 0; r < R; r++) {
                 const int64_t sb = i * 8 + k;
-                const __m256i d = q8r_dot8(two, u, &x[r], sb * 32);
+                const __m256i d = _mm256_add_epi32(q8r_dot4(two, u, &x[r], sb * 32),
+                                                   q8r_dot4(two, u + 4, &x[r], sb * 32 + 16));
                 acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sc, _mm256_broadcast_ss(x[r].d + sb)), acc[r]);
                 am[r] = _mm256_fmadd_ps(mn, _mm256_broadcast_ss(x[r].sd + sb), am[r]);
             }

@@ -1,9 +1,18 @@
-/* matvec_x86.h: helpers of the AVX2 matvec kernels that the AVX-512 ones use too (an AVX-512
- * build has AVX2): the K-quant scale unpacking on vectors and the software prefetch. */
+/* matvec_x86.h: helpers of the AVX2 matvec kernels that the AVX-512 ones and the integer (q8)
+ * kernels use too (an AVX-512 build has AVX2): the 8-lane sum, the K-quant scale unpacking on
+ * vectors and the software prefetch. */
 #ifndef G4_MATVEC_X86_H
 #define G4_MATVEC_X86_H
 
 #include "matvec.h"
+
+/* the sum of 8 floats: (0+4, 1+5, 2+6, 3+7), then pairs, then the last two */
+static inline float hsum8(__m256 v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
 
 /* Q4_K / Q5_K: the 8 six-bit scales and 8 mins of a super-block (llama.cpp's get_scale_min_k4)
  * unpacked with vector ops, as 16 bytes (m[0..7], sc[0..7]); reads 16 bytes at scales (the 12

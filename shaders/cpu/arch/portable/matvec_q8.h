@@ -7,8 +7,7 @@
 #include "matvec.h"
 #include "q8.h"
 
-#define Q8_VNNI 0
-#define Q8_DOT_NAME "scalar"
+#define Q8_DOT_NAME "scalar"      /* no repacked kernels here (matvec_q8_entry.h: none run) */
 #define Q8_ROWS_G 1
 #define Q8_ROWS_SWITCH(R, CALL) CALL(1);
 
@@ -110,18 +109,6 @@ static float q8_dot_row(const g4_cmd *c, const uint8_t *w, const q8_row *x, int 
 static inline void q8_weight_row(const g4_cmd *c, int R, const uint8_t *wo, const q8_row *x, float *v) {
     const int two = (c->act & G4_ACT_MODE) == G4_ACT_I16;
     for (int r = 0; r < R; r++) v[r] = q8_dot_row(c, wo, &x[r], two);
-}
-
-/* no repacked kernels in the portable build (the Python side asks g4_q8_repacked_kernel) */
-#define Q8_REPACKED_TYPE(qt) 0
-static inline void q8_repacked_span(const g4_cmd *c, int R, const uint8_t *wg, const q8_row *x, int64_t u0,
-                                    int64_t u1, float (*st)[16]) {
-    (void)c; (void)wg; (void)x; (void)u0; (void)u1;
-    for (int r = 0; r < R; r++) for (int j = 0; j < 16; j++) st[r][j] = NAN;
-}
-static inline void q8_repacked_finish(const g4_cmd *c, const float *st, float *v) {
-    (void)c;
-    for (int j = 0; j < 8; j++) v[j] = st[j];
 }
 
 static void q8_quantize_row(const float *x, int64_t K, int8_t *q, float *d) { q8_quantize_scalar(x, K, q, d); }
