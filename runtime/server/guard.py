@@ -10,6 +10,9 @@ import logging
 import secrets
 from typing import Optional
 
+from .error_shapes import body_for
+from .protocol import APIError
+
 
 class BodyTooLargeError(Exception):
     def __init__(self, limit: int):
@@ -17,8 +20,8 @@ class BodyTooLargeError(Exception):
         self.limit = limit
 
 
-def _error(status: int, message: str, type_: str, headers: Optional[list] = None):
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": status}}).encode()
+def _error(path: str, status: int, message: str, type_: str, headers: Optional[list] = None):
+    body = json.dumps(body_for(path, APIError(status, message, type_, code=str(status)))).encode()
     return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + \
         (headers or []), body
 
@@ -26,8 +29,9 @@ def _error(status: int, message: str, type_: str, headers: Optional[list] = None
 class Guard:
     OPEN_PATHS = ("/health",)
 
-    def __init__(self, app, api_key: Optional[str], max_body: int, metrics=None):
+    def __init__(self, app, api_key: Optional[str], max_body: int, metrics=None, known_paths=frozenset()):
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+        self.known_paths = known_paths
 
     def _authorized(self, headers: dict) -> bool:
         auth = headers.get(b"authorization", b"").decode("latin-1")
@@ -46,7 +50,7 @@ class Guard:
             await send(message)
 
         async def reply(status, message, type_, extra=None):
-            status, headers, body = _error(status, message, type_, extra)
+            status, headers, body = _error(path, status, message, type_, extra)
             await counting_send({"type": "http.response.start", "status": status, "headers": headers})
             await counting_send({"type": "http.response.body", "body": body})
 
@@ -87,9 +91,6 @@ class Guard:
                 await reply(500, f"internal error: {type(e).__name__}: {e}", "server_error")
         finally:
             if self.metrics is not None and status_seen[0]:
-                endpoint = path if path in KNOWN_PATHS else "other"
+                endpoint = path if path in self.known_paths else "other"
                 self.metrics.record_request(endpoint, status_seen[0])
 
-
-KNOWN_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics",
-               "/tokenize", "/detokenize", "/slots"}
