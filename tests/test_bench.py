@@ -98,6 +98,36 @@ def test_q4_0_forms_benchmark_builds_and_its_forms_agree(tmp_path):
     assert len(errs) == 5 and errs[0] == 0 and max(errs[:4]) < 1e-5 and errs[4] < 1e-4 and "FMA_OP" in out, out
 
 
+def test_q8_matvec_benchmark_builds_and_its_two_modes_agree(tmp_path):
+    """scripts/q8_matvec_bench.c (the kernel figures in docs/benchmarks/cpu-native.md) builds against
+    the shipped kernels on the AVX2 path and runs every repacked type in both modes; the q8 and
+    i16 products of the same weights and x agree to q8's rounding (a broken build or a mode mix-up
+    gives unrelated numbers)."""
+    import subprocess
+    from pathlib import Path
+    import numpy as np
+    from g4rt.backends.cpu import compiler
+    if not compiler.X86_NEEDS["avx2"] <= compiler.cpu_flags():
+        pytest.skip("needs an AVX2 CPU")
+    src = Path(__file__).resolve().parents[1] / "shaders" / "cpu"
+    exe = tmp_path / "q8mb"
+    subprocess.run([compiler.compiler(), "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", *compiler.X86_FLAGS["avx2"],
+                    f"-I{src}", *(str(src / f) for f in ("quant.c", "f16_table.c", "repack.c")),
+                    str(src / "arch" / "avx2" / "matvec.c"), str(src.parents[1] / "scripts" / "q8_matvec_bench.c"),
+                    "-o", str(exe), "-lm", "-pthread"], check=True)
+    for qtype in (2, 12, 14):
+        ys = []
+        for act in (1, 2):
+            dump = tmp_path / f"y{qtype}_{act}.bin"
+            out = subprocess.run([str(exe), str(qtype), str(act), "64", "512", "1", "1"], check=True,
+                                 capture_output=True, text=True, env={"NIT": "1", "DUMP": str(dump)}).stdout
+            assert "GB/s" in out, out
+            ys.append(np.fromfile(dump, dtype=np.float32))
+        q8, i16 = ys
+        assert q8.shape == (64,) and np.all(np.isfinite(i16)) and np.abs(i16).max() > 0
+        assert np.abs(q8 - i16).max() <= 0.05 * np.abs(i16).max(), (qtype, np.abs(q8 - i16).max())
+
+
 def test_depth_times_prefill_and_decode_with_that_many_tokens_in_the_cache(tmp_path, monkeypatch):
     """--depth N (llama-bench's -d N): the timed prefill and the timed decode both start with N
     tokens already in the cache, and llama-bench gets -d N in the same run."""
