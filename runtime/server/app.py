@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import G4rtError
-from . import openai_api
+from . import anthropic_api, ollama_api, openai_api, responses_api
 from .error_shapes import error_response
 from .guard import BodyTooLargeError, Guard
 from .metrics import CONTENT_TYPE_LATEST
@@ -25,7 +25,7 @@ from .state import DEFAULT_MAX_BODY, ServerConfig, ServerState  # noqa: F401  (r
 log = logging.getLogger("g4rt.server")
 
 #: every API's routes; each module has `register(app, state)` and `PATHS` (for the request metrics)
-API_MODULES = (openai_api,)
+API_MODULES = (openai_api, responses_api, anthropic_api, ollama_api)
 
 
 def create_app(state: ServerState, loader: Optional[Callable[[], object]] = None) -> FastAPI:

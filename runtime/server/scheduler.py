@@ -52,6 +52,7 @@ class DoneEvent:
     finish_reason: str                    # "stop" or "length"
     stop_reason: str                      # g4rt's detail: eog, stop_string, max_tokens, context_full, timeout
     usage: dict
+    matched_stop: Optional[str] = None    # the stop string that ended it (stop_reason stop_string)
 
 
 @dataclass
@@ -259,4 +260,5 @@ class Scheduler:
             usage.update(draft_n=job.draft_n, draft_n_accepted=job.draft_accepted)
         if self.metrics is not None:
             self.metrics.record_generation(usage)
-        self._send(job, DoneEvent(finish_reason, stop_reason, usage))
+        matched = job.stopper.matched if (stop_reason == "stop_string" and job.stopper is not None) else None
+        self._send(job, DoneEvent(finish_reason, stop_reason, usage, matched))
