@@ -63,7 +63,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         name = state.check_model(req.model)
         prompt = to_prompt(req)
         stops = req.stops()
-        sampler = sampler_for(req.temperature, req.top_k, req.top_p)
+        sampler = sampler_for(req.temperature, req.top_k, req.top_p, seed=req.seed)
         ids = await run_in_threadpool(prompt_ids, model, prompt)
         ids, max_tokens = state.fit(ids, req.max_tokens)
         run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler, stops=stops)

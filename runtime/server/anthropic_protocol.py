@@ -158,6 +158,8 @@ class MessagesRequest(CountTokensRequest):
     temperature: Optional[float] = Field(default=None, ge=0, le=1)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
     top_k: Optional[int] = Field(default=None, ge=0)
+    # not in Anthropic's API: g4rt's extension (as on its other APIs) so a seeded request samples the same tokens everywhere
+    seed: Optional[int] = Field(default=None, ge=0, lt=2**64)
     stream: bool = False
     metadata: Optional[dict] = None        # accepted, not used
 
