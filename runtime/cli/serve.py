@@ -46,8 +46,18 @@ class ServeError(G4rtError):
               help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.")
 @click.option("--alias", "aliases", multiple=True, help="Another model name clients may ask for (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Scale out on Ray Serve: replicas of the server behind one endpoint (docs/scale-out.md).")
+@click.option("--replicas", type=click.IntRange(1), default=None, help="With --ray: model replicas (default 1).")
+@click.option("--autoscale", default=None, metavar="MIN,MAX", callback=lambda c, p, v: _autoscale(v),
+              help="With --ray: scale between MIN and MAX replicas on the requests in flight.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="With --ray: join this Ray cluster (e.g. 10.0.0.1:6379) instead of starting one here.")
+@click.option("--ray-routing", type=click.Choice(["prefix", "pow2"]), default=None,
+              help="With --ray: prefix (a conversation stays on the replica with its prompt cache; "
+                   "default) or pow2 (Ray's power of two choices).")
 def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, precision, timeout, truncate,
-          max_body, cors_origins, aliases, quiet, **place):
+          max_body, cors_origins, aliases, quiet, use_ray, replicas, autoscale, ray_address, ray_routing, **place):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
     The model loads in the background: GET /health answers 503 until it is ready. MODEL defaults
@@ -64,6 +74,18 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         model = default_model_path()
     if not Path(model).is_file():
         raise ServeError(f"{model}: no such file")
+    if use_ray:
+        from ..server.ray_serve import RaySettings, serve_on_ray
+        settings = RaySettings(model=model, ctx=ctx, parallel=parallel, queue=queue, backend=backend, threads=threads,
+                               precision=precision, load_options={**placement(place), **speculation(place)},
+                               api_key=api_key, timeout_s=timeout, truncate=truncate, max_body=parse_size(max_body),
+                               cors_origins=cors_origins, aliases=aliases, replicas=replicas, autoscale=autoscale,
+                               routing=ray_routing or "prefix")
+        return serve_on_ray(settings, host, port, ray_address, quiet, echo=lambda text: click.echo(text, err=True))
+    ray_only = [name for name, value in (("--replicas", replicas), ("--autoscale", autoscale),
+                                         ("--ray-address", ray_address), ("--ray-routing", ray_routing)) if value]
+    if ray_only:
+        raise ServeError(f"{', '.join(ray_only)} only apply with --ray")
     config = ServerConfig(model_id=Path(model).stem, aliases=tuple(aliases) + (Path(model).name,),
                           api_key=api_key or None, max_body=parse_size(max_body), cors_origins=tuple(cors_origins),
                           truncate=truncate, timeout_s=timeout, queue=queue)
@@ -98,6 +120,17 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         raise ServeError(f"the model failed to load: {state.load_error}")
     if not server.started:
         raise ServeError(f"could not listen on {host}:{port} (is the port in use?)")
+
+
+def _autoscale(value):
+    """--autoscale MIN,MAX as a pair of replica counts (a usage error when malformed)."""
+    if value is None:
+        return None
+    from ..server.ray_serve import parse_autoscale
+    try:
+        return parse_autoscale(value)
+    except G4rtError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _make_server(config, state):
