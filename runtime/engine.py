@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -15,8 +16,8 @@ from .errors import ContextOverflowError, G4rtError
 from .gguf.reader import GGUFFile
 from .memory_plan import DEFAULT_CTX_CAP, KV_DTYPE_BYTES, default_context, make_plan
 from .model.config import ModelConfig, load_config
-from .model.graph import build_graph, kv_caches, model_weight_specs
-from .ops import ROW_EXACT_MAX, Segment, one_sequence
+from .model.graph import build_graph, kv_caches, media_input_names, model_weight_specs
+from .ops import ROW_EXACT_MAX, Segment, input_rows, one_sequence
 
 DEFAULT_CTX = DEFAULT_CTX_CAP
 DEFAULT_PREFILL_CHUNK = 512
@@ -26,6 +27,45 @@ MIN_PREFIX_REUSE = 16
 #: Extra sliding-ring rows for callers that reuse a cached prefix across chat turns (the server,
 #: `g4rt chat`): as llama.cpp's SWA cache, one prefill chunk beyond the window.
 CHAT_RING_SLACK = DEFAULT_PREFILL_CHUNK
+
+
+@dataclass(frozen=True)
+class MediaRows:
+    """What a prompt's media put into its rows (for the ids of one forward call): soft tokens
+    `embd` [n, n_embd] taken, unscaled, by the rows where `take` is true instead of their token
+    embeddings, and `blocks`: (start, stop) row ranges whose rows see each other on sliding layers
+    (one image each; empty when the projector keeps images causal). Each block is prefilled in
+    one pass, whatever the chunk size."""
+    embd: np.ndarray
+    take: np.ndarray
+    blocks: tuple[tuple[int, int], ...] = ()
+
+    def check(self, n: int, n_embd: int) -> None:
+        if self.embd.shape != (n, n_embd) or self.take.shape != (n,):
+            raise G4rtError(f"media rows of shape {list(self.embd.shape)} / {list(self.take.shape)} for {n} tokens "
+                            f"of width {n_embd}")
+        last = 0
+        for b0, b1 in self.blocks:
+            if not last <= b0 < b1 <= n:
+                raise G4rtError(f"media block {b0}..{b1} out of order or outside the {n} tokens")
+            last = b1
+
+    def inputs(self, start: int, stop: int) -> Optional[dict[str, np.ndarray]]:
+        """The media graph's inputs for rows [start, stop) (None: those rows hold no media)."""
+        take = self.take[start:stop]
+        blocks = [(max(b0, start), min(b1, stop)) for b0, b1 in self.blocks if b0 < stop and b1 > start]
+        if not take.any() and not blocks:
+            return None
+        n = stop - start
+        cap = input_rows(n)             # the inputs' rows: the graph reads the first n
+        embd = np.zeros((cap, self.embd.shape[1]), np.float32)
+        embd[:n] = self.embd[start:stop]
+        flags, ahead = np.zeros((cap, 1), np.float32), np.zeros((cap, 1), np.float32)
+        flags[:n, 0] = take
+        for b0, b1 in blocks:
+            ahead[b0 - start:b1 - start, 0] = np.arange(b1 - b0 - 1, -1, -1)
+        names = media_input_names(n)
+        return {names["embd"]: embd, names["take"]: flags, names["ahead"]: ahead}
 
 
 def common_prefix(a, b) -> int:
@@ -95,8 +135,12 @@ class Engine:
         # Every slot lives in one cache per layer; one recorded graph serves any mix of sequences
         # (the segments of a call say which rows continue which slot).
         self.backend.allocate_caches(kv_caches(self.config, self.ctx, self.ring_slack, self.slots))
-        self._graphs: OrderedDict[tuple[int, bool], CompiledGraph] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, bool, bool], CompiledGraph] = OrderedDict()
         self._pos = [0] * self.slots
+        #: Keep each call's post-norm hidden rows per slot (an MTP drafter's input: hidden_state);
+        #: off unless a drafter asks, since it copies rows out of every call.
+        self.keep_hidden = False
+        self._hidden: dict[int, tuple[int, np.ndarray]] = {}    # slot -> (position of row 0, rows)
 
     # WeightSource
     def weight_bytes(self, name: str) -> np.ndarray:
@@ -104,14 +148,17 @@ class Engine:
             return self.derived[name].view(np.uint8)
         return self.file.tensor(name).raw
 
-    def graph(self, n_tokens: int, all_logits: bool = False) -> CompiledGraph:
+    def graph(self, n_tokens: int, all_logits: bool = False, media: bool = False) -> CompiledGraph:
         """The recorded graph for a batch of n_tokens rows (of any slots: the segments of a call
-        place them)."""
-        key = (n_tokens, all_logits and n_tokens > 1)
+        place them); media: the variant that takes soft tokens and image blocks (MediaRows)."""
+        key = (n_tokens, all_logits and n_tokens > 1, media)
         g = self._graphs.get(key)
         if g is None:
-            g = self.backend.compile(build_graph(self.config, self.specs, n_tokens, self.ctx, key[1],
-                                                 self.ring_slack, self.slots))
+            graph = build_graph(self.config, self.specs, n_tokens, self.ctx, key[1], self.ring_slack, self.slots,
+                                media=media)
+            if graph.inputs:
+                self.backend.declare_inputs({name: (b.rows, b.cols) for name, b in graph.inputs.items()})
+            g = self.backend.compile(graph)
             self._graphs[key] = g
             while len(self._graphs) > MAX_RECORDED_GRAPHS:
                 self._graphs.popitem(last=False)        # least recently used
@@ -171,6 +218,22 @@ class Engine:
         keep = self.reusable_prefix(len(cached), common_prefix(cached, ids[:-1]))
         return keep if keep >= MIN_PREFIX_REUSE else 0
 
+    def _keep_hidden(self, g: CompiledGraph, slot: int, pos0: int, n: int) -> None:
+        rows = g.read_buffers(["h_out"])["h_out"]       # every row, or only the last one's
+        self._hidden[slot] = (pos0 + n - len(rows), rows)
+
+    def hidden_state(self, slot: int = 0) -> Optional[np.ndarray]:
+        """The post-norm hidden state (the output head's input, [n_embd]) of the slot's last cached
+        position, as the forward call that computed it left it (no second pass; keep_hidden must
+        be on); None when no call kept that row (only a call's last row is kept without
+        all_logits). Exact after a move back: a position's state depends on earlier tokens only."""
+        kept = self._hidden.get(slot)
+        if kept is None:
+            return None
+        p0, rows = kept
+        r = self._pos[slot] - 1 - p0
+        return rows[r].copy() if 0 <= r < len(rows) else None
+
     def truncate(self, n: int, slot: int = 0) -> None:
         """Move a slot back to position n (see reusable_prefix for when that is exact)."""
         if not 0 <= n <= self._pos[slot]:
@@ -193,14 +256,39 @@ class Engine:
             raise G4rtError(f"token id out of range [0, {self.config.n_vocab})")
         return ids
 
-    def forward(self, ids, all_logits: bool = False, slot: int = 0) -> np.ndarray:
-        """Feed tokens at the slot's current position; return logits [len(ids) or 1, n_vocab]."""
+    def _chunks(self, n: int, media: Optional[MediaRows]) -> list[tuple[int, int]]:
+        """Prefill chunks of at most prefill_chunk rows, except that no image block is cut: a cut
+        inside one moves back to its start, or past its end when the block starts the chunk."""
+        blocks = media.blocks if media is not None else ()
+        cuts, s = [], 0
+        while s < n:
+            e = min(s + self.prefill_chunk, n)
+            for b0, b1 in blocks:
+                if b0 < e < b1:
+                    e = b0 if b0 > s else b1
+            cuts.append((s, e))
+            s = e
+        return cuts
+
+    def forward(self, ids, all_logits: bool = False, slot: int = 0, media: Optional[MediaRows] = None) -> np.ndarray:
+        """Feed tokens at the slot's current position; return logits [len(ids) or 1, n_vocab].
+        media: soft tokens and image blocks of these rows (a prompt with images / audio)."""
         ids = self._checked(ids, slot)
+        if media is not None:
+            media.check(len(ids), self.config.n_embd)
         outs = []
-        for start in range(0, len(ids), self.prefill_chunk):
-            chunk = ids[start:start + self.prefill_chunk]
-            last = start + len(chunk) == len(ids)
-            out = self.graph(len(chunk), all_logits).run(chunk, one_sequence(len(chunk), self._pos[slot], slot))
+        for start, stop in self._chunks(len(ids), media):
+            chunk = ids[start:stop]
+            last = stop == len(ids)
+            inputs = media.inputs(start, stop) if media is not None else None
+            if inputs is not None:
+                g = self.graph(len(chunk), all_logits, media=True)
+                self.backend.write_inputs(inputs)
+            else:
+                g = self.graph(len(chunk), all_logits)
+            out = g.run(chunk, one_sequence(len(chunk), self._pos[slot], slot))
+            if self.keep_hidden:
+                self._keep_hidden(g, slot, self._pos[slot], len(chunk))
             self._pos[slot] += len(chunk)
             if all_logits or last:
                 outs.append(np.array(out, dtype=np.float32, copy=True))
@@ -209,15 +297,20 @@ class Engine:
 
     def forward_batch(self, items, on_pass: Optional[Callable[[list[int], list[np.ndarray]], None]] = None
                       ) -> list[np.ndarray]:
-        """Feed several sequences at once: items are (slot, ids) with distinct slots; returns each
-        one's logits for its last token ([n_vocab]).
+        """Feed several sequences at once: items are (slot, ids) with distinct slots, or (slot,
+        ids, MediaRows) for a prompt with media (it runs alone, as `forward` runs it); returns
+        each one's logits for its last token ([n_vocab]).
 
         Items share graph calls: packs of at most ROW_EXACT_MAX rows in all, within which every
         row gets the bits it gets alone (row-exact), so a sequence's tokens do not depend on what
         it was batched with; a longer item (a prompt chunk) runs alone, in chunks as `forward`
         cuts them. Items run in the order given; on_pass(indexes, logits) hears of each pass's
         items as it ends."""
-        items = [(int(slot), self._checked(ids, int(slot))) for slot, ids in items]   # all, before any runs
+        media = [item[2] if len(item) > 2 else None for item in items]
+        items = [(int(item[0]), self._checked(item[1], int(item[0]))) for item in items]   # all, before any runs
+        for (_, ids), m in zip(items, media):
+            if m is not None:
+                m.check(len(ids), self.config.n_embd)
         slots = [slot for slot, _ in items]
         if len(set(slots)) != len(slots):
             raise G4rtError(f"a batch holds each slot once, got slots {slots}")
@@ -240,8 +333,8 @@ class Engine:
 
         rows = 0
         for i, (slot, ids) in enumerate(items):
-            if len(ids) > ROW_EXACT_MAX:
-                done([i], [self.forward(ids, slot=slot)[-1]])
+            if len(ids) > ROW_EXACT_MAX or media[i] is not None:
+                done([i], [self.forward(ids, slot=slot, media=media[i])[-1]])
                 continue
             if rows + len(ids) > ROW_EXACT_MAX:
                 run_pack()
@@ -259,7 +352,12 @@ class Engine:
             segs.append(Segment(row, len(ids), self._pos[slot], slot))
             row += len(ids)
         tokens = np.concatenate([ids for _, ids in items])
-        logits = self.graph(row, all_logits=True).run(tokens, segs)
+        logits_graph = self.graph(row, all_logits=True)
+        logits = logits_graph.run(tokens, segs)
+        if self.keep_hidden:
+            hidden = logits_graph.read_buffers(["h_out"])["h_out"]
+            for seg in segs:
+                self._hidden[seg.slot] = (seg.pos0, hidden[seg.row0:seg.row0 + seg.rows].copy())
         for slot, ids in items:
             self._pos[slot] += len(ids)
         return [np.array(logits[s.row0 + s.rows - 1], dtype=np.float32, copy=True) for s in segs]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import backend_info, backend_names, create_backend, pick_backend
 from .text.chat_template import THINK_CLOSE, THINK_OPEN, load_chat_template, split_thinking
-from .engine import Engine
+from .engine import Engine, MediaRows
 from .errors import ContextOverflowError, G4rtError
 from .gguf.reader import GGUFFile
 from .memory_plan import expert_layers_on_host
@@ -26,6 +26,8 @@ from .sampling import Sampler
 from .slots import BatchResult, BatchStats, SlotRequest, generate_batch
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .text.tokenizer import StreamDecoder, load_tokenizer
+from .mmproj.errors import MediaInputError
+from .mmproj.prompter import MediaPrompter
 
 Messages = Sequence[dict]
 
@@ -38,6 +40,8 @@ class GenerationStats:
     generated_tokens: int = 0
     decode_s: float = 0.0
     stop_reason: str = ""           # "eog", "max_tokens", "context_full", "interrupted"
+    media: str = ""                 # the prompt's media, e.g. "1 image (36 tokens)"
+    media_tokens: int = 0           # soft tokens among prompt_tokens
     thinking: str = ""
     speculative: Optional[SpecStats] = None      # with a drafter: acceptance, tokens per step
 
@@ -56,10 +60,13 @@ class GenerationStats:
 class Model:
     """A model bound to a backend, with its tokenizer and chat template."""
 
-    def __init__(self, engine: Engine, backend_reason: str = "", speculator: Optional[Speculator] = None):
+    def __init__(self, engine: Engine, backend_reason: str = "", speculator: Optional[Speculator] = None,
+                 media: Optional[MediaPrompter] = None):
         self.engine = engine
         self.backend_reason = backend_reason
         self.speculator = speculator
+        #: images / audio through a projector (g4rt.load(..., mmproj=)); None: text only
+        self.media = media
         self.tokenizer = load_tokenizer(engine.file)
         self._template = None
         self._cached: list[int] = []      # the token sequence whose KV the engine holds
@@ -70,6 +77,8 @@ class Model:
         try:
             if self.speculator is not None:
                 self.speculator.close()
+            if self.media is not None:
+                self.media.close()
         finally:
             self.engine.close()
 
@@ -120,46 +129,65 @@ class Model:
         return self._single_token(THINK_OPEN), self._single_token(THINK_CLOSE)
 
     # ---- low level -------------------------------------------------------------------------
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """Logits at every position of `ids` ([len(ids), n_vocab]), from a fresh sequence."""
+    def logits(self, ids: Sequence[int], media: Optional[MediaRows] = None) -> np.ndarray:
+        """Logits at every position of `ids` ([len(ids), n_vocab]), from a fresh sequence
+        (media: the soft tokens and image blocks of those rows)."""
         self.engine.reset()
         self._cached = []
-        out = self.engine.forward(np.asarray(ids, dtype=np.int32), all_logits=True)
-        self._cached = list(ids)
+        out = self.engine.forward(np.asarray(ids, dtype=np.int32), all_logits=True, media=media)
+        self._cached = _cache_key(ids, media)
         return out
 
-    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, int]:
+    def media_prompt(self, ids: Sequence[int], images: Sequence = (), audio: Sequence = ()
+                     ) -> tuple[list[int], MediaRows, str]:
+        """Prompt ids with images / audio placed at their markers (or before the text): the
+        expanded ids, their MediaRows and a summary ("1 image (36 tokens)"). Too many tokens for
+        the context is refused before any encoder runs."""
+        if self.media is None:
+            raise MediaInputError("images and audio need a projector: load the model with mmproj= (--mmproj)")
+        plan = self.media.plan(ids, images, audio)
+        if len(plan.ids) > self.engine.ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(plan.ids)} tokens with its media ({plan.summary()}) but the context holds "
+                f"{self.engine.ctx}; use a larger --ctx, fewer or smaller media (--image-max-tokens)")
+        return plan.ids, self.media.encode(plan), plan.summary()
+
+    def _prefill(self, ids: list[int], media: Optional[MediaRows] = None) -> tuple[np.ndarray, int]:
         """Bring the KV cache to `ids`, keeping the prefix it shares with what is cached (the next
         chat turn) when moving back there is exact (Engine.prefix_to_keep: sliding rings longer
-        than the window allow it past a wrap)."""
+        than the window allow it past a wrap). A prompt with media is prefilled from its start."""
         if len(ids) > self.engine.ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds "
                                        f"{self.engine.ctx}; use a larger --ctx or a shorter prompt")
-        n_cached = self.engine.prefix_to_keep(self._cached, ids)
+        n_cached = 0 if media is not None else self.engine.prefix_to_keep(self._cached, ids)
         self.engine.truncate(n_cached)
         self._cached = self._cached[:n_cached]
         new = ids[n_cached:]
         try:
-            logits = self.engine.forward(np.asarray(new, dtype=np.int32))[-1]
+            logits = self.engine.forward(np.asarray(new, dtype=np.int32), media=media)[-1]
         except BaseException:
             # Interrupted or failed part way: the cache no longer matches any known sequence.
             self.engine.reset()
             self._cached = []
             raise
-        self._cached = list(ids)
+        self._cached = _cache_key(ids, media)
         return logits, n_cached
 
     # ---- generation ------------------------------------------------------------------------
     def generate_ids(self, ids: Sequence[int], max_tokens: int = 256, sampler: Optional[Sampler] = None,
                      stats: Optional[GenerationStats] = None,
-                     should_stop: Optional[Callable[[], bool]] = None) -> Iterator[int]:
-        """Yield generated token ids (the end-of-generation token is not yielded)."""
+                     should_stop: Optional[Callable[[], bool]] = None,
+                     media: Optional[MediaRows] = None) -> Iterator[int]:
+        """Yield generated token ids (the end-of-generation token is not yielded). media: the
+        soft tokens of the prompt's media rows (Model.media_prompt)."""
         sampler = sampler or Sampler()
         stats = stats if stats is not None else GenerationStats()
         ids = list(ids)
         stats.prompt_tokens = len(ids)
+        if media is not None:
+            stats.media_tokens = int(media.take.sum())
         t0 = time.perf_counter()
-        logits, stats.reused_tokens = self._prefill(ids)
+        logits, stats.reused_tokens = self._prefill(ids, media)
         stats.prefill_s = time.perf_counter() - t0
         history = list(ids)
         spec = self.speculator
@@ -193,7 +221,7 @@ class Model:
                     self.engine.reset()
                     self._cached = []
                     raise
-                self._cached = history + pending[:-1]      # tok and the kept proposals
+                self._cached = _cache_key(history, media) + pending[:-1]      # tok and the kept proposals
         finally:
             stats.decode_s = time.perf_counter() - t1
 
@@ -214,17 +242,25 @@ class Model:
                  system: Optional[str] = None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, repeat_penalty: float = 1.0, seed: Optional[int] = None,
                  show_special: bool = False, show_thinking: bool = True,
+                 images: Optional[Sequence] = None, audio: Optional[Sequence] = None,
                  **template_opts) -> Iterator[str]:
         """Yield text pieces as they are produced (valid UTF-8 only). Stats in `last_stats`.
 
-        show_thinking=False hides the model's thinking channel as it streams."""
+        show_thinking=False hides the model's thinking channel as it streams. images / audio:
+        paths, file bytes or arrays (uint8 [H, W, 3]; float32 16 kHz samples), placed at the
+        prompt's <|image|> / <|audio|> markers in order, or before its text when it has none
+        (needs a model loaded with mmproj=)."""
         ids = self.encode_prompt(prompt, chat=chat, system=system, **template_opts)
         sampler = Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
         self.last_stats = GenerationStats()
+        media = None
+        # with a projector, a marker without its media is an error too (not a bare placeholder)
+        if images or audio or (self.media is not None and self.media.has_markers(ids)):
+            ids, media, self.last_stats.media = self.media_prompt(ids, images or (), audio or ())
         dec = StreamDecoder(self.tokenizer, skip_special=not show_special)
         think_open, think_close = self._think_ids
         thinking = False
-        for tok in self.generate_ids(ids, max_tokens, sampler, self.last_stats):
+        for tok in self.generate_ids(ids, max_tokens, sampler, self.last_stats, media=media):
             if not show_thinking and think_open is not None:
                 if tok == think_open:
                     thinking = True
@@ -269,23 +305,45 @@ class Model:
         return results
 
 
+def _cache_key(ids: Sequence[int], media: Optional[MediaRows]) -> list[int]:
+    """What a slot's cache is known to hold: the ids, with media rows as -1 (they hold soft
+    tokens, not their placeholder ids, so no later prompt may reuse them as a shared prefix)."""
+    key = list(ids)
+    if media is not None:
+        for i in np.flatnonzero(media.take[:len(key)]):
+            key[int(i)] = -1
+    return key
+
+
 class ChatSession:
     """Multi-turn chat: keeps the history, re-renders it each turn, reuses the KV cache."""
 
     def __init__(self, model: Model, system: Optional[str] = None, show_thinking: bool = False):
         self.model, self.system, self.show_thinking = model, system, show_thinking
         self.messages: list[dict] = []
+        #: the history's images and audio, in order (each turn's prompt holds them all)
+        self.images: list = []
+        self.audio: list = []
 
     def reset(self) -> None:
         self.messages = []
+        self.images, self.audio = [], []
 
-    def send(self, text: str, **gen) -> Iterator[str]:
-        """Yield the reply's text pieces; the reply (thinking stripped) joins the history."""
-        self.messages.append({"role": "user", "content": text})
+    def send(self, text: str, images: Sequence = (), audio: Sequence = (), **gen) -> Iterator[str]:
+        """Yield the reply's text pieces; the reply (thinking stripped) joins the history.
+        images / audio go with this message (image / audio content parts before its text)."""
+        if images or audio:
+            parts = [{"type": "image"} for _ in images] + [{"type": "audio"} for _ in audio]
+            self.messages.append({"role": "user", "content": parts + [{"type": "text", "text": text}]})
+        else:
+            self.messages.append({"role": "user", "content": text})
+        self.images += list(images)
+        self.audio += list(audio)
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         pieces = []
         try:
-            for piece in self.model.generate(msgs, chat=True, show_thinking=self.show_thinking, **gen):
+            for piece in self.model.generate(msgs, chat=True, show_thinking=self.show_thinking,
+                                             images=self.images, audio=self.audio, **gen):
                 pieces.append(piece)
                 yield piece
         finally:
@@ -300,6 +358,7 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          n_cpu_moe: Optional[int] = None, draft=None, spec: Optional[str] = None,
          draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: Optional[str] = None,
          draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N, precision: str = "auto",
+         mmproj=None, image_min_tokens: Optional[int] = None, image_max_tokens: Optional[int] = None,
          **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
@@ -313,7 +372,9 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     `draft_backend`, default the target's backend) or prompt lookup; draft_max proposals per
     verification, at least draft_min (see speculative.py). precision: the activation precision,
     "auto" (the fastest path that passes the quality gates here), "exact" (float32 activations)
-    or "q8" (int8 blocks of 32, as llama.cpp); the draft model gets the same."""
+    or "q8" (int8 blocks of 32, as llama.cpp); the draft model gets the same. mmproj: a
+    projector GGUF (images / audio, Model.generate(images=, audio=)); image_min_tokens /
+    image_max_tokens: the image token budget (g4rt.media.budget)."""
     if path is None:
         from .model.bundled import default_model_path
         path = default_model_path()
@@ -323,9 +384,14 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     reason = f"requested {backend}"
     if backend == "auto":
         backend, reason = pick_backend()
+        if mmproj is not None and backend not in MEDIA_BACKENDS:
+            backend, reason = "cpu", f"{reason}; cpu instead: media prompts run on {', '.join(MEDIA_BACKENDS)} only"
     if backend not in backend_names():
         names = backend_names()
         raise G4rtError(f"unknown backend {backend!r} (choose auto, {', '.join(names[:-1])} or {names[-1]})")
+    projector = None
+    if mmproj is not None:       # checked before any device opens
+        projector = _open_projector(mmproj, path, backend, gpu_layers, cpu_moe or n_cpu_moe is not None)
     moe_layers = 0
     if cpu_moe or n_cpu_moe is not None:       # checked on the header, before any device opens
         moe_layers = expert_layers_on_host(load_config(GGUFFile(path)), backend, cpu_moe, n_cpu_moe)
@@ -343,6 +409,15 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
             raise G4rtError(f"--threads applies to the native CPU backend, not {backend}")
         engine = Engine(path, backend=backend, ctx=ctx, progress=progress, slots=slots, ring_slack=ring_slack,
                         threads=threads, precision=precision, **backend_options)
+    media = None
+    if projector is not None:
+        try:
+            media = _media_prompter(projector, engine, backend, threads, precision, image_min_tokens,
+                                    image_max_tokens)
+        except BaseException:
+            engine.close()
+            raise
+        reason += f"; media: {projector.describe()}"
     speculator = None
     if speculating:
         try:
@@ -351,7 +426,37 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
                                            draft_backend=draft_backend or backend, draft_p_min=draft_p_min,
                                            ngram_n=ngram_n, threads=threads, precision=precision)
         except BaseException:
+            if media is not None:
+                media.close()
             engine.close()
             raise
         reason += f"; speculative: {speculator.drafter.name}, up to {draft_max} tokens ahead"
-    return Model(engine, reason, speculator)
+    return Model(engine, reason, speculator, media)
+
+
+#: Backends whose op lists run media prompts (soft tokens, image blocks) so far.
+MEDIA_BACKENDS = ("cpu", "numpy", "vulkan", "cuda")
+#: Backends that run the projector's embedders (LayerNorm, GatherAdd, ...); the others' models
+#: get their soft tokens from the native CPU (a few small matmuls per image).
+ENCODER_BACKENDS = ("cpu", "numpy")
+
+
+def _open_projector(mmproj, model_path, backend: str, gpu_layers, expert_split: bool):
+    """The validated projector for this text model (its width checked against the model's)."""
+    from .mmproj.reader import load_projector
+    if backend not in MEDIA_BACKENDS or gpu_layers is not None or expert_split:
+        raise MediaInputError(f"images and audio run on the {' and '.join(MEDIA_BACKENDS)} backends so far, "
+                              f"not on {backend}{' with a layer split' if gpu_layers is not None or expert_split else ''}")
+    f = GGUFFile(model_path)
+    return load_projector(mmproj, load_config(f).n_embd, f.path.name)
+
+
+def _media_prompter(projector, engine: Engine, backend: str, threads, precision: str, image_min_tokens,
+                    image_max_tokens) -> MediaPrompter:
+    from .mmproj.encoder import MediaEncoder
+    encoder_backend = backend if backend in ENCODER_BACKENDS else "cpu"
+    options = dict(threads=threads, precision=precision) if encoder_backend == "cpu" else {}
+    tok = load_tokenizer(engine.file)
+    encoder = MediaEncoder(projector, encoder_backend, **options)
+    return MediaPrompter(projector, encoder, tok.token_to_id, engine.config.n_embd, tok.bos_id,
+                         image_min_tokens, image_max_tokens)

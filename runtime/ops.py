@@ -78,7 +78,7 @@ def graph_slots(graph) -> Optional[int]:
     use count: a hybrid's hand-over inputs sit among the caches too."""
     used = set()
     for op in graph.ops:
-        if isinstance(op, (Attention, KvStore)):
+        if isinstance(op, (Attention, KvStore, PastAttention)):
             used.update((op.cache_k, op.cache_v))
     return min((graph.caches[c].slots for c in used if c in graph.caches), default=None)
 
@@ -206,7 +206,12 @@ class Attention(Op):
     head_dim: int
     window: int
     scale: float
-    _read_fields: ClassVar = ("q", "k", "v", "cache_k", "cache_v")
+    #: An input [rows, 1] (f32 holding integers >= 0), or None: row r also sees the next
+    #: ahead[r] rows of its segment (positions p+1 .. p+ahead[r], all in this call), the window
+    #: still applied: allowed = (p - kv < window) AND (kv <= p + ahead[r]). An image's soft tokens
+    #: see their whole image this way. With it the op runs as one batch (never row by row).
+    ahead: Optional[str] = None
+    _read_fields: ClassVar = ("q", "k", "v", "cache_k", "cache_v", "ahead")
 
 
 @dataclass(frozen=True)
@@ -336,6 +341,74 @@ class MoeSum(Op):
     _read_fields: ClassVar = ("y", "route")
 
 
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """Per row: (v - mean) / sqrt(var + eps) (population variance, statistics in double), then
+    times weight and plus bias (each one row of cols values) when given."""
+    kind: ClassVar[str] = "layernorm"
+    out: str
+    x: str
+    weight: Optional[str]
+    bias: Optional[str]
+    eps: float
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class AddVector(Op):
+    """out[r] = x[r] + weight (one row of cols values): a bias."""
+    kind: ClassVar[str] = "add_vector"
+    out: str
+    x: str
+    weight: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class GatherAdd(Op):
+    """out[r] = x[r] + sum over j of table[index[r, j]]: rows of a weight table named per row by
+    an input [rows, J] (f32 holding integers; an index outside the table is an error of the
+    caller, checked before the call). A factorized position embedding (x and y tables)."""
+    kind: ClassVar[str] = "gather_add"
+    out: str
+    x: str
+    table: str
+    index: str
+    _read_fields: ClassVar = ("x", "index")
+
+
+@dataclass(frozen=True)
+class TakeRows(Op):
+    """out[r] = src[r] where take[r, 0] != 0, else x[r]: src and take are inputs of the call
+    (e.g. soft tokens replacing the embeddings of a prompt's media placeholders)."""
+    kind: ClassVar[str] = "take_rows"
+    out: str
+    x: str
+    src: str
+    take: str
+    _read_fields: ClassVar = ("x", "src", "take")
+
+
+@dataclass(frozen=True)
+class PastAttention(Op):
+    """Query-only attention over a cache another graph wrote (an MTP drafter reading its target's
+    KV): per segment (cache slot s), each row at position p attends, as Attention does (GQA,
+    scale), to the cached positions max(0, p - window + 1) .. p - 1 (window 0: 0 .. p - 1) of
+    slot s; there are no new K/V rows and p itself is not attended (it is not cached). p >= 1,
+    and each segment is one row (one drafted sequence)."""
+    kind: ClassVar[str] = "past_attention"
+    out: str
+    q: str
+    cache_k: str
+    cache_v: str
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    window: int
+    scale: float
+    _read_fields: ClassVar = ("q", "cache_k", "cache_v")
+
+
 #: Part of the contract: a batch of up to this many rows is row-exact on every backend (each row
 #: gets the bits a one-row batch, a decode step, gives it), so speculative verification and several
 #: sequences decoded together reproduce plain decoding. shaders/cpu/g4cpu.h has the same number.
@@ -343,13 +416,14 @@ ROW_EXACT_MAX = 16
 
 
 OP_TYPES = (EmbedLookup, MatMul, RmsNorm, Rope, Attention, KvStore, GeluMul, Gelu, Add, Mul, Scale,
-            Softcap, Slice, MoeRoute, MoeMatMul, MoeSum)
+            Softcap, Slice, MoeRoute, MoeMatMul, MoeSum, LayerNorm, AddVector, GatherAdd, TakeRows,
+            PastAttention)
 
 
 def op_weights(op: Op) -> list[str]:
     """Names of the weights an op reads."""
     names = []
-    for attr in ("table", "weight", "freq_factors", "by", "expert_scale"):
+    for attr in ("table", "weight", "bias", "freq_factors", "by", "expert_scale"):
         v = getattr(op, attr, None)
         if v is not None:
             names.append(v)
@@ -367,6 +441,12 @@ class Graph:
     output: str
     tokens: str = "tokens"
     labels: list[str] = field(default_factory=list)   # a human label per op ("blk.3 attn_q")
+    #: Per-call f32 inputs {name: Buffer}: the caller declares them on the backend
+    #: (Backend.declare_inputs) and fills them (write_inputs) before each run; ops read them by
+    #: name like caches (media soft tokens, the image mask, an encoder's pixels). An input may
+    #: hold more rows than the graph (input_rows: one buffer per size class, shared by the graphs
+    #: of that class); an op reads its first n_tokens rows.
+    inputs: dict[str, Buffer] = field(default_factory=dict)
 
     def describe(self) -> str:
         lines = [f"graph: {self.n_tokens} token(s), {len(self.ops)} ops, {len(self.buffers)} buffers, "
@@ -374,6 +454,12 @@ class Graph:
         for label, op in zip(self.labels, self.ops):
             lines.append(f"  {label:<28} {op.kind:<10} -> {op.out}")
         return "\n".join(lines)
+
+
+def input_rows(n_tokens: int) -> int:
+    """The rows of the per-call input buffers a graph of n_tokens rows reads: the next power of
+    two (at least 16), so that graphs of every batch size share a few buffers per name."""
+    return max(16, 1 << (max(1, n_tokens) - 1).bit_length())
 
 
 def op_classes() -> tuple[type, ...]:

@@ -53,6 +53,27 @@ class SlotRequest:
     decode_s: float = 0.0                 # tokens (and sampling)
     draft_n: int = 0                      # speculation: proposals drafted, accepted
     draft_accepted: int = 0
+    # images / audio: the soft tokens of the prompt's rows (engine.MediaRows over `ids`); such a
+    # prompt is fed in one Engine.forward of its own (no image block is cut, whatever the chunk)
+    media: Optional[object] = None
+
+
+def media_key(ids: list[int], media) -> list[int]:
+    """What a slot's cache holds after a prompt with media: its ids with the media rows as -1 (they
+    hold soft tokens, not their placeholder ids), so no later prompt reuses them as text."""
+    key = list(ids)
+    if media is not None:
+        for i in np.flatnonzero(media.take[:len(key)]):
+            key[int(i)] = -1
+    return key
+
+
+def _media_from(media, start: int):
+    """The MediaRows of rows [start, n) of a prompt (a reused text prefix before its first media row)."""
+    if start == 0:
+        return media
+    return type(media)(embd=media.embd[start:], take=media.take[start:],
+                       blocks=tuple((b0 - start, b1 - start) for b0, b1 in media.blocks))
 
 
 @dataclass(eq=False)
@@ -103,8 +124,12 @@ class SlotLoop:
         try:
             if reuse_prefix:
                 keep = -1
+                # a prompt with media reuses at most its text before the first media row
+                wanted = media_key(request.ids, request.media)
+                limit = (int(np.flatnonzero(request.media.take)[0]) if request.media is not None
+                         and request.media.take.any() else len(wanted))
                 for s in sorted(free, key=lambda s: s.last_used):
-                    k = self.engine.prefix_to_keep(s.cached, request.ids)
+                    k = min(self.engine.prefix_to_keep(s.cached, wanted), limit)
                     if k > keep:
                         best, keep = s, k
                 self.engine.truncate(keep, best.index)
@@ -163,9 +188,32 @@ class SlotLoop:
             return 0
         return self._step_batched(self.busy())
 
+    def _prefill_media(self, slot: Slot) -> None:
+        """A prompt with media: the rest of it in one Engine.forward, which keeps each image's
+        block in one pass (the others wait this step)."""
+        request = slot.request
+        start = len(request.ids) - len(request.pending)
+        ids = list(request.pending)
+        t0 = time.perf_counter()
+        try:
+            logits = self.engine.forward(ids, slot=slot.index, media=_media_from(request.media, start))[-1]
+        except BaseException:
+            self._reset(slot)
+            raise
+        self._took(slot, ids, True, logits, time.perf_counter() - t0)
+        slot.cached = media_key(request.ids, request.media)
+
     def _step_batched(self, busy: list[Slot]) -> int:
         work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
         for slot in busy:
+            if slot.request.media is not None and slot.request.pending:
+                try:
+                    self._prefill_media(slot)
+                except Exception as e:
+                    if not self.isolate_errors:
+                        raise
+                    self._fail(slot, e)
+                continue
             try:
                 ids = self._next_input(slot)
             except Exception as e:
@@ -238,7 +286,20 @@ class SlotLoop:
         """One turn of one slot: a prompt chunk (the other slots keep streaming between chunks),
         or its next token and the drafter's proposals the model accepts, in one verification."""
         request, engine, spec = slot.request, self.engine, self.speculator
-        if request.pending:
+        if request.pending and request.media is not None:      # the rest of the prompt in one call
+            start = len(request.ids) - len(request.pending)
+            t0 = time.perf_counter()
+            try:
+                request.logits = engine.forward(list(request.pending), slot=slot.index,
+                                                media=_media_from(request.media, start))[-1]
+            except BaseException:
+                self._reset(slot)
+                raise
+            request.prefill_s += time.perf_counter() - t0
+            slot.cached = media_key(request.ids, request.media)
+            request.pending = []
+            request.prompt_done_at = time.perf_counter()
+        elif request.pending:
             chunk = request.pending[:engine.prefill_chunk]
             t0 = time.perf_counter()
             try:
@@ -260,7 +321,7 @@ class SlotLoop:
         try:
             out = spec.step(tok, request.history, request.sampler, slot=slot.index,
                             budget=request.max_tokens - request.generated)
-            slot.cached = request.history + out[:-1]      # the cache: tok and the kept proposals
+            slot.cached = media_key(request.history, request.media) + out[:-1]   # tok and the kept proposals
             request.draft_n += spec.last_drafted
             request.draft_accepted += len(out) - 1
             rows = spec.last_logits

@@ -459,3 +459,107 @@ def check_replay(make_backend, seed=7):
         assert [s[1] for s in seen] == ["embed", "rope"]
     finally:
         be.close()
+
+
+# ---- media ops (the encoders, soft tokens, image blocks) ----------------------------------------
+LAYERNORM_CASES = [(3, 432, True, True), (5, 64, True, False), (1, 6912, False, True), (4, 77, False, False)]
+ATTN_AHEAD_CASES = [                    # H, Hkv, D, window, ring, n, pos0, blocks (row ranges)
+    (4, 2, 64, 16, 16, 49, 0, [(2, 38)]),            # one 36-token image, window 16
+    (4, 2, 64, 16, 16, 40, 30, [(1, 17), (20, 38)]), # two images after a cached prefix
+    (2, 1, 128, 0, 64, 9, 5, [(0, 9)]),              # a global layer with keys ahead
+    (4, 2, 64, 8, 8, 3, 9, [(0, 2)]),                # 3 rows: the split-K path
+    (8, 2, 256, 1024, 1024, 70, 0, [(10, 60)]),
+]
+
+
+def check_layernorm(make_backend, rows, cols, with_weight, with_bias, seed=9):
+    r = np.random.default_rng(seed)
+    src = Src()
+    w = src.add("w", r.uniform(0.5, 1.5, cols)) if with_weight else None
+    b = src.add("b", r.standard_normal(cols)) if with_bias else None
+    x = (r.standard_normal((rows, cols)) * 3 + 1.5).astype(np.float32)
+    out, ref, _ = compare_op(make_backend, ops.LayerNorm("x", "x", w, b, 1e-5), {"x": x}, x.shape, src)
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=2e-6)
+    v = x.astype(np.float64)
+    exact = (v - v.mean(1, keepdims=True)) / np.sqrt(v.var(1, keepdims=True) + 1e-5)
+    if w is not None:
+        exact = exact * dequantize_rows(src.raw["w"], QT.F32, cols)
+    if b is not None:
+        exact = exact + dequantize_rows(src.raw["b"], QT.F32, cols)
+    assert_close(ref, exact, 1e-6, "numpy layernorm vs float64")
+
+
+def check_add_vector_gather_take(make_backend, seed=10):
+    """AddVector, GatherAdd (a two-table position lookup, indexes repeated and at both ends) and
+    TakeRows (some rows taken, in place and not)."""
+    r = np.random.default_rng(seed)
+    src = Src()
+    n, cols, P = 7, 64, 16
+    src.add("bias", r.standard_normal(cols))
+    src.add("table", r.standard_normal((2 * P, cols)))
+    x = r.standard_normal((n, cols)).astype(np.float32)
+    out, ref, _ = compare_op(make_backend, ops.AddVector("y", "x", "bias"), {"x": x}, x.shape, src)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    assert_close(ref, x + dequantize_rows(src.raw["bias"], QT.F32, cols), 1e-6, "add_vector vs numpy")
+    idx = np.array([[0, P], [15, 2 * P - 1], [3, P + 3], [3, P + 3], [7, P], [0, 2 * P - 1], [15, P + 8]], np.float32)
+    out, ref, _ = compare_op(make_backend, ops.GatherAdd("x", "x", "table", "idx"), {"x": x, "idx": idx},
+                             x.shape, src)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    table = dequantize_rows(src.raw["table"], QT.F32, cols)
+    assert_close(ref, x + table[idx[:, 0].astype(int)] + table[idx[:, 1].astype(int)], 1e-6, "gather_add")
+    check_take_rows(make_backend, seed)
+
+
+def check_take_rows(make_backend, seed=10):
+    """TakeRows: some rows taken, in place and not."""
+    r = np.random.default_rng(seed)
+    n, cols = 7, 64
+    src = Src()
+    x = r.standard_normal((n, cols)).astype(np.float32)
+    soft = r.standard_normal((n, cols)).astype(np.float32)
+    take = np.array([[0], [1], [1], [0], [1], [0], [0]], np.float32)
+    for out_name in ("x", "y"):
+        out, ref, _ = compare_op(make_backend, ops.TakeRows(out_name, "x", "soft", "take"),
+                                 {"x": x, "soft": soft, "take": take}, x.shape, src)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(ref, np.where(take != 0, soft, x))
+
+
+def check_attention_ahead(make_backend, H, Hkv, D, window, ring, n, pos0, blocks, kv_dtype="f16", seed=11):
+    """Attention whose rows inside a block also see the later rows of their block, against the
+    numpy reference and against the mask spelled out (q - kv < window and (kv <= q or same block))."""
+    r = np.random.default_rng(seed)
+    q = r.standard_normal((n, H * D)).astype(np.float32)
+    k = f16_exact(r.standard_normal((n, Hkv * D)))
+    v = f16_exact(r.standard_normal((n, Hkv * D)))
+    ck = f16_exact(r.standard_normal((ring, Hkv * D)))
+    cv = f16_exact(r.standard_normal((ring, Hkv * D)))
+    ahead = np.zeros((n, 1), np.float32)
+    for b0, b1 in blocks:
+        ahead[b0:b1, 0] = np.arange(b1 - b0 - 1, -1, -1)
+    scale = 1.0 / np.sqrt(D)
+    op = ops.Attention("a", "q", "k", "v", "ck", "cv", H, Hkv, D, window, scale, "ahead")
+    out, ref, _ = compare_op(make_backend, op, {"q": q, "k": k, "v": v, "ahead": ahead}, (n, H * D),
+                             caches={"ck": ck, "cv": cv}, pos0=pos0, kv_dtype=kv_dtype)
+    assert_close(out, ref, 1e-4, f"attention ahead H={H} D={D} w={window} n={n} pos0={pos0} blocks={blocks}")
+    # the rule itself, in float64 over the cache rows and this batch
+    kpos = np.concatenate([np.arange(max(0, pos0 - ring), pos0), pos0 + np.arange(n)])
+    keys = np.concatenate([ck[kpos[kpos < pos0] % ring], k]).astype(np.float64)
+    vals = np.concatenate([cv[kpos[kpos < pos0] % ring], v]).astype(np.float64)
+    qpos = pos0 + np.arange(n)
+    block = np.full(len(kpos), -1)
+    qblock = np.full(n, -2)
+    for j, (b0, b1) in enumerate(blocks):
+        block[(kpos >= pos0 + b0) & (kpos < pos0 + b1)] = j
+        qblock[b0:b1] = j
+    allowed = (kpos[None] <= qpos[:, None]) | (block[None] == qblock[:, None])
+    if window:
+        allowed &= qpos[:, None] - kpos[None] < window
+    want = np.zeros((n, H * D))
+    for h in range(H):
+        kh = h // (H // Hkv)
+        s = q[:, h * D:(h + 1) * D].astype(np.float64) @ keys[:, kh * D:(kh + 1) * D].T * scale
+        s = np.where(allowed, s, -np.inf)
+        p = np.exp(s - s.max(1, keepdims=True))
+        want[:, h * D:(h + 1) * D] = (p / p.sum(1, keepdims=True)) @ vals[:, kh * D:(kh + 1) * D]
+    assert_close(ref, want, 1e-5, "numpy attention ahead vs the mask rule")

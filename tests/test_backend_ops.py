@@ -35,11 +35,12 @@ from conftest import vulkan_skip_reason
 from g4rt import ops
 from g4rt.backends.numpy_ref import NumpyBackend
 from g4rt.gguf.quant_types import block_geometry
-from op_cases import (ALL_TYPES, ATTN_CASES, INT8_TYPES, KV_CASES, LONG_ROW_TYPES, MATMUL_BATCHES, REL,
-                      RMSNORM_CASES, ROPE_CASES, Case, attention_case, check_attention, check_elementwise,
-                      check_embed, check_kv_store, check_matmul, check_matvec8, check_replay, check_rmsnorm,
-                      check_rope, elementwise_case, long_cache_decode, random_weight, rel_err, rng, run_both,
-                      run_compiled)
+from op_cases import (ALL_TYPES, ATTN_AHEAD_CASES, ATTN_CASES, INT8_TYPES, KV_CASES, LAYERNORM_CASES,
+                      LONG_ROW_TYPES, MATMUL_BATCHES, REL, RMSNORM_CASES, ROPE_CASES, Case, attention_case,
+                      check_add_vector_gather_take, check_attention, check_attention_ahead, check_take_rows, check_elementwise,
+                      check_embed, check_kv_store, check_layernorm, check_matmul, check_matvec8, check_replay,
+                      check_rmsnorm, check_rope, elementwise_case, long_cache_decode, random_weight, rel_err, rng,
+                      run_both, run_compiled)
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS = [1, 2, 3]
@@ -555,6 +556,71 @@ def test_kernels_under_address_and_undefined_sanitizers(tmp_path):
                        env=env, capture_output=True, text=True, timeout=1200)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "runtime error" not in out and "AddressSanitizer" not in out, out[-6000:]
+
+
+# ==== media ops: the encoders' LayerNorm / bias / position lookup, soft tokens, image blocks =====
+# (numpy and the native CPU; Vulkan and CUDA run TakeRows and Attention.ahead, the text model's
+# part; their models' encoders run on the native CPU)
+@on("rows,cols,with_weight,with_bias,options",
+    (CPU, [(*case, t) for case in LAYERNORM_CASES for t in threads(1, 3)]))
+def test_seeded_layernorm(target, rows, cols, with_weight, with_bias, options):
+    check_layernorm(target.maker(**options), rows, cols, with_weight, with_bias)
+
+
+@on("options", (CPU, threads(1, 2, 3)))
+def test_seeded_add_vector_gather_add_take_rows(target, options):
+    check_add_vector_gather_take(target.maker(**options))
+
+
+@on("options", ([VULKAN], KERNELS), ([CUDA, CUDA_EMULATED, CUDA_SIM], [{}]))
+def test_seeded_take_rows(target, options):
+    check_take_rows(target.maker(**options))
+
+
+@on("H,Hkv,D,window,ring,n,pos0,blocks,kv_dtype,options",
+    (CPU, [(*case, kv, t) for case in ATTN_AHEAD_CASES for kv in ("f16", "f32") for t in threads(1, 2)]),
+    ([CUDA, CUDA_EMULATED, CUDA_SIM], [(*case, kv, {}) for case in ATTN_AHEAD_CASES for kv in ("f16", "f32")]))
+def test_seeded_attention_with_keys_ahead(target, H, Hkv, D, window, ring, n, pos0, blocks, kv_dtype, options):
+    check_attention_ahead(target.maker(**options), H, Hkv, D, window, ring, n, pos0, blocks, kv_dtype)
+
+
+#: (n_head, n_kv, D, window, ring, steps): each step (rows, image blocks among them)
+AHEAD_STEPS = [
+    (4, 2, 64, 16, 16, [(5, ()), (40, ((2, 38),)), (1, ()), (20, ((0, 7), (9, 20))), (1, ())]),
+    (2, 1, 128, 0, 96, [(3, ()), (30, ((1, 29),)), (1, ())]),
+    (4, 2, 64, 8, 8, [(2, ()), (3, ((0, 2),)), (1, ())]),
+]
+
+
+@on("kv_dtype,n_head,n_kv,D,window,ring,steps,options",
+    (CPU, [(kv, *a, {"threads": t}) for kv in ("f32", "f16") for a in AHEAD_STEPS for t in (1, 2)]),
+    ([VULKAN], [(kv, *a, k) for k in KERNELS for kv in ("f32", "f16") for a in AHEAD_STEPS]))
+def test_attention_with_keys_ahead_through_the_cache(target, kv_dtype, n_head, n_kv, D, window, ring, steps, options):
+    """Prefill, then a media chunk whose image rows see their whole image, then decode."""
+    ref, be = NumpyBackend(kv_dtype=kv_dtype), target.make(kv_dtype, **options)
+    pos = 0
+    try:
+        for i, (n, blocks) in enumerate(steps):
+            c = attention_case(n, n_head, n_kv, D, window, ring, seed=20 + i)
+            if blocks:
+                ahead = np.zeros((n, 1))
+                for b0, b1 in blocks:
+                    ahead[b0:b1, 0] = np.arange(b1 - b0 - 1, -1, -1)
+                c.input("ahead", ahead)
+                c.ops.insert(0, c.ops.pop())            # the input's lookup first
+                att = c.ops[-2]
+                c.ops[-2] = ops.Attention(att.out, att.q, att.k, att.v, att.cache_k, att.cache_v, att.n_head,
+                                          att.n_kv_head, att.head_dim, att.window, att.scale, "ahead")
+            for b in (ref, be):
+                b.load_weights(c.src.specs, c.src)
+                if i == 0:
+                    b.allocate_caches(c.caches)
+            a, got = run_compiled(c.graph("o"), ref, be, np.arange(n, dtype=np.int32), pos)
+            tol = REL["attention_f16" if kv_dtype == "f16" else "attention"]
+            assert rel_err(got, a) < tol, (i, pos, n)
+            pos += n
+    finally:
+        be.close()
 
 
 # ==== docs/ops-support.md ===========================================================================

@@ -11,6 +11,7 @@ import click
 
 from ..errors import G4rtError
 from ..speculative import MAX_DRAFT
+from .media import MMPROJ_OPTION, resolve_mmproj
 from .options import (KV_DTYPE_CHOICE, PRECISION_OPTION, placement_options, runs_on_cpu, speculation,
                       speculative_options, takes_threads)
 
@@ -36,6 +37,12 @@ from .options import (KV_DTYPE_CHOICE, PRECISION_OPTION, placement_options, runs
               help="CUDA: the same as --precision q8 (decode matvecs with 8-bit activations and dp4a)")
 @placement_options
 @speculative_options
+@MMPROJ_OPTION
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PATH",
+              help="with --mmproj: an image to encode and prefill (repeatable)")
+@click.option("--audio", "audio", multiple=True, type=click.Path(exists=True, dir_okay=False), metavar="PATH",
+              help="with --mmproj: an audio clip to encode and prefill (repeatable)")
+@click.option("--image-max-tokens", type=click.IntRange(1), default=None, help="with --image: the token budget")
 @click.option("--text", default=None, help="with --spec/--draft: the prompt (default: a passage to copy with one edit)")
 @click.option("--verify-cost", type=click.IntRange(1, MAX_DRAFT), default=None, metavar="K",
               help="time forward passes of 1..K+1 tokens (speculative verification) against a decode step")
@@ -45,7 +52,8 @@ from .options import (KV_DTYPE_CHOICE, PRECISION_OPTION, placement_options, runs
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
 def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
-          threads, precision, int8, llama_bench, text, verify_cost, parallel, **place):
+          threads, precision, int8, llama_bench, text, verify_cost, parallel, mmproj, images, audio,
+          image_max_tokens, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from ..tools.bench import bench_model, bench_ops, is_hybrid
     from ..tools.llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -71,8 +79,16 @@ def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps,
     if depth and (ops_mode or parallel or verify_cost or speculating):
         raise click.UsageError("--depth applies to the prefill/decode benchmark (not with --ops, --parallel, "
                                "--spec/--draft or --verify-cost)")
+    if (images or audio) and mmproj is None:
+        mmproj = resolve_mmproj(model, None, True, as_json)
     try:
-        if ops_mode:
+        if mmproj is not None:
+            from ..tools.bench_media import bench_media
+            if model is None or not (images or audio):
+                raise click.UsageError("--mmproj benchmarks a MODEL with --image / --audio files")
+            media_opts = {k: v for k, v in opts.items() if k in ("threads", "precision")}
+            res = bench_media(model, mmproj, backend, images, audio, media_opts, reps, image_max_tokens, echo)
+        elif ops_mode:
             res = bench_ops(backend, opts, reps, only, echo)
         elif parallel:
             from ..tools.bench_parallel import bench_parallel
@@ -136,7 +152,9 @@ def _cpu_threads() -> int:
               help="GGUF whose tokenizer.* metadata to copy (default: the fixtures' real Gemma 4 vocabulary)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--moe", is_flag=True, help="the Gemma 4 26B-A4B's shapes (128 experts, top-8) instead of the 12B's")
-def synth(out, n_layers, qtype, vocab, seed, moe):
+@click.option("--assistant", is_flag=True,
+              help="an MTP assistant drafter (gemma4-assistant, 4 layers, hidden 1024) for the 12B-shaped target")
+def synth(out, n_layers, qtype, vocab, seed, moe, assistant):
     """Write a random-weight GGUF with the Gemma 4 12B's (or 26B-A4B's) shapes and N layers."""
     from ..model.shapes import DENSE_12B, MOE_26B
     from ..tools.synth import QT, SynthError, default_vocab_path, write_synthetic
@@ -145,6 +163,17 @@ def synth(out, n_layers, qtype, vocab, seed, moe):
         raise click.ClickException("no vocabulary GGUF found: pass --vocab PATH "
                                    "(e.g. shared/fixtures/tokenizer/ggml-vocab-gemma-4.gguf)")
     q = QT[qtype]
+    if assistant:
+        if moe:
+            raise click.ClickException("--assistant writes the 12B-shaped target's assistant; drop --moe")
+        from ..tools.synth_assistant import write_synthetic_assistant
+        click.echo(f"writing {out}: MTP assistant for the 12B-shaped target, {qtype}, vocabulary from {vocab}")
+        try:
+            total = write_synthetic_assistant(out, q, vocab, seed)
+        except SynthError as e:
+            raise click.ClickException(str(e))
+        click.echo(f"{out}: {total / 2**30:.2f} GiB of tensors")
+        return
     shape = MOE_26B if moe else DENSE_12B
     click.echo(f"writing {out}: {shape.label}-shaped, {n_layers} layers, {qtype}, vocabulary from {vocab}")
     try:

@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from ..errors import G4rtError, ParityError
+from .media import MMPROJ_OPTION
 from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION, THREADS_OPTION, runs_on_cpu,
                       takes_threads, threads_backend_option)
 
@@ -28,10 +29,14 @@ from .options import (BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION, THREADS
 @click.option("--ctx", type=int, default=None, help="Context size (default: enough for the longest sequence).")
 @THREADS_OPTION
 @PRECISION_OPTION
-def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, precision):
+@MMPROJ_OPTION
+def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, precision, mmproj):
     """Replay a reference teacher-forced, decode greedily, and compare.
 
-    Exits non-zero when an .exact reference's bar (MANIFEST.json) is missed."""
+    With --mmproj, a reference whose prompts hold images / audio (image_i_k / audio_i_k into the
+    placeholder runs of ids_i) is replayed through the projector, and the soft tokens are
+    compared with embd_i_k. Exits non-zero when an .exact reference's bar (MANIFEST.json) is
+    missed."""
     from ..tools import parity as parity_tool
     from ..engine import Engine
 
@@ -49,7 +54,16 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, preci
         raise G4rtError(f"{ref_path}: no ids_0 — not a reference file")
     engine = Engine(model, backend=backend, ctx=ctx or max(longest, 64), precision=precision,
                     **threads_backend_option(backend, threads))
-    out = parity_tool.run_reference(engine, ref)
+    has_media = any(k.startswith(("image_", "audio_")) for k in ref.files)
+    if has_media and mmproj is None:
+        raise G4rtError(f"{Path(ref_path).name} has prompts with images / audio: give --mmproj MMPROJ.gguf")
+    embd = None
+    if mmproj is not None:
+        from ..tools.parity_media import run_media_reference
+        prompter = _parity_prompter(engine, mmproj, backend, threads, precision)
+        out, embd = run_media_reference(engine, ref, prompter)
+    else:
+        out = parity_tool.run_reference(engine, ref)
     if out_path:
         np.savez(out_path, **out)
     rows = parity_tool.compare(ref, out)
@@ -61,6 +75,10 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, preci
     w = parity_tool.worst(rows)
     click.echo(f"worst: top1 {w['top1']:.3f} max|dlogit| {w['max_dlogit']:.5f} greedy {w['greedy']}/{rows[0]['greedy_of']}")
     bar = parity_tool.find_bar(model, ref_path)
+    embd_worst = _report_soft_tokens(embd)
+    if bar is not None and embd_worst is not None and not embd_worst <= _embd_bar():
+        raise ParityError(f"soft tokens missed their bar: max |Δ| {embd_worst:.3g} against embd_i_k "
+                          f"(need <= {_embd_bar():g})")
     if bar is None:
         click.echo("bar: none (not an .exact reference listed in MANIFEST.json)")
     elif parity_tool.meets(rows, bar):
@@ -68,6 +86,42 @@ def parity(model, ref_path, prompts_path, backend, out_path, ctx, threads, preci
     else:
         raise ParityError(f"bar missed: need top1 >= {bar.min_top1} and max|dlogit| <= {bar.max_dlogit}, "
                           f"got top1 {w['top1']:.4f}, max|dlogit| {w['max_dlogit']:.4f}")
+
+
+def _embd_bar() -> float:
+    from ..tools.parity_media import EMBD_BAR
+    return EMBD_BAR
+
+
+def _parity_prompter(engine, mmproj, backend, threads, precision):
+    """The projector's encoder on the parity backend, for the engine's vocabulary."""
+    from ..mmproj.encoder import MediaEncoder
+    from ..mmproj.prompter import MediaPrompter
+    from ..mmproj.reader import load_projector
+    from ..text.tokenizer import load_tokenizer
+    from ..generation import ENCODER_BACKENDS
+    projector = load_projector(mmproj, engine.config.n_embd, engine.file.path.name)
+    encoder_backend = backend if backend in ENCODER_BACKENDS else "cpu"
+    options = dict(precision=precision, **threads_backend_option(encoder_backend, threads)) \
+        if encoder_backend == "cpu" else {}
+    tok = load_tokenizer(engine.file)
+    return MediaPrompter(projector, MediaEncoder(projector, encoder_backend, **options), tok.token_to_id,
+                         engine.config.n_embd, tok.bos_id)
+
+
+def _report_soft_tokens(embd):
+    """Print each prompt's soft-token max |Δ| against embd_i_k; the worst one (None: none)."""
+    if not embd:
+        return None
+    known = [d for ds in embd for d in ds if d == d]
+    for i, ds in enumerate(embd):
+        if ds:
+            click.echo(f"prompt {i}: soft tokens max|Δ| vs embd: " + ", ".join(f"{d:.2e}" for d in ds))
+    if not known:
+        return None
+    worst = max(known)
+    click.echo(f"soft tokens: worst max|Δ| {worst:.2e} over {len(known)} media items")
+    return worst
 
 
 def _parity_prompts(model, prompts_path, backend, out_path, ctx, threads=None, precision="auto"):

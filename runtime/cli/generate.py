@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import G4rtError
+from .media import MMPROJ_OPTION, budget_options, media_load_options, media_options, resolve_mmproj
 from .options import placement, sampling, sampling_options, speculation
 
 
@@ -37,7 +38,7 @@ class _LoadProgress:
 
 
 def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=0, spec=None, slots=1,
-          precision="auto"):
+          precision="auto", media=None):
     from ..generation import load
     if model_path is None:
         from ..model.bundled import default_model_path
@@ -48,7 +49,7 @@ def _load(model_path, backend, ctx, quiet, place=None, threads=None, ring_slack=
     try:
         model = load(model_path, backend=backend, ctx=ctx, progress=None if quiet else progress,
                      threads=threads, ring_slack=ring_slack, slots=slots, precision=precision,
-                     **(place or {}), **(spec or {}))
+                     **(place or {}), **(spec or {}), **(media or {}))
     finally:
         progress.close()
     if not quiet:
@@ -66,7 +67,8 @@ def _base_model_notice(model) -> None:
 
 def _summary(model) -> str:
     s = model.last_stats
-    return (f"[prompt {s.prompt_tokens} tokens ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
+    media = f" with {s.media}" if s.media else ""
+    return (f"[prompt {s.prompt_tokens} tokens{media} ({s.reused_tokens} cached), prefill {s.prefill_tps:.1f} tok/s, "
             f"decode {s.decode_tps:.1f} tok/s, {s.generated_tokens} generated, stop: {s.stop_reason}, "
             f"backend {model.backend_name}, device {model.device_name}, precision {model.precision_summary()}"
             + (f"; {s.speculative.summary()}" if s.speculative else "") + "]")
@@ -85,6 +87,7 @@ def _summary(model) -> str:
                    "all, decoding --parallel of them together; prints one JSON line per prompt, in order.")
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
               help="With --batch: how many prompts decode together (KV cache slots).")
+@media_options
 @sampling_options
 def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, parallel, **kw):
     """Generate text from a prompt, streaming it as it is produced.
@@ -95,19 +98,23 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, par
         raise click.UsageError("give a prompt with -p TEXT or -f FILE, or prompts with --batch FILE")
     if sum(given) > 1:
         raise click.UsageError("give one of -p, -f and --batch")
+    media = media_load_options(kw, model)
+    images, audio = kw.pop("images"), kw.pop("audio")
     if batch_file is not None:
+        if images or audio:
+            raise click.UsageError("--batch takes text prompts only: drop --image / --audio")
         _run_batch(model, batch_file, parallel, chat or system is not None, system, kw)
         return
     text = prompt if prompt is not None else prompt_file.read()
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw),
-              precision=kw["precision"])
+              precision=kw["precision"], media=media)
     chat = chat or system is not None
     if chat:
         _base_model_notice(m)
     interrupted = False
     try:
         for piece in m.generate(text, chat=chat, system=system, show_thinking=show_thinking or not chat,
-                                **sampling(kw)):
+                                images=list(images), audio=list(audio), **sampling(kw)):
             click.echo(piece, nl=False)
             sys.stdout.flush()
     except KeyboardInterrupt:
@@ -174,17 +181,23 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--system", help="System prompt.")
 @click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel.")
+@MMPROJ_OPTION
+@budget_options
 @sampling_options
-def chat(model, system, show_thinking, **kw):
+def chat(model, system, show_thinking, mmproj, image_min_tokens, image_max_tokens, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
-    Ctrl-C stops a reply without ending the session."""
+    Ctrl-C stops a reply without ending the session. With --mmproj, /image PATH and /audio PATH
+    attach media to the next message."""
     from ..engine import CHAT_RING_SLACK
     from ..generation import ChatSession
     # longer sliding rings: each turn keeps the history's KV although the template re-renders the
     # previous answer differently from how it was generated
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
-              ring_slack=CHAT_RING_SLACK, spec=speculation(kw), precision=kw["precision"])
+              ring_slack=CHAT_RING_SLACK, spec=speculation(kw), precision=kw["precision"],
+              media=dict(mmproj=resolve_mmproj(model, mmproj, False, kw["quiet"]), image_min_tokens=image_min_tokens,
+                         image_max_tokens=image_max_tokens))
     session = ChatSession(m, system=system, show_thinking=show_thinking)
+    pending: dict[str, list] = {"image": [], "audio": []}
     _base_model_notice(m)
     if not kw["quiet"]:
         click.echo("g4rt chat: /reset clears the history, /exit leaves, Ctrl-C stops a reply.", err=True)
@@ -204,10 +217,24 @@ def chat(model, system, show_thinking, **kw):
             return
         if cmd == "/reset":
             session.reset()
+            pending = {"image": [], "audio": []}
             click.echo("(history cleared)", err=True)
             continue
+        verb, _, arg = cmd.partition(" ")
+        if verb in ("/image", "/audio"):
+            kind = verb[1:]
+            if m.media is None:
+                click.echo("g4rt: error: images and audio need a projector: start g4rt chat with --mmproj", err=True)
+            elif not arg.strip() or not Path(arg.strip()).is_file():
+                click.echo(f"g4rt: error: {verb} needs the path of a file, got {arg.strip()!r}", err=True)
+            else:
+                pending[kind].append(arg.strip())
+                click.echo(f"({kind} {arg.strip()} goes with your next message)", err=True)
+            continue
         try:
-            for piece in session.send(line, **sampling(kw)):
+            images, audio = pending["image"], pending["audio"]
+            pending = {"image": [], "audio": []}
+            for piece in session.send(line, images=images, audio=audio, **sampling(kw)):
                 click.echo(piece, nl=False)
                 sys.stdout.flush()
         except KeyboardInterrupt:

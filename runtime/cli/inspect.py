@@ -37,16 +37,18 @@ from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION
 @click.option("--draft-max", "draft_max", type=click.IntRange(0, MAX_DRAFT), default=0, show_default=True,
               help="[--plan] Speculative decoding: the sliding rings keep this many more rows.")
 @PRECISION_OPTION
+@click.option("--mmproj", type=click.Path(dir_okay=False), default=None, metavar="MMPROJ.gguf",
+              help="[--plan] A projector: its weights and what images / audio cost.")
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
-         parallel, draft_max, precision):
+         parallel, draft_max, precision, mmproj):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
                                    ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
                                    ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
                                    ("parallel", "--parallel"), ("draft_max", "--draft-max"),
-                                   ("precision", "--precision"))
+                                   ("precision", "--precision"), ("mmproj", "--mmproj"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
@@ -93,6 +95,10 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
                                  check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes, **layout)
     click.echo(plan.markdown())
     click.echo(precision_text, nl=False)
+    if mmproj is not None:
+        from ..mmproj.plan import projector_markdown
+        from ..mmproj.reader import load_projector
+        click.echo(projector_markdown(load_projector(mmproj, cfg.n_embd, Path(model).name), n_ctx), nl=False)
     if not plan.fits:
         raise plan.error()
 

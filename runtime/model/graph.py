@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 
-from ..errors import MissingTensorError, TensorShapeError
+from ..errors import MissingTensorError, TensorShapeError, UnsupportedModelError
 from ..gguf.reader import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore, MatMul, MoeMatMul,
-                   MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, WeightSpec)
+                   MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, TakeRows, WeightSpec, input_rows)
 from ..gguf.quant_types import QT, check_supported, dequantize_rows
 from .config import ModelConfig
 
@@ -128,19 +128,40 @@ class _Builder:
         return self.emit(label, MatMul(self.buf(out, rows), x, w))
 
 
+def media_input_names(n_tokens: int) -> dict[str, str]:
+    """The per-call inputs of a media graph of n_tokens rows (ops.input_rows of them, shared by
+    the graphs of one size class): soft tokens [., n_embd], which rows take them [., 1], and how
+    many later rows each row sees on sliding layers [., 1]."""
+    cap = input_rows(n_tokens)
+    return {"embd": f"media.embd.{cap}", "take": f"media.take.{cap}", "ahead": f"media.ahead.{cap}"}
+
+
 def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, ctx: int,
-                all_logits: bool = False, ring_slack: int = 0, slots: int = 1) -> Graph:
+                all_logits: bool = False, ring_slack: int = 0, slots: int = 1, media: bool = False) -> Graph:
     """The forward pass for a batch of n_tokens rows (one sequence's consecutive positions, or
     segments of several: see ops.Segment).
 
     all_logits: output logits for every row (teacher forcing, several sequences); else only for
     the last row. slots: caches of that many sequence slots each, chosen per segment at run
-    time; ring_slack: see kv_caches."""
+    time; ring_slack: see kv_caches. media: the rows of a prompt with images / audio: soft tokens
+    replace the (scaled) embeddings of the rows the call marks, unscaled, and on sliding layers
+    a row of an image sees the later rows of its image (media_input_names; the window still
+    applies, global layers stay causal: transformers' generate() mask and llama.cpp's)."""
     b = _Builder(cfg, specs, n_tokens, ctx, ring_slack, slots)
     E, eps = cfg.n_embd, cfg.rms_eps
     b.buffers["tokens"] = Buffer("tokens", n_tokens, 1, "i32")
 
     x = b.emit("token_embd", EmbedLookup(b.buf("x", E), b.weight("token_embd.weight", cols=E), cfg.embed_scale))
+    inputs, ahead = {}, None
+    if media:
+        if cfg.per_layer_dim:     # their per-layer input would need the pad token's rows (not done)
+            raise UnsupportedModelError("images / audio on a model with per-layer embeddings (E2B/E4B) are not "
+                                        "supported yet")
+        names, cap = media_input_names(n_tokens), input_rows(n_tokens)
+        inputs = {names["embd"]: Buffer(names["embd"], cap, E), names["take"]: Buffer(names["take"], cap, 1),
+                  names["ahead"]: Buffer(names["ahead"], cap, 1)}
+        x = b.emit("media_embd", TakeRows(x, x, names["embd"], names["take"]))
+        ahead = names["ahead"]
 
     ple = None
     if cfg.per_layer_dim:
@@ -192,7 +213,8 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
                 raise TensorShapeError(f"layer {i} shares the KV of layer {src}, whose width differs")
         ck, cv = cache_names(src)
         a = b.emit(p + "attention", Attention(b.buf("attn", L.q_width), q, k, v, ck, cv, L.n_head,
-                                               L.n_kv_head, D, L.window, cfg.attn_scale))
+                                               L.n_kv_head, D, L.window, cfg.attn_scale,
+                                               ahead if L.window else None))
         if last_reader[src] == i:
             b.emit(f"blk.{src}.kv_store", KvStore(ck, cv, k, v))
         o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight", E)
@@ -234,7 +256,7 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
     if cfg.final_softcap:
         b.emit("final_softcap", Softcap(logits, logits, cfg.final_softcap))
     return Graph(n_tokens=n_tokens, buffers=b.buffers, caches=b.caches, weights=b.weights, ops=b.ops,
-                 output=logits, labels=b.labels)
+                 output=logits, labels=b.labels, inputs=inputs)
 
 
 def _moe_block(b: _Builder, L, x: str, eps: float) -> str:

@@ -46,6 +46,10 @@ def describe(path) -> str:
         out += ["", f"Tokenizer: `{tok_model}`, {n_tok} tokens, chat template "
                 f"{'present' if f.has('tokenizer.chat_template') else 'absent'}."]
 
+    from ..mmproj.reader import describe_lines, is_projector
+    if is_projector(f):      # a projector: what it runs and its tensors, no model sections
+        return "\n".join(out + [""] + describe_lines(path)) + "\n"
+
     names = set(f.tensors)
     mm = sorted(n for n in names if n.startswith(_MULTIMODAL_PREFIXES))
     out += ["", "## Features", ""]

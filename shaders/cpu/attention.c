@@ -40,6 +40,8 @@ typedef struct {
      * earlier rows of this batch, read from rk / rv (rounded as the cache would hold them). */
     int64_t cpos;
     const void *rk, *rv;
+    /* Media prompts: row r also sees the next ahead[r] rows of the batch (c->d), or NULL. */
+    const float *ahead;
 } att_geo;
 
 static void att_geo_init(att_geo *g, const g4_cmd *c, int64_t pos0) {
@@ -60,6 +62,17 @@ static void att_geo_init(att_geo *g, const g4_cmd *c, int64_t pos0) {
     g->f16 = c->cache_f16 != 0;
     g->cpos = pos0;
     g->rk = g->rv = NULL;
+    g->ahead = c->d;
+}
+
+/* Last key position of the query in batch row r (itself, or later rows of its image block). */
+static inline int64_t att_hi(const att_geo *g, int64_t r) {
+    int64_t p = g->pos0 + r;
+    if (!g->ahead) return p;
+    int64_t a = (int64_t)g->ahead[r];
+    if (a < 0) return p - 1;   /* ops.PastAttention: only the cached positions before the row */
+    if (a > g->rows - 1 - r) a = g->rows - 1 - r;
+    return a > 0 ? p + a : p;
 }
 
 /* First key position of the query at position p (the cache holds the last cr positions only). */
@@ -75,7 +88,8 @@ static inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 /* Most keys one unit can see (scores buffer columns). */
 static int64_t att_max_keys(const att_geo *g) {
     int64_t n = g->cr + g->rows;
-    if (g->window > 0 && g->window + g->rb - 1 < n) n = g->window + g->rb - 1;
+    /* keys ahead: a unit's span reaches the end of the batch, not only its window */
+    if (!g->ahead && g->window > 0 && g->window + g->rb - 1 < n) n = g->window + g->rb - 1;
     return n;
 }
 
@@ -336,19 +350,21 @@ static void att_unit_get(const att_geo *g, const g4_cmd *c, int64_t u, att_unit 
     const int64_t h1 = h0 + g->hc < (kvh + 1) * g->rep ? h0 + g->hc : (kvh + 1) * g->rep;
     U->kvh = kvh;
     U->nq = 0;
+    int64_t kb = g->pos0 + r1;
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t p = g->pos0 + r;
+        const int64_t p = g->pos0 + r, hi = att_hi(g, r);
+        if (hi + 1 > kb) kb = hi + 1;
         for (int64_t h = h0; h < h1; h++) {
             int x = U->nq++;
             U->row[x] = r;
             U->head[x] = h;
             U->lo[x] = att_lo(g, p);
-            U->hi[x] = p;
+            U->hi[x] = hi;
             U->q[x] = c->a + r * g->qw + h * g->D;
         }
     }
     U->ka = att_lo(g, g->pos0 + r0);
-    U->kb = g->pos0 + r1;
+    U->kb = kb;
 }
 
 static inline int64_t att_units(const att_geo *g) { return g->nrb * g->nkv * g->nhc; }
@@ -373,7 +389,7 @@ static size_t att_copy_bytes(const g4_cmd *c) {
 }
 
 /* Whether a batch of `rows` runs row by row (row-exact). */
-static int att_row_by_row(const g4_cmd *c, int64_t rows) { return rows <= G4_ROW_EXACT_MAX || c->act; }
+static int att_row_by_row(const g4_cmd *c, int64_t rows) { return !c->d && (rows <= G4_ROW_EXACT_MAX || c->act); }
 
 static size_t att_shared_rows(const g4_cmd *c, int64_t rows, int nth) {
     if (rows <= 0) return 0;

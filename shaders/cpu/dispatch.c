@@ -29,6 +29,10 @@ WEAK void g4_k_moe_route(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_moe_matmul(const g4_cmd *, g4_exec *, int, int);
 WEAK size_t g4_moe_matmul_scratch(const g4_cmd *, int);
 WEAK void g4_k_moe_sum(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_layernorm(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_add_vector(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_gather_add(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_take_rows(const g4_cmd *, g4_exec *, int, int);
 WEAK int g4_block_values(int);
 
 typedef void (*kernel_fn)(const g4_cmd *, g4_exec *, int, int);
@@ -51,6 +55,10 @@ static kernel_fn kernel_of(int op) {
     case G4_OP_MOE_ROUTE: return g4_k_moe_route;
     case G4_OP_MOE_MATMUL: return g4_k_moe_matmul;
     case G4_OP_MOE_SUM: return g4_k_moe_sum;
+    case G4_OP_LAYERNORM: return g4_k_layernorm;
+    case G4_OP_ADD_VECTOR: return g4_k_add_vector;
+    case G4_OP_GATHER_ADD: return g4_k_gather_add;
+    case G4_OP_TAKE_ROWS: return g4_k_take_rows;
     default: return NULL;
     }
 }
@@ -113,6 +121,7 @@ static void run_segments(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
                 cs.b = c->b + row0 * kvw;
                 cs.c = c->c + row0 * kvw;
                 cs.out = c->out + row0 * qw;
+                if (c->d) cs.d = c->d + row0;   /* keys ahead, one per row */
             }
             cs.cache_k = (uint8_t *)c->cache_k + (size_t)sg[3] * slot_bytes;
             cs.cache_v = (uint8_t *)c->cache_v + (size_t)sg[3] * slot_bytes;

@@ -96,6 +96,10 @@ enum {
     G4_OP_MOE_ROUTE = 14, /* top-k experts and weights from router logits (moe.c)             */
     G4_OP_MOE_MATMUL = 15,/* each selection's expert matrix times its row (moe.c)             */
     G4_OP_MOE_SUM = 16,   /* weighted sum of a row's k expert outputs (moe.c)                 */
+    G4_OP_LAYERNORM = 17, /* per row (v - mean) / sqrt(var + eps) (* w) (+ d); media_ops.c      */
+    G4_OP_ADD_VECTOR = 18,/* out[r] = a[r] + w[cols]                                           */
+    G4_OP_GATHER_ADD = 19,/* out[r] = a[r] + sum_j w[(int)b[r*group + j]]; w f32 [w_rows, cols] */
+    G4_OP_TAKE_ROWS = 20, /* out[r] = c[r] != 0 ? b[r] : a[r] (b [rows, cols], c [rows, 1])    */
     G4_OP_COUNT_
 };
 
@@ -108,6 +112,9 @@ enum {
  * rows (p - pos0), earlier ones from the cache. Head h reads KV head h / (n_head / n_kv_head).
  * scores = scale * q.k (f32), softmax, out[r, h*group ...] = sum p_j v_j.
  * EMBED: w = table (raw GGUF rows of w_row_bytes), tokens from g4_exec.
+ * ATTENTION with d != NULL (media prompts): d [rows] f32 holds, per row, how many later rows of
+ * the batch it also sees (kv <= p + d[r], the window still applied); such a batch never runs row
+ * by row.
  * RMSNORM: w = f32 weight of `group` values, or NULL.  ROPE: freqs = n_rot/2 inverse
  * frequencies (double, frequency factors already applied); angle = (pos0 + r) * freqs[i],
  * computed in double; pair (i, i + n_rot/2) of each head turns by it.
@@ -141,6 +148,7 @@ typedef struct g4_cmd {
     const double *freqs;
     void *cache_k;
     void *cache_v;
+    const float *d;        /* ATTENTION: per-row keys ahead, or NULL; LAYERNORM: bias, or NULL */
 } g4_cmd;
 
 typedef struct g4_pool g4_pool;
@@ -235,6 +243,11 @@ void g4_k_mul(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_scale(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_softcap(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_slice(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+/* The encoders' ops and the media rows (media_ops.c). */
+void g4_k_layernorm(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_add_vector(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_gather_add(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_take_rows(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 
 /* Mixture of experts (moe.c). */
 void g4_k_moe_route(const g4_cmd *c, g4_exec *ex, int ith, int nth);

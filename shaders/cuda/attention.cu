@@ -16,6 +16,8 @@
 // round_batch (row-exact small batches, with an f16 cache): the batch's rows before the query's
 // own are read rounded to half, as a one-row decode step reads them from the cache; with the
 // decode step's n_split each row then gets a decode step's bits.
+// ahead (media prompts; NULL otherwise): per row, how many later rows of its segment it also
+// sees (an image's tokens see their whole image; the window still applies): keys lo .. p + ahead.
 #include "common.cuh"
 
 #define ATT_WARPS 4
@@ -30,7 +32,7 @@ __device__ __forceinline__ void attn_partial_impl(
         const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
         const KV* __restrict__ ck, const KV* __restrict__ cv, float* __restrict__ part,
         const int* __restrict__ params, int n_head, int n_kv_head, int D, int window, int ring,
-        float scale, int n_split, int round_batch) {
+        float scale, int n_split, int round_batch, const float* __restrict__ ahead) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][DPL * 32];
     const float NEG_INF = __int_as_float(0xff800000);
@@ -40,10 +42,12 @@ __device__ __forceinline__ void attn_partial_impl(
     const int pos0 = p - (r - b0);
     const size_t sbase = (size_t)ROW_SLOT(params, r) * ring;
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
-    const int L = p - lo + 1;
+    int hi = p;
+    if (ahead) hi = p + min(max((int)ahead[r], 0), b0 + ROW_SEGN(params, r) - 1 - r);
+    const int L = hi - lo + 1;
     const int chunk = (L + n_split - 1) / n_split;
     const int c0 = lo + s * chunk;
-    const int c1 = min(p + 1, c0 + chunk);
+    const int c1 = min(hi + 1, c0 + chunk);
     const int kvh = h / (n_head / n_kv_head);
     const int qstride = n_head * D, kvstride = n_kv_head * D;
 
@@ -162,9 +166,9 @@ __device__ __forceinline__ void attn_partial_impl(
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attn_partial_##name(            \
             const float* q, const float* k, const float* v, const KV* ck, const KV* cv,         \
             float* part, const int* params, int n_head, int n_kv_head, int D, int window,       \
-            int ring, float scale, int n_split, int round_batch) {                              \
+            int ring, float scale, int n_split, int round_batch, const float* ahead) {          \
         attn_partial_impl<KV, DPL>(q, k, v, ck, cv, part, params, n_head, n_kv_head, D, window, \
-                                   ring, scale, n_split, round_batch);                          \
+                                   ring, scale, n_split, round_batch, ahead);                   \
     }
 // name: cache type and the largest head dimension served (DPL = D / 32 per lane)
 G4RT_ATTN(f16_d64, u16, 2)

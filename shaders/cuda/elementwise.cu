@@ -14,6 +14,12 @@ extern "C" __global__ void add(const float* a, const float* b, float* out, int n
     G4RT_GRID_STRIDE(i, n) out[i] = a[i] + b[i];
 }
 
+// out[r] = take[r] != 0 ? src[r] : x[r] (media soft tokens into their placeholder rows)
+extern "C" __global__ void take_rows(const float* x, const float* src, const float* take, float* out, int rows,
+                                     int cols) {
+    G4RT_GRID_STRIDE(i, rows * cols) out[i] = take[i / cols] != 0.0f ? src[i] : x[i];
+}
+
 extern "C" __global__ void mul(const float* a, const float* b, float* out, int n) {
     G4RT_GRID_STRIDE(i, n) out[i] = a[i] * b[i];
 }

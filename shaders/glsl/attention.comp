@@ -11,6 +11,8 @@
 // Define ROUND_BATCH (row-exact small batches, with KV_F16): the batch's rows before the query's
 // own are read rounded to half, as a decode step reads them from the cache, so that every row of
 // the batch gets the bits a one-row decode step would.
+// Define AHEAD (media prompts): binding 7 holds per row how many later rows of its segment it
+// also sees (an image's tokens see their whole image; the window still applies).
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #define WG 64
@@ -28,11 +30,17 @@ layout(set = 0, binding = 4) readonly buffer CKBuf { float ck[]; };
 layout(set = 0, binding = 5) readonly buffer CVBuf { float cv[]; };
 #endif
 layout(set = 0, binding = 6) buffer OBuf { float os[]; };
+#ifdef AHEAD
+layout(set = 0, binding = 7) readonly buffer ABuf { float ahead_s[]; };
+#endif
 layout(push_constant) uniform PC {
     uint q_off, q_stride, k_off, k_stride, v_off, v_stride, o_off, o_stride;
     uint rows, row_base, n_head, n_kv_head, head_dim, window, ring, kv_cols;
     float scale;
     uint ck_off, cv_off;   // word offsets of the caches in their buffers
+#ifdef AHEAD
+    uint a_off;            // word offset of row 0's keys-ahead count
+#endif
 } pc;
 #include "common.glsl"
 #include "rows.glsl"
@@ -77,7 +85,13 @@ void main() {
         uint p = row_pos(row), b0 = row_seg0(row), sbase = row_slot(row) * pc.ring;
         uint pos0 = p - (row - b0);
         uint first = (pc.window > 0u && p + 1u > pc.window) ? p + 1u - pc.window : 0u;
-        uint n_keys = p - first + 1u;
+        uint last = p;
+#ifdef AHEAD
+        // later rows of the segment this row sees (at most the segment's end)
+        uint seg_left = row_seg0(row) + row_segn(row) - 1u - row;
+        last = p + min(uint(max(ahead_s[pc.a_off + row], 0.0)), seg_left);
+#endif
+        uint n_keys = last - first + 1u;
         barrier();   // q_s / p_s of the previous item are no longer read
         for (uint d = tid; d < D; d += WG) q_s[d] = qs[pc.q_off + r * pc.q_stride + h * D + d];
         barrier();

@@ -118,6 +118,22 @@ def lower_attention(lw: _Lowering, c, op: ops.Attention) -> None:
     c.cache_rows = lw.graph.caches[op.cache_k].rows      # per slot
     c.a, c.b, c.c = _ptr(lw.buf(op.q)), _ptr(lw.buf(op.k)), _ptr(lw.buf(op.v))
     c.cache_k, c.cache_v = _ptr(lw.caches[op.cache_k]), _ptr(lw.caches[op.cache_v])
+    if op.ahead is not None:
+        c.d = _ptr(lw.buf(op.ahead))
+
+
+def lower_past_attention(lw: _Lowering, c, op: ops.PastAttention) -> None:
+    """The attention kernel with ahead = -1 on every row: keys end before the row's position, so
+    only the cache is read (one row per segment: the rows a drafter step has)."""
+    q = lw.buf(op.q)
+    past = np.full((q.shape[0], 1), -1.0, np.float32)
+    lw.keep.append(past)
+    c.op, c.group, c.n_head, c.n_kv_head = N.OP_ATTENTION, op.head_dim, op.n_head, op.n_kv_head
+    c.window, c.scale, c.cache_f16 = op.window, op.scale, int(lw.cache_f16)
+    c.cache_rows = lw.graph.caches[op.cache_k].rows
+    c.a = c.b = c.c = _ptr(q)      # no K/V rows of the call: never read, every key lies before
+    c.cache_k, c.cache_v = _ptr(lw.caches[op.cache_k]), _ptr(lw.caches[op.cache_v])
+    c.d = _ptr(past)
 
 
 def lower_kv_store(lw: _Lowering, c, op: ops.KvStore) -> None:
@@ -184,6 +200,34 @@ def lower_moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
 def lower_moe_sum(lw: _Lowering, c, op: ops.MoeSum) -> None:
     route = lw.buf(op.route)
     c.op, c.group, c.a, c.b = N.OP_MOE_SUM, route.shape[1] // 2, _ptr(lw.buf(op.y)), _ptr(route)
+
+
+def lower_layernorm(lw: _Lowering, c, op: ops.LayerNorm) -> None:
+    c.op, c.eps, c.a = N.OP_LAYERNORM, op.eps, _ptr(lw.buf(op.x))
+    if op.weight:
+        c.w = lw.small_vector(op.weight)
+    if op.bias:
+        c.d = lw.small_vector(op.bias)
+
+
+def lower_add_vector(lw: _Lowering, c, op: ops.AddVector) -> None:
+    c.op, c.a, c.w = N.OP_ADD_VECTOR, _ptr(lw.buf(op.x)), lw.small_vector(op.weight)
+
+
+def lower_gather_add(lw: _Lowering, c, op: ops.GatherAdd) -> None:
+    spec, index = lw.graph.weights[op.table], lw.buf(op.index)
+    if spec.cols != c.cols or index.shape[0] < c.rows:
+        raise G4rtError(f"CPU backend: gather_add table {op.table} is {spec.cols} wide, the rows {c.cols}")
+    # the table as f32 rows (a small weight: position embeddings)
+    c.op, c.a, c.b, c.group = N.OP_GATHER_ADD, _ptr(lw.buf(op.x)), _ptr(index), index.shape[1]
+    c.w, c.w_rows = lw.small_vector(op.table), spec.rows
+
+
+def lower_take_rows(lw: _Lowering, c, op: ops.TakeRows) -> None:
+    src, take = lw.buf(op.src), lw.buf(op.take)
+    if src.shape[1] != c.cols or src.shape[0] < c.rows or take.shape[0] < c.rows:
+        raise G4rtError(f"CPU backend: take_rows source {op.src} does not match {op.out}")
+    c.op, c.a, c.b, c.c = N.OP_TAKE_ROWS, _ptr(lw.buf(op.x)), _ptr(src), _ptr(take)
 
 
 LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = ops.table_by_kind(globals(), "lower_")

@@ -14,7 +14,8 @@ from . import compiler
 
 # Op kinds and GGML type ids, as in g4cpu.h.
 OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_ATTENTION, OP_KV_STORE, OP_GELU_MUL, OP_GELU, \
-    OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE, OP_MOE_ROUTE, OP_MOE_MATMUL, OP_MOE_SUM = range(1, 17)
+    OP_ADD, OP_MUL, OP_SCALE, OP_SOFTCAP, OP_SLICE, OP_MOE_ROUTE, OP_MOE_MATMUL, OP_MOE_SUM, \
+    OP_LAYERNORM, OP_ADD_VECTOR, OP_GATHER_ADD, OP_TAKE_ROWS = range(1, 21)
 # Activation paths of a matmul (g4_cmd.act).
 ACT_EXACT, ACT_Q8, ACT_I16, ACT_REPACKED, ACT_ROW_EXACT = 0, 1, 2, 4, 8
 
@@ -29,7 +30,7 @@ class G4Cmd(ctypes.Structure):
         ("eps", ctypes.c_float), ("scale", ctypes.c_float), ("cap", ctypes.c_float),
         ("act", ctypes.c_int32),
         ("out", _p), ("a", _p), ("b", _p), ("c", _p), ("w", _p), ("freqs", _p),
-        ("cache_k", _p), ("cache_v", _p)]
+        ("cache_k", _p), ("cache_v", _p), ("d", _p)]
 
 
 class G4Exec(ctypes.Structure):

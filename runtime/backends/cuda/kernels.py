@@ -55,6 +55,7 @@ PLAIN_KERNELS: dict[str, tuple[str, str]] = {
     "rope": ("norm_rope.cu", "PPPiiiid"),               # x, ff, params, rows, cols, head_dim, n_rot, base
     "add": ("elementwise.cu", "PPPi"),
     "mul": ("elementwise.cu", "PPPi"),
+    "take_rows": ("elementwise.cu", "PPPPii"),          # x, src, take, out, rows, cols
     "gelu_mul": ("elementwise.cu", "PPPi"),
     "gelu": ("elementwise.cu", "PPi"),
     "scale": ("elementwise.cu", "PPifP"),               # x, out, n, s, by
@@ -65,8 +66,9 @@ PLAIN_KERNELS: dict[str, tuple[str, str]] = {
 }
 for _kv in ("f16", "f32"):
     for _d in ATTN_HEAD_DIMS:
-        # q, k, v, ck, cv, part, params, n_head, n_kv_head, D, window, ring, scale, n_split
-        PLAIN_KERNELS[f"attn_partial_{_kv}_d{_d}"] = ("attention.cu", "PPPPPPPiiiiifii")
+        # q, k, v, ck, cv, part, params, n_head, n_kv_head, D, window, ring, scale, n_split,
+        # round_batch, ahead
+        PLAIN_KERNELS[f"attn_partial_{_kv}_d{_d}"] = ("attention.cu", "PPPPPPPiiiiifiiP")
 
 # Geometry (must match the kernels' #defines)
 MV_WARPS = 4          # matvec.cu: rows per block (one warp each)

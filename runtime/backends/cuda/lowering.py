@@ -95,7 +95,7 @@ class GraphLowering:
 
     def ref(self, name: str, write: bool = False) -> tuple:
         g = self.graph
-        if name in g.caches:
+        if name in g.caches or name in g.inputs:
             if write:
                 raise G4rtError(f"{name!r} is a cache; only kv_store writes caches")
             be = self.backend
@@ -110,8 +110,8 @@ class GraphLowering:
 
     def shape(self, name: str) -> tuple[int, int]:
         g = self.graph
-        if name in g.caches:
-            c = g.caches[name]
+        if name in g.caches or name in g.inputs:
+            c = g.caches.get(name) or g.inputs[name]
             return c.rows, c.cols
         b = g.buffers[name]
         return b.rows, b.cols
@@ -266,9 +266,11 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
     except ValueError as e:
         raise G4rtError(str(e)) from None
     ring = ck.ring
-    exact = rows <= ops.ROW_EXACT_MAX     # each row split as a one-row decode step splits it
+    # each row split as a one-row decode step splits it; rows that see later rows (media): one batch
+    exact = rows <= ops.ROW_EXACT_MAX and op.ahead is None
     rows_seen = 1 if exact else rows
-    max_keys = min(op.window, ring + rows_seen) if op.window > 0 else ring + rows_seen
+    max_keys = min(op.window + (rows if op.ahead is not None else 0), ring + rows_seen) if op.window > 0 \
+        else ring + rows_seen
     n_split = kernels.attn_splits(max_keys, rows_seen, heads, be.sm_count)
     part = lw.scratch(rows * heads * n_split * (dim + 2) * 4)
     q, k, v = lw.ref(op.q), lw.ref(op.k), lw.ref(op.v)
@@ -277,12 +279,24 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
     launches.append(Launch(kernel, (n_split, heads, rows), kernels.ATT_THREADS,
                            [q, k, v, ("C", op.cache_k), ("C", op.cache_v), part, PARAMS,
                             heads, kv_heads, dim, int(op.window), ring, float(op.scale), n_split,
-                            int(exact and rows > 1 and ck.f16)]))
+                            int(exact and rows > 1 and ck.f16),
+                            lw.ref(op.ahead) if op.ahead is not None else 0]))
     launches.append(Launch("attn_combine", (heads, rows, 1), kernels.ATT_THREADS,
                            [part, dst, heads, dim, n_split]))
     if inplace:
         launches.append(copy_launch(dst, lw.out(op, (rows, heads * dim)), rows, heads * dim))
     return launches
+
+
+def lower_take_rows(lw: GraphLowering, op: ops.TakeRows) -> list[Launch]:
+    shape = lw.shape(op.x)
+    src, take = lw.shape(op.src), lw.shape(op.take)
+    if src[1] != shape[1] or src[0] < shape[0] or take[1] != 1 or take[0] < shape[0]:
+        raise G4rtError(f"take_rows: {op.src} {lw.shape(op.src)} / {op.take} {lw.shape(op.take)} for {shape}")
+    x, src, take = lw.ref(op.x), lw.ref(op.src), lw.ref(op.take)
+    out = lw.out(op, shape)
+    return [Launch("take_rows", (kernels.ew_grid(shape[0] * shape[1]), 1, 1), kernels.EW_THREADS,
+                   [x, src, take, out, shape[0], shape[1]])]
 
 
 def lower_kv_store(lw: GraphLowering, op: ops.KvStore) -> list[Launch]:

@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ... import ops
+from ...errors import G4rtError
 from ...gguf.quant_types import dequantize_rows
 from ..base import Backend, CompiledGraph, OpObserver, WeightSource, checked_precision
 
@@ -59,7 +60,8 @@ def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, n_rot: int, base: 
 
 
 def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int, head_dim: int,
-              window: int, scale: float) -> np.ndarray:
+              window: int, scale: float, ahead: Optional[np.ndarray] = None) -> np.ndarray:
+    """ahead: per row, how many later rows of the batch it also sees (ops.Attention.ahead)."""
     n = q.shape[0]
     ring = cache_k.shape[0]
     first = max(0, pos0 - window + 1) if window else 0
@@ -67,7 +69,7 @@ def attention(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int,
     keys = np.concatenate([cache_k[past % ring], k], axis=0) if len(past) else k
     vals = np.concatenate([cache_v[past % ring], v], axis=0) if len(past) else v
     kpos = np.concatenate([past, pos0 + np.arange(n)])
-    return _attend(q, keys, vals, kpos, pos0 + np.arange(n), n_head, n_kv_head, head_dim, window, scale)
+    return _attend(q, keys, vals, kpos, pos0 + np.arange(n), n_head, n_kv_head, head_dim, window, scale, ahead)
 
 
 def attention_rows_exact(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv_head: int, head_dim: int,
@@ -91,9 +93,10 @@ def attention_rows_exact(q, k, v, cache_k, cache_v, pos0: int, n_head: int, n_kv
 
 
 def _attend(q, keys, vals, kpos, qpos, n_head: int, n_kv_head: int, head_dim: int, window: int,
-            scale: float) -> np.ndarray:
+            scale: float, ahead: Optional[np.ndarray] = None) -> np.ndarray:
     n, T = q.shape[0], len(kpos)
-    allowed = kpos[None, :] <= qpos[:, None]
+    last = qpos if ahead is None else qpos + ahead.reshape(-1).astype(np.int64)
+    allowed = kpos[None, :] <= last[:, None]
     if window:
         allowed &= kpos[None, :] > qpos[:, None] - window
     qh = q.reshape(n, n_head, head_dim).transpose(1, 0, 2)                  # [H, n, D]
@@ -109,6 +112,30 @@ def _attend(q, keys, vals, kpos, qpos, n_head: int, n_kv_head: int, head_dim: in
     p /= p.sum(axis=-1, keepdims=True)
     out = np.matmul(p, vh)                                                   # [H, n, D]
     return out.transpose(1, 0, 2).reshape(n, n_head * head_dim).astype(np.float32)
+
+
+def layer_norm(x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray], eps: float) -> np.ndarray:
+    """ops.LayerNorm: statistics in double, the normalized row in float32."""
+    v = x.astype(np.float64)
+    mean = v.mean(axis=1, keepdims=True)
+    var = np.square(v - mean).mean(axis=1, keepdims=True)
+    y = ((v - mean) / np.sqrt(var + eps)).astype(np.float32)
+    if weight is not None:
+        y = y * weight.reshape(1, -1)
+    if bias is not None:
+        y = y + bias.reshape(1, -1)
+    return y
+
+
+def gather_add(x: np.ndarray, table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """ops.GatherAdd: x plus the table rows each row's indexes name, added in index order."""
+    idx = index.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
+        raise IndexError(f"gather_add: index outside the {table.shape[0]}-row table")
+    out = x.astype(np.float32, copy=True)
+    for j in range(idx.shape[1]):
+        out = out + table[idx[:, j]]
+    return out
 
 
 def matmul_rows_exact(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -231,6 +258,8 @@ class _Call:
         self.bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str) -> np.ndarray:
+        if name in self.graph.inputs:       # an input's first n rows (ops.Graph.inputs)
+            return self.caches[name][:self.n]
         return self.caches[name] if name in self.caches else self.bufs[name]
 
     def slot_view(self, name: str, s: ops.Segment) -> np.ndarray:
@@ -264,10 +293,31 @@ def apply_attention(c: _Call, op: ops.Attention):
         args = (c.get(op.q)[rows], c.get(op.k)[rows], c.get(op.v)[rows],
                 c.slot_view(op.cache_k, s).astype(np.float32), c.slot_view(op.cache_v, s).astype(np.float32),
                 s.pos0, op.n_head, op.n_kv_head, op.head_dim, op.window, op.scale)
+        if op.ahead is not None:     # rows see later rows: one batch (see ops.Attention.ahead)
+            ahead = c.get(op.ahead)[rows, 0].astype(np.int64)
+            ahead = np.minimum(ahead, s.rows - 1 - np.arange(s.rows))
+            parts.append(attention(*args, ahead=ahead))
+            continue
         # row-exact within the segment: a sequence's rows get the bits they get alone
         parts.append(attention_rows_exact(*args, c.caches[op.cache_k].dtype)
                      if 1 < s.rows <= ops.ROW_EXACT_MAX else attention(*args))
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+def apply_past_attention(c: _Call, op: ops.PastAttention):
+    out = []
+    for s in c.segs:      # one row per segment: its position's key range in its slot
+        if s.rows != 1:
+            raise G4rtError(f"past attention takes one row per segment, got a segment of {s.rows}")
+        p = s.pos0
+        if p < 1:
+            raise G4rtError("past attention at position 0: there is no cached position before it")
+        kpos = np.arange(max(0, p - op.window + 1) if op.window else 0, p)
+        ck, cv = c.slot_view(op.cache_k, s), c.slot_view(op.cache_v, s)
+        keys, vals = ck[kpos % len(ck)].astype(np.float32), cv[kpos % len(cv)].astype(np.float32)
+        out.append(_attend(c.get(op.q)[s.row0:s.row0 + 1], keys, vals, kpos, np.array([p]), op.n_head,
+                           op.n_kv_head, op.head_dim, op.window, op.scale))
+    return np.concatenate(out, axis=0)
 
 
 def apply_kv_store(c: _Call, op: ops.KvStore):
@@ -323,6 +373,23 @@ def apply_moe_matmul(c: _Call, op: ops.MoeMatMul):
 
 def apply_moe_sum(c: _Call, op: ops.MoeSum):
     return moe_sum(c.get(op.y), c.get(op.route))
+
+
+def apply_layernorm(c: _Call, op: ops.LayerNorm):
+    return layer_norm(c.get(op.x), c.backend.vector(op.weight), c.backend.vector(op.bias), op.eps)
+
+
+def apply_add_vector(c: _Call, op: ops.AddVector):
+    return c.get(op.x) + c.backend.vector(op.weight).reshape(1, -1)
+
+
+def apply_gather_add(c: _Call, op: ops.GatherAdd):
+    return gather_add(c.get(op.x), c.backend.weight(op.table), c.get(op.index))
+
+
+def apply_take_rows(c: _Call, op: ops.TakeRows):
+    take = c.get(op.take)[:c.n, :1] != 0
+    return np.where(take, c.get(op.src)[:c.n], c.get(op.x))
 
 
 OP_FUNCTIONS: dict[type, Callable[[_Call, ops.Op], Optional[np.ndarray]]] = ops.table_by_kind(globals(), "apply_")

@@ -243,7 +243,7 @@ class VulkanGraph(CompiledGraph):
         self.locs, self.out_tensors = place_buffers(graph, backend.max_bytes // 4, backend.activations,
                                                     backend.device_tensor)
         self.input_tensors = []
-        for name in graph.caches:     # buffers shared with another backend, read like caches
+        for name in [*graph.caches, *graph.inputs]:     # host-filled buffers, read like caches
             if name in backend.inputs or name in backend.kept:
                 t, rows, cols = backend.inputs.get(name) or backend.kept[name]
                 self.locs[name] = BufferLocation(rows, cols, [BufferPiece(0, rows, t, 0)])

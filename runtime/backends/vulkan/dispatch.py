@@ -21,7 +21,9 @@ MAX_GROUPS = 32768           # per grid dimension (a power of two below the 6553
 PUSH_WORDS = {"embed": 10, "matvec": 10, "matmul": 10, "matmul_rows": 10, "matmul_tokens": 10, "rmsnorm": 10,
               "rope": 9, "attention": 19, "attention_rows": 19, "kv_store": 11, "add": 8, "mul": 8, "gelu_mul": 8,
               "gelu": 9, "softcap": 9, "scale": 9, "slice": 9, "copy": 5, "moe_route": 9, "moe_sum": 9,
-              "moe_matvec": 15}
+              "moe_matvec": 15, "take_rows": 10}
+#: push-constant words a define adds to its shader's block (attention.comp's AHEAD: a_off)
+PUSH_EXTRA = {"AHEAD": 1}
 
 
 def push_words(*vals) -> np.ndarray:
@@ -69,7 +71,7 @@ class PipelineCache:
         key = (var, tuple(id(t) for t in tensors), groups)
         a = self._algos.get(key)
         if a is None:
-            npush = PUSH_WORDS[var.shader]
+            npush = PUSH_WORDS[var.shader] + sum(PUSH_EXTRA.get(name, 0) for name, _ in var.defines)
             spec = np.array(self.spec_consts.get(var.shader, []), np.uint32)
             a = self.mgr.algorithm(list(tensors), spirv(var), (groups[0], groups[1], 1), spec,
                                    np.zeros(npush, np.uint32))

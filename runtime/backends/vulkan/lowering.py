@@ -169,6 +169,11 @@ def lower_attention(ctx, op: ops.Attention):
     # graphs may carry several sequences)
     use_rows = (be.kernels == "cpu" and n > 1 and not exact and op.head_dim % 32 == 0
                 and span * (2 * op.head_dim // 32 + 1) < 60000 and ck.cache.slots == 1)
+    ahead = None
+    if op.ahead is not None:        # media rows see later rows: one batch, attention.comp
+        ahead = ctx.loc(op.ahead)
+        at, ao = ahead.whole(f"attention keys ahead {op.ahead}")
+        use_rows, exact, kv = False, False, dict(kv, AHEAD=True)
     if exact and be.kv_f16:
         kv = dict(kv, ROUND_BATCH=True)     # earlier rows of the batch, as the f16 cache holds them
     res = []
@@ -177,12 +182,30 @@ def lower_attention(ctx, op: ops.Attention):
         ot, oo = out.at(r0, r1)
         rows = r1 - r0
         pc = push_words(qo, q.cols, ko, k.cols, vo, v.cols, oo, out.cols, rows, r0, op.n_head, op.n_kv_head,
-                        op.head_dim, op.window, ck.cache.rows, ck.cache.cols, float(op.scale), ck.off, cv.off)
+                        op.head_dim, op.window, ck.cache.rows, ck.cache.cols, float(op.scale), ck.off, cv.off,
+                        *((ao,) if ahead is not None else ()))
+        if ahead is not None:
+            res.append(Dispatch(variant("attention", **kv), (ctx.params, qt, kt, vt, ck.tensor, cv.tensor, ot, at),
+                                workgroups(rows * op.n_head), pc))
+            continue
         if use_rows:
             var, groups = variant("attention_rows", **kv), workgroups(-(-rows // 8) * op.n_head)
         else:
             var, groups = variant("attention", **kv), workgroups(rows * op.n_head)
         res.append(Dispatch(var, (ctx.params, qt, kt, vt, ck.tensor, cv.tensor, ot), groups, pc))
+    return res
+
+
+def lower_take_rows(ctx, op: ops.TakeRows):
+    x, src, take, out = ctx.loc(op.x), ctx.loc(op.src), ctx.loc(op.take), ctx.loc(op.out)
+    if src.cols != out.cols or src.rows < out.rows or take.rows < out.rows:
+        raise G4rtError(f"take_rows: source {op.src} does not match {op.out}")
+    res = []
+    for r0, r1 in bands(out.rows, [(x, 0), (src, 0), (take, 0), (out, 0)]):
+        (xt, xo), (st, so), (tt, to), (ot, oo) = (loc.at(r0, r1) for loc in (x, src, take, out))
+        rows = r1 - r0
+        pc = push_words(xo, x.cols, so, src.cols, to, take.cols, oo, out.cols, rows, out.cols)
+        res.append(Dispatch(variant("take_rows"), (xt, st, tt, ot), workgroups(-(-rows * out.cols // 256)), pc))
     return res
 
 

@@ -355,7 +355,7 @@ class EmulatedDriver:
         return words[2 + int(head[1]):].reshape(-1, 4)[:n].astype(np.int64)
 
     def _attn_partial(self, name, grid, args):
-        q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns, round_batch = args
+        q, k, v, ck, cv, part, params, H, Hkv, D, window, ring, scale, ns, round_batch, ahead = args
         dmax = int(name.rsplit("_d", 1)[1])
         if D > dmax:
             raise EmulatedFault(f"{name} launched for head dim {D}")
@@ -372,18 +372,20 @@ class EmulatedDriver:
         CVa = self.view(cv, slots * ring * Hkv * D, kvt).reshape(slots, ring, Hkv, D)
         P = self.view(part, R * H * ns * (D + 2)).reshape(R, H, ns, D + 2)
         rep = H // Hkv
+        A = self.view(ahead, R) if ahead else None
         for r in range(R):
             p, b0 = int(rows[r, 0]), int(rows[r, 2])
             pos0 = p - (r - b0)                   # the row's segment: rows b0 .., positions pos0 ..
             CK, CV = CKa[rows[r, 1]], CVa[rows[r, 1]]
             lo = max(0, p - window + 1) if window > 0 else 0
-            L = p - lo + 1
+            hi = p if A is None else p + min(max(int(A[r]), 0), b0 + int(rows[r, 3]) - 1 - r)
+            L = hi - lo + 1
             chunk = (L + ns - 1) // ns
             for h in range(H):
                 kvh = h // rep
                 for s in range(ns):
                     c0 = lo + s * chunk
-                    c1 = min(p + 1, c0 + chunk)
+                    c1 = min(hi + 1, c0 + chunk)
                     if c1 <= c0:
                         P[r, h, s, 0], P[r, h, s, 1], P[r, h, s, 2:] = -np.inf, 0.0, 0.0
                         continue
@@ -451,6 +453,11 @@ class EmulatedDriver:
 
     def _k_add(self, grid, a, b, out, n):
         self._ew2(a, b, out, n, lambda p, q: p + q)
+
+    def _k_take_rows(self, grid, x, src, take, out, rows, cols):
+        X, S = self.view(x, rows * cols).reshape(rows, cols), self.view(src, rows * cols).reshape(rows, cols)
+        T = self.view(take, rows).reshape(rows, 1)
+        self.view(out, rows * cols).reshape(rows, cols)[...] = np.where(T != 0, S, X)
 
     def _k_mul(self, grid, a, b, out, n):
         self._ew2(a, b, out, n, lambda p, q: p * q)

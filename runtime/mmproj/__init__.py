@@ -1,0 +1,1 @@
+"""Multimodal projector (mmproj) GGUF files: reading, validating, and their encoder op lists."""

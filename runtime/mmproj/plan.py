@@ -1,0 +1,38 @@
+"""What a projector adds to the memory plan (`g4rt info MODEL --plan --mmproj MM`): its weights
+(memory-mapped, read by the encoder on the host) and the encoder's buffers for the largest
+image / clip, and what media cost in context tokens."""
+
+from __future__ import annotations
+
+from ..memory_plan import human
+from .graphs import audio_graph, image_graph, projector_weight_specs
+from .reader import Projector
+
+#: Gemma 4's processor default (g4rt.media.budget.DEFAULT_MAX_TOKENS)
+DEFAULT_IMAGE_TOKENS = 280
+
+
+def _buffer_bytes(graph) -> int:
+    return sum(b.rows * b.cols * 4 for b in list(graph.buffers.values()) + list(graph.inputs.values())
+               if b.dtype == "f32")
+
+
+def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
+                       audio_seconds: float = 30.0) -> str:
+    specs = projector_weight_specs(projector.file)
+    weights = sum(t.nbytes for t in projector.file.tensors.values())
+    lines = ["", f"## Projector {projector.path.name}", "",
+             f"- weights: {human(weights)} (memory-mapped; the encoder runs on the host)"]
+    if projector.vision:
+        n = image_tokens
+        lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "
+                     f"encoder buffers {human(_buffer_bytes(image_graph(projector.vision, specs, n)))}")
+    if projector.audio:
+        a = projector.audio
+        n = int(audio_seconds * a.sample_rate) // a.frame
+        lines.append(f"- {audio_seconds:g} s of audio: {n} soft tokens, {n + 2} context tokens, encoder buffers "
+                     f"{human(_buffer_bytes(audio_graph(a, specs, n)))}")
+    if projector.vision:
+        per = image_tokens + 2
+        lines.append(f"- the context of {ctx} tokens holds at most {ctx // per} such image(s) with no text")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,128 @@
+"""A text model's media support: images and audio in, expanded prompt ids and MediaRows out.
+
+    prompter = MediaPrompter(projector, encoder, tokenizer, n_embd=cfg.n_embd)
+    plan = prompter.plan(ids, images=["a.png"], audio=["b.wav"])   # decoded, counted, expanded
+    rows = prompter.encode(plan)                                   # soft tokens -> MediaRows
+
+`plan` does everything but the encoders (decode, resize, count soft tokens, expand the markers),
+so a prompt too long for the context is refused before any encoder runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..engine import MediaRows
+from .encoder import MediaEncoder
+from .errors import MediaInputError
+from .prompt import AUDIO, IMAGE, SoftTokens, expand_prompt, media_rows, media_token_ids, placeholder_runs
+from .reader import Projector, images_bidirectional
+
+
+@dataclass
+class PreparedItem:
+    kind: str
+    label: str
+    n_tokens: int
+    image: Any = None           # a prepared image (pixel_values, positions)
+    frames: Optional[np.ndarray] = None
+
+
+@dataclass
+class MediaPlan:
+    ids: list[int]                              # the prompt ids, markers expanded
+    items: list[PreparedItem]                   # in order of appearance in ids
+    counts: dict[str, int] = field(default_factory=dict)     # soft tokens per kind
+
+    def summary(self) -> str:
+        """e.g. "1 image (36 tokens), 1 audio clip (25 tokens)"."""
+        parts = []
+        for kind, word in ((IMAGE, "image"), (AUDIO, "audio clip")):
+            n = sum(1 for it in self.items if it.kind == kind)
+            if n:
+                parts.append(f"{n} {word}{'s' if n != 1 else ''} ({self.counts[kind]} tokens)")
+        return ", ".join(parts)
+
+
+def _label(source, kind: str, k: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"{kind} {k + 1}"
+
+
+class MediaPrompter:
+    def __init__(self, projector: Projector, encoder: MediaEncoder, token_to_id: dict[str, int], n_embd: int,
+                 bos: Optional[int] = None, image_min_tokens: Optional[int] = None,
+                 image_max_tokens: Optional[int] = None):
+        self.projector, self.encoder, self.n_embd, self.bos = projector, encoder, n_embd, bos
+        self.tokens = media_token_ids(token_to_id)
+        self.image_min_tokens, self.image_max_tokens = image_min_tokens, image_max_tokens
+        v = projector.vision
+        self.bidirectional = bool(v) and images_bidirectional(v.projector, n_embd)
+
+    def has_markers(self, ids: Sequence[int]) -> bool:
+        """Whether the ids hold an image / audio marker (which then needs its media)."""
+        marks = {t.placeholder for t in self.tokens.values()}
+        return any(int(i) in marks for i in ids)
+
+    # ---- preparing (no encoder yet) --------------------------------------------------------
+    def prepare_image(self, source, k: int = 0) -> PreparedItem:
+        v = self.projector.vision
+        label = _label(source, IMAGE, k)
+        if v is None:
+            raise MediaInputError(f"{self.projector.path.name} has no vision projector: images cannot be given")
+        if hasattr(source, "pixel_values") and hasattr(source, "positions"):
+            prepared = source
+        else:
+            from ..media.image import load_image, prepare_image
+            rgb = source if isinstance(source, np.ndarray) else load_image(source, name=label)
+            prepared = prepare_image(rgb, patch=v.patch, min_tokens=self.image_min_tokens,
+                                     max_tokens=self.image_max_tokens, name=label)
+        return PreparedItem(IMAGE, label, int(np.asarray(prepared.pixel_values).shape[0]), image=prepared)
+
+    def prepare_audio(self, source, k: int = 0) -> PreparedItem:
+        a = self.projector.audio
+        label = _label(source, AUDIO, k)
+        if a is None:
+            raise MediaInputError(f"{self.projector.path.name} has no audio projector: audio cannot be given")
+        from ..media.audio import audio_frames, load_audio
+        samples = np.asarray(source, np.float32) if isinstance(source, np.ndarray) else load_audio(source, name=label)
+        frames = audio_frames(samples, a.frame)
+        return PreparedItem(AUDIO, label, int(frames.shape[0]), frames=frames)
+
+    def plan(self, ids: Sequence[int], images: Sequence = (), audio: Sequence = ()) -> MediaPlan:
+        """Decode and count every item and expand the prompt's markers (no encoder runs)."""
+        prepared = {IMAGE: [self.prepare_image(s, k) for k, s in enumerate(images)],
+                    AUDIO: [self.prepare_audio(s, k) for k, s in enumerate(audio)]}
+        counts = {kind: [it.n_tokens for it in its] for kind, its in prepared.items() if its}
+        expanded = expand_prompt(ids, counts, self.tokens, self.bos)
+        placeholders = {t.placeholder: kind for kind, t in self.tokens.items() if kind in counts}
+        order, taken = [], {IMAGE: 0, AUDIO: 0}
+        for kind, _, _ in placeholder_runs(expanded, placeholders):
+            order.append(prepared[kind][taken[kind]])
+            taken[kind] += 1
+        return MediaPlan(expanded, order, {kind: sum(c) for kind, c in counts.items()})
+
+    # ---- encoding --------------------------------------------------------------------------
+    def soft_tokens(self, item: PreparedItem) -> SoftTokens:
+        if item.kind == IMAGE:
+            embd = self.encoder.encode_image(item.image.pixel_values, item.image.positions)
+        else:
+            embd = self.encoder.encode_audio(item.frames)
+        return SoftTokens(item.kind, embd, item.label)
+
+    def encode(self, plan: MediaPlan, ids: Optional[Sequence[int]] = None) -> MediaRows:
+        """The MediaRows of the plan's ids (or of `ids`: the plan's ids followed by more tokens)."""
+        items = [self.soft_tokens(it) for it in plan.items]
+        return media_rows(plan.ids if ids is None else ids, items, self.tokens, self.n_embd, self.bidirectional)
+
+    def rows_for(self, ids: Sequence[int], items: Sequence[SoftTokens]) -> MediaRows:
+        """MediaRows for ids whose placeholder runs already match `items` (a reference replay)."""
+        return media_rows(ids, items, self.tokens, self.n_embd, self.bidirectional)
+
+    def close(self) -> None:
+        self.encoder.close()
