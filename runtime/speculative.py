@@ -1,11 +1,13 @@
 """Speculative decoding: a drafter proposes the next tokens, the target model checks them all in
 one batched pass and keeps the longest acceptable prefix plus one token of its own.
 
-Drafters (both greedy, so every proposal is a point mass q = δ(d)):
+Drafters (all greedy, so every proposal is a point mass q = δ(d)):
 - `NgramDrafter` (prompt lookup): the tokens that followed the latest earlier occurrence of the
   context's last n tokens (edits, summaries, code, chat history repeat their input);
 - `ModelDrafter`: a smaller model with the target's vocabulary, run greedily k tokens ahead on its
   own engine and KV cache.
+- `speculative_mtp.AssistantDrafter`: a Gemma 4 MTP assistant (gemma4-assistant), drafting from
+  the target's own hidden state and KV cache.
 
 Verification feeds [last token] + proposals as one batch with all logits. Row i is the target's
 distribution after proposal i - 1. Greedy: proposal i is kept while it equals the target's choice.
@@ -292,6 +294,14 @@ def create_speculator(target: Engine, target_tokenizer, *, draft=None, spec: str
     from .text.tokenizer import load_tokenizer
     f = GGUFFile(draft)                 # one header scan for both checks
     check_same_vocabulary(target_tokenizer, load_tokenizer(f))
+    if f.architecture == "gemma4-assistant":    # an MTP assistant: drafts from the target's own state
+        from .speculative_mtp import AssistantDrafter
+        mtp = AssistantDrafter(target, f, draft_p_min)
+        try:
+            return Speculator(target, mtp, draft_max, draft_min)
+        except BaseException:
+            mtp.close()
+            raise
     check_draft_fits(f, target.ctx, draft_backend, target.slots, draft_max)
     eng = Engine(draft, backend=draft_backend, ctx=target.ctx, slots=target.slots, ring_slack=draft_max,
                  threads=threads or None, precision=precision)
