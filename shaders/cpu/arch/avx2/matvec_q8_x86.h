@@ -333,13 +333,15 @@ Q8_AI void q8r_q4_k_rows(const int R, const int two, const uint8_t *w, const q8_
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *p = w + i * 1184;
-        for (int o = 0; o < 1184; o += 64) PF(p + o);
+        PF(p); PF(p + 64); PF(p + 128);       /* the rest spread over the loop below: a burst of 19
+                                                * prefetches per super-block streamed 25-35 % slower */
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
         /* sub-blocks 2j (low nibbles) and 2j + 1 (high) from one load of their shared bytes, each
          * with a literal nibble choice (a runtime one per sub-block measured 12 % slower) */
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = p + 160 + 256 * j;
+            PF(q + 32); PF(q + 96); PF(q + 160); PF(q + 224);
             __m256i ul[8], uh[8];
             for (int c = 0; c < 8; c++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
@@ -399,7 +401,7 @@ Q8_AI void q8r_q6_k_rows(const int R, const int two, const uint8_t *w, const q8_
                          __m256 *acc, __m256 *cr) {
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *p = w + i * 1680;
-        for (int o = 0; o < 1680; o += 64) PF(p + o);
+        for (int o = 0; o < 1680; o += 64) PF(p + o);     /* spread over the sub-blocks measured 2x slower */
         const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         for (int h = 0; h < 2; h++) {
             q8r_q6_k_sub(R, two, p, x, i, h, 0, d8, acc, cr);
@@ -410,38 +412,56 @@ Q8_AI void q8r_q6_k_rows(const int R, const int two, const uint8_t *w, const q8_
     }
 }
 
+#define Q8R_SPAN_N(NAME, KERNEL)                                                                          \
+    Q8_AI void NAME(const int n, const int two, const uint8_t *wg, const q8_row *x, int64_t u0, int64_t u1,   \
+                    float (*st)[16]) {                                                                      \
+        __m256 acc[Q8_ROWS_G], aux[Q8_ROWS_G];                                                              \
+        for (int r = 0; r < n; r++) {                                                                       \
+            acc[r] = _mm256_loadu_ps(st[r]);                                                                \
+            aux[r] = _mm256_loadu_ps(st[r] + 8);                                                            \
+        }                                                                                                   \
+        KERNEL(n, two, wg, x, u0, u1, acc, aux);                                                            \
+        for (int r = 0; r < n; r++) {                                                                       \
+            _mm256_storeu_ps(st[r], acc[r]);                                                                \
+            _mm256_storeu_ps(st[r] + 8, aux[r]);                                                            \
+        }                                                                                                   \
+    }
+/* One function per type, each row count a literal with its own accumulators: in one function
+ * for all three types the accumulator arrays went to the stack (a store-load in every FMA chain),
+ * and a change to one type's loop halved another's speed. */
+Q8R_SPAN_N(q8r_span_q4_0_n, q8r_q4_0_rows)
+Q8R_SPAN_N(q8r_span_q4_k_n, q8r_q4_k_rows)
+Q8R_SPAN_N(q8r_span_q6_k_n, q8r_q6_k_rows)
+#define Q8R_SPAN(NAME, KN)                                                                                 \
+    static __attribute__((noinline)) void NAME(int R, int two, const uint8_t *wg, const q8_row *x, int64_t u0, \
+                                               int64_t u1, float (*st)[16]) {                               \
+        if (two) {                                                                                          \
+            Q8_ROWS_SWITCH(R, KN##_1)                                                                       \
+        } else {                                                                                            \
+            Q8_ROWS_SWITCH(R, KN##_0)                                                                       \
+        }                                                                                                   \
+    }
+#define q8r_span_q4_0_n_1(n) q8r_span_q4_0_n(n, 1, wg, x, u0, u1, st)
+#define q8r_span_q4_0_n_0(n) q8r_span_q4_0_n(n, 0, wg, x, u0, u1, st)
+#define q8r_span_q4_k_n_1(n) q8r_span_q4_k_n(n, 1, wg, x, u0, u1, st)
+#define q8r_span_q4_k_n_0(n) q8r_span_q4_k_n(n, 0, wg, x, u0, u1, st)
+#define q8r_span_q6_k_n_1(n) q8r_span_q6_k_n(n, 1, wg, x, u0, u1, st)
+#define q8r_span_q6_k_n_0(n) q8r_span_q6_k_n(n, 0, wg, x, u0, u1, st)
+Q8R_SPAN(q8r_span_q4_0, q8r_span_q4_0_n)
+Q8R_SPAN(q8r_span_q4_k, q8r_span_q4_k_n)
+Q8R_SPAN(q8r_span_q6_k, q8r_span_q6_k_n)
+
 /* Units [u0, u1) (blocks of 32 for Q4_0, super-blocks for the K-quants) of one group of 8
  * repacked rows against R <= Q8_ROWS_G quantized rows, continuing the per-row state st[r]
  * (16 floats: the accumulator, then the mins / offset sums); the driver (matvec_q8_entry.h)
  * walks K in spans so that the activation rows stay in L1 across a task's groups, and the
- * per-lane order of operations is that of one pass over all of K. `two` a constant per loop. */
-static inline __attribute__((always_inline)) void q8_repacked_span_t(const g4_cmd *c, int R, const uint8_t *wg,
-                                                                     const q8_row *x, int64_t u0, int64_t u1,
-                                                                     float (*st)[16], const int two) {
-    __m256 acc[Q8_ROWS_G], aux[Q8_ROWS_G];
-    for (int r = 0; r < R; r++) {
-        acc[r] = _mm256_loadu_ps(st[r]);
-        aux[r] = _mm256_loadu_ps(st[r] + 8);
-    }
-#define CR0(n) q8r_q4_0_rows(n, two, wg, x, u0, u1, acc, aux)
-#define CRK(n) q8r_q4_k_rows(n, two, wg, x, u0, u1, acc, aux)
-#define CR6(n) q8r_q6_k_rows(n, two, wg, x, u0, u1, acc, aux)
-    if (c->qtype == G4_Q4_K) { Q8_ROWS_SWITCH(R, CRK) }
-    else if (c->qtype == G4_Q6_K) { Q8_ROWS_SWITCH(R, CR6) }
-    else { Q8_ROWS_SWITCH(R, CR0) }
-#undef CR0
-#undef CRK
-#undef CR6
-    for (int r = 0; r < R; r++) {
-        _mm256_storeu_ps(st[r], acc[r]);
-        _mm256_storeu_ps(st[r] + 8, aux[r]);
-    }
-}
-
+ * per-lane order of operations is that of one pass over all of K. */
 static void q8_repacked_span(const g4_cmd *c, int R, const uint8_t *wg, const q8_row *x, int64_t u0, int64_t u1,
                              float (*st)[16]) {
-    if ((c->act & G4_ACT_MODE) == G4_ACT_I16) q8_repacked_span_t(c, R, wg, x, u0, u1, st, 1);
-    else q8_repacked_span_t(c, R, wg, x, u0, u1, st, 0);
+    const int two = (c->act & G4_ACT_MODE) == G4_ACT_I16;
+    if (c->qtype == G4_Q4_K) q8r_span_q4_k(R, two, wg, x, u0, u1, st);
+    else if (c->qtype == G4_Q6_K) q8r_span_q6_k(R, two, wg, x, u0, u1, st);
+    else q8r_span_q4_0(R, two, wg, x, u0, u1, st);
 }
 
 /* the 8 results of a group from its state: Q4_K subtracts the mins, Q6_K the offset 32 */
