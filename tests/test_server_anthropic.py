@@ -253,7 +253,7 @@ USER = [{"role": "user", "content": "hi"}]
     ({"messages": USER, "max_tokens": 5, "system": 5}, "system"),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
         "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}], "max_tokens": 5},
-     "messages.0.content.0: image blocks are not supported"),
+     "messages.0.content.0: this server has no projector for images"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x",
                                                 "content": "42"}]}], "max_tokens": 5}, "tool_use_id"),
     ({"messages": [*USER, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f",

@@ -249,7 +249,8 @@ def _post(server, path, body, **kw):
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=2"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
     ({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4o"}, 404, "does not exist"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "not supported"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "video_url"}]}]}, 400, "not supported"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": -1}, 400, "temperature"),
 ])
 def test_bad_requests_get_openai_errors(server, body, status, needle):

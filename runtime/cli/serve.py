@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import G4rtError
+from ..server.media_input import MediaPolicy
+from .media import MMPROJ_OPTION, budget_options
 from .options import (BACKEND_OR_AUTO_CHOICE, PRECISION_OPTION, THREADS_OPTION, placement, placement_options,
                       speculation, speculative_options)
 
@@ -46,6 +48,13 @@ class ServeError(G4rtError):
               help="Allow browser requests from this origin (repeatable; '*' for any). Off by default.")
 @click.option("--alias", "aliases", multiple=True, help="Another model name clients may ask for (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors on stderr.")
+@MMPROJ_OPTION
+@budget_options
+@click.option("--media-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Let requests name local image / audio files under this folder (off by default).")
+@click.option("--allow-remote-media", is_flag=True,
+              help="Let requests name http(s) image / audio URLs, fetched by the server (off by default).")
+@click.option("--max-media", default="20M", show_default=True, help="Largest image / audio item a request may send.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Scale out on Ray Serve: replicas of the server behind one endpoint (docs/scale-out.md).")
 @click.option("--replicas", type=click.IntRange(1), default=None, help="With --ray: model replicas (default 1).")
@@ -57,7 +66,8 @@ class ServeError(G4rtError):
               help="With --ray: prefix (a conversation stays on the replica with its prompt cache; "
                    "default) or pow2 (Ray's power of two choices).")
 def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, precision, timeout, truncate,
-          max_body, cors_origins, aliases, quiet, use_ray, replicas, autoscale, ray_address, ray_routing, **place):
+          max_body, cors_origins, aliases, quiet, mmproj, image_min_tokens, image_max_tokens, media_dir, allow_remote_media, max_media, use_ray, replicas,
+          autoscale, ray_address, ray_routing, **place):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
     The model loads in the background: GET /health answers 503 until it is ready. MODEL defaults
@@ -88,7 +98,9 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         raise ServeError(f"{', '.join(ray_only)} only apply with --ray")
     config = ServerConfig(model_id=Path(model).stem, aliases=tuple(aliases) + (Path(model).name,),
                           api_key=api_key or None, max_body=parse_size(max_body), cors_origins=tuple(cors_origins),
-                          truncate=truncate, timeout_s=timeout, queue=queue)
+                          truncate=truncate, timeout_s=timeout, queue=queue,
+                          media=MediaPolicy(max_bytes=parse_size(max_media), media_dir=Path(media_dir) if media_dir else None,
+                                            allow_remote=allow_remote_media))
     state = ServerState(config, ServerMetrics(parallel))
 
     spec = speculation(place)
@@ -99,7 +111,8 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
         # next chat turn can then move back past the previous answer and keep the shared prefix
         m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel, precision=precision,
-                 ring_slack=CHAT_RING_SLACK, **placement(place), **spec)
+                 ring_slack=CHAT_RING_SLACK, mmproj=mmproj, image_min_tokens=image_min_tokens,
+                 image_max_tokens=image_max_tokens, **placement(place), **spec)
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}, precision "
                    f"{m.precision_summary()}); {parallel} slot(s) of {m.engine.ctx} tokens", err=True)
         return m

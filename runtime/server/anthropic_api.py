@@ -17,23 +17,26 @@ from .error_shapes import anthropic_body
 from .protocol import APIError, parse_body
 from .runs import Run, collect, sse
 from .scheduler import DoneEvent, TextEvent
+from .media_prompt import take_media, with_media
 from .state import ServerState, sampler_for
 
 PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
 
-def prompt_ids(model, prompt: Prompt) -> list[int]:
-    """Render and tokenize (in a worker thread: templates may take a while). A prefill is
-    tokenized after the generation prompt, so the answer continues it."""
+def prompt_ids(model, prompt: Prompt, state=None):
+    """Render and tokenize (in a worker thread: templates and media encoders may take a while):
+    (ids, the media rows of its images or None). A prefill is tokenized after the generation
+    prompt, so the answer continues it."""
     if not any(m["role"] != "system" for m in prompt.messages):
         raise APIError(400, "'messages' must hold a user message", param="messages")
+    media = take_media(prompt.messages, state.config.media) if state is not None else []
     try:
         ids = model.encode_prompt(prompt.messages, chat=True, tools=prompt.tools, **prompt.options)
     except ChatTemplateError as e:
         raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
     if prompt.prefill:
         ids = ids + model.tokenizer.encode(prompt.prefill, add_bos=False, parse_special=False)
-    return ids
+    return with_media(state, model, ids, media) if media else (ids, None)
 
 
 def _matched_stop(run: Run, done: DoneEvent) -> Optional[str]:
@@ -53,7 +56,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         model = state.ready()
         req = parse_body(await request.body(), CountTokensRequest)
         state.check_model(req.model)
-        ids = await run_in_threadpool(prompt_ids, model, to_prompt(req))
+        ids, _ = await run_in_threadpool(prompt_ids, model, to_prompt(req), state)
         return {"input_tokens": len(ids)}
 
     @app.post("/v1/messages")
@@ -64,9 +67,9 @@ def register(app: FastAPI, state: ServerState) -> None:
         prompt = to_prompt(req)
         stops = req.stops()
         sampler = sampler_for(req.temperature, req.top_k, req.top_p, seed=req.seed)
-        ids = await run_in_threadpool(prompt_ids, model, prompt)
+        ids, media = await run_in_threadpool(prompt_ids, model, prompt, state)
         ids, max_tokens = state.fit(ids, req.max_tokens)
-        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler, stops=stops)
+        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler, stops=stops, media=media)
         out = _output(state, req, prompt)
         warning = state.base_model_warning()
         headers = {"X-G4rt-Warning": warning} if warning else {}

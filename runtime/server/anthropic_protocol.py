@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .media_prompt import pending_part
 from .protocol import MAX_STOPS, APIError, _Strict
 
 
@@ -172,10 +173,16 @@ class MessagesRequest(CountTokensRequest):
 
 # ---- conversion to the template's messages -------------------------------------------------
 def media_part(block: ImageBlock, where: str) -> dict:
-    """The one place an image block becomes the template's content part. The server has no image
-    input yet, so it is refused here, naming the block; the multimodal work hooks in here."""
-    raise APIError(400, f"{where}: image blocks are not supported by this server (no vision input "
-                        f"for this model yet); send text only", param=where)
+    """An image block as a pending template part (media_prompt fetches it): base64 data, or a URL
+    where the server allows them."""
+    src = block.source
+    if src.type == "base64" and src.data:
+        return pending_part("image", where, base64=src.data)
+    if src.type == "url" and src.url:
+        return pending_part("image", where, url=src.url)
+    raise APIError(400, f"{where}.source: a {src.type} image source needs "
+                        f"{'data' if src.type == 'base64' else 'url'} (file sources are not supported)",
+                   param=f"{where}.source")
 
 
 @dataclass
@@ -213,7 +220,8 @@ def _text_of(blocks: list, where: str) -> str:
     parts = []
     for j, b in enumerate(blocks):
         if isinstance(b, ImageBlock):
-            media_part(b, f"{where}.{j}")
+            raise APIError(400, f"{where}.{j}: images are accepted in user messages' content only",
+                           param=f"{where}.{j}.type")
         elif not isinstance(b, TextBlock):
             raise APIError(400, f"{where}.{j}: {b.type} blocks are not allowed here (text only)",
                            param=f"{where}.{j}.type")
@@ -291,13 +299,14 @@ def _user(blocks: list, where: str, calls: list[dict]) -> list[dict]:
             out.append({"role": "tool", "tool_call_id": b.tool_use_id,
                         "content": f"Error: {body}" if b.is_error else body})
         elif isinstance(b, TextBlock):
-            texts.append(b.text)
+            texts.append({"type": "text", "text": b.text})
         elif isinstance(b, ImageBlock):
-            media_part(b, at)
+            texts.append(media_part(b, at))
         else:
             raise APIError(400, f"{at}: a user message may not hold {b.type} blocks", param=f"{at}.type")
     if texts:
-        out.append({"role": "user", "content": "".join(texts)})
+        plain = all(p["type"] == "text" for p in texts)
+        out.append({"role": "user", "content": "".join(p["text"] for p in texts) if plain else texts})
     return out
 
 

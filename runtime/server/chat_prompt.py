@@ -6,6 +6,7 @@ import json
 from typing import Optional
 
 from ..text.chat_template import ChatTemplateError
+from .media_prompt import pending_part, take_media, with_media
 from .protocol import APIError, ChatRequest, Message
 
 #: Names the template receives from g4rt itself; `chat_template_kwargs` may not replace them.
@@ -13,19 +14,35 @@ _RESERVED = {"messages", "tools", "documents", "add_generation_prompt", "bos_tok
              "unk_token", "pad_token"}
 
 
-def _text(content, where: str) -> str:
-    """A message's content as one string (content parts: text only)."""
+def _text(content, where: str):
+    """A message's content as one string (text parts joined), or as template parts when it holds
+    images (`image_url`) or audio (`input_audio`): those become pending media parts
+    (media_prompt.take_media fetches them)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    texts = []
-    for part in content:
-        if part.type != "text":
-            raise APIError(400, f"{where}: content parts of type {part.type!r} are not supported "
-                                f"(text only)", param="messages")
-        texts.append(part.text or "")
-    return "".join(texts)
+    parts = []
+    for k, part in enumerate(content):
+        here = f"{where}.content[{k}]"
+        if part.type == "text":
+            parts.append({"type": "text", "text": part.text or ""})
+        elif part.type == "image_url":
+            url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+            if not isinstance(url, str):
+                raise APIError(400, f"{here}: an image_url part needs image_url.url", param="messages")
+            parts.append(pending_part("image", here, url=url))
+        elif part.type == "input_audio":
+            data = (part.input_audio or {}).get("data")
+            if not isinstance(data, str):
+                raise APIError(400, f"{here}: an input_audio part needs input_audio.data (base64)", param="messages")
+            parts.append(pending_part("audio", here, base64=data))
+        else:
+            raise APIError(400, f"{here}: content parts of type {part.type!r} are not supported "
+                                f"(text, image_url, input_audio)", param="messages")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 def template_messages(messages: list[Message]) -> list[dict]:
@@ -73,8 +90,9 @@ def tools_for(req: ChatRequest) -> Optional[list[dict]]:
     return tools
 
 
-def chat_prompt_ids(model, req: ChatRequest) -> list[int]:
-    """Render and tokenize a chat request (in a worker thread: templates may take a while)."""
+def chat_prompt(model, req: ChatRequest, state=None):
+    """Render and tokenize a chat request (in a worker thread: templates and media encoders may
+    take a while): (prompt ids, the media rows of its images / audio or None)."""
     if not req.messages:
         raise APIError(400, "'messages' must hold at least one message", param="messages")
     kwargs = dict(req.chat_template_kwargs or {})
@@ -82,7 +100,20 @@ def chat_prompt_ids(model, req: ChatRequest) -> list[int]:
     if clash:
         raise APIError(400, f"chat_template_kwargs may not set {', '.join(clash)}", param="chat_template_kwargs")
     tools = tools_for(req)
+    messages = template_messages(req.messages)
+    if state is None:
+        if any(isinstance(m["content"], list) for m in messages):
+            raise APIError(400, "images and audio are not accepted here", param="messages")
+        items = []
+    else:
+        items = take_media(messages, state.config.media)
     try:
-        return model.encode_prompt(template_messages(req.messages), chat=True, tools=tools, **kwargs)
+        ids = model.encode_prompt(messages, chat=True, tools=tools, **kwargs)
     except ChatTemplateError as e:
         raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
+    return with_media(state, model, ids, items) if items else (ids, None)
+
+
+def chat_prompt_ids(model, req: ChatRequest) -> list[int]:
+    """The prompt ids of a text-only chat request."""
+    return chat_prompt(model, req)[0]

@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
-from .chat_prompt import chat_prompt_ids
+from .chat_prompt import chat_prompt
 from .ollama_models import ModelCard, resolve
 from .ollama_protocol import (OllamaChatRequest, OllamaGenerateRequest, OllamaShowRequest, Reply, accept_images,
-                              check_format, ndjson, openai_chat, openai_messages, settings_of, think_kwargs)
+                              check_format, ndjson, openai_chat, openai_messages, settings_of, think_kwargs,
+                              with_images)
 from .protocol import APIError, parse_body
 from .responses import ChatOutput
 from .runs import Run, collect
@@ -76,12 +77,12 @@ def register(app: FastAPI, state: ServerState) -> None:
     # ---- generation --------------------------------------------------------------------------
     async def answer(request: Request, reply: Reply, ids: list[int], max_tokens: int, settings, *,
                      parse_tools: bool, parse_thinking: bool, top, stream: bool, started: float,
-                     context_of=None, headers=None):
+                     context_of=None, headers=None, media=None):
         """Run the job and answer as Ollama: one object, or NDJSON chunks and a last object.
         `context_of(raw text)` adds /api/generate's `context` to the last object."""
         model = state.model
         run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=settings.sampler, stops=settings.stops,
-                  top_logprobs=top)
+                  top_logprobs=top, media=media)
         out = ChatOutput(model.tokenizer, parse_tools=parse_tools, parse_thinking=parse_thinking,
                          want_logprobs=top is not None)
         raw: list[str] = []
@@ -145,12 +146,13 @@ def register(app: FastAPI, state: ServerState) -> None:
         if not req.messages:
             return reply.loaded()
         oai = openai_chat(openai_messages(req.messages), req.tools, kwargs)
-        ids = await run_in_threadpool(chat_prompt_ids, model, oai)
+        ids, media = await run_in_threadpool(chat_prompt, model, oai, state)
         ids, max_tokens = state.fit(ids, settings.max_tokens)
         warning = state.base_model_warning()
         return await answer(request, reply, ids, max_tokens, settings, parse_tools=bool(req.tools),
                             parse_thinking=state.thinking, top=top, stream=req.stream is not False,
-                            started=started, headers={"X-G4rt-Warning": warning} if warning else None)
+                            started=started, headers={"X-G4rt-Warning": warning} if warning else None,
+                            media=media)
 
     @app.post("/api/generate")
     async def generate(request: Request):
@@ -166,7 +168,9 @@ def register(app: FastAPI, state: ServerState) -> None:
         if req.raw and (req.system or req.context):
             raise APIError(400, "raw mode does not support template, system, or context", param="raw")
         kwargs = {} if req.raw else think_kwargs(req.think, state.thinking, name)
-        accept_images(req.images, "images")
+        images = accept_images(req.images, "images")
+        if images and (req.raw or req.context):
+            raise APIError(400, "'images' need the chat template: not with raw or context", param="images")
         reply = Reply("generate", name, top is not None)
         if not req.prompt:
             return reply.loaded()
@@ -176,12 +180,13 @@ def register(app: FastAPI, state: ServerState) -> None:
         if bad:
             raise APIError(400, f"'context' token id {bad[0]} is outside the vocabulary (0..{tok.n_vocab - 1})",
                            param="context")
+        media = None
         if req.raw:
             ids = await run_in_threadpool(model.encode_prompt, req.prompt, False)
         else:
             turns = ([{"role": "system", "content": req.system}] if req.system else []) + \
-                    [{"role": "user", "content": req.prompt}]
-            ids = await run_in_threadpool(chat_prompt_ids, model, openai_chat(turns, None, kwargs))
+                    [{"role": "user", "content": with_images(req.prompt, images)}]
+            ids, media = await run_in_threadpool(chat_prompt, model, openai_chat(turns, None, kwargs), state)
             if context and ids and ids[0] == tok.bos_id:
                 ids = ids[1:]            # the earlier exchange in `context` already begins with BOS
         ids, max_tokens = state.fit(context + ids, settings.max_tokens)
@@ -194,4 +199,4 @@ def register(app: FastAPI, state: ServerState) -> None:
         return await answer(request, reply, ids, max_tokens, settings, parse_tools=False,
                             parse_thinking=state.thinking and not req.raw, top=top,
                             stream=req.stream is not False, started=started,
-                            context_of=None if req.raw else context_of)
+                            context_of=None if req.raw else context_of, media=media)

@@ -90,12 +90,22 @@ class OllamaShowRequest(_Strict):
 
 
 # ---- checks ---------------------------------------------------------------------------------
-def accept_images(images: Optional[list[str]], where: str) -> list:
-    """The images of a message or prompt. Image input is not wired to this API yet: any image is
-    a 400 naming the field (the one place to replace when it is)."""
-    if images:
-        raise APIError(400, f"'{where}': images are not supported by this server yet (text only)", param=where)
-    return []
+def accept_images(images: Optional[list[str]], where: str) -> list[dict]:
+    """A message's (or prompt's) base64 images as OpenAI image_url parts (data: URLs), so they take
+    the same path as /v1 (media_prompt: decoded, placed before the text as Ollama does)."""
+    parts = []
+    for k, b64 in enumerate(images or []):
+        if not isinstance(b64, str) or not b64:
+            raise APIError(400, f"'{where}[{k}]' must be a base64 string", param=where)
+        parts.append({"type": "image_url", "image_url": {"url": "data:image/*;base64," + b64}})
+    return parts
+
+
+def with_images(content: Optional[str], images: list[dict]):
+    """A message's content with its images first (a plain string when there are none)."""
+    if not images:
+        return content
+    return images + ([{"type": "text", "text": content}] if content else [])
 
 
 def check_format(fmt) -> None:
@@ -147,7 +157,7 @@ def openai_messages(messages: list[Message]) -> list[dict]:
     out, pending = [], []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        accept_images(m.images, f"{where}.images")
+        images = accept_images(m.images, f"{where}.images")
         if m.tool_calls and m.role != "assistant":
             raise APIError(400, f"'{where}.tool_calls': only assistant messages carry tool calls",
                            param=f"{where}.tool_calls")
@@ -155,7 +165,8 @@ def openai_messages(messages: list[Message]) -> list[dict]:
             need = "content (or tool_calls)" if m.role == "assistant" else "content"
             raise APIError(400, f"'{where}.content' is missing: a {m.role} message needs {need}",
                            param=f"{where}.content")
-        d: dict = {"role": m.role, "content": m.content if (m.content is not None or m.tool_calls) else ""}
+        d: dict = {"role": m.role, "content": with_images(m.content if (m.content is not None or m.tool_calls)
+                                                          else "", images)}
         if m.role != "tool":
             pending = []
         if m.tool_calls:

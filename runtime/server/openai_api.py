@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from .chat_prompt import chat_prompt_ids, tools_for
+from .chat_prompt import chat_prompt, tools_for
 from .protocol import APIError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, parse_body
 from .responses import (ChatOutput, CompletionLogprobs, chat_chunk, chat_completion, completion_body,
                         completion_chunk, new_id, timings_body, usage_body)
@@ -83,11 +83,11 @@ def register(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         model, req, name = await _generation_request(request, ChatRequest)
-        ids = await run_in_threadpool(chat_prompt_ids, model, req)
+        ids, media = await run_in_threadpool(chat_prompt, model, req, state)
         ids, max_tokens = state.fit(ids, req.max_completion_tokens or req.max_tokens)
         top = (req.top_logprobs or 0) if req.logprobs else None
         run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler_of(req), stops=req.stops(),
-                   top_logprobs=top)
+                  top_logprobs=top, media=media)
         out = ChatOutput(model.tokenizer, parse_tools=tools_for(req) is not None, parse_thinking=state.thinking,
                          want_logprobs=req.logprobs)
         warning = state.base_model_warning()

@@ -49,6 +49,8 @@ class ToolCallIn(_Strict):
 class ContentPart(_Strict):
     type: str
     text: Optional[str] = None
+    image_url: Union[str, dict, None] = None       # {"url": "data:image/png;base64,..."} (or the bare URL)
+    input_audio: Optional[dict] = None             # {"data": base64, "format": "wav"}
 
 
 class Message(_Strict):

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..text.chat_template import ChatTemplateError
+from .media_prompt import take_media, with_media
 from .protocol import APIError, parse_body
 from .responses_output import ResponseBuilder
 from .responses_protocol import (ResponsesRequest, check_supported, input_items, output_items_as_input,
@@ -38,12 +39,15 @@ def _echo(req: ResponsesRequest, model: str) -> dict:
             "user": req.user, "metadata": req.metadata or {}, "background": False}
 
 
-def _prompt_ids(model, messages: list[dict], tools, thinking: bool) -> list[int]:
+def _prompt_ids(state, model, messages: list[dict], tools, thinking: bool):
+    """(prompt ids, the media rows of its images or None)."""
     kwargs = {"enable_thinking": True} if thinking else {}
+    media = take_media(messages, state.config.media)
     try:
-        return model.encode_prompt(messages, chat=True, tools=tools, **kwargs)
+        ids = model.encode_prompt(messages, chat=True, tools=tools, **kwargs)
     except ChatTemplateError as e:
         raise APIError(400, f"the chat template could not render these items: {e}", param="input") from None
+    return with_media(state, model, ids, media)
 
 
 def register(app: FastAPI, state: ServerState) -> None:
@@ -78,11 +82,11 @@ def register(app: FastAPI, state: ServerState) -> None:
         if not any(m["role"] != "system" for m in messages):
             raise APIError(400, "'input' must hold at least one item", param="input")
         tools = template_tools(req)
-        ids = await run_in_threadpool(_prompt_ids, model, messages, tools, req.thinking())
+        ids, media = await run_in_threadpool(_prompt_ids, state, model, messages, tools, req.thinking())
         ids, max_tokens = state.fit(ids, req.max_output_tokens)
         sampler = sampler_for(req.temperature, req.top_k, req.top_p, req.min_p, req.repeat_penalty,
                               req.frequency_penalty, req.presence_penalty, req.seed)
-        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler, stops=[])
+        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler, stops=[], media=media)
         out = ResponseBuilder(_echo(req, name), parse_tools=tools is not None, parse_thinking=state.thinking)
 
         def keep():

@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from .media_prompt import pending_part
 from .protocol import APIError
 
 #: reasoning efforts that turn Gemma 4's thinking on (absent or "none" leaves it off)
@@ -189,9 +190,14 @@ def input_items(value: Any) -> list:
 
 
 def image_part(part: dict, where: str) -> dict:
-    """An `input_image` part as a template content part. The one place image input would hook in
-    (the multimodal work): until then a clear 400."""
-    raise APIError(400, f"'{where}': input_image parts are not supported yet (text input only)", param=where)
+    """An `input_image` part (`image_url`: a data: URL, or a path / http URL where the server allows
+    them) as a pending template part (media_prompt fetches it)."""
+    url = part.get("image_url")
+    if not isinstance(url, str) or not url:
+        what = "file_id images are not supported (send image_url)" if part.get("file_id") else \
+            "an input_image part needs image_url as a string"
+        raise APIError(400, f"'{where}': {what}", param=where)
+    return pending_part("image", where, url=url)
 
 
 def _content(value: Any, where: str) -> Union[str, list[dict]]:

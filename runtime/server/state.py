@@ -4,6 +4,7 @@ the checks each generation request goes through (model name, context fit), and t
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -11,6 +12,7 @@ from typing import Optional
 from ..errors import G4rtError
 from ..sampling import Sampler, SamplingError
 from ..text.chat_template import BASE_MODEL_NOTICE, is_base_model
+from .media_input import MediaPolicy
 from .metrics import ServerMetrics
 from .protocol import APIError
 from .scheduler import Scheduler
@@ -31,6 +33,7 @@ class ServerConfig:
     timeout_s: Optional[float] = None
     queue: int = 64
     retry_after_s: int = 1
+    media: MediaPolicy = field(default_factory=MediaPolicy)     # what image / audio references may name
 
 
 @dataclass
@@ -44,6 +47,7 @@ class ServerState:
     base_model: bool = False
     thinking: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    media_lock: threading.Lock = field(default_factory=threading.Lock)
     _warned_base: bool = False
 
     def attach(self, model) -> None:
