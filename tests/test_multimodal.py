@@ -493,3 +493,19 @@ def test_a_media_prompt_batched_with_text_sequences_gets_what_it_gets_alone():
         assert int(np.argmax(nxt[0])) == int(r["greedy_0"][1])
     finally:
         eng.close()
+
+
+def test_synth_mmproj_writes_a_projector_with_the_12b_shapes(tmp_path):
+    """`g4rt synth OUT --mmproj` (the encoders' full-size benchmark file) is a projector the
+    reader accepts for a 3840-wide text model and refuses for another width."""
+    from g4rt.mmproj.reader import load_projector
+    from g4rt.tools.synth_mmproj import write_synthetic_mmproj
+    out = tmp_path / "mmproj-12b.gguf"
+    write_synthetic_mmproj(out, 3840)
+    proj = load_projector(out, n_embd=3840)
+    assert proj.vision is not None and proj.audio is not None
+    v = proj.vision
+    assert (v.projector, v.patch, v.width, v.pos_size, v.n_out) == ("gemma4uv", 48, 3840, 1120, 3840)
+    assert "640" in proj.describe(), proj.describe()
+    with pytest.raises(G4rtError, match="3840"):
+        load_projector(out, n_embd=2560)

@@ -154,7 +154,9 @@ def _cpu_threads() -> int:
 @click.option("--moe", is_flag=True, help="the Gemma 4 26B-A4B's shapes (128 experts, top-8) instead of the 12B's")
 @click.option("--assistant", is_flag=True,
               help="an MTP assistant drafter (gemma4-assistant, 4 layers, hidden 1024) for the 12B-shaped target")
-def synth(out, n_layers, qtype, vocab, seed, moe, assistant):
+@click.option("--mmproj", "mmproj", is_flag=True,
+              help="a projector (gemma4uv + gemma4ua, F32, the 12B's shapes) for the 12B-shaped target")
+def synth(out, n_layers, qtype, vocab, seed, moe, assistant, mmproj):
     """Write a random-weight GGUF with the Gemma 4 12B's (or 26B-A4B's) shapes and N layers."""
     from ..model.shapes import DENSE_12B, MOE_26B
     from ..tools.synth import QT, SynthError, default_vocab_path, write_synthetic
@@ -163,6 +165,12 @@ def synth(out, n_layers, qtype, vocab, seed, moe, assistant):
         raise click.ClickException("no vocabulary GGUF found: pass --vocab PATH "
                                    "(e.g. shared/fixtures/tokenizer/ggml-vocab-gemma-4.gguf)")
     q = QT[qtype]
+    if mmproj:
+        from ..tools.synth_mmproj import write_synthetic_mmproj
+        click.echo(f"writing {out}: gemma4uv + gemma4ua projector for the 12B-shaped target (F32, random weights)")
+        total = write_synthetic_mmproj(out, (MOE_26B if moe else DENSE_12B).hidden, seed)
+        click.echo(f"{out}: {total / 2**30:.2f} GiB of tensors")
+        return
     if assistant:
         if moe:
             raise click.ClickException("--assistant writes the 12B-shaped target's assistant; drop --moe")
