@@ -18,6 +18,7 @@ request (the server) or goes up to the caller (`generate_many`).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from dataclasses import KW_ONLY, dataclass, field
@@ -59,21 +60,41 @@ class SlotRequest:
 
 
 def media_key(ids: list[int], media) -> list[int]:
-    """What a slot's cache holds after a prompt with media: its ids with the media rows as -1 (they
-    hold soft tokens, not their placeholder ids), so no later prompt reuses them as text."""
+    """What a slot's cache holds after a prompt with media: its ids with each media row as a
+    negative key hashed from its soft tokens, its place in its image block and the block's length
+    (a placeholder id says nothing of the image), so a later prompt with the same media at the
+    same place reuses those rows, as llama-server keys its cache by the media's hash."""
     key = list(ids)
-    if media is not None:
-        for i in np.flatnonzero(media.take[:len(key)]):
-            key[int(i)] = -1
+    if media is None:
+        return key
+    where = {}
+    for b0, b1 in media.blocks:
+        for i in range(b0, min(b1, len(key))):
+            where[i] = (i - b0, b1 - b0)
+    for i in np.flatnonzero(media.take[:len(key)]):
+        i = int(i)
+        h = hashlib.blake2b(media.embd[i].tobytes(), digest_size=7, person=b"g4rt-media")
+        h.update(repr(where.get(i)).encode())
+        key[i] = -1 - int.from_bytes(h.digest(), "little")
     return key
 
 
+def reusable_with_media(keep: int, media) -> int:
+    """A reused prefix never ends inside an image block: the cached rows of a block saw the block's
+    later rows (bidirectional attention), which the new prompt may not share."""
+    if media is not None:
+        for b0, b1 in media.blocks:
+            if b0 < keep < b1:
+                return b0
+    return keep
+
+
 def _media_from(media, start: int):
-    """The MediaRows of rows [start, n) of a prompt (a reused text prefix before its first media row)."""
+    """The MediaRows of rows [start, n) of a prompt (after a reused prefix, never inside a block)."""
     if start == 0:
         return media
     return type(media)(embd=media.embd[start:], take=media.take[start:],
-                       blocks=tuple((b0 - start, b1 - start) for b0, b1 in media.blocks))
+                       blocks=tuple((b0 - start, b1 - start) for b0, b1 in media.blocks if b1 > start))
 
 
 @dataclass(eq=False)
@@ -124,12 +145,9 @@ class SlotLoop:
         try:
             if reuse_prefix:
                 keep = -1
-                # a prompt with media reuses at most its text before the first media row
                 wanted = media_key(request.ids, request.media)
-                limit = (int(np.flatnonzero(request.media.take)[0]) if request.media is not None
-                         and request.media.take.any() else len(wanted))
                 for s in sorted(free, key=lambda s: s.last_used):
-                    k = min(self.engine.prefix_to_keep(s.cached, wanted), limit)
+                    k = reusable_with_media(self.engine.prefix_to_keep(s.cached, wanted), request.media)
                     if k > keep:
                         best, keep = s, k
                 self.engine.truncate(keep, best.index)

@@ -105,3 +105,30 @@ def test_bad_media_and_the_media_policy_are_clear_4xx(server, oai):
     assert code == 400 and "base64" in msg
     # the server is unharmed: the reference answer again
     assert chat(oai, b64("img_e.png")).usage.completion_tokens == N
+
+
+def test_the_next_turn_reuses_the_cached_image_and_answers_as_a_cold_start(oai, tmp_path):
+    """A follow-up turn with the same image keeps the KV of the image's rows (keyed by its soft
+    tokens, as llama-server keys by the media's hash) and answers as the model does from scratch."""
+    img = b64("img_e.png")
+    first = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}},
+                                          {"type": "text", "text": "Describe."}]}]
+    a = oai.chat.completions.create(model=MODEL.stem, messages=first, max_tokens=4, temperature=0)
+    turn2 = first + [{"role": "assistant", "content": a.choices[0].message.content},
+                     {"role": "user", "content": "And the colours?"}]
+    b = oai.chat.completions.create(model=MODEL.stem, messages=turn2, max_tokens=N, temperature=0)
+    cached = b.usage.prompt_tokens_details.cached_tokens
+    assert cached > 64, cached                 # past the image's 64 soft tokens
+    # the same conversation from scratch, in process
+    import g4rt
+    m = g4rt.load(str(MODEL), backend="cpu", mmproj=str(MMPROJ), image_min_tokens=1)
+    try:
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]},
+                turn2[1], turn2[2]]
+        ids = m.encode_prompt(msgs, chat=True)
+        ids, rows, _ = m.media_prompt(ids, images=[(MM / "media" / "img_e.png").read_bytes()])
+        assert len(ids) == b.usage.prompt_tokens
+        toks = list(m.generate_ids(ids, max_tokens=N, media=rows))
+        assert b.choices[0].message.content == m.tokenizer.decode(toks)
+    finally:
+        m.close()
