@@ -23,7 +23,7 @@ from .gguf.reader import GGUFFile
 from .memory_plan import expert_layers_on_host
 from .model.config import load_config
 from .sampling import Sampler
-from .slots import BatchResult, BatchStats, SlotRequest, generate_batch
+from .slots import BatchResult, BatchStats, SlotRequest, generate_batch, media_key
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .text.tokenizer import StreamDecoder, load_tokenizer
 from .mmproj.errors import MediaInputError
@@ -135,7 +135,7 @@ class Model:
         self.engine.reset()
         self._cached = []
         out = self.engine.forward(np.asarray(ids, dtype=np.int32), all_logits=True, media=media)
-        self._cached = _cache_key(ids, media)
+        self._cached = media_key(ids, media)
         return out
 
     def media_prompt(self, ids: Sequence[int], images: Sequence = (), audio: Sequence = ()
@@ -170,7 +170,7 @@ class Model:
             self.engine.reset()
             self._cached = []
             raise
-        self._cached = _cache_key(ids, media)
+        self._cached = media_key(ids, media)
         return logits, n_cached
 
     # ---- generation ------------------------------------------------------------------------
@@ -221,7 +221,7 @@ class Model:
                     self.engine.reset()
                     self._cached = []
                     raise
-                self._cached = _cache_key(history, media) + pending[:-1]      # tok and the kept proposals
+                self._cached = media_key(history, media) + pending[:-1]      # tok and the kept proposals
         finally:
             stats.decode_s = time.perf_counter() - t1
 
@@ -303,16 +303,6 @@ class Model:
         for r in results:
             r.text = self.tokenizer.decode(r.tokens)
         return results
-
-
-def _cache_key(ids: Sequence[int], media: Optional[MediaRows]) -> list[int]:
-    """What a slot's cache is known to hold: the ids, with media rows as -1 (they hold soft
-    tokens, not their placeholder ids, so no later prompt may reuse them as a shared prefix)."""
-    key = list(ids)
-    if media is not None:
-        for i in np.flatnonzero(media.take[:len(key)]):
-            key[int(i)] = -1
-    return key
 
 
 class ChatSession:

@@ -57,6 +57,7 @@ class SlotRequest:
     # images / audio: the soft tokens of the prompt's rows (engine.MediaRows over `ids`); such a
     # prompt is fed in one Engine.forward of its own (no image block is cut, whatever the chunk)
     media: Optional[object] = None
+    cache_key: list[int] = field(default_factory=list)    # media_key of ids, set when it starts
 
 
 def media_key(ids: list[int], media) -> list[int]:
@@ -142,12 +143,12 @@ class SlotLoop:
         if not free:
             raise G4rtError("every slot is busy")
         best = None
+        request.cache_key = media_key(request.ids, request.media)
         try:
             if reuse_prefix:
                 keep = -1
-                wanted = media_key(request.ids, request.media)
                 for s in sorted(free, key=lambda s: s.last_used):
-                    k = reusable_with_media(self.engine.prefix_to_keep(s.cached, wanted), request.media)
+                    k = reusable_with_media(self.engine.prefix_to_keep(s.cached, request.cache_key), request.media)
                     if k > keep:
                         best, keep = s, k
                 self.engine.truncate(keep, best.index)
@@ -219,7 +220,7 @@ class SlotLoop:
             self._reset(slot)
             raise
         self._took(slot, ids, True, logits, time.perf_counter() - t0)
-        slot.cached = media_key(request.ids, request.media)
+        slot.cached = list(request.cache_key)
 
     def _step_batched(self, busy: list[Slot]) -> int:
         work: list[tuple[Slot, list[int], bool]] = []      # (slot, ids, is prefill)
@@ -314,7 +315,7 @@ class SlotLoop:
                 self._reset(slot)
                 raise
             request.prefill_s += time.perf_counter() - t0
-            slot.cached = media_key(request.ids, request.media)
+            slot.cached = list(request.cache_key)
             request.pending = []
             request.prompt_done_at = time.perf_counter()
         elif request.pending:
@@ -339,7 +340,7 @@ class SlotLoop:
         try:
             out = spec.step(tok, request.history, request.sampler, slot=slot.index,
                             budget=request.max_tokens - request.generated)
-            slot.cached = media_key(request.history, request.media) + out[:-1]   # tok and the kept proposals
+            slot.cached = request.cache_key + request.history[len(request.ids):] + out[:-1]   # + tok, kept proposals
             request.draft_n += spec.last_drafted
             request.draft_accepted += len(out) - 1
             rows = spec.last_logits

@@ -84,10 +84,12 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         model = default_model_path()
     if not Path(model).is_file():
         raise ServeError(f"{model}: no such file")
+    load_options = {**placement(place), **speculation(place), "mmproj": mmproj,
+                    "image_min_tokens": image_min_tokens, "image_max_tokens": image_max_tokens}
     if use_ray:
         from ..server.ray_serve import RaySettings, serve_on_ray
         settings = RaySettings(model=model, ctx=ctx, parallel=parallel, queue=queue, backend=backend, threads=threads,
-                               precision=precision, load_options={**placement(place), **speculation(place)},
+                               precision=precision, load_options=load_options,
                                api_key=api_key, timeout_s=timeout, truncate=truncate, max_body=parse_size(max_body),
                                cors_origins=cors_origins, aliases=aliases, replicas=replicas, autoscale=autoscale,
                                routing=ray_routing or "prefix")
@@ -103,16 +105,11 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
                                             allow_remote=allow_remote_media))
     state = ServerState(config, ServerMetrics(parallel))
 
-    spec = speculation(place)
 
     def loader():
-        from ..engine import CHAT_RING_SLACK
-        from ..generation import load
-        # sliding rings one prefill chunk longer than the window (as llama.cpp's SWA cache): the
-        # next chat turn can then move back past the previous answer and keep the shared prefix
-        m = load(model, backend=backend, ctx=ctx, threads=threads, slots=parallel, precision=precision,
-                 ring_slack=CHAT_RING_SLACK, mmproj=mmproj, image_min_tokens=image_min_tokens,
-                 image_max_tokens=image_max_tokens, **placement(place), **spec)
+        from ..server.state import load_served_model
+        m = load_served_model(model, backend=backend, ctx=ctx, threads=threads, slots=parallel,
+                              precision=precision, **load_options)
         click.echo(f"g4rt serve: {Path(model).name} on {m.backend_name} ({m.device_name}, precision "
                    f"{m.precision_summary()}); {parallel} slot(s) of {m.engine.ctx} tokens", err=True)
         return m

@@ -22,11 +22,11 @@ from gguf import GGML_QUANT_SIZES
 
 from ..errors import MissingTensorError, TensorShapeError
 from ..gguf.reader import GGUFFile
-from ..ops import (Add, Buffer, EmbedLookup, GeluMul, Graph, MatMul, PastAttention, RmsNorm, Rope, Scale,
+from ..ops import (Add, Buffer, EmbedLookup, Graph, MatMul, PastAttention, RmsNorm, Rope, Scale,
                    WeightSpec)
 from .assistant import AssistantConfig
 from .config import ModelConfig
-from .graph import _Builder, cache_names, weight_specs
+from .graph import _Builder, attention_output, cache_names, gelu_ffn, weight_specs
 
 TARGET_EMBD = "target.token_embd.weight"
 PRE_EMBD, PRE_HIDDEN = "nextn.pre_projection.embd", "nextn.pre_projection.hidden"
@@ -100,14 +100,8 @@ def build_assistant_graph(cfg: AssistantConfig, target: ModelConfig, specs: dict
         read.update((ck, cv))
         a = b.emit(p + "attention", PastAttention(b.buf("attn", L.q_width), q, ck, cv, L.n_head, L.n_kv_head, D,
                                                    L.window, 1.0))
-        o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight", H)
-        b.emit(p + "post_attention_norm", RmsNorm(o, o, b.norm(p + "post_attention_norm.weight", H), eps, H))
-        b.emit(p + "attn_residual", Add(x, x, o))
-        h = b.emit(p + "ffn_norm", RmsNorm(h, x, b.norm(p + "ffn_norm.weight", H), eps, H))
-        g = b.matmul(p + "ffn_gate", "gate", h, p + "ffn_gate.weight", L.ffn_dim)
-        u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight", L.ffn_dim)
-        b.emit(p + "ffn_act", GeluMul(g, g, u))
-        d = b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight", H)
+        attention_output(b, p, a, x, H, eps)
+        d = gelu_ffn(b, p, h, x, H, L.ffn_dim, eps)
         b.emit(p + "post_ffw_norm", RmsNorm(d, d, b.norm(p + "post_ffw_norm.weight", H), eps, H))
         b.emit(p + "ffn_residual", Add(x, x, d))
         b.emit(p + "layer_output_scale", Scale(x, x, 1.0, b.norm(p + "layer_output_scale.weight", 1)))

@@ -136,6 +136,23 @@ def media_input_names(n_tokens: int) -> dict[str, str]:
     return {"embd": f"media.embd.{cap}", "take": f"media.take.{cap}", "ahead": f"media.ahead.{cap}"}
 
 
+def attention_output(b: "_Builder", p: str, a: str, x: str, width: int, eps: float) -> None:
+    """A Gemma block's attention tail: the output projection, its post-norm, the residual into x."""
+    o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight", width)
+    b.emit(p + "post_attention_norm", RmsNorm(o, o, b.norm(p + "post_attention_norm.weight", width), eps, width))
+    b.emit(p + "attn_residual", Add(x, x, o))
+
+
+def gelu_ffn(b: "_Builder", p: str, h: str, x: str, width: int, ffn_dim: int, eps: float) -> str:
+    """A Gemma block's dense MLP up to its down projection (the caller norms and adds it):
+    norm x into h, gate and up, GELU(gate) * up, down; returns the down projection's buffer."""
+    h = b.emit(p + "ffn_norm", RmsNorm(h, x, b.norm(p + "ffn_norm.weight", width), eps, width))
+    g = b.matmul(p + "ffn_gate", "gate", h, p + "ffn_gate.weight", ffn_dim)
+    u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight", ffn_dim)
+    b.emit(p + "ffn_act", GeluMul(g, g, u))
+    return b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight", width)
+
+
 def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, ctx: int,
                 all_logits: bool = False, ring_slack: int = 0, slots: int = 1, media: bool = False) -> Graph:
     """The forward pass for a batch of n_tokens rows (one sequence's consecutive positions, or
@@ -217,15 +234,8 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
                                                ahead if L.window else None))
         if last_reader[src] == i:
             b.emit(f"blk.{src}.kv_store", KvStore(ck, cv, k, v))
-        o = b.matmul(p + "attn_output", "o", a, p + "attn_output.weight", E)
-        b.emit(p + "post_attention_norm", RmsNorm(o, o, b.norm(p + "post_attention_norm.weight", E), eps, E))
-        b.emit(p + "attn_residual", Add(x, x, o))
-
-        h = b.emit(p + "ffn_norm", RmsNorm(h, x, b.norm(p + "ffn_norm.weight", E), eps, E))
-        g = b.matmul(p + "ffn_gate", "gate", h, p + "ffn_gate.weight", L.ffn_dim)
-        u = b.matmul(p + "ffn_up", "up", h, p + "ffn_up.weight", L.ffn_dim)
-        b.emit(p + "ffn_act", GeluMul(g, g, u))
-        d = b.matmul(p + "ffn_down", "o", g, p + "ffn_down.weight", E)
+        attention_output(b, p, a, x, E, eps)
+        d = gelu_ffn(b, p, h, x, E, L.ffn_dim, eps)
         if L.moe:
             # the dense MLP acts as a shared expert beside the routed ones
             b.emit(p + "post_ffw_norm_1", RmsNorm(d, d, b.norm(p + "post_ffw_norm_1.weight", E), eps, E))

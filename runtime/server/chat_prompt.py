@@ -113,7 +113,3 @@ def chat_prompt(model, req: ChatRequest, state=None):
         raise APIError(400, f"the chat template could not render these messages: {e}", param="messages") from None
     return with_media(state, model, ids, items) if items else (ids, None)
 
-
-def chat_prompt_ids(model, req: ChatRequest) -> list[int]:
-    """The prompt ids of a text-only chat request."""
-    return chat_prompt(model, req)[0]

@@ -191,7 +191,7 @@ def openai_messages(messages: list[Message]) -> list[dict]:
 
 
 def openai_chat(messages: list[dict], tools: Optional[list[Tool]], template_kwargs: dict) -> ChatRequest:
-    """The OpenAI chat request chat_prompt_ids renders: the same template path as /v1."""
+    """The OpenAI chat request chat_prompt.chat_prompt renders: the same template path as /v1."""
     body = {"messages": messages, "chat_template_kwargs": template_kwargs or None,
             "tools": [t.model_dump(exclude_none=True) for t in tools] if tools else None}
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import G4rtError
-from .state import DEFAULT_MAX_BODY, ServerConfig
+from .state import DEFAULT_MAX_BODY, ServerConfig, load_served_model
 
 APP_NAME = "g4rt"
 ROUTINGS = ("prefix", "pow2")
@@ -74,7 +74,7 @@ class RaySettings:
     backend: str = "auto"
     threads: Optional[int] = None
     precision: str = "auto"
-    load_options: dict = field(default_factory=dict)     # placement and speculation, as serve's
+    load_options: dict = field(default_factory=dict)     # placement, speculation, mmproj: as serve's
     api_key: Optional[str] = None
     timeout_s: Optional[float] = None
     truncate: bool = False
@@ -123,13 +123,11 @@ class RaySettings:
 
     def load(self):
         """The model as `g4rt serve` loads it (on the replica's node)."""
-        from ..engine import CHAT_RING_SLACK
-        from ..generation import load
         if not Path(self.model).is_file():
             raise RayServeError(f"{self.model}: no such file on node {socket.gethostname()} (every node "
                                 f"needs the model at this path; docs/scale-out.md)")
-        return load(self.model, backend=self.backend, ctx=self.ctx, threads=self.threads, slots=self.parallel,
-                    precision=self.precision, ring_slack=CHAT_RING_SLACK, **self.load_options)
+        return load_served_model(self.model, backend=self.backend, ctx=self.ctx, threads=self.threads,
+                                 slots=self.parallel, precision=self.precision, **self.load_options)
 
 
 def model_deployment_options(s: RaySettings) -> dict:
@@ -203,7 +201,8 @@ _ARGS = {"ctx": int, "parallel": int, "queue": int, "backend": str, "threads": i
          "alias": _names, "replicas": int, "autoscale": parse_autoscale, "routing": str, "queue_factor": int,
          "replica_cpus": float, "replica_gpus": float, "ingress_replicas": int}
 _LOAD_ARGS = {"gpu_layers": int, "cpu_moe": _flag, "n_cpu_moe": int, "draft": str, "spec": str, "draft_max": int,
-              "draft_min": int, "draft_backend": str, "draft_p_min": float, "ngram_n": int}
+              "draft_min": int, "draft_backend": str, "draft_p_min": float, "ngram_n": int, "mmproj": str,
+              "image_min_tokens": int, "image_max_tokens": int}
 _RENAMED = {"timeout": "timeout_s", "cors_origin": "cors_origins", "alias": "aliases"}
 
 

@@ -128,3 +128,14 @@ def sampler_for(temperature: Optional[float] = None, top_k: Optional[int] = None
                        presence_penalty=presence_penalty or 0.0, seed=seed)
     except SamplingError as e:
         raise APIError(400, str(e)) from None
+
+
+def load_served_model(path, *, backend: str, ctx: Optional[int], threads: Optional[int], slots: int,
+                      precision: str, **options):
+    """The model as `g4rt serve` loads it, locally or on a Ray replica: sliding rings one prefill
+    chunk longer than the window (as llama.cpp's SWA cache), so the next chat turn can move back
+    past the previous answer and keep the shared prefix. options: placement, speculation, mmproj."""
+    from ..engine import CHAT_RING_SLACK
+    from ..generation import load
+    return load(path, backend=backend, ctx=ctx, threads=threads, slots=slots, precision=precision,
+                ring_slack=CHAT_RING_SLACK, **options)
