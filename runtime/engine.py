@@ -282,6 +282,11 @@ class Engine:
             last = stop == len(ids)
             inputs = media.inputs(start, stop) if media is not None else None
             if inputs is not None:
+                if self.config.per_layer_dim:
+                    # PLE models (E2B/E4B): a soft-token row's per-layer input is the pad token's, as
+                    # transformers (placeholders -> pad_token_id) and llama.cpp (PLE row 0) do
+                    pad = int(self.file.get("tokenizer.ggml.padding_token_id", 0))
+                    chunk = np.where(np.asarray(media.take[start:stop], bool), pad, np.asarray(chunk))
                 g = self.graph(len(chunk), all_logits, media=True)
                 self.backend.write_inputs(inputs)
             else:

@@ -409,6 +409,97 @@ class PastAttention(Op):
     _read_fields: ClassVar = ("q", "cache_k", "cache_v")
 
 
+# ---- audio encoder ops (the gemma4a conformer: runtime/mmproj/audio_conformer.py; its clipped
+# linears use the vision section's Clamp) -------------------------------------------------------
+@dataclass(frozen=True)
+class Silu(Op):
+    """out = x * sigmoid(x)."""
+    kind: ClassVar[str] = "silu"
+    out: str
+    x: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Glu(Op):
+    """out[r, j] = x[r, j] * sigmoid(x[r, j + C]), C = out.cols (x has 2C cols; torch's glu)."""
+    kind: ClassVar[str] = "glu"
+    out: str
+    x: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Conv2dNormRelu(Op):
+    """One subsampling block: Conv2d 3x3, stride 2, padding 1, no bias, over (time = rows,
+    frequency), then LayerNorm over the channels (weight `norm`, no bias; statistics in double),
+    then ReLU. x [T, F * Ci] and out [ceil(T/2), ceil(F/2) * Co] hold (frequency, channel) per
+    row, channel fastest. weight: the GGUF conv kernel ne [3, 3, Ci, Co] (torch [Co, Ci, 3, 3]).
+    Input rows r with mask[r, 0] == 0 (mask: an input, or None) count as zeros (padded frames).
+    out[t, f, o] = sum_{i, kt, kf} W[o, i, kt, kf] * x[2t + kt - 1, 2f + kf - 1, i], accumulated in
+    double and rounded to float before the norm."""
+    kind: ClassVar[str] = "conv2d_norm_relu"
+    out: str
+    x: str
+    mask: Optional[str]
+    weight: str
+    norm: str
+    in_channels: int
+    out_channels: int
+    eps: float
+    _read_fields: ClassVar = ("x", "mask")
+
+
+@dataclass(frozen=True)
+class DepthwiseConv1d(Op):
+    """Causal depthwise convolution over rows (time): out[t, c] = sum_k W[c, k] * x[t - K + 1 + k, c]
+    (rows before 0 are zeros), W: the GGUF tensor ne [K, C]; accumulated in double."""
+    kind: ClassVar[str] = "depthwise_conv1d"
+    out: str
+    x: str
+    weight: str
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class ChunkedAttention(Op):
+    """The Gemma 4 conformer's local self-attention (transformers Gemma4AudioAttention: chunks of
+    12 with 12 past positions and 13 relative-position entries; the chunking is only its way of
+    computing this). Per head h and row t, over the keys u = t - d, d = 0 .. window - 1, u >= 0 and
+    u < valid (the padded frames' keys are masked):
+      q' = q * q_scale * by[i]  (by: per-dim scale, already softplus'ed by the converter; or None),
+      k' = k * k_scale, s(u) = q'.k'(u) + q'.rel[window - d], s = cap * tanh(s / cap), softmax,
+      out = sum p(u) v(u).
+    rel [window + 1, n_head * head_dim] = sinusoids @ weight^T, weight the relative-key projection
+    [n_head * head_dim, width]: row r is the position p = window - r embedded as
+    [sin(p * f_i), cos(p * f_i)], f_i = exp(-i * ln(1e4) / max(width/2 - 1, 1)), i < width/2, in
+    float32 (as transformers), the product in double, rounded to float. float32 scores."""
+    kind: ClassVar[str] = "chunked_attention"
+    out: str
+    q: str
+    k: str
+    v: str
+    weight: str
+    by: Optional[str]
+    n_head: int
+    head_dim: int
+    q_scale: float
+    k_scale: float
+    cap: float
+    window: int
+    valid: int
+    _read_fields: ClassVar = ("q", "k", "v")
+
+    def relative_table(self, w: np.ndarray) -> np.ndarray:
+        """rel [window + 1, n_head*head_dim] from the projection w [n_head*head_dim, width] (f32)."""
+        width = w.shape[1]
+        half = width // 2
+        inv = np.exp(np.arange(half, dtype=np.float32) * np.float32(-np.log(10000.0) / max(half - 1, 1)))
+        pos = np.arange(self.window, -1, -1, dtype=np.float32)[:, None] * inv[None, :]
+        table = np.concatenate([np.sin(pos), np.cos(pos)], axis=1).astype(np.float64)
+        return np.ascontiguousarray((table @ w.astype(np.float64).T).astype(np.float32))
+
+
 #: Part of the contract: a batch of up to this many rows is row-exact on every backend (each row
 #: gets the bits a one-row batch, a decode step, gives it), so speculative verification and several
 #: sequences decoded together reproduce plain decoding. shaders/cpu/g4cpu.h has the same number.
@@ -417,13 +508,13 @@ ROW_EXACT_MAX = 16
 
 OP_TYPES = (EmbedLookup, MatMul, RmsNorm, Rope, Attention, KvStore, GeluMul, Gelu, Add, Mul, Scale,
             Softcap, Slice, MoeRoute, MoeMatMul, MoeSum, LayerNorm, AddVector, GatherAdd, TakeRows,
-            PastAttention)
+            PastAttention, Silu, Glu, Conv2dNormRelu, DepthwiseConv1d, ChunkedAttention)
 
 
 def op_weights(op: Op) -> list[str]:
     """Names of the weights an op reads."""
     names = []
-    for attr in ("table", "weight", "bias", "freq_factors", "by", "expert_scale"):
+    for attr in ("table", "weight", "bias", "freq_factors", "by", "expert_scale", "norm"):
         v = getattr(op, attr, None)
         if v is not None:
             names.append(v)
@@ -477,3 +568,78 @@ def table_by_kind(namespace: dict, prefix: str) -> dict[type, object]:
     per-op functions after the op kinds (lower_matmul, lower_kv_store, ...), so the table is never
     written out by hand (an op without such a function is simply absent: unsupported)."""
     return {cls: namespace[prefix + cls.kind] for cls in op_classes() if prefix + cls.kind in namespace}
+
+
+# ---- vision encoder ops (gemma4v: the Gemma 4 ViT, runtime/mmproj/vision_vit.py) --------------
+# A ViT graph's rows are the image's patches (n_tokens = patches), its output the pooled soft
+# tokens. None of these ops reads a cache or a segment.
+@dataclass(frozen=True)
+class Clamp(Op):
+    """out = min(max(x, lo), hi), lo and hi as float32 (a clipped linear's bounds)."""
+    kind: ClassVar[str] = "clamp"
+    out: str
+    x: str
+    lo: float
+    hi: float
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Rope2D(Op):
+    """Axial 2-D NeoX rotary embedding on each head of head_dim columns (head_dim % 4 == 0): the
+    first head_dim/2 columns of a head turn as Rope with n_rot = head_dim/2 at the row's x
+    position pos[r, 0], the second half the same way at its y position pos[r, 1]; pair i of a half
+    by angle p * base^(-2i/(head_dim/2)) (angles and cos/sin in double). pos: a per-call input
+    [rows, 2] (f32 holding integers)."""
+    kind: ClassVar[str] = "rope2d"
+    out: str
+    x: str
+    pos: str
+    head_dim: int
+    base: float
+    _read_fields: ClassVar = ("x", "pos")
+
+
+@dataclass(frozen=True)
+class FullAttention(Op):
+    """Non-causal softmax(scale * q.k) v per head over every row of the call (each row sees all
+    rows, itself included), GQA as Attention (q head h reads kv head h // (n_head/n_kv_head));
+    scores and softmax in float32. No cache, no segments: an encoder's self-attention."""
+    kind: ClassVar[str] = "full_attention"
+    out: str
+    q: str
+    k: str
+    v: str
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    scale: float
+    _read_fields: ClassVar = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class PoolRows(Op):
+    """out[r] = scale * mean of x's rows r*group .. r*group + group - 1 (summed in double, then
+    rounded to float32 and scaled in float32): average pooling of groups of consecutive rows (out
+    has x.rows / group rows)."""
+    kind: ClassVar[str] = "pool_rows"
+    out: str
+    x: str
+    group: int
+    scale: float
+    _read_fields: ClassVar = ("x",)
+
+
+@dataclass(frozen=True)
+class Standardize(Op):
+    """out[r] = (x[r] - bias) * weight in float32 (bias and weight, the scale: one row of cols
+    values each)."""
+    kind: ClassVar[str] = "standardize"
+    out: str
+    x: str
+    bias: str
+    weight: str
+    _read_fields: ClassVar = ("x",)
+
+
+OP_TYPES = OP_TYPES + (Clamp, Rope2D, FullAttention, PoolRows, Standardize)

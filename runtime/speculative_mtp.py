@@ -9,13 +9,17 @@ draft-mtp do): it reads the target's caches in place and feeds its argmax and it
 hidden state to the next step. Proposals are greedy point masses, so Speculator's acceptance rule
 keeps the target's distribution.
 
-The drafter's op list runs on a backend of the target's kind (native CPU or the numpy reference)
-whose caches are the target backend's own cache arrays (the same objects: nothing is copied), so
-it needs a target whose KV caches live in host memory.
+Nothing of the target's KV cache is copied. On a host target (native CPU, numpy reference) the
+drafter's op list runs on a second backend of the target's kind whose caches are the target
+backend's own cache arrays (the same objects). On a device target (Vulkan, CUDA) it is compiled on
+the target's own backend instance: its weights are uploaded there under the prefix `mtp.` (the
+target's embedding table is the one already on the device), and its PastAttention ops bind the
+target's cache buffers by name. A hybrid target drafts on the half that holds those caches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -25,35 +29,110 @@ from .engine import Engine
 from .errors import G4rtError
 from .gguf.reader import GGUFFile
 from .model.assistant import AssistantConfig, load_assistant_config
-from .model.assistant_graph import NEXT_HIDDEN, AssistantWeights, build_assistant_graph, hidden_input_name
-from .ops import Segment
+from .model.assistant_graph import NEXT_HIDDEN, TARGET_EMBD, AssistantWeights, build_assistant_graph, hidden_input_name
+from .ops import Graph, Segment, op_weights
+
+#: The drafter's weights on a backend shared with the target (the assistant's tensors are named
+#: blk.N... like the target's).
+MTP_PREFIX = "mtp."
+#: Backends whose load_weights adds to what is loaded (the drafter shares the target's instance).
+SHARED_KINDS = ("vulkan", "cuda")
 
 
 class AssistantBackendError(G4rtError):
     """A target backend the assistant drafter cannot share a KV cache with."""
 
 
-def host_caches(target: Engine) -> dict[str, np.ndarray]:
-    """The target backend's KV cache arrays by name, when they live in host memory."""
-    caches = getattr(target.backend, "caches", None)
+def host_caches(target: Engine, backend=None) -> dict[str, np.ndarray]:
+    """The target backend's (or of `backend`, the half of a hybrid target holding the caches the
+    drafter reads) KV cache arrays by name, when they live in host memory."""
+    be = target.backend if backend is None else backend
+    caches = getattr(be, "caches", None)
     if not isinstance(caches, dict) or not all(isinstance(a, np.ndarray) for a in caches.values()):
         raise AssistantBackendError(f"the MTP assistant reads the target's KV cache in host memory; the target's "
-                                    f"backend ({target.backend.device_name}) keeps it elsewhere: run the target "
+                                    f"backend ({be.device_name}) keeps it elsewhere: run the target "
                                     "on the cpu or numpy backend, or use a draft model")
     return caches
 
 
-def drafter_backend(target: Engine):
-    """A backend of the target's kind for the drafter (its own weights, the target's caches):
-    the native CPU backend with the target's threads, KV dtype and precision, or the numpy
-    reference."""
+def cache_home(target: Engine, names) -> object:
+    """The backend holding the caches the drafter reads: the target's, or of a hybrid target
+    (--gpu-layers) the half that holds all of them (each half gets its caches when the hybrid
+    compiles its first graph: the decode graph is compiled here if it was not yet)."""
     tb = target.backend
+    if tb.name != "hybrid":
+        return tb
+    if getattr(tb, "back_expert_layers", 0):
+        raise AssistantBackendError(f"the MTP assistant drafter does not run beside a target whose experts are "
+                                    f"placed apart (--cpu-moe / --n-cpu-moe, {tb.device_name}): its pieces keep no "
+                                    "hidden rows to read; use a draft model")
+    target.graph(1)
+    for half in (tb.front, tb.back):
+        if all(n in getattr(half, "caches", {}) for n in names):
+            return half
+    raise AssistantBackendError(f"the MTP assistant drafter reads the caches {', '.join(sorted(names))} through one "
+                                f"backend; this hybrid target ({tb.device_name}, --gpu-layers) splits them over its "
+                                "two halves: move the --gpu-layers split, or use a draft model")
+
+
+def drafter_backend(target: Engine, home=None):
+    """(backend, shared) for the drafter, by the backend holding the caches it reads (`home`:
+    cache_home's answer, default the target's backend): on a host backend a new backend of its
+    kind (the native CPU with its threads, KV dtype and precision, or the numpy reference), whose
+    caches are then set to its arrays; on Vulkan / CUDA that backend instance itself (shared),
+    which holds the caches on the device."""
+    tb = target.backend if home is None else home
     if tb.name == "cpu":
-        return create_backend("cpu", threads=tb.threads, kv_dtype=tb.kv_dtype, precision=tb.precision)
+        return create_backend("cpu", threads=tb.threads, kv_dtype=tb.kv_dtype, precision=tb.precision), False
     if tb.name == "numpy":
-        return create_backend("numpy", kv_dtype=tb.kv_dtype)
-    raise AssistantBackendError(f"the MTP assistant drafter runs beside a cpu or numpy target; this target runs on "
-                                f"{tb.device_name}: use a draft model (--draft a small model) instead")
+        return create_backend("numpy", kv_dtype=tb.kv_dtype), False
+    if tb.name in SHARED_KINDS:
+        return tb, True
+    if tb.name == "hybrid":
+        raise AssistantBackendError(f"the MTP assistant drafter runs on the half of a hybrid target ({tb.device_name}, "
+                                    "--gpu-layers) that holds the caches it reads (cache_home), not on the hybrid")
+    raise AssistantBackendError(f"the MTP assistant drafter runs beside a cpu, numpy, vulkan or cuda target; this "
+                                f"target runs on {tb.device_name}: use a draft model (--draft a small model) instead")
+
+
+def _cache_shape(backend, name: str):
+    """(rows, cols) of a cache as a backend holds it (numpy array, Vulkan CacheLocation, CUDA
+    DeviceArray), None when it has none of that name."""
+    c = backend.caches.get(name)
+    if c is None:
+        return None
+    if isinstance(c, np.ndarray):
+        return c.shape
+    if hasattr(c, "cache"):                              # Vulkan: the KvCache it was placed for
+        return (c.cache.slots * c.cache.rows, c.cache.cols)
+    return (c.rows, c.cols)
+
+
+class DrafterSource:
+    """The WeightSource of a backend the drafter shares with the target: `mtp.`-prefixed names are
+    the drafter's (AssistantWeights), every other name the target's own source."""
+
+    def __init__(self, target_source, drafter_weights: AssistantWeights):
+        self.target, self.drafter = target_source, drafter_weights
+
+    def weight_bytes(self, name: str) -> np.ndarray:
+        if name.startswith(MTP_PREFIX):
+            return self.drafter.weight_bytes(name[len(MTP_PREFIX):])
+        return self.target.weight_bytes(name)
+
+
+def namespaced(graph: Graph, rename: dict[str, str]) -> Graph:
+    """The graph with its weights renamed: `rename[name]` where given, else MTP_PREFIX + name."""
+    def new(name):
+        return rename.get(name, MTP_PREFIX + name)
+    ops = []
+    for op in graph.ops:
+        fields = {a: new(getattr(op, a)) for a in ("table", "weight", "bias", "freq_factors", "by", "expert_scale")
+                  if getattr(op, a, None) is not None}
+        ops.append(dataclasses.replace(op, **fields) if fields else op)
+        assert len(op_weights(ops[-1])) == len(fields)
+    weights = {new(n): dataclasses.replace(w, name=new(n)) for n, w in graph.weights.items()}
+    return dataclasses.replace(graph, ops=ops, weights=weights)
 
 
 def check_assistant_fits(f: GGUFFile, backend_name: str) -> None:
@@ -84,15 +163,34 @@ class AssistantDrafter:
             self.name = f"mtp ({self.config.head_note})"
         self.weights = AssistantWeights(self.file, target, target.specs, self.config)
         graph = self._build(1)
-        caches = host_caches(target)
+        tb = cache_home(target, graph.caches)          # the target's backend, or a hybrid's half
+        if tb.name not in SHARED_KINDS + ("cpu", "numpy"):
+            drafter_backend(target, tb)                 # the refusal, with its reason
+        if tb.name not in SHARED_KINDS:
+            host_caches(target, tb)
         for name, c in graph.caches.items():
-            if name not in caches or caches[name].shape != (c.slots * c.rows, c.cols):
+            if _cache_shape(tb, name) != (c.slots * c.rows, c.cols):
                 raise AssistantBackendError(f"the target has no cache {name} of {c.slots * c.rows} x {c.cols}")
-        check_assistant_fits(self.file, target.backend.name)
-        self.backend = drafter_backend(target)
-        self.backend.load_weights(graph.weights, self.weights)
-        self.backend.allocate_caches(graph.caches)      # its bookkeeping; the arrays are then
-        self.backend.caches.update({name: caches[name] for name in graph.caches})   # the target's own
+        if tb.name not in SHARED_KINDS:
+            check_assistant_fits(self.file, tb.name)
+        self.backend, self.shared = drafter_backend(target, tb)
+        if self.shared:
+            # the target's backend: the drafter's weights beside the target's (prefixed), the
+            # target's embedding table as it is on the device, the target's caches by name
+            embd = "token_embd.weight"
+            loaded = getattr(tb, "weights", {})
+            if any(n.startswith(MTP_PREFIX) for n in loaded):
+                raise AssistantBackendError(f"the target's backend ({tb.device_name}) already holds an MTP "
+                                            "drafter's weights: one assistant per target")
+            have = embd in loaded
+            graph = namespaced(graph, {TARGET_EMBD: embd} if have else {})
+            self.backend.load_weights({n: w for n, w in graph.weights.items() if n.startswith(MTP_PREFIX)},
+                                      DrafterSource(tb.source, self.weights))
+        else:
+            caches = host_caches(target, tb)
+            self.backend.load_weights(graph.weights, self.weights)
+            self.backend.allocate_caches(graph.caches)      # its bookkeeping; the arrays are then
+            self.backend.caches.update({name: caches[name] for name in graph.caches})   # the target's own
         self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
         self.graph = self.backend.compile(graph)
         target.keep_hidden = True          # the target keeps its hidden rows for propose
@@ -124,7 +222,8 @@ class AssistantDrafter:
         return out
 
     def close(self) -> None:
-        self.backend.close()
+        if not self.shared:            # a shared backend is the target's: it closes with the target
+            self.backend.close()
 
 
 def _top_probability(logits: np.ndarray) -> float:

@@ -348,13 +348,21 @@ def test_cli_run_with_an_assistant_prints_the_plain_text_and_the_acceptance():
 
 
 def test_a_target_on_a_device_backend_is_refused_with_a_reason():
+    """Vulkan / CUDA targets share their own backend with the drafter (tests/test_assistant_gpu.py);
+    a hybrid is never the drafter's backend (its half holding the caches is) and an unknown backend
+    is refused, naming why."""
     from types import SimpleNamespace
     from g4rt.speculative_mtp import AssistantBackendError, drafter_backend, host_caches
     target = SimpleNamespace(backend=SimpleNamespace(name="vulkan", device_name="Some GPU", caches={"k": object()}))
     with pytest.raises(AssistantBackendError, match="Some GPU"):
         host_caches(target)
-    with pytest.raises(AssistantBackendError, match="runs beside a cpu or numpy target; this target runs on Some GPU"):
-        drafter_backend(target)
+    assert drafter_backend(target) == (target.backend, True)
+    hybrid = SimpleNamespace(backend=SimpleNamespace(name="hybrid", device_name="Some GPU + cpu", caches={}))
+    with pytest.raises(AssistantBackendError, match=r"half of a hybrid target \(Some GPU \+ cpu, --gpu-layers\) that holds the caches"):
+        drafter_backend(hybrid)
+    other = SimpleNamespace(backend=SimpleNamespace(name="tpu", device_name="Some TPU", caches={}))
+    with pytest.raises(AssistantBackendError, match="cpu, numpy, vulkan or cuda target; this target runs on Some TPU"):
+        drafter_backend(other)
 
 
 @NEED_FIXTURES

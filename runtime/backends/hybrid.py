@@ -208,6 +208,18 @@ class HybridGraph(CompiledGraph):
         return _run_and_read(self.back, tokens, segments, [], values, observer,
                              lambda idx: idx - n + part.split if idx >= n else None)
 
+    def read_buffers(self, names) -> dict[str, np.ndarray]:
+        """Buffers of the last run, each from the half whose ops wrote it (e.g. the post-norm
+        hidden rows an MTP drafter takes: Engine.keep_hidden)."""
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            half = next((cg for cg in (self.back, self.front)
+                         if cg is not None and any(op.out == name for op in cg.graph.ops)), None)
+            if half is None:
+                raise G4rtError(f"no op of this hybrid graph writes {name!r}")
+            out.update(half.read_buffers([name]))
+        return out
+
 
 class PiecewiseGraph(CompiledGraph):
     """Pieces alternating between the two backends (a GPU layer's attention, then its experts on

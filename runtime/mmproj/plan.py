@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..memory_plan import human
 from .graphs import audio_graph, image_graph, projector_weight_specs
-from .reader import Projector
+from .reader import ConformerConfig, Projector
 
 #: Gemma 4's processor default (g4rt.media.budget.DEFAULT_MAX_TOKENS)
 DEFAULT_IMAGE_TOKENS = 280
@@ -25,13 +25,24 @@ def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAU
              f"- weights: {human(weights)} (memory-mapped; the encoder runs on the host)"]
     if projector.vision:
         n = image_tokens
+        if projector.vision.vit is not None:        # gemma4v: the ViT over the image's n x 9 patches
+            from .vision_vit import image_graph as vit_graph, vit_weight_specs
+            graph = vit_graph(projector.vision, vit_weight_specs(projector.file, projector.vision), n)
+        else:
+            graph = image_graph(projector.vision, specs, n)
         lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "
-                     f"encoder buffers {human(_buffer_bytes(image_graph(projector.vision, specs, n)))}")
+                     f"encoder buffers {human(_buffer_bytes(graph))}")
     if projector.audio:
         a = projector.audio
         n = int(audio_seconds * a.sample_rate) // a.frame
+        if isinstance(a, ConformerConfig):          # gemma4a: the conformer over the clip's log-mel frames
+            from .audio_conformer import conformer_graph
+            t0 = int(audio_seconds * a.sample_rate) // 160 - 1
+            graph = conformer_graph(a, specs, t0, n)
+        else:
+            graph = audio_graph(a, specs, n)
         lines.append(f"- {audio_seconds:g} s of audio: {n} soft tokens, {n + 2} context tokens, encoder buffers "
-                     f"{human(_buffer_bytes(audio_graph(a, specs, n)))}")
+                     f"{human(_buffer_bytes(graph))}")
     if projector.vision:
         per = image_tokens + 2
         lines.append(f"- the context of {ctx} tokens holds at most {ctx // per} such image(s) with no text")

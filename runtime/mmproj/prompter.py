@@ -89,10 +89,10 @@ class MediaPrompter:
         label = _label(source, AUDIO, k)
         if a is None:
             raise MediaInputError(f"{self.projector.path.name} has no audio projector: audio cannot be given")
-        from ..media.audio import audio_frames, load_audio
+        from ..media.audio import load_audio
         samples = np.asarray(source, np.float32) if isinstance(source, np.ndarray) else load_audio(source, name=label)
-        frames = audio_frames(samples, a.frame)
-        return PreparedItem(AUDIO, label, int(frames.shape[0]), frames=frames)
+        frames, n_tokens = self.encoder.audio_input(samples, label)     # frames, or gemma4a's log-mel
+        return PreparedItem(AUDIO, label, n_tokens, frames=frames)
 
     def plan(self, ids: Sequence[int], images: Sequence = (), audio: Sequence = ()) -> MediaPlan:
         """Decode and count every item and expand the prompt's markers (no encoder runs)."""

@@ -6,15 +6,17 @@ its projector types (`clip.vision.projector_type` / `clip.audio.projector_type`,
 single `clip.projector_type`), every tensor's shape against the metadata, and, against a text
 model, that the soft tokens are as wide as its embeddings.
 
-Types g4rt runs: `gemma4uv` (the 12B's encoder-free vision embedder) and `gemma4ua` (its audio
-embedder). `gemma4v` (the ViT of E2B/E4B/26B-A4B/31B) and `gemma4a` (the conformer) are known
-and refused as not supported yet; any other type is a projector for another model.
+Types g4rt runs: `gemma4uv` (the 12B's encoder-free vision embedder), `gemma4ua` (its audio
+embedder) and `gemma4v` (the ViT of E2B/E4B/26B-A4B/31B: mmproj/vision_vit.py). `gemma4a` (the E2B/E4B conformer audio
+encoder: mmproj/audio_conformer.py) runs too; any other type is a projector for another model.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+import numpy as np
 from typing import Optional
 
 from ..errors import MetadataError, MetadataTypeError, MissingKeyError, UnsupportedModelError
@@ -31,11 +33,10 @@ LAYER_NORM_EPS = 1e-5
 AUDIO_FRAME = 640
 AUDIO_SAMPLE_RATE = 16000
 
-SUPPORTED_VISION = ("gemma4uv",)
-SUPPORTED_AUDIO = ("gemma4ua",)
+SUPPORTED_VISION = ("gemma4uv", "gemma4v")
+SUPPORTED_AUDIO = ("gemma4ua", "gemma4a")
 #: Gemma 4 projector types g4rt knows but does not run yet.
-NOT_YET = {"gemma4v": "the Gemma 4 ViT vision encoder (E2B/E4B/26B-A4B/31B)",
-           "gemma4a": "the Gemma 4 conformer audio encoder (E2B/E4B)"}
+NOT_YET: dict[str, str] = {}
 #: An RMSNorm epsilon at or above this is not a real file's.
 MAX_RMS_EPS = 1.0
 
@@ -49,6 +50,8 @@ class VisionConfig:
     n_out: int              # soft-token width (= the text model's embedding)
     rms_eps: float
     ln_eps: float = LAYER_NORM_EPS
+    #: gemma4v only: the ViT's sizes and clamp bounds (mmproj.vision_vit.ViTConfig)
+    vit: Optional[object] = None
 
     @property
     def patch_values(self) -> int:
@@ -62,6 +65,34 @@ class AudioConfig:
     n_out: int
     rms_eps: float
     sample_rate: int = AUDIO_SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class ConformerConfig:
+    """gemma4a: the E2B/E4B conformer audio encoder (llama.cpp gemma4a.cpp; HF Gemma4AudioModel).
+    Chunk 12 / 12 past keys / 13 relative positions, softcap 50, FFN residual 0.5, conv kernel 5
+    and eps 1e-6 are hard-coded as llama.cpp does (the GGUF holds none of them)."""
+    projector: str          # "gemma4a"
+    n_mel: int              # log-mel bins (clip.audio.num_mel_bins)
+    channels: tuple[int, int]   # subsampling conv channels
+    width: int              # conformer width (clip.audio.embedding_length)
+    n_head: int
+    n_layer: int
+    ffn: int
+    out_dims: int           # a.pre_encode.out rows (HF output_proj_dims)
+    n_out: int              # soft-token width
+    rms_eps: float
+    clamps: dict            # clipped linear name (without .weight) -> (in_lo, in_hi, out_lo, out_hi)
+    conv_kernel: int = 5
+    frame: int = 640        # samples per soft token (4 x the 160-sample hop)
+    sample_rate: int = AUDIO_SAMPLE_RATE
+    chunk: int = 12
+    softcap: float = 50.0
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.n_head
 
 
 @dataclass
@@ -89,11 +120,21 @@ class Projector:
 
     def describe(self) -> str:
         parts = []
-        if self.vision:
+        if self.vision and self.vision.vit is not None:
+            v, t = self.vision, self.vision.vit
+            parts.append(f"vision {v.projector} (ViT: {t.hf_patch}x{t.hf_patch} px patches, {t.n_layer} blocks of "
+                         f"width {v.width}, {t.n_head} heads, pooled {t.merge}x{t.merge} = {v.patch}x{v.patch} px "
+                         f"per soft token, position table {v.pos_size}x{v.pos_size} patches -> {v.n_out})")
+        elif self.vision:
             v = self.vision
             parts.append(f"vision {v.projector} ({v.patch}x{v.patch} px per soft token, width {v.width}, "
                          f"position table {v.pos_size}x{v.pos_size} -> {v.n_out})")
-        if self.audio:
+        if isinstance(self.audio, ConformerConfig):
+            a = self.audio
+            parts.append(f"audio {a.projector} (conformer: {a.n_mel} mel bins, subsampling {list(a.channels)}, "
+                         f"{a.n_layer} blocks of width {a.width}, {a.n_head} heads; {a.frame} samples = "
+                         f"{1000 * a.frame // a.sample_rate} ms per soft token -> {a.n_out})")
+        elif self.audio:
             a = self.audio
             parts.append(f"audio {a.projector} ({a.frame} samples = {1000 * a.frame // a.sample_rate} ms "
                          f"per soft token -> {a.n_out})")
@@ -201,6 +242,75 @@ def _audio_gemma4ua(f: GGUFFile) -> AudioConfig:
     return AudioConfig("gemma4ua", AUDIO_FRAME, n_out, _eps(f, "clip.audio.attention.layer_norm_epsilon"))
 
 
+def _scalar(f: GGUFFile, name: str) -> float:
+    t = f.tensor(name)
+    if tuple(int(d) for d in t.shape) != (1,) or t.qtype.name != "F32":
+        raise MmprojError(f"{f.path.name}: tensor {name} must be one F32 value (a clipped linear's bound), "
+                          f"got {t.qtype.name} {list(t.shape)}")
+    v = float(np.asarray(t.raw).view(np.float32).reshape(-1)[0])
+    if v != v:
+        raise MmprojError(f"{f.path.name}: tensor {name} is NaN")
+    return v
+
+
+def _audio_gemma4a(f: GGUFFile) -> ConformerConfig:
+    """Every a.* tensor of the conformer checked against the metadata (notes A1.7)."""
+    n_out = _int(f, "clip.audio.projection_dim")
+    D = _int(f, "clip.audio.embedding_length")
+    H = _int(f, "clip.audio.attention.head_count")
+    L = _int(f, "clip.audio.block_count")
+    ffn = _int(f, "clip.audio.feed_forward_length")
+    n_mel = _int(f, "clip.audio.num_mel_bins", 128)
+    if D % H or (D // H) % 2 or D % 2:
+        raise MetadataError(f"{f.path.name}: clip.audio.embedding_length {D} is not a multiple of 2 x "
+                            f"head_count {H}")
+    if n_mel % 4 or n_mel > 1024 or L > 256 or D > 65536 or ffn > 1 << 20:
+        raise MetadataError(f"{f.path.name}: implausible conformer metadata (num_mel_bins {n_mel}, block_count {L}, "
+                            f"embedding_length {D}, feed_forward_length {ffn})")
+    c0 = f.tensor("a.conv1d.0.weight")
+    c1 = f.tensor("a.conv1d.1.weight")
+    if len(c0.shape) != 4 or len(c1.shape) != 4:
+        raise MmprojError(f"{f.path.name}: the subsampling convolutions a.conv1d.0/1.weight must be 4-D "
+                          f"[3, 3, in, out], got {list(c0.shape)} and {list(c1.shape)}")
+    ch0, ch1 = int(c0.shape[3]), int(c1.shape[3])
+    why = (f"clip.audio.embedding_length {D}, head_count {H}, feed_forward_length {ffn}, num_mel_bins {n_mel}, "
+           f"projection_dim {n_out} and subsampling channels [{ch0}, {ch1}]")
+    _shape(f, "a.conv1d.0.weight", (3, 3, 1, ch0), why)
+    _shape(f, "a.conv1d.1.weight", (3, 3, ch0, ch1), why)
+    _shape(f, "a.conv1d.0.norm.weight", (ch0,), why)
+    _shape(f, "a.conv1d.1.norm.weight", (ch1,), why)
+    _shape(f, "a.input_projection.weight", ((n_mel // 4) * ch1, D), why)
+    out = f.tensor("a.pre_encode.out.weight")
+    out_dims = int(out.shape[1]) if len(out.shape) == 2 else 0
+    _shape(f, "a.pre_encode.out.weight", (D, out_dims), why)
+    _shape(f, "a.pre_encode.out.bias", (out_dims,), why)
+    _shape(f, "mm.a.input_projection.weight", (out_dims, n_out), why)
+    clamps = {}
+    hd = D // H
+    for i in range(L):
+        p = f"a.blk.{i}."
+        for n in ("ffn_norm", "ffn_post_norm", "ffn_norm_1", "ffn_post_norm_1", "attn_pre_norm", "attn_post_norm",
+                  "norm_conv", "conv_norm", "ln2"):
+            _shape(f, p + n + ".weight", (D,), why)
+        _shape(f, p + "per_dim_scale.weight", (hd,), why)
+        _shape(f, p + "attn_k_rel.weight", (D, D), why)
+        _shape(f, p + "conv_dw.weight", (5, D), why + " (conv kernel 5)")
+        for n, shape in (("ffn_up", (D, ffn)), ("ffn_down", (ffn, D)), ("ffn_up_1", (D, ffn)),
+                         ("ffn_down_1", (ffn, D)), ("attn_q", (D, D)), ("attn_k", (D, D)), ("attn_v", (D, D)),
+                         ("attn_out", (D, D)), ("conv_pw1", (D, 2 * D)), ("conv_pw2", (D, D))):
+            _shape(f, p + n + ".weight", shape, why)
+            bounds = tuple(_scalar(f, f"{p}{n}.{b}") if f.has_tensor(f"{p}{n}.{b}") else default
+                           for b, default in (("input_min", -np.inf), ("input_max", np.inf),
+                                              ("output_min", -np.inf), ("output_max", np.inf)))
+            if bounds[0] > bounds[1] or bounds[2] > bounds[3]:
+                raise MmprojError(f"{f.path.name}: {p}{n} has clip bounds {list(bounds)} (min above max)")
+            clamps[p + n] = bounds
+        if f.has_tensor(p + "per_dim_k_scale.weight"):
+            raise MmprojError(f"{f.path.name}: {p}per_dim_k_scale.weight is not a tensor Gemma 4's conformer has")
+    return ConformerConfig("gemma4a", n_mel, (ch0, ch1), D, H, L, ffn, out_dims, n_out,
+                           _eps(f, "clip.audio.attention.layer_norm_epsilon"), clamps)
+
+
 def is_projector(f: GGUFFile) -> bool:
     """Whether an opened GGUF is a projector (the converter writes architecture clip)."""
     return f.get("general.architecture", None) == "clip" or f.get("general.type", None) == "mmproj"
@@ -220,10 +330,15 @@ def load_projector(path: str | os.PathLike, n_embd: Optional[int] = None, model_
     vision = audio = None
     if vtype is not None:
         _check_type(f, "vision", vtype, SUPPORTED_VISION)
-        vision = _vision_gemma4uv(f)
+        if vtype == "gemma4v":
+            from .vision_vit import read_gemma4v        # the ViT's tensors and config
+            vit, fields = read_gemma4v(f, _int, _eps, _shape)
+            vision = VisionConfig("gemma4v", vit=vit, **fields)
+        else:
+            vision = _vision_gemma4uv(f)
     if atype is not None:
         _check_type(f, "audio", atype, SUPPORTED_AUDIO)
-        audio = _audio_gemma4ua(f)
+        audio = _audio_gemma4a(f) if atype == "gemma4a" else _audio_gemma4ua(f)
     proj = Projector(f, vision, audio)
     if n_embd is not None:
         proj.check_text_model(n_embd, model_name)
@@ -251,11 +366,22 @@ def describe_lines(path) -> list[str]:
     try:
         proj = load_projector(path)
         out.append(f"- runs: {proj.describe()}")
-        if proj.vision:
+        if proj.vision and proj.vision.vit is not None:
+            t = proj.vision.vit
+            out.append(f"- images: one soft token per {proj.vision.patch}x{proj.vision.patch} px ({t.merge}x{t.merge} "
+                       f"ViT patches of clip.vision.patch_size {t.hf_patch}, averaged); 2-D RoPE theta "
+                       f"{t.rope_base:g}, RMS eps {proj.vision.rms_eps:g}, {len(t.clamps)} clipped linears, "
+                       f"standardization {'yes' if t.standardize else 'no'}, FFN gelu_tanh (as transformers); "
+                       f"bidirectional on the text model's sliding layers unless it is 1536 or 2560 wide (E2B/E4B)")
+        elif proj.vision:
             out.append(f"- images: one soft token per {proj.vision.patch}x{proj.vision.patch} px patch "
                        f"(clip.vision.patch_size x {GEMMA4UV_MERGE}); LayerNorm eps {LAYER_NORM_EPS:g}, RMS eps "
                        f"{proj.vision.rms_eps:g}; bidirectional on the text model's sliding layers")
-        if proj.audio:
+        if isinstance(proj.audio, ConformerConfig):
+            out.append(f"- audio: log-mel ({proj.audio.n_mel} bins, 20 ms window, 10 ms hop) -> 2 x Conv2d stride 2 "
+                       f"-> {proj.audio.n_layer} conformer blocks (chunked local attention: 12 keys, softcap 50) -> "
+                       f"one soft token per {proj.audio.frame} samples; causal")
+        elif proj.audio:
             out.append(f"- audio: one soft token per {proj.audio.frame} samples at {proj.audio.sample_rate} Hz; "
                        f"RMS eps {proj.audio.rms_eps:g}; causal")
         out.append(f"- soft tokens: {proj.n_out} wide (the text model's embedding width must match)")

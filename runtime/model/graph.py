@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..errors import MissingTensorError, TensorShapeError, UnsupportedModelError
+from ..errors import MissingTensorError, TensorShapeError
 from ..gguf.reader import GGUFFile
 from ..ops import (Add, Attention, Buffer, EmbedLookup, Gelu, GeluMul, Graph, KvCache, KvStore, MatMul, MoeMatMul,
                    MoeRoute, MoeSum, Mul, Op, RmsNorm, Rope, Scale, Slice, Softcap, TakeRows, WeightSpec, input_rows)
@@ -171,9 +171,8 @@ def build_graph(cfg: ModelConfig, specs: dict[str, WeightSpec], n_tokens: int, c
     x = b.emit("token_embd", EmbedLookup(b.buf("x", E), b.weight("token_embd.weight", cols=E), cfg.embed_scale))
     inputs, ahead = {}, None
     if media:
-        if cfg.per_layer_dim:     # their per-layer input would need the pad token's rows (not done)
-            raise UnsupportedModelError("images / audio on a model with per-layer embeddings (E2B/E4B) are not "
-                                        "supported yet")
+        # PLE models: the media rows' ids are the pad token's (Engine.forward), so their per-layer
+        # token embedding is the pad row; the per-layer projection reads the soft tokens below
         names, cap = media_input_names(n_tokens), input_rows(n_tokens)
         inputs = {names["embd"]: Buffer(names["embd"], cap, E), names["take"]: Buffer(names["take"], cap, 1),
                   names["ahead"]: Buffer(names["ahead"], cap, 1)}

@@ -18,7 +18,6 @@ EMBD_BAR = 1e-4
 
 def reference_items(ref, i: int, prompter: MediaPrompter) -> tuple[list[SoftTokens], list[float]]:
     """Prompt i's media as soft tokens, and each one's max |soft - embd_i_k| (nan: no embd)."""
-    from ..media.audio import audio_frames
     from ..media.image import prepare_image
     items, diffs, k = [], [], 0
     while f"image_{i}_{k}" in ref or f"audio_{i}_{k}" in ref:
@@ -27,8 +26,9 @@ def reference_items(ref, i: int, prompter: MediaPrompter) -> tuple[list[SoftToke
             prepared = prepare_image(rgb, patch=prompter.projector.vision.patch, resize=False, name=f"image_{i}_{k}")
             item = PreparedItem(IMAGE, f"image_{i}_{k}", prepared.n_tokens, image=prepared)
         else:
-            frames = audio_frames(np.asarray(ref[f"audio_{i}_{k}"], np.float32), prompter.projector.audio.frame)
-            item = PreparedItem(AUDIO, f"audio_{i}_{k}", frames.shape[0], frames=frames)
+            frames, n_tokens = prompter.encoder.audio_input(np.asarray(ref[f"audio_{i}_{k}"], np.float32),
+                                                            f"audio_{i}_{k}")
+            item = PreparedItem(AUDIO, f"audio_{i}_{k}", n_tokens, frames=frames)
         soft = prompter.soft_tokens(item)
         want = ref[f"embd_{i}_{k}"] if f"embd_{i}_{k}" in ref else None
         diffs.append(float(np.abs(soft.embd - want).max()) if want is not None and want.shape == soft.embd.shape

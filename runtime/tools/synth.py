@@ -53,34 +53,60 @@ def layer_is_sliding(i: int, shape: Shape = DENSE_12B) -> bool:
     return (i + 1) % shape.period != 0
 
 
+def shared_kv_layers(n_layers: int, shape: Shape = DENSE_12B) -> int:
+    """How many tail layers reuse KV in an n-layer file of `shape`: the shape's own count at its
+    published depth, else the same fraction, leaving at least one period of producers."""
+    if not shape.shared_kv_layers:
+        return 0
+    if n_layers == shape.n_layer:
+        return shape.shared_kv_layers
+    return max(0, min(round(n_layers * shape.shared_kv_layers / shape.n_layer), n_layers - shape.period))
+
+
+def layer_ffn(i: int, n_layers: int, shape: Shape = DENSE_12B) -> int:
+    shared = i >= n_layers - shared_kv_layers(n_layers, shape)
+    return 2 * shape.ffn if shared and shape.double_wide_shared else shape.ffn
+
+
 def tensor_plan(n_layers: int, qtype: QT, n_vocab: int, shape: Shape = DENSE_12B) -> list[tuple[str, QT, int, int]]:
     """(name, type, rows, cols) in the order llama.cpp's converter writes them (sorted names per
-    layer); 3-D expert tensors are listed with rows = experts x rows per expert."""
-    E = shape.hidden
+    layer); 3-D expert tensors are listed with rows = experts x rows per expert. Edge shapes add
+    the per-layer embeddings (PLE: the table, its model projection and norm, per layer the gate,
+    projection and post norm) and drop K/V (and the K norm) on the shared-KV tail layers."""
+    E, P = shape.hidden, shape.per_layer_dim
+    first_shared = n_layers - shared_kv_layers(n_layers, shape)
     plan = [("output_norm.weight", QT.F32, 1, E),
             ("rope_freqs.weight", QT.F32, 1, shape.d_global // 2),
             ("token_embd.weight", qtype, n_vocab, E)]
+    if P:
+        plan += [("per_layer_model_proj.weight", qtype, n_layers * P, E),
+                 ("per_layer_proj_norm.weight", QT.F32, 1, P),
+                 ("per_layer_token_embd.weight", qtype, n_vocab, n_layers * P)]
     for i in range(n_layers):
         sl = layer_is_sliding(i, shape)
         D, KV = (shape.d_swa, shape.kv_swa) if sl else (shape.d_global, shape.kv_global)
+        F = layer_ffn(i, n_layers, shape)
         p = f"blk.{i}."
         t = [
-            (p + "attn_k.weight", qtype, KV * D, E),
-            (p + "attn_k_norm.weight", QT.F32, 1, D),
             (p + "attn_norm.weight", QT.F32, 1, E),
             (p + "attn_output.weight", qtype, E, shape.n_head * D),
             (p + "attn_q.weight", qtype, shape.n_head * D, E),
             (p + "attn_q_norm.weight", QT.F32, 1, D),
-            (p + "ffn_down.weight", qtype, E, shape.ffn),
-            (p + "ffn_gate.weight", qtype, shape.ffn, E),
+            (p + "ffn_down.weight", qtype, E, F),
+            (p + "ffn_gate.weight", qtype, F, E),
             (p + "ffn_norm.weight", QT.F32, 1, E),
-            (p + "ffn_up.weight", qtype, shape.ffn, E),
+            (p + "ffn_up.weight", qtype, F, E),
             (p + "layer_output_scale.weight", QT.F32, 1, 1),
             (p + "post_attention_norm.weight", QT.F32, 1, E),
             (p + "post_ffw_norm.weight", QT.F32, 1, E),
         ]
-        if sl or not shape.k_eq_v_global:
-            t.append((p + "attn_v.weight", qtype, KV * D, E))
+        if P:
+            t += [(p + "inp_gate.weight", qtype, P, E), (p + "proj.weight", qtype, E, P),
+                  (p + "post_norm.weight", QT.F32, 1, E)]
+        if i < first_shared:
+            t += [(p + "attn_k.weight", qtype, KV * D, E), (p + "attn_k_norm.weight", QT.F32, 1, D)]
+            if sl or not shape.k_eq_v_global:
+                t.append((p + "attn_v.weight", qtype, KV * D, E))
         if shape.n_expert:
             X, F = shape.n_expert, shape.expert_ffn
             t += [
@@ -190,7 +216,11 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
     w.add_uint32(f"{ARCH}.block_count", n_layers)
     w.add_uint32(f"{ARCH}.context_length", DENSE_12B.context_length)   # every synthetic file: the 12B's
     w.add_uint32(f"{ARCH}.embedding_length", shape.hidden)
-    w.add_uint32(f"{ARCH}.feed_forward_length", shape.ffn)
+    ffn = [layer_ffn(i, n_layers, shape) for i in range(n_layers)]
+    if len(set(ffn)) == 1:
+        w.add_uint32(f"{ARCH}.feed_forward_length", shape.ffn)
+    else:                     # per layer, as llama.cpp's converter writes a double-wide tail
+        w.add_key_value(f"{ARCH}.feed_forward_length", ffn, GGUFValueType.ARRAY, sub_type=GGUFValueType.INT32)
     w.add_uint32(f"{ARCH}.attention.head_count", shape.n_head)
     # per layer (sliding and global counts differ), as llama.cpp writes for non-uniform counts
     w.add_key_value(f"{ARCH}.attention.head_count_kv", [shape.kv_swa if s else shape.kv_global for s in sliding],
@@ -206,8 +236,8 @@ def write_synthetic(out: Path, n_layers: int, qtype: QT, vocab: Optional[Path], 
     w.add_uint32(f"{ARCH}.attention.value_length", shape.d_global)
     w.add_float32(f"{ARCH}.final_logit_softcapping", 30.0)
     w.add_uint32(f"{ARCH}.attention.sliding_window", shape.window)
-    w.add_uint32(f"{ARCH}.attention.shared_kv_layers", 0)
-    w.add_uint32(f"{ARCH}.embedding_length_per_layer_input", 0)
+    w.add_uint32(f"{ARCH}.attention.shared_kv_layers", shared_kv_layers(n_layers, shape))
+    w.add_uint32(f"{ARCH}.embedding_length_per_layer_input", shape.per_layer_dim)
     w.add_key_value(f"{ARCH}.attention.sliding_window_pattern", sliding, GGUFValueType.ARRAY,
                     sub_type=GGUFValueType.BOOL)
     w.add_uint32(f"{ARCH}.attention.key_length_swa", shape.d_swa)

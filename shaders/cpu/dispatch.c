@@ -33,6 +33,16 @@ WEAK void g4_k_layernorm(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_add_vector(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_gather_add(const g4_cmd *, g4_exec *, int, int);
 WEAK void g4_k_take_rows(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_silu(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_glu(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_conv2d_norm_relu(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_depthwise_conv1d(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_chunked_attention(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_clamp(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_rope2d(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_full_attention(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_pool_rows(const g4_cmd *, g4_exec *, int, int);
+WEAK void g4_k_standardize(const g4_cmd *, g4_exec *, int, int);
 WEAK int g4_block_values(int);
 
 typedef void (*kernel_fn)(const g4_cmd *, g4_exec *, int, int);
@@ -59,6 +69,16 @@ static kernel_fn kernel_of(int op) {
     case G4_OP_ADD_VECTOR: return g4_k_add_vector;
     case G4_OP_GATHER_ADD: return g4_k_gather_add;
     case G4_OP_TAKE_ROWS: return g4_k_take_rows;
+    case G4_OP_SILU: return g4_k_silu;
+    case G4_OP_GLU: return g4_k_glu;
+    case G4_OP_CONV2D_NORM_RELU: return g4_k_conv2d_norm_relu;
+    case G4_OP_DEPTHWISE_CONV1D: return g4_k_depthwise_conv1d;
+    case G4_OP_CHUNKED_ATTENTION: return g4_k_chunked_attention;
+    case G4_OP_CLAMP: return g4_k_clamp;
+    case G4_OP_ROPE2D: return g4_k_rope2d;
+    case G4_OP_FULL_ATTENTION: return g4_k_full_attention;
+    case G4_OP_POOL_ROWS: return g4_k_pool_rows;
+    case G4_OP_STANDARDIZE: return g4_k_standardize;
     default: return NULL;
     }
 }

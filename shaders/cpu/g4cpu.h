@@ -100,8 +100,27 @@ enum {
     G4_OP_ADD_VECTOR = 18,/* out[r] = a[r] + w[cols]                                           */
     G4_OP_GATHER_ADD = 19,/* out[r] = a[r] + sum_j w[(int)b[r*group + j]]; w f32 [w_rows, cols] */
     G4_OP_TAKE_ROWS = 20, /* out[r] = c[r] != 0 ? b[r] : a[r] (b [rows, cols], c [rows, 1])    */
+    /* vision encoder ops (vit_ops.c; numbered apart so other additions do not collide) */
+    G4_OP_CLAMP = 40,     /* out = min(max(a, scale), cap)                                      */
+    G4_OP_ROPE2D = 41,    /* axial NeoX rotary: each head's halves by b[r*2 + 0] / b[r*2 + 1],   */
+                          /* group = head_dim, freqs[group/4] (double)                          */
+    G4_OP_FULL_ATTENTION = 42, /* non-causal softmax(scale q.k) v over all rows: a, b, c as   */
+                          /* ATTENTION's q, k, v; no cache                                      */
+    G4_OP_POOL_ROWS = 43, /* out[r] = scale * mean of a rows r*group .. r*group + group - 1     */
+    G4_OP_STANDARDIZE = 44, /* out[r] = (a[r] - d) * w (f32 rows of cols values)                 */
+    /* the gemma4a conformer's ops (conformer_ops.c; its clamps are CLAMP); numbered apart */
+    G4_OP_SILU = 50,      /* out = a * sigmoid(a)                                              */
+    G4_OP_GLU = 51,       /* out[r, j] = a[r, j] * sigmoid(a[r, j + cols]); a has in_cols      */
+    G4_OP_CONV2D_NORM_RELU = 52, /* 3x3 s2 p1 conv (group in -> n_head out channels, n_rot
+                                    input rows, c = row mask) -> LayerNorm(d) -> ReLU        */
+    G4_OP_DEPTHWISE_CONV1D = 53, /* causal depthwise conv over rows, kernel `group`, w [cols][group] */
+    G4_OP_CHUNKED_ATTENTION = 54,/* local attention with a relative table w, keys < row0 (valid) */
     G4_OP_COUNT_
 };
+/* Limits of the conformer kernels' stack arrays (the lowering refuses more). */
+#define G4_CONV_MAX_CH 1024
+#define G4_CONV_MAX_HEAD_DIM 512
+#define G4_CONV_MAX_WINDOW 64
 
 /* One lowered op. Fields an op does not use are zero / NULL.
  *
@@ -248,6 +267,18 @@ void g4_k_layernorm(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_add_vector(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_gather_add(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 void g4_k_take_rows(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+/* The gemma4a conformer's ops (conformer_ops.c). */
+void g4_k_silu(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_glu(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_conv2d_norm_relu(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_depthwise_conv1d(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_chunked_attention(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+/* The vision encoder's ops (vit_ops.c). */
+void g4_k_clamp(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_rope2d(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_full_attention(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_pool_rows(const g4_cmd *c, g4_exec *ex, int ith, int nth);
+void g4_k_standardize(const g4_cmd *c, g4_exec *ex, int ith, int nth);
 
 /* Mixture of experts (moe.c). */
 void g4_k_moe_route(const g4_cmd *c, g4_exec *ex, int ith, int nth);

@@ -18,10 +18,15 @@
 // decode step's n_split each row then gets a decode step's bits.
 // ahead (media prompts; NULL otherwise): per row, how many later rows of its segment it also
 // sees (an image's tokens see their whole image; the window still applies): keys lo .. p + ahead.
+// round_batch is a flags word: bit 0 the rounding above; bit 1 (ATT_PAST, ops.PastAttention: an MTP
+// drafter reading its target's cache) keys end before the query, lo .. p - 1, all from the cache
+// (k and v are not read).
 #include "common.cuh"
 
 #define ATT_WARPS 4
 #define ATT_KB 4      // keys per warp step
+#define ATT_ROUND 1   // flags (the round_batch argument)
+#define ATT_PAST 2
 
 __device__ __forceinline__ float ld_kv(const float* p, int i) { return p[i]; }
 __device__ __forceinline__ float ld_kv(const u16* p, int i) { return f16_to_f32(p[i]); }
@@ -39,10 +44,11 @@ __device__ __forceinline__ void attn_partial_impl(
     const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int p = ROW_POS(params, r), b0 = ROW_SEG0(params, r);
-    const int pos0 = p - (r - b0);
+    const bool past = (round_batch & ATT_PAST) != 0;
+    const int pos0 = past ? p + 1 : p - (r - b0);   // past: no fresh rows, every key is cached
     const size_t sbase = (size_t)ROW_SLOT(params, r) * ring;
     const int lo = window > 0 ? max(0, p - window + 1) : 0;
-    int hi = p;
+    int hi = past ? p - 1 : p;
     if (ahead) hi = p + min(max((int)ahead[r], 0), b0 + ROW_SEGN(params, r) - 1 - r);
     const int L = hi - lo + 1;
     const int chunk = (L + n_split - 1) / n_split;
@@ -71,7 +77,7 @@ __device__ __forceinline__ void attn_partial_impl(
             if (kp < c1) {
                 if (kp >= pos0) {
                     const float* kr = k + (size_t)(b0 + kp - pos0) * kvstride + kvh * D;
-                    const bool rnd = round_batch && kp < p;
+                    const bool rnd = (round_batch & ATT_ROUND) && kp < p;
 #pragma unroll
                     for (int i = 0; i < DPL; i++) {
                         const int d = lane + 32 * i;
@@ -107,7 +113,7 @@ __device__ __forceinline__ void attn_partial_impl(
             l += pe;
             if (kp >= pos0) {
                 const float* vr = v + (size_t)(b0 + kp - pos0) * kvstride + kvh * D;
-                const bool rnd = round_batch && kp < p;
+                const bool rnd = (round_batch & ATT_ROUND) && kp < p;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
                     const int d = lane + 32 * i;

@@ -13,6 +13,8 @@
 // the batch gets the bits a one-row decode step would.
 // Define AHEAD (media prompts): binding 7 holds per row how many later rows of its segment it
 // also sees (an image's tokens see their whole image; the window still applies).
+// Define PAST (ops.PastAttention, an MTP drafter reading its target's cache): the keys end before
+// the query (p - 1) and all come from the cache; the k/v bindings are not read.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #define WG 64
@@ -90,6 +92,10 @@ void main() {
         // later rows of the segment this row sees (at most the segment's end)
         uint seg_left = row_seg0(row) + row_segn(row) - 1u - row;
         last = p + min(uint(max(ahead_s[pc.a_off + row], 0.0)), seg_left);
+#endif
+#ifdef PAST
+        pos0 = p + 1u;       // no fresh rows: every key is a cached position
+        last = p - 1u;       // p >= 1
 #endif
         uint n_keys = last - first + 1u;
         barrier();   // q_s / p_s of the previous item are no longer read

@@ -230,6 +230,42 @@ def lower_take_rows(lw: _Lowering, c, op: ops.TakeRows) -> None:
     c.op, c.a, c.b, c.c = N.OP_TAKE_ROWS, _ptr(lw.buf(op.x)), _ptr(src), _ptr(take)
 
 
+# ---- vision encoder ops (vit_ops.c) ------------------------------------------------------------
+def lower_clamp(lw: _Lowering, c, op: ops.Clamp) -> None:
+    c.op, c.a, c.scale, c.cap = N.OP_CLAMP, _ptr(lw.buf(op.x)), op.lo, op.hi
+
+
+def lower_rope2d(lw: _Lowering, c, op: ops.Rope2D) -> None:
+    pos = lw.buf(op.pos)
+    if op.head_dim % 4 or c.cols % op.head_dim or pos.shape[0] < c.rows or pos.shape[1] != 2:
+        raise G4rtError(f"CPU backend: rope2d on {op.x}: head size {op.head_dim} / positions {op.pos} do not fit")
+    freqs = ops.inverse_frequencies(op.base, op.head_dim // 2)
+    lw.keep.append(freqs)
+    c.op, c.group, c.a, c.b, c.freqs = N.OP_ROPE2D, op.head_dim, _ptr(lw.buf(op.x)), _ptr(pos), _ptr(freqs)
+
+
+def lower_full_attention(lw: _Lowering, c, op: ops.FullAttention) -> None:
+    q, k, v = lw.buf(op.q), lw.buf(op.k), lw.buf(op.v)
+    if op.n_head % op.n_kv_head or k.shape[0] != c.rows or v.shape[0] != c.rows:
+        raise G4rtError(f"CPU backend: full attention {op.out} has inconsistent shapes")
+    c.op, c.group, c.n_head, c.n_kv_head, c.scale = N.OP_FULL_ATTENTION, op.head_dim, op.n_head, op.n_kv_head, op.scale
+    c.a, c.b, c.c = _ptr(q), _ptr(k), _ptr(v)
+
+
+def lower_pool_rows(lw: _Lowering, c, op: ops.PoolRows) -> None:
+    x = lw.buf(op.x)
+    if x.shape[0] != c.rows * op.group or x.shape[1] != c.cols:
+        raise G4rtError(f"CPU backend: pool_rows {op.out}: {x.shape[0]} rows do not make {c.rows} groups of {op.group}")
+    c.op, c.group, c.scale, c.a = N.OP_POOL_ROWS, op.group, op.scale, _ptr(x)
+
+
+def lower_standardize(lw: _Lowering, c, op: ops.Standardize) -> None:
+    c.op, c.a, c.w, c.d = N.OP_STANDARDIZE, _ptr(lw.buf(op.x)), lw.small_vector(op.weight), lw.small_vector(op.bias)
+
+
+from .audio_lowering import (lower_chunked_attention, lower_conv2d_norm_relu,  # noqa: E402,F401
+                             lower_depthwise_conv1d, lower_glu, lower_silu)
+
 LOWERINGS: dict[type, Callable[[_Lowering, object, ops.Op], None]] = ops.table_by_kind(globals(), "lower_")
 
 

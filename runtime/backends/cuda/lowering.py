@@ -38,7 +38,10 @@ class Launch:
 
 
 def rows_below(ref: tuple, row0: int, cols: int) -> tuple:
-    """An arena reference moved down `row0` rows of `cols` floats."""
+    """An arena reference moved down `row0` rows of `cols` floats (row 0: any reference, e.g. an
+    input such as an MTP drafter's hidden state)."""
+    if row0 == 0:
+        return ref
     if ref[0] != "A":
         raise G4rtError("a row offset needs an activation buffer")
     return ("A", ref[1] + row0 * cols * 4)
@@ -283,6 +286,44 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
                             lw.ref(op.ahead) if op.ahead is not None else 0]))
     launches.append(Launch("attn_combine", (heads, rows, 1), kernels.ATT_THREADS,
                            [part, dst, heads, dim, n_split]))
+    if inplace:
+        launches.append(copy_launch(dst, lw.out(op, (rows, heads * dim)), rows, heads * dim))
+    return launches
+
+
+def lower_past_attention(lw: GraphLowering, op: ops.PastAttention) -> list[Launch]:
+    """The attention kernels with ATT_PAST (attention.cu): each row's keys are its slot's cached
+    positions before it, the window applied; split as a one-row decode step over the cache."""
+    be = lw.backend
+    heads, kv_heads, dim = op.n_head, op.n_kv_head, op.head_dim
+    if kv_heads <= 0 or heads % kv_heads:
+        raise G4rtError(f"{heads} heads are not a multiple of {kv_heads} KV heads")
+    rows, qc = lw.shape(op.q)
+    if qc != heads * dim:
+        raise G4rtError(f"q has {qc} columns, expected {heads} x {dim}")
+    if rows > lw.n or rows > 65535:
+        raise G4rtError(f"{rows} query rows for {lw.n} positions")
+    ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
+    if ck is None or cv is None:
+        raise G4rtError(f"KV caches {op.cache_k!r}/{op.cache_v!r} are not allocated")
+    if ck.cols != kv_heads * dim or cv.cols != kv_heads * dim or (ck.rows, ck.ring) != (cv.rows, cv.ring):
+        raise G4rtError(f"caches are [{ck.rows}, {ck.cols}] / [{cv.rows}, {cv.cols}], "
+                        f"expected {kv_heads * dim} columns")
+    try:
+        kernel = kernels.attn_variant(dim, ck.f16)
+    except ValueError as e:
+        raise G4rtError(str(e)) from None
+    max_keys = min(op.window, ck.ring) if op.window > 0 else ck.ring
+    n_split = kernels.attn_splits(max_keys, 1, heads, be.sm_count)
+    part = lw.scratch(rows * heads * n_split * (dim + 2) * 4)
+    q = lw.ref(op.q)
+    inplace = op.out == op.q
+    dst = lw.scratch(rows * heads * dim * 4) if inplace else lw.out(op, (rows, heads * dim))
+    past = 2                                      # ATT_PAST: k and v (q stands in) are not read
+    launches = [Launch(kernel, (n_split, heads, rows), kernels.ATT_THREADS,
+                       [q, q, q, ("C", op.cache_k), ("C", op.cache_v), part, PARAMS, heads, kv_heads, dim,
+                        int(op.window), ck.ring, float(op.scale), n_split, past, 0]),
+                Launch("attn_combine", (heads, rows, 1), kernels.ATT_THREADS, [part, dst, heads, dim, n_split])]
     if inplace:
         launches.append(copy_launch(dst, lw.out(op, (rows, heads * dim)), rows, heads * dim))
     return launches

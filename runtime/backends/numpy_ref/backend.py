@@ -392,6 +392,56 @@ def apply_take_rows(c: _Call, op: ops.TakeRows):
     return np.where(take, c.get(op.src)[:c.n], c.get(op.x))
 
 
+from .audio_ops import (apply_chunked_attention, apply_conv2d_norm_relu,  # noqa: E402,F401
+                        apply_depthwise_conv1d, apply_glu, apply_silu)
+
+# ---- vision encoder ops (gemma4v; ops.py's "vision encoder ops") ---------------------------------
+def rope2d(x: np.ndarray, pos: np.ndarray, head_dim: int, base: float) -> np.ndarray:
+    """ops.Rope2D: each head's first half NeoX-rotated at pos[:, 0], its second half at pos[:, 1]."""
+    rows, cols = x.shape
+    half = head_dim // 2
+    v = x.reshape(rows, cols // head_dim, 2, half)
+    out = np.empty_like(v)
+    for axis in (0, 1):
+        out[:, :, axis] = rope(np.ascontiguousarray(v[:, :, axis]).reshape(rows, -1), pos[:, axis], half, half,
+                               base, None).reshape(rows, -1, half)
+    return out.reshape(rows, cols)
+
+
+def full_attention(q, k, v, n_head: int, n_kv_head: int, head_dim: int, scale: float) -> np.ndarray:
+    """ops.FullAttention: every row attends to every row."""
+    n = q.shape[0]
+    kpos = np.zeros(n, np.int64)
+    return _attend(q, k, v, kpos, kpos, n_head, n_kv_head, head_dim, 0, scale)
+
+
+def pool_rows(x: np.ndarray, group: int, scale: float) -> np.ndarray:
+    """ops.PoolRows: the mean of each run of `group` rows (double), times scale (float32)."""
+    rows, cols = x.shape
+    mean = x.astype(np.float64).reshape(rows // group, group, cols).mean(axis=1).astype(np.float32)
+    return mean * np.float32(scale)
+
+
+def apply_clamp(c: _Call, op: ops.Clamp):
+    return np.minimum(np.maximum(c.get(op.x), np.float32(op.lo)), np.float32(op.hi))
+
+
+def apply_rope2d(c: _Call, op: ops.Rope2D):
+    return rope2d(c.get(op.x), c.get(op.pos)[:c.n].astype(np.int64), op.head_dim, op.base)
+
+
+def apply_full_attention(c: _Call, op: ops.FullAttention):
+    return full_attention(c.get(op.q), c.get(op.k), c.get(op.v), op.n_head, op.n_kv_head, op.head_dim, op.scale)
+
+
+def apply_pool_rows(c: _Call, op: ops.PoolRows):
+    return pool_rows(c.get(op.x), op.group, op.scale)
+
+
+def apply_standardize(c: _Call, op: ops.Standardize):
+    return (c.get(op.x) - c.backend.vector(op.bias).reshape(1, -1)) * c.backend.vector(op.weight).reshape(1, -1)
+
+
 OP_FUNCTIONS: dict[type, Callable[[_Call, ops.Op], Optional[np.ndarray]]] = ops.table_by_kind(globals(), "apply_")
 
 

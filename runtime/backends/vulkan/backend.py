@@ -168,6 +168,21 @@ class VulkanBackend(Backend):
         seq.eval()
         return self.cache_values(np.array(t.data(), np.uint32), c.cache)
 
+    def write_cache(self, name: str, values: np.ndarray) -> None:
+        """Overwrite a KV cache with float32 [slots * rows, cols] values (converted to its dtype):
+        tests, as CudaBackend.write_cache."""
+        c = self.caches.get(name)
+        if c is None:
+            raise G4rtError(f"KV cache {name!r} was not allocated")
+        a = np.asarray(values, np.float16 if self.kv_f16 else np.float32)
+        words = np.ascontiguousarray(a.reshape(c.cache.slots * c.cache.rows, c.cache.cols)).reshape(-1).view(np.uint32)
+        t = self.device_tensor(c.words, np.uint32)
+        t.data()[:] = words
+        seq = self.mgr.sequence()
+        seq.record(self.kp.OpTensorSyncDevice([t]))
+        seq.record(self.pipelines.op(copy_dispatch(t, 0, c.tensor, c.off, c.words)))
+        seq.eval()
+
     def cache_values(self, words: np.ndarray, cache: ops.KvCache) -> np.ndarray:
         """A cache's words (f16 pairs or f32) as float32 [slots * rows, cols]."""
         vals = words.view(np.float16).astype(np.float32) if self.kv_f16 else words.view(np.float32).copy()
@@ -341,7 +356,7 @@ class VulkanGraph(CompiledGraph):
             need = max([c.words for c in be.caches.values()] +
                        [loc.rows * loc.cols for name, loc in self.locs.items() if name != self.graph.output] + [1])
             self._rb = be.device_tensor(need, np.uint32)
-            self._params_seq = be.mgr.sequence().record(kp.OpTensorSyncDevice([self.params]))
+            self._params_seq = be.mgr.sequence().record(kp.OpTensorSyncDevice([self.params] + self.input_tensors))
             self._op_seqs = []
             for op, ds in zip(self.graph.ops, self.op_dispatches):
                 seq = be.mgr.sequence()

@@ -196,6 +196,34 @@ def lower_attention(ctx, op: ops.Attention):
     return res
 
 
+def lower_past_attention(ctx, op: ops.PastAttention):
+    """attention.comp with PAST: each row's keys are its slot's cached positions before it (the
+    window applied), the same arithmetic as a decode row's attention."""
+    be = ctx.backend
+    q, out = ctx.loc(op.q), ctx.loc(op.out)
+    if op.head_dim > ATTN_MAX_HEAD_DIM or op.head_dim % 8 or op.n_head % op.n_kv_head:
+        raise G4rtError(f"past attention: head_dim {op.head_dim} (at most {ATTN_MAX_HEAD_DIM}, a multiple of 8), "
+                        f"{op.n_head} heads over {op.n_kv_head} KV heads is not supported")
+    ck, cv = ctx.cache(op.cache_k), ctx.cache(op.cache_v)
+    if ck.cache.cols != op.n_kv_head * op.head_dim or cv.cache.cols != ck.cache.cols:
+        raise G4rtError(f"past attention: caches of {ck.cache.cols} columns for {op.n_kv_head} x {op.head_dim}")
+    keys = min(op.window, ck.cache.rows) if op.window else ck.cache.rows
+    if be.info.is_cpu and -(-keys // 64) * (op.head_dim // 8 + 72) > 60000:
+        raise G4rtError(f"past attention over {keys} keys (head_dim {op.head_dim}) is beyond what the "
+                        f"CPU Vulkan driver can loop over; use a smaller context")
+    var = variant("attention", KV_F16=True, PAST=True) if be.kv_f16 else variant("attention", PAST=True)
+    res = []
+    for r0, r1 in bands(out.rows, [(q, 0), (out, 0)]):
+        qt, qo = q.at(r0, r1)
+        ot, oo = out.at(r0, r1)
+        rows = r1 - r0
+        # the k/v bindings (fresh rows) are never read with PAST: the query buffer stands in
+        pc = push_words(qo, q.cols, qo, q.cols, qo, q.cols, oo, out.cols, rows, r0, op.n_head, op.n_kv_head,
+                        op.head_dim, op.window, ck.cache.rows, ck.cache.cols, float(op.scale), ck.off, cv.off)
+        res.append(Dispatch(var, (ctx.params, qt, qt, qt, ck.tensor, cv.tensor, ot), workgroups(rows * op.n_head), pc))
+    return res
+
+
 def lower_take_rows(ctx, op: ops.TakeRows):
     x, src, take, out = ctx.loc(op.x), ctx.loc(op.src), ctx.loc(op.take), ctx.loc(op.out)
     if src.cols != out.cols or src.rows < out.rows or take.rows < out.rows:

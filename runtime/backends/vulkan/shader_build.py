@@ -85,6 +85,7 @@ def all_variants() -> list[Variant]:
             out.append(variant("attention", KV_F16=True, ROUND_BATCH=True))
         out.append(variant("attention_rows", KV_F16=True) if kv else variant("attention_rows"))
         out.append(variant("attention", KV_F16=True, AHEAD=True) if kv else variant("attention", AHEAD=True))
+        out.append(variant("attention", KV_F16=True, PAST=True) if kv else variant("attention", PAST=True))
         out.append(variant("kv_store", KV_F16=True) if kv else variant("kv_store"))
     for name in ("rmsnorm", "rope", "gelu_mul", "gelu", "add", "mul", "scale", "softcap", "slice", "copy",
                  "moe_route", "moe_sum", "take_rows"):

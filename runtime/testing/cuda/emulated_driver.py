@@ -375,10 +375,12 @@ class EmulatedDriver:
         A = self.view(ahead, R) if ahead else None
         for r in range(R):
             p, b0 = int(rows[r, 0]), int(rows[r, 2])
-            pos0 = p - (r - b0)                   # the row's segment: rows b0 .., positions pos0 ..
+            past = bool(round_batch & 2)          # PastAttention: keys before p, all cached
+            pos0 = p + 1 if past else p - (r - b0)   # the row's segment: rows b0 .., positions pos0 ..
             CK, CV = CKa[rows[r, 1]], CVa[rows[r, 1]]
             lo = max(0, p - window + 1) if window > 0 else 0
             hi = p if A is None else p + min(max(int(A[r]), 0), b0 + int(rows[r, 3]) - 1 - r)
+            hi = p - 1 if past else hi
             L = hi - lo + 1
             chunk = (L + ns - 1) // ns
             for h in range(H):
@@ -392,7 +394,7 @@ class EmulatedDriver:
                     kp = np.arange(c0, c1)
                     fresh = kp >= pos0
                     kb, vb = Kb[np.clip(b0 + kp - pos0, 0, R - 1), kvh], Vb[np.clip(b0 + kp - pos0, 0, R - 1), kvh]
-                    if round_batch:          # earlier batch rows as the f16 cache holds them
+                    if round_batch & 1:      # earlier batch rows as the f16 cache holds them
                         early = (kp < p)[:, None]
                         kb = np.where(early, kb.astype(np.float16).astype(np.float32), kb)
                         vb = np.where(early, vb.astype(np.float16).astype(np.float32), vb)
