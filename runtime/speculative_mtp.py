@@ -30,7 +30,7 @@ from .errors import G4rtError
 from .gguf.reader import GGUFFile
 from .model.assistant import AssistantConfig, load_assistant_config
 from .model.assistant_graph import NEXT_HIDDEN, TARGET_EMBD, AssistantWeights, build_assistant_graph, hidden_input_name
-from .ops import Graph, Segment, op_weights
+from .ops import WEIGHT_FIELDS, Graph, Segment
 
 #: The drafter's weights on a backend shared with the target (the assistant's tensors are named
 #: blk.N... like the target's).
@@ -127,10 +127,8 @@ def namespaced(graph: Graph, rename: dict[str, str]) -> Graph:
         return rename.get(name, MTP_PREFIX + name)
     ops = []
     for op in graph.ops:
-        fields = {a: new(getattr(op, a)) for a in ("table", "weight", "bias", "freq_factors", "by", "expert_scale")
-                  if getattr(op, a, None) is not None}
+        fields = {a: new(getattr(op, a)) for a in WEIGHT_FIELDS if getattr(op, a, None) is not None}
         ops.append(dataclasses.replace(op, **fields) if fields else op)
-        assert len(op_weights(ops[-1])) == len(fields)
     weights = {new(n): dataclasses.replace(w, name=new(n)) for n, w in graph.weights.items()}
     return dataclasses.replace(graph, ops=ops, weights=weights)
 

@@ -37,11 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llama_convert  # noqa: E402  (scripts/llama_convert.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "assistant"
 WORK = ROOT / ".cache" / "assistant-fixtures"       # the HF checkpoints and target states (not kept)
 FIXTURES = Path(os.environ.get("G4RT_FIXTURES", ROOT.parent / "shared" / "fixtures"))
-LLAMA = ROOT / ".cache" / "llama-bench" / "src" / "0.3.36" / "vendor" / "llama.cpp"
+LLAMA = llama_convert.LLAMA
 G4RT_PY = ROOT / ".venv" / "bin" / "python"
 
 #: target stem -> its sliding window, the prompt (fixtures ref index) and the cases' positions
@@ -94,7 +97,7 @@ def build(stem: str) -> Path:
 
 def write_token_count(hf: Path, target: Path) -> None:
     """The converter trims token_embd to len(tokenizer.json's vocab) + added tokens: write the
-    target's token list there (the vocabulary itself is copied by CONVERT_WRAPPER)."""
+    target's token list there (the vocabulary itself is copied by llama_convert.convert)."""
     import gguf
     r = gguf.GGUFReader(str(target))
     field = r.fields["tokenizer.ggml.tokens"]
@@ -105,42 +108,8 @@ def write_token_count(hf: Path, target: Path) -> None:
     (hf / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": []}))
 
 
-CONVERT_WRAPPER = r"""
-import sys
-sys.path.insert(0, {llama!r}); sys.path.insert(0, {llama!r} + "/gguf-py")
-sys.argv = ["convert_hf_to_gguf.py", {hf!r}, "--outtype", "f32", "--outfile", {out!r}]
-import gguf
-import convert_hf_to_gguf as conv
-from conversion import gemma
-
-def copy_vocab(self):
-    # the fixture targets have no tokenizer.json: take the target GGUF's own vocabulary
-    r = gguf.GGUFReader({target!r})
-    for field in r.fields.values():
-        if not field.name.startswith("tokenizer."):
-            continue
-        kind = field.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [field.parts[i] for i in field.data]
-            if sub == gguf.GGUFValueType.STRING:
-                vals = [bytes(v).decode("utf-8", "surrogateescape") for v in vals]
-            else:
-                vals = [v.tolist()[0] for v in vals]
-            self.gguf_writer.add_array(field.name, vals)
-        elif kind == gguf.GGUFValueType.STRING:
-            self.gguf_writer.add_string(field.name, bytes(field.parts[field.data[0]]).decode())
-        else:
-            self.gguf_writer.add_key_value(field.name, field.parts[field.data[0]].tolist()[0], kind)
-
-gemma.Gemma4AssistantModel.set_vocab = copy_vocab
-conv.main()
-"""
-
-
 def convert(hf: Path, target: Path, out: Path) -> None:
-    code = CONVERT_WRAPPER.format(llama=str(LLAMA), hf=str(hf), out=str(out), target=str(target))
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=LLAMA)
+    llama_convert.convert(hf, out, target, model_class="Gemma4AssistantModel")
 
 
 # ---- phase 2: the target states (g4rt) -----------------------------------------------------------

@@ -35,17 +35,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llama_convert  # noqa: E402  (scripts/llama_convert.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "gemma4a"
 WORK = ROOT / ".cache" / "gemma4a-fixtures"
 VOCAB_GGUF = ROOT.parent / "shared" / "fixtures-mm" / "models" / "g4u-mm-F32.gguf"
-LLAMA = ROOT / ".cache" / "llama-bench" / "src" / "0.3.36" / "vendor" / "llama.cpp"
+LLAMA = llama_convert.LLAMA
 SEED = 24
 VOCAB = 2048
 PAD, EOS, BOS, BOI, BOA, IMAGE, AUDIO, EOI, EOA, VIDEO = 0, 1, 2, 17, 18, 19, 20, 21, 22, 23
@@ -140,43 +142,8 @@ def token_list() -> list[str]:
     return [bytes(field.parts[i]).decode("utf-8", "surrogateescape") for i in field.data]
 
 
-CONVERT_WRAPPER = r"""
-import sys
-sys.path.insert(0, {llama!r}); sys.path.insert(0, {llama!r} + "/gguf-py")
-sys.argv = ["convert_hf_to_gguf.py", {hf!r}, "--outtype", "f32", "--outfile", {out!r}] + {extra!r}
-import gguf
-import convert_hf_to_gguf as conv
-from conversion import gemma
-
-def copy_vocab(self):
-    # the fixture vocabulary (2048 tokens) from the fixtures-mm text model, types and all
-    r = gguf.GGUFReader({vocab!r})
-    for field in r.fields.values():
-        if not field.name.startswith("tokenizer."):
-            continue
-        kind = field.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [field.parts[i] for i in field.data]
-            if sub == gguf.GGUFValueType.STRING:
-                vals = [bytes(v).decode("utf-8", "surrogateescape") for v in vals]
-            else:
-                vals = [v.tolist()[0] for v in vals]
-            self.gguf_writer.add_array(field.name, vals)
-        elif kind == gguf.GGUFValueType.STRING:
-            self.gguf_writer.add_string(field.name, bytes(field.parts[field.data[0]]).decode())
-        else:
-            self.gguf_writer.add_key_value(field.name, field.parts[field.data[0]].tolist()[0], kind)
-
-gemma.Gemma4Model.set_vocab = copy_vocab
-conv.main()
-"""
-
-
 def convert(hf: Path, out: Path, mmproj: bool) -> None:
-    code = CONVERT_WRAPPER.format(llama=str(LLAMA), hf=str(hf), out=str(out), vocab=str(VOCAB_GGUF),
-                                  extra=["--mmproj"] if mmproj else [])
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=LLAMA)
+    llama_convert.convert(hf, out, VOCAB_GGUF, mmproj=mmproj)
 
 
 def patch_float64_attention() -> None:

@@ -32,11 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llama_convert  # noqa: E402  (scripts/llama_convert.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "data" / "gemma4v"
@@ -44,7 +46,7 @@ WORK = ROOT / ".cache" / "gemma4v-fixtures"
 FIXTURES_MM = Path(os.environ.get("G4RT_FIXTURES_MM", ROOT.parent / "shared" / "fixtures-mm"))
 VOCAB_GGUF = FIXTURES_MM / "models" / "g4u-mm-F32.gguf"
 MM_REF = FIXTURES_MM / "ref" / "g4u-mm-F32.exact.npz"
-LLAMA = ROOT / ".cache" / "llama-bench" / "src" / "0.3.36" / "vendor" / "llama.cpp"
+LLAMA = llama_convert.LLAMA
 
 #: fixtures-mm prompts with images only (0 image-question, 1 two-images, 4 chat-image)
 PROMPTS = [0, 1, 4]
@@ -112,7 +114,7 @@ def build() -> None:
 
 def write_token_count(hf: Path) -> None:
     """The converter trims token_embd to the tokenizer's size: write the vocabulary's token list
-    (the vocabulary itself is copied by CONVERT_WRAPPER)."""
+    (the vocabulary itself is copied by llama_convert.convert)."""
     import gguf
     r = gguf.GGUFReader(str(VOCAB_GGUF))
     field = r.fields["tokenizer.ggml.tokens"]
@@ -122,43 +124,8 @@ def write_token_count(hf: Path) -> None:
     (hf / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": []}))
 
 
-CONVERT_WRAPPER = r"""
-import sys
-sys.path.insert(0, {llama!r}); sys.path.insert(0, {llama!r} + "/gguf-py")
-sys.argv = ["convert_hf_to_gguf.py", {hf!r}, "--outtype", "f32", "--outfile", {out!r}] + {extra!r}
-import gguf
-import convert_hf_to_gguf as conv
-from conversion import gemma
-
-def copy_vocab(self):
-    # the fixture has no real tokenizer: take the g4u-mm GGUF's vocabulary (CONTROL media tokens)
-    r = gguf.GGUFReader({vocab!r})
-    for field in r.fields.values():
-        if not field.name.startswith("tokenizer."):
-            continue
-        kind = field.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            sub = field.types[1]
-            vals = [field.parts[i] for i in field.data]
-            if sub == gguf.GGUFValueType.STRING:
-                vals = [bytes(v).decode("utf-8", "surrogateescape") for v in vals]
-            else:
-                vals = [v.tolist()[0] for v in vals]
-            self.gguf_writer.add_array(field.name, vals)
-        elif kind == gguf.GGUFValueType.STRING:
-            self.gguf_writer.add_string(field.name, bytes(field.parts[field.data[0]]).decode())
-        else:
-            self.gguf_writer.add_key_value(field.name, field.parts[field.data[0]].tolist()[0], kind)
-
-gemma.Gemma4Model.set_vocab = copy_vocab
-conv.main()
-"""
-
-
 def convert(hf: Path, out: Path, mmproj: bool) -> None:
-    code = CONVERT_WRAPPER.format(llama=str(LLAMA), hf=str(hf), out=str(out), vocab=str(VOCAB_GGUF),
-                                  extra=["--mmproj"] if mmproj else [])
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=LLAMA)
+    llama_convert.convert(hf, out, VOCAB_GGUF, mmproj=mmproj)
 
 
 # ---- phase 2: the transformers reference (float64) -----------------------------------------------

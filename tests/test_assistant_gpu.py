@@ -11,23 +11,19 @@ on the target's own backend instance and reads the target's cache buffers on the
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import FIXTURES, vulkan_skip_reason
+from test_assistant import DATA, MODELS, NEED_FIXTURES, TARGETS, _assistant, _greedy
 from g4rt import ops
 from g4rt.testing.cuda.simulator import sim_available
 
-DATA = Path(__file__).parent / "data" / "assistant"
-MODELS = FIXTURES / "models"
-TARGETS = ["g4-dense-untied-F32", "g4-edge-F32"]
 _VK_SKIP = vulkan_skip_reason()
 SIM_OK, SIM_REASON = sim_available()
 NEED_VULKAN = pytest.mark.skipif(_VK_SKIP is not None, reason=_VK_SKIP or "")
 NEED_SIM = pytest.mark.skipif(not SIM_OK, reason=SIM_REASON or "CUDA simulator unavailable")
-NEED_FIXTURES = pytest.mark.skipif(not MODELS.is_dir(), reason=f"{FIXTURES} is absent (the fixture targets)")
 BACKENDS = [pytest.param("vulkan", marks=NEED_VULKAN), pytest.param("cuda-sim", marks=NEED_SIM)]
 
 
@@ -39,10 +35,6 @@ def _backend(kind, kv_dtype="f32"):
     from g4rt.testing.cuda.emulated_driver import EmulatedDriver
     return CudaBackend(driver=EmulatedDriver(kernels="numpy" if kind == "cuda-emulated" else "sim"),
                        kv_dtype=kv_dtype)
-
-
-def _assistant(stem):
-    return DATA / f"{stem}-assistant-F32.gguf"
 
 
 # ---- the drafter against transformers ---------------------------------------------------------------
@@ -98,16 +90,6 @@ def test_drafter_on_the_device_matches_transformers(kind, stem):
 
 
 # ---- in the speculative loop ---------------------------------------------------------------------
-def _greedy(stem, ids, n, backend, **spec):
-    from g4rt.generation import GenerationStats, load
-    m = load(MODELS / f"{stem}.gguf", backend=backend, ctx=len(ids) + n + 24, **spec)
-    try:
-        st = GenerationStats()
-        return list(m.generate_ids(ids, n, stats=st)), st
-    finally:
-        m.close()
-
-
 @NEED_FIXTURES
 @pytest.mark.parametrize("kind, stem, n", [
     pytest.param("vulkan", TARGETS[0], 40, marks=NEED_VULKAN),

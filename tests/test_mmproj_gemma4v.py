@@ -235,6 +235,8 @@ def test_image_prompts_at_the_default_precision(stem):
 def test_integer_activations_with_images():
     # i16 is near-exact; q8 (llama.cpp's int8 rounding of activations) moves logits by ~0.4, which
     # on this fixture's close logits (median top-1/top-2 gap 0.1) flips 18 % of top-1 (0.815)
+    # q8 is never what auto picks, so the 0.85 bar (for the default path, asserted above) is not
+    # its gate: 0.75 is a regression floor under the measured 0.815, the Δ bar is the issue's
     w = worst(replay("cpu-i16", stem="g4v-Q4_0-pure")[0])
     assert w["top1"] >= 0.99 and w["max_dlogit"] <= 0.05, w
     w = worst(replay("cpu-q8", stem="g4v-Q4_0-pure")[0])

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..media.mel import log_mel
 from ..ops import (Add, AddVector, Buffer, ChunkedAttention, Clamp, Conv2dNormRelu, DepthwiseConv1d, Glu, Graph,
-                   MatMul, Op, RmsNorm, Scale, Silu, WeightSpec, input_rows)
+                   MatMul, RmsNorm, Scale, Silu, WeightSpec, input_rows)
+from .builder import GraphBuilder
 from .errors import MediaInputError
 from .reader import ConformerConfig
 
@@ -75,26 +76,12 @@ def input_names(t0: int, t1: int) -> dict[str, str]:
             "mask1": f"mm.sub_mask.{input_rows(t1)}"}
 
 
-class _Builder:
+class _Builder(GraphBuilder):
+    """GraphBuilder with the conformer's norms, gradient clips and its GGUF's clipped linears."""
+
     def __init__(self, cfg: ConformerConfig, specs: dict[str, WeightSpec], t0: int):
-        self.cfg, self.specs = cfg, specs
-        self.buffers = {"tokens": Buffer("tokens", t0, 1, "i32")}
-        self.weights: dict[str, WeightSpec] = {}
-        self.ops: list[Op] = []
-        self.labels: list[str] = []
-
-    def buf(self, name: str, rows: int, cols: int) -> str:
-        self.buffers[name] = Buffer(name, rows, cols)
-        return name
-
-    def w(self, name: str) -> str:
-        self.weights[name] = self.specs[name]
-        return name
-
-    def emit(self, label: str, op: Op) -> str:
-        self.ops.append(op)
-        self.labels.append(label)
-        return op.out
+        super().__init__(specs, t0)
+        self.cfg = cfg
 
     def rms(self, label: str, x: str, weight: str, cols: int) -> str:
         return self.emit(label, RmsNorm(x, x, self.w(weight) if weight else None, self.cfg.eps, cols))
@@ -103,16 +90,8 @@ class _Builder:
         return self.emit(label, Clamp(x, x, -GRADIENT_CLIP, GRADIENT_CLIP))
 
     def linear(self, name: str, out: str, x: str) -> str:
-        """A clipped linear: clamp(x) -> W -> clamp (the GGUF's bounds; +-inf where absent)."""
-        lo, hi, olo, ohi = self.cfg.clamps[name]
-        src = x
-        if math.isfinite(lo) or math.isfinite(hi):
-            src = self.emit(name + ".clamp_in", Clamp(out + ".in", x, lo, hi))
-            self.buffers[src] = Buffer(src, self.buffers[x].rows, self.buffers[x].cols)
-        self.emit(name, MatMul(out, src, self.w(name + ".weight")))
-        if math.isfinite(olo) or math.isfinite(ohi):
-            self.emit(name + ".clamp_out", Clamp(out, out, olo, ohi))
-        return out
+        """A clipped linear with the GGUF's bounds (+-inf where absent)."""
+        return self.clipped_linear(name, out, x, name + ".weight", self.cfg.clamps[name])
 
 
 def conformer_graph(cfg: ConformerConfig, specs: dict[str, WeightSpec], t0: int, valid: int) -> Graph:
@@ -128,17 +107,17 @@ def conformer_graph(cfg: ConformerConfig, specs: dict[str, WeightSpec], t0: int,
     D, F, (c0, c1) = cfg.width, cfg.n_mel, cfg.channels
     f1 = frames_after(F)
     f2 = frames_after(f1)
-    h1 = b.emit("conv1d.0", Conv2dNormRelu(b.buf("sub0", t1, f1 * c0), names["mel"], names["mask0"],
+    h1 = b.emit("conv1d.0", Conv2dNormRelu(b.buf("sub0", rows=t1, cols=f1 * c0), names["mel"], names["mask0"],
                                            b.w("a.conv1d.0.weight"), b.w("a.conv1d.0.norm.weight"), 1, c0, cfg.eps))
-    h2 = b.emit("conv1d.1", Conv2dNormRelu(b.buf("sub1", t2, f2 * c1), h1, names["mask1"],
+    h2 = b.emit("conv1d.1", Conv2dNormRelu(b.buf("sub1", rows=t2, cols=f2 * c1), h1, names["mask1"],
                                            b.w("a.conv1d.1.weight"), b.w("a.conv1d.1.norm.weight"), c0, c1, cfg.eps))
-    x = b.emit("a.input_projection", MatMul(b.buf("x", t2, D), h2, b.w("a.input_projection.weight")))
-    h = b.buf("h", t2, D)
-    up = b.buf("up", t2, cfg.ffn)
-    q, k, v, a = (b.buf(n, t2, D) for n in ("q", "k", "v", "attn"))
-    wide = b.buf("pw1", t2, 2 * D)
-    g = b.buf("glu", t2, D)
-    g2 = b.buf("dw", t2, D)
+    x = b.emit("a.input_projection", MatMul(b.buf("x", rows=t2, cols=D), h2, b.w("a.input_projection.weight")))
+    h = b.buf("h", rows=t2, cols=D)
+    up = b.buf("up", rows=t2, cols=cfg.ffn)
+    q, k, v, a = (b.buf(n, rows=t2, cols=D) for n in ("q", "k", "v", "attn"))
+    wide = b.buf("pw1", rows=t2, cols=2 * D)
+    g = b.buf("glu", rows=t2, cols=D)
+    g2 = b.buf("dw", rows=t2, cols=D)
     hd = cfg.head_dim
 
     def ffn(p: str, sfx: str) -> None:
@@ -180,15 +159,14 @@ def conformer_graph(cfg: ConformerConfig, specs: dict[str, WeightSpec], t0: int,
         ffn(p, "_1")
         b.clip(p + "out_clip", x)
         b.rms(p + "ln2", x, p + "ln2.weight", D)
-    o = b.emit("pre_encode.out", MatMul(b.buf("enc", t2, cfg.out_dims), x, b.w("a.pre_encode.out.weight")))
+    o = b.emit("pre_encode.out", MatMul(b.buf("enc", rows=t2, cols=cfg.out_dims), x, b.w("a.pre_encode.out.weight")))
     b.emit("pre_encode.out.bias", AddVector(o, o, b.w("a.pre_encode.out.bias")))
     b.emit("pre_projection_norm", RmsNorm(o, o, None, cfg.rms_eps, cfg.out_dims))
-    out = b.emit("input_projection", MatMul(b.buf("soft", t2, cfg.n_out), o, b.w("mm.a.input_projection.weight")))
+    out = b.emit("input_projection", MatMul(b.buf("soft", rows=t2, cols=cfg.n_out), o, b.w("mm.a.input_projection.weight")))
     inputs = {names["mel"]: Buffer(names["mel"], input_rows(t0), F),
               names["mask0"]: Buffer(names["mask0"], input_rows(t0), 1),
               names["mask1"]: Buffer(names["mask1"], input_rows(t1), 1)}
-    return Graph(n_tokens=t0, buffers=b.buffers, caches={}, weights=b.weights, ops=b.ops, output=out,
-                 labels=b.labels, inputs=inputs)
+    return b.graph(out, inputs)
 
 
 def graph_inputs(feats: AudioFeatures) -> dict[str, np.ndarray]:

@@ -13,7 +13,8 @@ patch, see encoder.py) and the position table's row of each axis; the audio fram
 from __future__ import annotations
 
 from ..gguf.reader import GGUFFile
-from ..ops import AddVector, Buffer, GatherAdd, Graph, LayerNorm, MatMul, Op, RmsNorm, WeightSpec, input_rows
+from ..ops import AddVector, Buffer, GatherAdd, Graph, LayerNorm, MatMul, RmsNorm, WeightSpec, input_rows
+from .builder import GraphBuilder
 from .reader import AudioConfig, VisionConfig
 
 
@@ -31,36 +32,10 @@ def input_names(kind: str, n: int) -> dict[str, str]:
     return {"frames": f"mm.frames.{cap}"}
 
 
-class _Ops:
-    def __init__(self, specs: dict[str, WeightSpec], n: int):
-        self.specs, self.n = specs, n
-        self.buffers = {"tokens": Buffer("tokens", n, 1, "i32")}
-        self.weights: dict[str, WeightSpec] = {}
-        self.ops: list[Op] = []
-        self.labels: list[str] = []
-
-    def buf(self, name: str, cols: int) -> str:
-        self.buffers[name] = Buffer(name, self.n, cols)
-        return name
-
-    def w(self, name: str) -> str:
-        self.weights[name] = self.specs[name]
-        return name
-
-    def emit(self, label: str, op: Op) -> str:
-        self.ops.append(op)
-        self.labels.append(label)
-        return op.out
-
-    def graph(self, out: str, inputs: dict[str, Buffer]) -> Graph:
-        return Graph(n_tokens=self.n, buffers=self.buffers, caches={}, weights=self.weights, ops=self.ops,
-                     output=out, labels=self.labels, inputs=inputs)
-
-
 def image_graph(cfg: VisionConfig, specs: dict[str, WeightSpec], n: int) -> Graph:
     """gemma4uv for n soft tokens: inputs pixels [n, patch*patch*3] (CHW per patch) and pos
     [n, 2] (x, pos_size + y: rows of v.position_embd.weight, whose second table is y)."""
-    b, names = _Ops(specs, n), input_names("image", n)
+    b, names = GraphBuilder(specs, n), input_names("image", n)
     K, D, eps = cfg.patch_values, cfg.width, cfg.ln_eps
     h = b.emit("patch_norm.1", LayerNorm(b.buf("patch", K), names["pixels"], b.w("v.patch_norm.1.weight"),
                                          b.w("v.patch_norm.1.bias"), eps))
@@ -77,7 +52,7 @@ def image_graph(cfg: VisionConfig, specs: dict[str, WeightSpec], n: int) -> Grap
 
 def audio_graph(cfg: AudioConfig, specs: dict[str, WeightSpec], n: int) -> Graph:
     """gemma4ua for n soft tokens: input frames [n, frame]."""
-    b, names = _Ops(specs, n), input_names("audio", n)
+    b, names = GraphBuilder(specs, n), input_names("audio", n)
     x = b.emit("pre_projection_norm", RmsNorm(b.buf("frame", cfg.frame), names["frames"], None, cfg.rms_eps,
                                               cfg.frame))
     out = b.emit("input_projection", MatMul(b.buf("soft", cfg.n_out), x, b.w("mm.a.input_projection.weight")))

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
 from ..errors import MetadataError
 from ..gguf.quant_types import QT, check_supported, dequantize_rows
 from ..gguf.reader import GGUFFile
-from ..ops import (Add, Buffer, Clamp, FullAttention, GatherAdd, GeluMul, Graph, MatMul, PoolRows, RmsNorm,
+from ..ops import (Add, Buffer, FullAttention, GatherAdd, GeluMul, Graph, MatMul, PoolRows, RmsNorm,
                    Rope2D, Standardize, WeightSpec, input_rows)
+from .builder import GraphBuilder
 from .errors import MmprojError
 
 #: llama.cpp's defaults for gemma4v where the GGUF says nothing (clip.cpp): pooling 3 x 3 (unless
@@ -167,37 +166,6 @@ def input_names(n_patches: int) -> dict[str, str]:
     return {"pixels": f"mm.vit.pixels.{cap}", "table": f"mm.vit.table.{cap}", "pos": f"mm.vit.pos.{cap}"}
 
 
-class _Builder:
-    def __init__(self, specs: dict[str, WeightSpec], rows: int):
-        self.specs, self.rows = specs, rows
-        self.buffers = {"tokens": Buffer("tokens", rows, 1, "i32")}
-        self.weights: dict[str, WeightSpec] = {}
-        self.ops, self.labels = [], []
-
-    def buf(self, name: str, cols: int, rows: Optional[int] = None) -> str:
-        self.buffers[name] = Buffer(name, self.rows if rows is None else rows, cols)
-        return name
-
-    def w(self, name: str) -> str:
-        self.weights[name] = self.specs[name]
-        return name
-
-    def emit(self, label: str, op) -> str:
-        self.ops.append(op)
-        self.labels.append(label)
-        return op.out
-
-    def linear(self, label: str, out: str, x: str, name: str, cols: int, bounds) -> str:
-        """A clipped linear: clamp -> matmul -> clamp (each clamp only where a bound is finite)."""
-        lo, hi, olo, ohi = bounds
-        if math.isfinite(lo) or math.isfinite(hi):
-            x = self.emit(f"{label}.clamp_in", Clamp(self.buf(f"{out}.in", self.buffers[x].cols), x, lo, hi))
-        y = self.emit(label, MatMul(self.buf(out, cols), x, self.w(f"{name}.weight")))
-        if math.isfinite(olo) or math.isfinite(ohi):
-            self.emit(f"{label}.clamp_out", Clamp(y, y, olo, ohi))
-        return y
-
-
 def image_graph(cfg, specs: dict[str, WeightSpec], n: int) -> Graph:
     """The gemma4v encoder for n soft tokens (n * merge^2 patch rows). Inputs: pixels [rows, 3p^2]
     (2x-1, CHW per patch, 9 patches per soft token in a row), table [rows, 2] (x, P + y: rows of
@@ -206,30 +174,34 @@ def image_graph(cfg, specs: dict[str, WeightSpec], n: int) -> Graph:
     k2 = v.merge * v.merge
     rows = n * k2
     D, H, hd, eps = v.width, v.n_head, v.head_dim, cfg.rms_eps
-    b, names = _Builder(specs, rows), input_names(rows)
+    b, names = GraphBuilder(specs, rows), input_names(rows)
+
+    def linear(name: str, out: str, x: str, cols: int) -> str:      # the GGUF tensor `name`, its bounds
+        return b.clipped_linear(name, b.buf(out, cols), x, f"{name}.weight", v.bounds(name))
+
     x = b.emit("patch_embd", MatMul(b.buf("x", D), names["pixels"], b.w("v.patch_embd.weight")))
     b.emit("position_embd", GatherAdd(x, x, b.w("v.position_embd.weight"), names["table"]))
     h = b.buf("h", D)
     for i in range(v.n_layer):
         L = f"v.blk.{i}"
         b.emit(f"{L}.ln1", RmsNorm(h, x, b.w(f"{L}.ln1.weight"), eps, D))
-        q = b.linear(f"{L}.attn_q", "q", h, f"{L}.attn_q", D, v.bounds(f"{L}.attn_q"))
+        q = linear(f"{L}.attn_q", "q", h, D)
         b.emit(f"{L}.attn_q_norm", RmsNorm(q, q, b.w(f"{L}.attn_q_norm.weight"), eps, hd))
         b.emit(f"{L}.rope_q", Rope2D(q, q, names["pos"], hd, v.rope_base))
-        k = b.linear(f"{L}.attn_k", "k", h, f"{L}.attn_k", D, v.bounds(f"{L}.attn_k"))
+        k = linear(f"{L}.attn_k", "k", h, D)
         b.emit(f"{L}.attn_k_norm", RmsNorm(k, k, b.w(f"{L}.attn_k_norm.weight"), eps, hd))
         b.emit(f"{L}.rope_k", Rope2D(k, k, names["pos"], hd, v.rope_base))
-        vv = b.linear(f"{L}.attn_v", "v", h, f"{L}.attn_v", D, v.bounds(f"{L}.attn_v"))
+        vv = linear(f"{L}.attn_v", "v", h, D)
         b.emit(f"{L}.attn_v_norm", RmsNorm(vv, vv, None, eps, hd))
         a = b.emit(f"{L}.attention", FullAttention(b.buf("attn", D), q, k, vv, H, H, hd, 1.0))
-        o = b.linear(f"{L}.attn_out", "o", a, f"{L}.attn_out", D, v.bounds(f"{L}.attn_out"))
+        o = linear(f"{L}.attn_out", "o", a, D)
         b.emit(f"{L}.attn_post_norm", RmsNorm(o, o, b.w(f"{L}.attn_post_norm.weight"), eps, D))
         b.emit(f"{L}.attn_residual", Add(x, x, o))
         b.emit(f"{L}.ln2", RmsNorm(h, x, b.w(f"{L}.ln2.weight"), eps, D))
-        g = b.linear(f"{L}.ffn_gate", "gate", h, f"{L}.ffn_gate", v.ffn, v.bounds(f"{L}.ffn_gate"))
-        u = b.linear(f"{L}.ffn_up", "up", h, f"{L}.ffn_up", v.ffn, v.bounds(f"{L}.ffn_up"))
+        g = linear(f"{L}.ffn_gate", "gate", h, v.ffn)
+        u = linear(f"{L}.ffn_up", "up", h, v.ffn)
         b.emit(f"{L}.ffn_act", GeluMul(g, g, u))             # HF: gelu_pytorch_tanh(gate) * up
-        d = b.linear(f"{L}.ffn_down", "down", g, f"{L}.ffn_down", D, v.bounds(f"{L}.ffn_down"))
+        d = linear(f"{L}.ffn_down", "down", g, D)
         b.emit(f"{L}.ffn_post_norm", RmsNorm(d, d, b.w(f"{L}.ffn_post_norm.weight"), eps, D))
         b.emit(f"{L}.ffn_residual", Add(x, x, d))
     pooled = b.emit("pooler", PoolRows(b.buf("pooled", D, n), x, k2, math.sqrt(D)))
@@ -239,8 +211,7 @@ def image_graph(cfg, specs: dict[str, WeightSpec], n: int) -> Graph:
     out = b.emit("input_projection", MatMul(b.buf("soft", cfg.n_out, n), pooled, b.w("mm.input_projection.weight")))
     cap = input_rows(rows)
     K = 3 * v.hf_patch * v.hf_patch
-    return Graph(n_tokens=rows, buffers=b.buffers, caches={}, weights=b.weights, ops=b.ops, output=out,
-                 labels=b.labels, inputs={names["pixels"]: Buffer(names["pixels"], cap, K),
+    return b.graph(out, {names["pixels"]: Buffer(names["pixels"], cap, K),
                                           names["table"]: Buffer(names["table"], cap, 2),
                                           names["pos"]: Buffer(names["pos"], cap, 2)})
 

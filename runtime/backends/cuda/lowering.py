@@ -244,8 +244,10 @@ def lower_rope(lw: GraphLowering, op: ops.Rope) -> list[Launch]:
     return launches
 
 
-def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
-    launches: list[Launch] = []
+def _attention_checks(lw: GraphLowering, op, new_kv: bool) -> tuple:
+    """(rows, cache K, kernel) of an Attention (new_kv: its k / v rows checked too) or a
+    PastAttention, after the checks both need: GQA heads, q's width, the row count, the caches
+    allocated alike, a kernel for the head dim."""
     be = lw.backend
     heads, kv_heads, dim = op.n_head, op.n_kv_head, op.head_dim
     if kv_heads <= 0 or heads % kv_heads:
@@ -253,9 +255,10 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
     rows, qc = lw.shape(op.q)
     if qc != heads * dim:
         raise G4rtError(f"q has {qc} columns, expected {heads} x {dim}")
-    for name in (op.k, op.v):
-        if lw.shape(name) != (rows, kv_heads * dim):
-            raise G4rtError(f"{name!r} is {lw.shape(name)}, expected ({rows}, {kv_heads * dim})")
+    if new_kv:
+        for name in (op.k, op.v):
+            if lw.shape(name) != (rows, kv_heads * dim):
+                raise G4rtError(f"{name!r} is {lw.shape(name)}, expected ({rows}, {kv_heads * dim})")
     if rows > lw.n or rows > 65535:
         raise G4rtError(f"{rows} query rows for {lw.n} positions")
     ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
@@ -268,6 +271,14 @@ def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
         kernel = kernels.attn_variant(dim, ck.f16)
     except ValueError as e:
         raise G4rtError(str(e)) from None
+    return rows, ck, kernel
+
+
+def lower_attention(lw: GraphLowering, op: ops.Attention) -> list[Launch]:
+    launches: list[Launch] = []
+    be = lw.backend
+    rows, ck, kernel = _attention_checks(lw, op, new_kv=True)
+    heads, kv_heads, dim = op.n_head, op.n_kv_head, op.head_dim
     ring = ck.ring
     # each row split as a one-row decode step splits it; rows that see later rows (media): one batch
     exact = rows <= ops.ROW_EXACT_MAX and op.ahead is None
@@ -295,24 +306,8 @@ def lower_past_attention(lw: GraphLowering, op: ops.PastAttention) -> list[Launc
     """The attention kernels with ATT_PAST (attention.cu): each row's keys are its slot's cached
     positions before it, the window applied; split as a one-row decode step over the cache."""
     be = lw.backend
+    rows, ck, kernel = _attention_checks(lw, op, new_kv=False)
     heads, kv_heads, dim = op.n_head, op.n_kv_head, op.head_dim
-    if kv_heads <= 0 or heads % kv_heads:
-        raise G4rtError(f"{heads} heads are not a multiple of {kv_heads} KV heads")
-    rows, qc = lw.shape(op.q)
-    if qc != heads * dim:
-        raise G4rtError(f"q has {qc} columns, expected {heads} x {dim}")
-    if rows > lw.n or rows > 65535:
-        raise G4rtError(f"{rows} query rows for {lw.n} positions")
-    ck, cv = be.caches.get(op.cache_k), be.caches.get(op.cache_v)
-    if ck is None or cv is None:
-        raise G4rtError(f"KV caches {op.cache_k!r}/{op.cache_v!r} are not allocated")
-    if ck.cols != kv_heads * dim or cv.cols != kv_heads * dim or (ck.rows, ck.ring) != (cv.rows, cv.ring):
-        raise G4rtError(f"caches are [{ck.rows}, {ck.cols}] / [{cv.rows}, {cv.cols}], "
-                        f"expected {kv_heads * dim} columns")
-    try:
-        kernel = kernels.attn_variant(dim, ck.f16)
-    except ValueError as e:
-        raise G4rtError(str(e)) from None
     max_keys = min(op.window, ck.ring) if op.window > 0 else ck.ring
     n_split = kernels.attn_splits(max_keys, 1, heads, be.sm_count)
     part = lw.scratch(rows * heads * n_split * (dim + 2) * 4)
