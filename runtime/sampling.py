@@ -1,5 +1,5 @@
-"""Token sampling, in llama.cpp's default order: penalties -> top_k -> top_p -> min_p ->
-temperature -> draw.
+"""Token sampling, in llama.cpp's default order: logit bias -> penalties -> top_k -> top_p ->
+min_p -> temperature -> draw.
 
 As in llama.cpp, the truncations (top_k, top_p, min_p) come before the temperature, so top_p and
 min_p judge the untempered distribution. Temperature 0 is greedy: the first highest logit after
@@ -8,7 +8,7 @@ the repetition penalty. numpy only; a seeded Sampler draws the same tokens for t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +22,8 @@ class SamplingError(G4rtError):
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
-                 seed: int | None = None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0):
+                 seed: int | None = None, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 logit_bias: Mapping[int, float] | None = None):
         if not np.isfinite(temperature) or temperature < 0:
             raise SamplingError(f"temperature must be >= 0, got {temperature}")
         if top_k < 0:
@@ -50,6 +51,29 @@ class Sampler:
         self.repeat_last_n = int(repeat_last_n)
         self.seed = seed
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        # OpenAI's / llama-server's logit_bias: added to a token's logit first (-inf: never chosen)
+        bias = dict(logit_bias or {})
+        for tid, b in bias.items():
+            if int(tid) < 0:
+                raise SamplingError(f"logit_bias names token {tid}; token ids are >= 0")
+            if np.isnan(b) or b == np.inf:
+                raise SamplingError(f"logit_bias of token {tid} is {b}; give a number or -inf (never)")
+        self._bias_ids = np.array(sorted(int(t) for t in bias), dtype=np.int64)
+        self._bias = np.array([bias[t] for t in sorted(bias, key=int)], dtype=np.float32)
+
+    @property
+    def logit_bias(self) -> dict[int, float]:
+        return {int(t): float(b) for t, b in zip(self._bias_ids, self._bias)}
+
+    def _biased(self, logits: np.ndarray) -> np.ndarray:
+        if not self._bias_ids.size:
+            return logits
+        if self._bias_ids[-1] >= logits.shape[0]:
+            raise SamplingError(f"logit_bias names token {int(self._bias_ids[-1])}, past the vocabulary of "
+                                f"{logits.shape[0]} tokens")
+        out = logits.copy()
+        out[self._bias_ids] += self._bias
+        return out
 
     def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """llama.cpp's penalties over the last `repeat_last_n` tokens: every distinct one has its
@@ -81,10 +105,12 @@ class Sampler:
         logits = np.asarray(logits)
         if logits.ndim != 1 or logits.shape[0] == 0:
             raise SamplingError(f"logits must be a non-empty vector, got shape {logits.shape}")
-        logits = self._penalize(logits.astype(np.float32, copy=False), history)
+        logits = self._penalize(self._biased(logits.astype(np.float32, copy=False)), history)
         if np.isnan(logits).any():
             raise SamplingError("logits contain NaN")
         if self.temperature == 0.0:
+            if self._bias_ids.size and not np.isfinite(logits.max()):
+                raise SamplingError("logit_bias leaves no token that can be chosen")
             return np.array([int(np.argmax(logits))]), np.ones(1)  # first of equal maxima
         if not np.isfinite(logits.max()):
             raise SamplingError("no finite logit to sample from")

@@ -468,3 +468,59 @@ def test_cli_plan_counts_parallel_slots_and_draft_rows(capsys):
         kv[len(args)] = next(line for line in out.splitlines() if line.startswith("| KV cache"))
     assert "4 sequence slots" in out and "8 rows longer" in out
     assert kv[0] != kv[4]
+
+
+ASSISTANT = __import__("pathlib").Path(__file__).parent / "data" / "assistant" / "g4-dense-untied-F32-assistant-F32.gguf"
+
+
+def _plan_cli(capsys, *args) -> tuple[int, str, str]:
+    """`g4rt info ARGS` through the CLI's entry point (errors as one line and an exit code)."""
+    from g4rt.cli import run as cli
+    code = cli(["info", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@needs_fixtures
+def test_cli_plan_counts_an_mtp_assistant_without_a_kv_cache(capsys):
+    """`info --plan --draft ASSISTANT`: the assistant's own tensors and one draft step's buffers per
+    slot, no KV cache (it reads the target's), added to the target's total in the shared budget."""
+    from g4rt.draft_plan import assistant_cost
+    target = FIXTURES / "models" / "g4-dense-untied-F32.gguf"
+    f, cfg, specs = model("g4-dense-untied-F32")
+    want = assistant_cost(GGUFFile(ASSISTANT), cfg, specs, 256, where="CPU", slots=2, ring_slack=8)
+    assert want.kv == 0 and want.weights == sum(t.nbytes for t in GGUFFile(ASSISTANT).tensors.values())
+    assert want.scratch >= 2 * cfg.n_vocab * 4          # at least each slot's logits row
+    code, out, _ = _plan_cli(capsys, target, "--plan", "--ctx", "256", "--parallel", "2", "--budget", "1GiB",
+                             "--draft", ASSISTANT)
+    assert code == 0
+    assert "MTP assistant" in out and "none (it reads the target's)" in out
+    assert f"| **total** | {memory_plan.human(want.total)} |" in out
+    base = memory_plan.make_plan(cfg, specs, 256, check=False, slots=2, ring_slack=8)
+    assert f"Target + draft on the CPU: {memory_plan.human(base.device_total + want.total)}" in out
+
+
+@needs_fixtures
+def test_cli_plan_counts_a_draft_models_cache_per_slot_and_refuses_what_does_not_fit(capsys):
+    target = FIXTURES / "models" / "g4-dense-untied-F32.gguf"
+    draft = FIXTURES / "models" / "g4-dense-untied-Q8_0.gguf"
+    kv = {}
+    for slots in (1, 3):
+        code, out, _ = _plan_cli(capsys, target, "--plan", "--ctx", "256", "--parallel", slots, "--budget", "1GiB",
+                                 "--draft", draft)
+        assert code == 0 and "(draft model, on the CPU)" in out
+        section = out[out.index("## Draft"):]
+        kv[slots] = next(line for line in section.splitlines() if line.startswith("| KV cache"))
+    assert kv[1] != kv[3]
+    # a budget the target fits alone but not with its draft
+    f, cfg, specs = model("g4-dense-untied-F32")
+    alone = memory_plan.make_plan(cfg, specs, 256, check=False, ring_slack=8).device_total
+    code, out, err = _plan_cli(capsys, target, "--plan", "--ctx", "256", "--budget", str(alone + 1024),
+                               "--draft", draft)
+    assert code != 0 and "does NOT fit" in out
+    assert "with the draft g4-dense-untied-Q8_0.gguf" in err and "Traceback" not in err
+
+
+def test_cli_draft_only_applies_with_plan(capsys):
+    code, _, err = _plan_cli(capsys, ASSISTANT, "--draft", ASSISTANT)
+    assert code != 0 and "--draft only apply with --plan" in err

@@ -144,3 +144,23 @@ def test_bad_logits():
         Sampler(temperature=1.0).sample(np.full(3, -np.inf, dtype=np.float32), [])
     with pytest.raises(SamplingError):
         Sampler().sample(np.zeros((2, 2), dtype=np.float32), [])
+
+
+def test_logit_bias_comes_first_and_bans_with_minus_infinity():
+    """llama.cpp's chain starts with the logit bias: a banned token is never drawn, greedy or not;
+    a bias shifts the token before the penalties judge it; a bias past the vocabulary or one that
+    leaves nothing to choose is an error."""
+    logits = np.array([3.0, 2.0, 1.0, 0.5], np.float32)
+    assert Sampler(logit_bias={0: float("-inf")}).sample(logits) == 1
+    assert Sampler(logit_bias={3: 10.0}).sample(logits) == 3
+    s = Sampler(temperature=1.0, seed=3, logit_bias={0: float("-inf"), 1: float("-inf")})
+    assert {s.sample(logits) for _ in range(300)} == {2, 3}
+    # the bias applies before the repeat penalty: (2 + 2) / 2 = 2 < 3
+    assert Sampler(repeat_penalty=2.0, logit_bias={1: 2.0}).sample(logits, history=[1]) == 0
+    assert Sampler(repeat_penalty=2.0, logit_bias={1: 5.0}).sample(logits, history=[1]) == 1   # 7 / 2 = 3.5
+    with pytest.raises(SamplingError, match="past the vocabulary"):
+        Sampler(logit_bias={9: 1.0}).sample(logits)
+    with pytest.raises(SamplingError, match="no token"):
+        Sampler(logit_bias={i: float("-inf") for i in range(4)}).sample(logits)
+    with pytest.raises(SamplingError, match="token ids are >= 0"):
+        Sampler(logit_bias={-1: 1.0})

@@ -271,3 +271,64 @@ def test_client_errors_map_to_openai_exceptions(client):
         client.chat.completions.create(model="no-such-model", messages=_chat("x"), max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL_ID, messages=_chat("x"), max_tokens=2, n=3)
+
+
+# ---- logit_bias and ignore_eos (OpenAI's / llama-server's) --------------------------------------
+def _completion_ids(server, prompt: str, **fields) -> tuple[list[int], dict]:
+    body = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, "temperature": 0, "logprobs": 0,
+                                                            **fields}, timeout=60).json()
+    tokens = body["choices"][0]["logprobs"]["tokens"]
+    ids = [int(t.split(":")[1]) if t.startswith("id:") else None for t in tokens]
+    return ids, body
+
+
+def test_logit_bias_steers_greedy_decoding_as_the_in_process_sampler(server, model):
+    """Banning the greedy first token (false, as llama-server; or -100, as OpenAI) gives the text the
+    in-process sampler gives with the same bias; a +bias makes a chosen token the greedy one."""
+    from g4rt.sampling import Sampler
+    prompt = "Bias: the quick brown fox"
+    ids = model.encode_prompt(prompt)
+    plain = list(model.generate_ids(ids, 6))
+    assert plain, "the fixture ends at once; pick another prompt"
+    for bias in ({str(plain[0]): False}, {str(plain[0]): -100}, [[plain[0], False]]):
+        want = list(model.generate_ids(ids, 6, sampler=Sampler(logit_bias={plain[0]: float("-inf")})))
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 6, "temperature": 0,
+                                                             "logit_bias": bias}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == model.tokenizer.decode(want), bias
+        assert plain[0] not in want
+    favourite = 1234
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0,
+                                                         "logit_bias": {str(favourite): 100}}, timeout=60)
+    want = list(model.generate_ids(ids, 1, sampler=Sampler(logit_bias={favourite: 100.0})))
+    assert r.json()["choices"][0]["text"] == model.tokenizer.decode(want)
+
+
+def test_ignore_eos_generates_the_whole_budget_without_an_end_token(server, model):
+    """llama-server's ignore_eos: the end-of-generation tokens are never chosen, so a request runs to
+    max_tokens ("length") whatever the model would rather do - even one whose logit_bias makes an
+    end token the certain choice."""
+    from g4rt.sampling import Sampler
+    tok = model.tokenizer
+    prompt = "End: stop here"
+    eos = {str(t): 100 for t in tok.eog_ids}
+    base = {"prompt": prompt, "max_tokens": 24, "temperature": 0, "logit_bias": eos}
+    ended = httpx.post(server.url + "/v1/completions", json=base, timeout=60).json()
+    assert ended["choices"][0]["finish_reason"] == "stop" and ended["usage"]["completion_tokens"] == 0, ended
+    body = httpx.post(server.url + "/v1/completions", json={**base, "ignore_eos": True}, timeout=60).json()
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 24, body
+    banned = {t: float("-inf") for t in tok.eog_ids}
+    want = list(model.generate_ids(model.encode_prompt(prompt), 24, sampler=Sampler(logit_bias=banned)))
+    assert len(want) == 24 and body["choices"][0]["text"] == tok.decode(want)
+
+
+@pytest.mark.parametrize("bias,fragment", [({"x": 1}, "is not a token id"), ({"-1": 1}, "names token -1"),
+                                           ({"99999999": 1}, "the vocabulary has"), ({"5": 101}, "[-100, 100]"),
+                                           ({"5": True}, "give a number"), ({"5": "x"}, "give a number"),
+                                           ([[5]], "not a [token id, bias] pair")])
+def test_a_bad_logit_bias_is_a_400_naming_it(server, bias, fragment):
+    from server_util import assert_error_body
+    for path, extra in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {"messages": _chat("x")})):
+        r = httpx.post(server.url + path, json={**extra, "max_tokens": 2, "logit_bias": bias}, timeout=30)
+        err = assert_error_body(r, "400")
+        assert fragment in err["message"], err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,8 +325,10 @@ def test_cli_summary_reports_the_speculation():
 @NEED_FIXTURES
 @NEED_CC
 @pytest.mark.parametrize("spec_args", [["--spec", "ngram", "--draft-max", "4"],
-                                       ["--draft", str(MODELS / "g4-dense-untied-Q8_0.gguf"), "--draft-max", "6"]],
-                         ids=["ngram", "draft"])
+                                       ["--draft", str(MODELS / "g4-dense-untied-Q8_0.gguf"), "--draft-max", "6"],
+                                       ["--draft", str(Path(__file__).parent / "data" / "assistant" /
+                                                       "g4-dense-untied-F32-assistant-F32.gguf"), "--draft-max", "4"]],
+                         ids=["ngram", "draft", "mtp-assistant"])
 def test_server_with_speculation_answers_as_plain_decoding(tmp_path, spec_args):
     """Greedy completions, streamed and not, with two slots busy at once: the same text as plain
     in-process decoding, logprobs for every token, and llama-server's draft counts in `timings`."""

@@ -39,16 +39,22 @@ from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION
 @PRECISION_OPTION
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None, metavar="MMPROJ.gguf",
               help="[--plan] A projector: its weights and what images / audio cost.")
+@click.option("--draft", type=click.Path(dir_okay=False, exists=True), default=None, metavar="DRAFT.gguf",
+              help="[--plan] A speculative draft (a draft model or an MTP assistant): its weights, KV cache and "
+                   "scratch, counted with the target's where they share memory.")
+@click.option("--draft-backend", "draft_backend", type=BACKEND_CHOICE, default="cpu", show_default=True,
+              help="[--plan] Where a separate draft model would run (an MTP assistant runs with the target).")
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
-         parallel, draft_max, precision, mmproj):
+         parallel, draft_max, precision, mmproj, draft, draft_backend):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
                                    ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
                                    ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
                                    ("parallel", "--parallel"), ("draft_max", "--draft-max"),
-                                   ("precision", "--precision"), ("mmproj", "--mmproj"))
+                                   ("precision", "--precision"), ("mmproj", "--mmproj"), ("draft", "--draft"),
+                                   ("draft_backend", "--draft-backend"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise G4rtError(f"{', '.join(given)} only apply with --plan")
@@ -81,8 +87,28 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
         raise G4rtError(f"--batch must be positive, got {batch}")
     # Only the numpy reference materializes [heads, tokens, keys] attention scores.
     materialized = plan_backend == "numpy"
+    if draft is not None and ctx.get_parameter_source("draft_max") != click.core.ParameterSource.COMMANDLINE:
+        from ..speculative import DEFAULT_DRAFT_MAX
+        draft_max = DEFAULT_DRAFT_MAX                        # what run / serve use with --draft
     layout = dict(slots=parallel, ring_slack=draft_max)      # the caches the engine would allocate
-    n_ctx = plan_ctx or memory_plan.default_context(cfg, specs, budget_bytes, kv_bytes=kv_bytes, batch=batch,
+    device = "CPU" if on_cpu else f"GPU ({plan_backend})"
+    draft_cost = None
+    if draft is not None:
+        from ..draft_plan import draft_cost as cost_of
+        draft_on_cpu = not backend_info(draft_backend).has_device_memory
+        draft_cost = lambda c: cost_of(draft, cfg, specs, c, target_where=device,       # noqa: E731
+                                       draft_where="CPU" if draft_on_cpu else f"GPU ({draft_backend})",
+                                       kv_bytes=kv_value_bytes(draft_backend, kv_dtype), **layout)
+        if plan_ctx is None and draft_cost(1).where == device:
+            budget_bytes_for_target = budget_bytes - draft_cost(1).weights   # the draft's fixed part first
+            if budget_bytes_for_target <= 0:
+                raise G4rtError(f"the draft {Path(draft).name} alone ({memory_plan.human(draft_cost(1).weights)} "
+                                f"of weights) exceeds the budget of {memory_plan.human(budget_bytes)}")
+        else:
+            budget_bytes_for_target = budget_bytes
+    else:
+        budget_bytes_for_target = budget_bytes
+    n_ctx = plan_ctx or memory_plan.default_context(cfg, specs, budget_bytes_for_target, kv_bytes=kv_bytes, batch=batch,
                                                     materialized_attention=materialized, cpu_moe_layers=moe_layers,
                                                     **layout)
     # what stays in host RAM must fit there too (only expert placement puts anything there)
@@ -91,7 +117,7 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
         host_bytes = memory_plan.parse_size(host_budget) if host_budget is not None else memory_plan.available_ram()
     plan = memory_plan.make_plan(cfg, specs, n_ctx, kv_bytes=kv_bytes, batch=batch, budget=budget_bytes,
                                  materialized_attention=materialized,
-                                 device="CPU" if on_cpu else f"GPU ({plan_backend})", model=Path(model).name,
+                                 device=device, model=Path(model).name,
                                  check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes, **layout)
     click.echo(plan.markdown())
     click.echo(precision_text, nl=False)
@@ -101,6 +127,33 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
         click.echo(projector_markdown(load_projector(mmproj, cfg.n_embd, Path(model).name), n_ctx), nl=False)
     if not plan.fits:
         raise plan.error()
+    if draft_cost is not None:
+        _check_with_draft(plan, draft_cost(n_ctx), budget_bytes, on_cpu)
+
+
+def _check_with_draft(plan, cost, budget_bytes: int, target_on_cpu: bool) -> None:
+    """Print the draft's section and whether target + draft fit the memory they share (the budget
+    when the draft lives with the target; else host RAM); refuse what does not fit."""
+    from .. import memory_plan
+    from ..memory_plan import InsufficientMemoryError, human
+    click.echo(cost.markdown(), nl=False)
+    if cost.where == plan.device:
+        shared, limit, label = plan.device_total + cost.total, budget_bytes, f"the budget of {human(budget_bytes)}"
+    elif cost.where == "CPU":       # a GPU target with a CPU draft: host RAM, beside a split's host part
+        shared, limit = cost.total + plan.host_total, memory_plan.available_ram()
+        label = f"the available RAM of {human(limit)}" if limit is not None else ""
+    else:                           # a draft on another GPU backend: its memory is not planned here
+        click.echo(f"The draft's {human(cost.total)} on the {cost.where} are not checked against a budget.\n")
+        return
+    if limit is None:
+        return
+    ok = shared <= limit
+    click.echo(f"Target + draft on the {cost.where}: {human(shared)}; {label}: "
+               f"{'fits' if ok else 'does NOT fit'} ({human(abs(limit - shared))} {'to spare' if ok else 'over'}).\n")
+    if not ok:
+        raise InsufficientMemoryError(f"{plan.model} with the draft {cost.name} needs {human(shared)} on the "
+                                      f"{cost.where}, more than {label}; use a smaller --ctx, fewer --parallel "
+                                      f"slots, or another draft")
 
 
 @click.command()

@@ -20,9 +20,10 @@ from .state import ServerState, sampler_for
 PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize")
 
 
-def sampler_of(req):
+def sampler_of(req, tokenizer):
     return sampler_for(req.temperature, req.top_k, req.top_p, req.min_p, req.repeat_penalty,
-                       req.frequency_penalty, req.presence_penalty, req.seed)
+                       req.frequency_penalty, req.presence_penalty, req.seed,
+                       logit_bias=req.bias(tokenizer.n_vocab, tokenizer.eog_ids))
 
 
 def _stream_end(last: dict, done: DoneEvent, include_usage: bool) -> list[bytes]:
@@ -86,7 +87,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         ids, media = await run_in_threadpool(chat_prompt, model, req, state)
         ids, max_tokens = state.fit(ids, req.max_completion_tokens or req.max_tokens)
         top = (req.top_logprobs or 0) if req.logprobs else None
-        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler_of(req), stops=req.stops(),
+        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler_of(req, model.tokenizer), stops=req.stops(),
                   top_logprobs=top, media=media)
         out = ChatOutput(model.tokenizer, parse_tools=tools_for(req) is not None, parse_thinking=state.thinking,
                          want_logprobs=req.logprobs)
@@ -151,7 +152,7 @@ def register(app: FastAPI, state: ServerState) -> None:
             ids = list(prompt)
             prompt_text = model.tokenizer.decode(ids) if req.echo else ""
         ids, max_tokens = state.fit(ids, req.max_tokens if req.max_tokens is not None else 16)
-        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler_of(req), stops=req.stops(),
+        run = Run(state, request, ids=ids, max_tokens=max_tokens, sampler=sampler_of(req, model.tokenizer), stops=req.stops(),
                    top_logprobs=req.logprobs)
         echo = prompt_text if req.echo else ""
         lps = CompletionLogprobs(model.tokenizer, len(echo)) if req.logprobs is not None else None

@@ -99,10 +99,48 @@ class _Sampling(_Strict):
     frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     repeat_penalty: Optional[float] = Field(default=None, gt=0, le=10)
+    # OpenAI's {"token id": bias} (-100..100; llama-server's false = never) or llama-server's
+    # [[id, bias], ...]; ignore_eos (llama-server): no end-of-generation token is ever chosen
+    logit_bias: Union[dict, list, None] = None          # checked by bias(), which names the problem
+    ignore_eos: bool = False
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: int = 1
     user: Optional[str] = None
+
+    def bias(self, n_vocab: int, eog_ids=()) -> dict[int, float]:
+        """logit_bias (and ignore_eos) as {token id: bias}, or an APIError(400) naming the problem."""
+        pairs = list(self.logit_bias.items()) if isinstance(self.logit_bias, dict) else list(self.logit_bias or [])
+        out: dict[int, float] = {}
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise APIError(400, f"logit_bias entry {pair!r} is not a [token id, bias] pair", param="logit_bias")
+            key, value = pair
+            if isinstance(key, bool) or isinstance(key, float):
+                raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias")
+            try:
+                tid = int(key)
+            except (TypeError, ValueError):
+                raise APIError(400, f"logit_bias key {key!r} is not a token id", param="logit_bias") from None
+            if not 0 <= tid < n_vocab:
+                raise APIError(400, f"logit_bias names token {tid}; the vocabulary has {n_vocab} tokens (0-{n_vocab - 1})",
+                               param="logit_bias")
+            if value is True:
+                raise APIError(400, f"logit_bias of token {tid} is true; give a number in [-100, 100] or false "
+                                    "(never choose it)", param="logit_bias")
+            if value is False:
+                out[tid] = float("-inf")
+            elif not isinstance(value, (int, float)):
+                raise APIError(400, f"logit_bias of token {tid} is {value!r}; give a number in [-100, 100] or false",
+                               param="logit_bias")
+            elif not -100 <= value <= 100:
+                raise APIError(400, f"logit_bias of token {tid} is {value}; it must be in [-100, 100]",
+                               param="logit_bias")
+            else:
+                out[tid] = float(value)
+        if self.ignore_eos:
+            out.update({int(t): float("-inf") for t in eog_ids})
+        return out
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

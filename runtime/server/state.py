@@ -116,7 +116,7 @@ class ServerState:
 def sampler_for(temperature: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
                 min_p: Optional[float] = None, repeat_penalty: Optional[float] = None,
                 frequency_penalty: Optional[float] = None, presence_penalty: Optional[float] = None,
-                seed: Optional[int] = None) -> Sampler:
+                seed: Optional[int] = None, logit_bias: Optional[dict[int, float]] = None) -> Sampler:
     """One sampler from any API's sampling fields (None = the default); a bad combination is a 400.
     Every API goes through here, so the same values and seed give the same tokens on each."""
     try:
@@ -125,7 +125,7 @@ def sampler_for(temperature: Optional[float] = None, top_k: Optional[int] = None
                        min_p=min_p or 0.0,
                        repeat_penalty=1.0 if repeat_penalty is None else repeat_penalty,
                        frequency_penalty=frequency_penalty or 0.0,
-                       presence_penalty=presence_penalty or 0.0, seed=seed)
+                       presence_penalty=presence_penalty or 0.0, seed=seed, logit_bias=logit_bias)
     except SamplingError as e:
         raise APIError(400, str(e)) from None
 
