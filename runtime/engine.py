@@ -300,11 +300,12 @@ class Engine:
         # one chunk (every decode step): its copy is the answer, no second copy of the logits
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
-    def forward_batch(self, items, on_pass: Optional[Callable[[list[int], list[np.ndarray]], None]] = None
-                      ) -> list[np.ndarray]:
+    def forward_batch(self, items, on_pass: Optional[Callable[[list[int], list[np.ndarray]], None]] = None,
+                      all_logits: bool = False) -> list[np.ndarray]:
         """Feed several sequences at once: items are (slot, ids) with distinct slots, or (slot,
         ids, MediaRows) for a prompt with media (it runs alone, as `forward` runs it); returns
-        each one's logits for its last token ([n_vocab]).
+        each one's logits for its last token ([n_vocab]), or with all_logits for every one of its
+        tokens ([len(ids), n_vocab]: several slots' speculative verifications in one pass).
 
         Items share graph calls: packs of at most ROW_EXACT_MAX rows in all, within which every
         row gets the bits it gets alone (row-exact), so a sequence's tokens do not depend on what
@@ -328,18 +329,21 @@ class Engine:
             if on_pass is not None:
                 on_pass(list(indexes), list(rows))
 
+        def alone(i: int) -> np.ndarray:
+            rows = self.forward(items[i][1], all_logits=all_logits, slot=items[i][0], media=media[i])
+            return rows if all_logits else rows[-1]
+
         def run_pack():
             if len(pack) == 1:
-                i = pack[0]
-                done(pack, [self.forward(items[i][1], slot=items[i][0])[-1]])
+                done(pack, [alone(pack[0])])
             elif pack:
-                done(pack, self._forward_segments([items[i] for i in pack]))
+                done(pack, self._forward_segments([items[i] for i in pack], all_logits))
             pack.clear()
 
         rows = 0
         for i, (slot, ids) in enumerate(items):
             if len(ids) > ROW_EXACT_MAX or media[i] is not None:
-                done([i], [self.forward(ids, slot=slot, media=media[i])[-1]])
+                done([i], [alone(i)])
                 continue
             if rows + len(ids) > ROW_EXACT_MAX:
                 run_pack()
@@ -349,9 +353,9 @@ class Engine:
         run_pack()
         return out
 
-    def _forward_segments(self, items) -> list[np.ndarray]:
+    def _forward_segments(self, items, all_logits: bool = False) -> list[np.ndarray]:
         """One graph call over several sequences' rows (an all-rows graph: each segment's last row
-        is its answer)."""
+        is its answer, or with all_logits all its rows)."""
         segs, row = [], 0
         for slot, ids in items:
             segs.append(Segment(row, len(ids), self._pos[slot], slot))
@@ -365,6 +369,8 @@ class Engine:
                 self._hidden[seg.slot] = (seg.pos0, hidden[seg.row0:seg.row0 + seg.rows].copy())
         for slot, ids in items:
             self._pos[slot] += len(ids)
+        if all_logits:
+            return [np.array(logits[s.row0:s.row0 + s.rows], dtype=np.float32, copy=True) for s in segs]
         return [np.array(logits[s.row0 + s.rows - 1], dtype=np.float32, copy=True) for s in segs]
 
     def close(self) -> None:

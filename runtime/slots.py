@@ -197,14 +197,7 @@ class SlotLoop:
                 if reason is not None:
                     self._end(slot, reason)
         if self.speculator is not None:
-            for slot in self.busy():
-                try:
-                    self._step_speculating(slot)
-                except Exception as e:       # a failed step fails its request, never the loop
-                    if not self.isolate_errors:
-                        raise
-                    self._fail(slot, e)
-            return 0
+            return self._step_speculating(self.busy())
         return self._step_batched(self.busy())
 
     def _prefill_media(self, slot: Slot) -> None:
@@ -301,10 +294,54 @@ class SlotLoop:
                 raise
             self._fail(slot, e)
 
-    def _step_speculating(self, slot: Slot) -> None:
-        """One turn of one slot: a prompt chunk (the other slots keep streaming between chunks),
-        or its next token and the drafter's proposals the model accepts, in one verification."""
-        request, engine, spec = slot.request, self.engine, self.speculator
+    def _step_speculating(self, busy: list[Slot]) -> int:
+        """One turn of every busy slot: a slot still reading its prompt feeds a chunk (the others
+        keep streaming between chunks); each slot with a token to feed drafts, and then every such
+        slot's token and proposals are verified in one batched pass (Speculator.verify_many), as
+        llama-server verifies its slots' drafts in one decode. Returns the rows verified."""
+        spec = self.speculator
+        turns: list[tuple[Slot, object, list[int], float]] = []      # slot, SpecTurn, proposals, t0
+        for slot in busy:
+            try:
+                turn = self._speculation_turn(slot)
+                if turn is None:
+                    continue
+                t0 = time.perf_counter()
+                turns.append((slot, turn, spec.draft(turn), t0))
+            except Exception as e:       # a failed turn fails its request, never the loop
+                self._reset(slot)
+                if not self.isolate_errors:
+                    raise
+                self._end(slot, "error", e)
+        if not turns:
+            return 0
+        try:
+            outs = spec.verify_many([t for _, t, _, _ in turns], [p for _, _, p, _ in turns])
+        except Exception as e:          # the pass failed: every request in it fails
+            for slot, *_ in turns:
+                self._reset(slot)
+            if not self.isolate_errors:
+                raise
+            for slot, *_ in turns:
+                self._end(slot, "error", e)
+            return 0
+        now = time.perf_counter()
+        for (slot, turn, proposals, t0), out in zip(turns, outs):
+            request = slot.request
+            request.decode_s += now - t0
+            slot.cached = request.cache_key + request.history[len(request.ids):] + out[:-1]  # + tok, kept proposals
+            request.draft_n += len(proposals)
+            request.draft_accepted += len(out) - 1
+            rows = spec.logits_of[slot.index]
+            if not any(self._decided(slot, t, row) for t, row in zip(out[:-1], rows)):
+                request.next_tok, request.logits = out[-1], rows[len(out) - 1]
+        return sum(len(p) + 1 for _, _, p, _ in turns)
+
+    def _speculation_turn(self, slot: Slot):
+        """A slot's part before drafting: a prompt chunk (None while the prompt goes on), then the
+        token to feed with its proposals (None when that token ended the request)."""
+        from .speculative import SpecTurn
+        request, engine = slot.request, self.engine
         if request.pending and request.media is not None:      # the rest of the prompt in one call
             start = len(request.ids) - len(request.pending)
             t0 = time.perf_counter()
@@ -330,29 +367,13 @@ class SlotLoop:
             slot.cached.extend(chunk)
             del request.pending[:len(chunk)]
             if request.pending:
-                return
+                return None
             request.prompt_done_at = time.perf_counter()
-        t0 = time.perf_counter()
         tok, request.next_tok = (request.next_tok, None) if request.next_tok is not None else \
             (request.sampler.sample(request.logits, request.history), None)
         if self._decided(slot, tok, request.logits):
-            return
-        try:
-            out = spec.step(tok, request.history, request.sampler, slot=slot.index,
-                            budget=request.max_tokens - request.generated)
-            slot.cached = request.cache_key + request.history[len(request.ids):] + out[:-1]   # + tok, kept proposals
-            request.draft_n += spec.last_drafted
-            request.draft_accepted += len(out) - 1
-            rows = spec.last_logits
-            for t, row in zip(out[:-1], rows):
-                if self._decided(slot, t, row):
-                    return
-            request.next_tok, request.logits = out[-1], rows[len(out) - 1]
-        except BaseException:
-            self._reset(slot)
-            raise
-        finally:
-            request.decode_s += time.perf_counter() - t0
+            return None
+        return SpecTurn(slot.index, tok, request.history, request.sampler, request.max_tokens - request.generated)
 
     def _decided(self, slot: Slot, tok: int, logits: np.ndarray) -> bool:
         """A token was decided for the slot's request; True when the request ended with it."""
@@ -384,6 +405,7 @@ class BatchResult:
     prefill_s: float = 0.0           # from admission to the prompt's last chunk
     decode_s: float = 0.0            # from the first generated token to the end
     text: str = ""                   # filled by Model.generate_many
+    media: str = ""                  # its media, e.g. "1 image (36 tokens)" (Model.generate_many)
 
     @property
     def decode_tps(self) -> float:

@@ -173,6 +173,17 @@ class SpecStats:
 
 
 # ---- one step ----------------------------------------------------------------------------------
+@dataclass
+class SpecTurn:
+    """One slot's share of a speculative step: `tok` (the last token of `history`, sampled, not
+    yet cached), its sampler, and how many tokens it still wants."""
+    slot: int
+    tok: int
+    history: list[int]
+    sampler: Sampler
+    budget: int = 1 << 30
+
+
 class Speculator:
     """Drives a target engine with a drafter: `step` turns one sampled token into that token's
     verified continuation."""
@@ -190,6 +201,8 @@ class Speculator:
         self.stats = SpecStats()
         self.last_drafted = 0                       # proposals in the last step
         self.last_logits: np.ndarray = np.zeros((0, 0), np.float32)   # its rows, one per returned token
+        self.drafted_of: dict[int, int] = {}        # the same per slot of the last step_many
+        self.logits_of: dict[int, np.ndarray] = {}
 
     def step(self, tok: int, history: list[int], sampler: Sampler, slot: int = 0, budget: int = 1 << 30) -> list[int]:
         """`tok` is the last token of `history`, sampled but not yet in the target's cache. Feed it
@@ -197,37 +210,60 @@ class Speculator:
         `tok`: the accepted proposals, then the target's own next token (at least one token). The
         cache then holds history + the accepted proposals (not the returned last token).
         budget: at most this many tokens are wanted (no point drafting past max_tokens)."""
+        return self.step_many([SpecTurn(slot, tok, history, sampler, budget)])[0]
+
+    def step_many(self, turns: Sequence["SpecTurn"]) -> list[list[int]]:
+        """`step` for several slots at once (distinct slots): each drafts, then every slot's token
+        and proposals are verified together in one batched target pass (Engine.forward_batch,
+        row-exact: each slot's rows get the bits they get alone, so the tokens are `step`'s).
+        Afterwards last_drafted / last_logits describe the last turn; drafted_of / logits_of
+        each slot's."""
+        return self.verify_many(turns, [self.draft(t) for t in turns])
+
+    def verify_many(self, turns: Sequence["SpecTurn"], proposals: Sequence[list[int]]) -> list[list[int]]:
+        """The verification half of step_many, for proposals drafted by `draft`."""
         eng = self.target
-        pos = eng.position(slot)
-        room = min(self.draft_max, eng.ctx - pos - 1, budget - 1)
-        t0 = time.perf_counter()
-        proposals = self.drafter.propose(history, room, slot) if room >= max(1, self.draft_min) else []
-        proposals = proposals[:max(room, 0)]
-        if len(proposals) < self.draft_min:
-            proposals = []
         t1 = time.perf_counter()
-        rows = eng.forward([tok] + proposals, all_logits=True, slot=slot)
+        rows = eng.forward_batch([(t.slot, [t.tok] + p) for t, p in zip(turns, proposals)], all_logits=True)
         t2 = time.perf_counter()
+        outs = [self._settle(t, p, r) for t, p, r in zip(turns, proposals, rows)]
+        self.drafted_of = {t.slot: len(p) for t, p in zip(turns, proposals)}
+        self.logits_of = {t.slot: r for t, r in zip(turns, rows)}
+        self.last_drafted, self.last_logits = len(proposals[-1]), rows[-1]
+        st = self.stats
+        st.verify_s += t2 - t1
+        for p, out in zip(proposals, outs):
+            if p:
+                st.steps += 1
+                st.drafted += len(p)
+                st.accepted += len(out) - 1
+                st.emitted += len(out)
+        return outs
+
+    def draft(self, turn: "SpecTurn") -> list[int]:
+        """The drafter's proposals for one slot's turn (none when too few would be drafted)."""
+        eng = self.target
+        t0 = time.perf_counter()
+        room = min(self.draft_max, eng.ctx - eng.position(turn.slot) - 1, turn.budget - 1)
+        proposals = self.drafter.propose(turn.history, room, turn.slot) if room >= max(1, self.draft_min) else []
+        proposals = proposals[:max(room, 0)]
+        self.stats.draft_s += time.perf_counter() - t0
+        return proposals if len(proposals) >= self.draft_min else []
+
+    def _settle(self, turn: "SpecTurn", proposals: list[int], rows: np.ndarray) -> list[int]:
+        """Accept or replace each proposal by the target's rows; the cache keeps tok + the kept ones."""
         out: list[int] = []
-        seen = list(history)
+        seen = list(turn.history)
         for i, d in enumerate(proposals):
-            t, kept = accept_or_replace(sampler, rows[i], seen, d)
+            t, kept = accept_or_replace(turn.sampler, rows[i], seen, d)
             out.append(t)
             seen.append(t)
             if not kept:
                 break
         else:
-            out.append(sampler.sample(rows[len(proposals)], seen))
-        eng.truncate(pos + len(out), slot)          # tok + the kept proposals stay cached
-        self.last_drafted, self.last_logits = len(proposals), rows
-        st = self.stats
-        st.draft_s += t1 - t0
-        st.verify_s += t2 - t1
-        if proposals:
-            st.steps += 1
-            st.drafted += len(proposals)
-            st.accepted += len(out) - 1
-            st.emitted += len(out)
+            out.append(turn.sampler.sample(rows[len(proposals)], seen))
+        eng = self.target
+        eng.truncate(eng.position(turn.slot) - len(proposals) - 1 + len(out), turn.slot)
         return out
 
     def close(self) -> None:

@@ -159,6 +159,49 @@ def test_slots_drafting_in_turn_give_each_prompt_its_plain_output():
 
 
 @NEED_FIXTURES
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_slots_verified_together_give_each_prompt_its_plain_output(backend):
+    """The server's loop with two busy slots and the assistant: every step drafts for both and
+    verifies both slots' rows in one batched target pass (forward_batch over two segments), and
+    each prompt still gets plain decoding's tokens."""
+    from g4rt.generation import load
+    from g4rt.sampling import Sampler
+    from g4rt.slots import SlotLoop, SlotRequest
+    stem = TARGETS[1]
+    r = np.load(FIXTURES / "ref" / f"{stem}.exact.npz")
+    prompts = [[int(t) for t in r[f"ids_{i}"]] for i in (2, 3)]
+    plain = load(MODELS / f"{stem}.gguf", backend=backend, ctx=256)
+    want = [list(plain.generate_ids(p, 20)) for p in prompts]
+    plain.close()
+    m = load(MODELS / f"{stem}.gguf", backend=backend, ctx=256, slots=2, draft=_assistant(stem), draft_max=3)
+    eng = m.engine
+    segments = []
+    real = eng._forward_segments
+
+    def counted(items, all_logits=False):
+        segments.append(len(items))
+        return real(items, all_logits)
+    eng._forward_segments = counted
+    got = {}
+    try:
+        loop = SlotLoop(eng, m.tokenizer.is_eog, lambda req, tok, logits: False,
+                        lambda slot, req, reason, err: got.__setitem__(id(req), (reason, err)),
+                        speculator=m.speculator, isolate_errors=False)
+        reqs = [SlotRequest(p, 20, Sampler()) for p in prompts]
+        for req in reqs:
+            loop.start(req, reuse_prefix=False)
+        while loop.busy():
+            loop.step()
+        for req, p, w in zip(reqs, prompts, want):
+            assert got[id(req)][1] is None
+            assert req.history[len(p):] == w
+        assert segments.count(2) >= 5, segments          # both slots' drafts in one pass
+        assert sum(req.draft_n for req in reqs) > 0
+    finally:
+        m.close()
+
+
+@NEED_FIXTURES
 def test_the_hidden_state_follows_a_rollback():
     """After a verification batch moved back to a kept prefix, the hidden state handed to the
     drafter is the kept last row's (what a run ending at that prefix computes)."""
