@@ -280,29 +280,51 @@ class Model:
                       seed: Optional[int] = None, samplers: Optional[Sequence[Sampler]] = None,
                       on_token: Optional[Callable[[int, int], None]] = None,
                       cancelled: Optional[Callable[[int], bool]] = None,
-                      stats: Optional[BatchStats] = None, **template_opts) -> list[BatchResult]:
+                      stats: Optional[BatchStats] = None, images: Optional[Sequence] = None,
+                      audio: Optional[Sequence] = None, **template_opts) -> list[BatchResult]:
         """Generate for many prompts, decoding up to the engine's slots (`g4rt.load(slots=N)`)
         together in one batched pass per token; results (tokens and text) in prompt order.
 
         A prompt is text, chat messages or token ids. Each prompt gets its own sampler (the same
         settings and seed for every prompt, or `samplers`, one per prompt), so its output is the
         one it gets alone whatever else is in the batch. on_token(i, token) streams; cancelled(i)
-        ends prompt i early. Speculative decoding does not apply here."""
+        ends prompt i early. Speculative decoding does not apply here. images / audio (a model
+        loaded with mmproj=): the same items for every prompt, placed in each as `generate`
+        places them (its markers, or before its text), each encoded once; a media prompt is
+        prefilled alone, then decodes with the others."""
         ids = [list(p) if not isinstance(p, str) and p and isinstance(p[0], (int, np.integer))
                else self.encode_prompt(p, chat=chat, system=system, **template_opts) for p in prompts]
+        rows, summaries = [None] * len(ids), [""] * len(ids)
+        if images or audio or (self.media is not None and any(self.media.has_markers(x) for x in ids)):
+            ids, rows, summaries = self._media_many(ids, images or (), audio or ())
         if samplers is not None and len(samplers) != len(ids):
             raise G4rtError(f"{len(samplers)} samplers for {len(ids)} prompts")
         requests = [SlotRequest(x, max_tokens, samplers[i] if samplers is not None else
-                                Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed))
+                                Sampler(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed), media=rows[i])
                     for i, x in enumerate(ids)]
         self._cached = []        # slot 0 will hold another sequence
         try:
             results = generate_batch(self.engine, self.tokenizer.is_eog, requests, on_token, cancelled, stats)
         finally:
             self.engine.reset()
-        for r in results:
-            r.text = self.tokenizer.decode(r.tokens)
+        for r, summary in zip(results, summaries):
+            r.text, r.media = self.tokenizer.decode(r.tokens), summary
         return results
+
+    def _media_many(self, ids: list[list[int]], images: Sequence, audio: Sequence):
+        """generate_many's media: per prompt its expanded ids, MediaRows (None: no media) and
+        summary; every prompt checked against the context before any encoder runs."""
+        if self.media is None:
+            raise MediaInputError("images and audio need a projector: load the model with mmproj= (--mmproj)")
+        plans = self.media.plan_many(ids, images, audio)
+        for i, plan in enumerate(plans):
+            if len(plan.ids) > self.engine.ctx:
+                raise ContextOverflowError(
+                    f"prompt {i + 1} has {len(plan.ids)} tokens with its media ({plan.summary()}) but the context "
+                    f"holds {self.engine.ctx}; use a larger --ctx, fewer or smaller media (--image-max-tokens)")
+        rows = self.media.encode_many(plans)
+        return ([p.ids for p in plans], [r if p.items else None for p, r in zip(plans, rows)],
+                [p.summary() for p in plans])
 
 
 class ChatSession:
@@ -381,7 +403,7 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
         raise G4rtError(f"unknown backend {backend!r} (choose auto, {', '.join(names[:-1])} or {names[-1]})")
     projector = None
     if mmproj is not None:       # checked before any device opens
-        projector = _open_projector(mmproj, path, backend, gpu_layers, cpu_moe or n_cpu_moe is not None)
+        projector = _open_projector(mmproj, path, backend)
     moe_layers = 0
     if cpu_moe or n_cpu_moe is not None:       # checked on the header, before any device opens
         moe_layers = expert_layers_on_host(load_config(GGUFFile(path)), backend, cpu_moe, n_cpu_moe)
@@ -431,12 +453,14 @@ MEDIA_BACKENDS = ("cpu", "numpy", "vulkan", "cuda")
 ENCODER_BACKENDS = ("cpu", "numpy")
 
 
-def _open_projector(mmproj, model_path, backend: str, gpu_layers, expert_split: bool):
-    """The validated projector for this text model (its width checked against the model's)."""
+def _open_projector(mmproj, model_path, backend: str):
+    """The validated projector for this text model (its width checked against the model's).
+    Layer and expert splits (--gpu-layers, --cpu-moe) take media too: the hybrid hands the
+    soft tokens and the image mask to the halves that read them (HybridBackend.write_inputs)."""
     from .mmproj.reader import load_projector
-    if backend not in MEDIA_BACKENDS or gpu_layers is not None or expert_split:
+    if backend not in MEDIA_BACKENDS:
         raise MediaInputError(f"images and audio run on the {' and '.join(MEDIA_BACKENDS)} backends so far, "
-                              f"not on {backend}{' with a layer split' if gpu_layers is not None or expert_split else ''}")
+                              f"not on {backend}")
     f = GGUFFile(model_path)
     return load_projector(mmproj, load_config(f).n_embd, f.path.name)
 

@@ -12,6 +12,9 @@ Rules that keep a split exact:
 - Buffers written by front ops and read by back ops before the back writes them ("transfers")
   become f32 inputs of the back graph, copied into place by a leading Slice op (an ordinary op).
 - Weights go to every side that reads them (a tied embedding/output matrix may live on both).
+- Per-call inputs (ops.Graph.inputs: media soft tokens, the image mask) go to every side whose
+  ops read them (inputs_of); the hybrid declares them on both backends and writes each to the
+  halves whose graphs read it (HybridBackend.write_inputs).
 """
 
 from __future__ import annotations
@@ -150,6 +153,12 @@ def _buffers_of(graph: ops.Graph, op_list: list[ops.Op]) -> dict[str, ops.Buffer
     return out
 
 
+def inputs_of(graph: ops.Graph, op_list: list[ops.Op]) -> dict[str, ops.Buffer]:
+    """The per-call inputs (ops.Graph.inputs: media soft tokens, the image mask) these ops read."""
+    names = {r for op in op_list for r in op.reads() if r in graph.inputs}
+    return {n: graph.inputs[n] for n in sorted(names)}
+
+
 def sub_graphs(graph: ops.Graph, part: Partition,
                input_prefix: str) -> tuple[Optional[ops.Graph], Optional[ops.Graph], dict[str, str]]:
     """The front graph, the back graph (None for an empty side) and {transfer: back input name}."""
@@ -164,7 +173,8 @@ def sub_graphs(graph: ops.Graph, part: Partition,
         front = ops.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, op_list),
                           caches={c: graph.caches[c] for c in sorted(part.front_caches)},
                           weights={w: graph.weights[w] for w in sorted(part.front_weights)},
-                          ops=op_list, output=out, tokens=graph.tokens, labels=labels[:s])
+                          ops=op_list, output=out, tokens=graph.tokens, labels=labels[:s],
+                          inputs=inputs_of(graph, op_list))
     if s < len(graph.ops):
         pre = [ops.Slice(b, inputs[b], 0, 0) for b in part.transfers]
         op_list = pre + list(graph.ops[s:])
@@ -176,7 +186,7 @@ def sub_graphs(graph: ops.Graph, part: Partition,
                          caches=caches,
                          weights={w: graph.weights[w] for w in sorted(part.back_weights)},
                          ops=op_list, output=graph.output, tokens=graph.tokens,
-                         labels=[INPUT_LABEL] * len(pre) + labels[s:])
+                         labels=[INPUT_LABEL] * len(pre) + labels[s:], inputs=inputs_of(graph, op_list))
     return front, back, inputs
 
 
@@ -297,5 +307,5 @@ def piece_graph(graph: ops.Graph, piece: Piece) -> ops.Graph:
                                          next(op.out for op in reversed(op_list) if op.out in graph.buffers))
     return ops.Graph(n_tokens=graph.n_tokens, buffers=_buffers_of(graph, op_list), caches=caches,
                      weights={w: graph.weights[w] for w in sorted(piece.weights)}, ops=op_list, output=output,
-                     tokens=graph.tokens,
+                     tokens=graph.tokens, inputs=inputs_of(graph, op_list),
                      labels=[INPUT_LABEL] * len(pre) + labels[piece.start:piece.end] + [KEPT_LABEL] * len(post))

@@ -20,6 +20,9 @@ Rules that keep the split exact:
 - Weights go to every side that reads them (a tied embedding/output matrix may live on both).
 - The rows' placement (ops.Segment list) passes to both sides unchanged: each side's graph
   keeps every row.
+- Per-call inputs (ops.Graph.inputs: a media prompt's soft tokens and image mask) are declared
+  on both backends; each side's graph names those its ops read, and write_inputs copies each
+  only to the sides that read it.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class HybridBackend(Backend):
         self._alloc: dict[str, Optional[set[str]]] = {"front": None, "back": None}
         self.last_partition: Optional[Partition] = None
         self.last_pieces: list[Piece] = []          # the last graph cut by _compile_pieces
+        self._inputs: dict[str, tuple[int, int]] = {}   # per-call inputs declared on both halves
+        self._readers: dict[str, set[str]] = {"front": set(), "back": set()}   # ... read by each half
 
     @property
     def device_name(self) -> str:
@@ -101,6 +106,30 @@ class HybridBackend(Backend):
 
     def allocate_caches(self, caches) -> None:
         self.caches = dict(caches)
+
+    def declare_inputs(self, shapes: dict[str, tuple[int, int]]) -> None:
+        """A graph's per-call inputs (media soft tokens, the image mask: ops.Graph.inputs) on both
+        halves: the soft tokens are read before the first layer, the image mask by the sliding
+        layers of either half. The engine declares them before compile and writes them before
+        each run (write_inputs); each half's graph names only those its ops read."""
+        self.front.declare_inputs(shapes)
+        self.back.declare_inputs(shapes)
+        self._inputs.update(shapes)
+
+    def write_inputs(self, arrays: dict[str, np.ndarray]) -> None:
+        """Each array goes to the halves whose compiled graphs read it (the soft tokens to the
+        half holding the embedding, the image mask to every half with sliding layers)."""
+        for name in arrays:
+            if name not in self._inputs:
+                raise G4rtError(f"input {name!r} was not declared on the hybrid backend")
+        for side, be in (("front", self.front), ("back", self.back)):
+            mine = {n: a for n, a in arrays.items() if n in self._readers[side]}
+            if mine:
+                be.write_inputs(mine)
+
+    def _reads_inputs(self, side: str, graph: Optional[ops.Graph]) -> None:
+        if graph is not None:
+            self._readers[side].update(graph.inputs)
 
     def split_index(self, graph: ops.Graph) -> int:
         s = self.split_rule(graph) if callable(self.split_rule) else int(self.split_rule)
@@ -185,6 +214,8 @@ class HybridGraph(CompiledGraph):
         self.backend, self.graph, self.part = backend, graph, part
         prefix = f"hyb{next(_ids)}."
         fg, bg, self.inputs = sub_graphs(graph, part, prefix)
+        backend._reads_inputs("front", fg)
+        backend._reads_inputs("back", bg)
         self.front = backend.front.compile(fg) if fg is not None else None
         if bg is not None:
             backend.back.declare_inputs({name: (graph.buffers[b].rows, graph.buffers[b].cols)
@@ -241,7 +272,9 @@ class PiecewiseGraph(CompiledGraph):
             n_pre, n_ops = len(piece.inputs) + len(piece.kept_in), piece.end - piece.start
             to_global = lambda idx, n=n_pre, m=n_ops, s=piece.start: \
                 idx - n + s if n <= idx < n + m else None  # noqa: E731
-            self._steps.append((be, names, be.compile(piece_graph(graph, piece)), piece.exports, to_global))
+            pg = piece_graph(graph, piece)
+            backend._reads_inputs(piece.side, pg)
+            self._steps.append((be, names, be.compile(pg), piece.exports, to_global))
         # bytes through the host per call (what stays on a device is not counted)
         self.transfer_bytes = sum(int(np.prod(shape(b))) * 4 for piece in cut for b in piece.inputs)
 

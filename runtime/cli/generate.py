@@ -84,7 +84,8 @@ def _summary(model) -> str:
 @click.option("--show-thinking", is_flag=True, help="Show the model's thinking channel in chat output.")
 @click.option("--batch", "batch_file", type=click.File("r", encoding="utf-8"), default=None,
               help="A file of prompts (one per line, or JSON lines with a \"prompt\" field): generate for "
-                   "all, decoding --parallel of them together; prints one JSON line per prompt, in order.")
+                   "all, decoding --parallel of them together; prints one JSON line per prompt, in order. "
+                   "--image / --audio go with every prompt, placed as for -p.")
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
               help="With --batch: how many prompts decode together (KV cache slots).")
 @media_options
@@ -101,9 +102,8 @@ def run(model, prompt, prompt_file, chat, system, show_thinking, batch_file, par
     media = media_load_options(kw, model)
     images, audio = kw.pop("images"), kw.pop("audio")
     if batch_file is not None:
-        if images or audio:
-            raise click.UsageError("--batch takes text prompts only: drop --image / --audio")
-        _run_batch(model, batch_file, parallel, chat or system is not None, system, kw)
+        # --image / --audio go with every prompt of the batch, each placed as for -p
+        _run_batch(model, batch_file, parallel, chat or system is not None, system, kw, media, images, audio)
         return
     text = prompt if prompt is not None else prompt_file.read()
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], spec=speculation(kw),
@@ -150,7 +150,7 @@ def read_batch_prompts(f) -> list[str]:
     return prompts
 
 
-def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
+def _run_batch(model, batch_file, parallel, chat, system, kw, media=None, images=(), audio=()) -> None:
     from ..slots import BatchStats
     spec = speculation(kw)
     if spec["draft"] is not None or spec["spec"] is not None:
@@ -158,16 +158,19 @@ def _run_batch(model, batch_file, parallel, chat, system, kw) -> None:
     prompts = read_batch_prompts(batch_file)
     slots = min(parallel, len(prompts))
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"], slots=slots,
-              precision=kw["precision"])
+              precision=kw["precision"], media=media)
     stats = BatchStats()
     t0 = time.perf_counter()
     try:
-        results = m.generate_many(prompts, chat=chat, system=system, stats=stats, **sampling(kw))
+        results = m.generate_many(prompts, chat=chat, system=system, stats=stats, images=list(images),
+                                  audio=list(audio), **sampling(kw))
     except KeyboardInterrupt:
         raise SystemExit(130)
     for i, (p, r) in enumerate(zip(prompts, results)):
-        click.echo(json.dumps({"index": i, "prompt": p, "text": r.text, "tokens": len(r.tokens),
-                               "stop_reason": r.stop_reason}, ensure_ascii=False))
+        line = {"index": i, "prompt": p, "text": r.text, "tokens": len(r.tokens), "stop_reason": r.stop_reason}
+        if r.media:
+            line["media"] = r.media
+        click.echo(json.dumps(line, ensure_ascii=False))
     if not kw["quiet"]:
         wall = time.perf_counter() - t0
         gen = sum(len(r.tokens) for r in results)

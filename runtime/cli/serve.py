@@ -86,10 +86,12 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         raise ServeError(f"{model}: no such file")
     load_options = {**placement(place), **speculation(place), "mmproj": mmproj,
                     "image_min_tokens": image_min_tokens, "image_max_tokens": image_max_tokens}
+    media = MediaPolicy(max_bytes=parse_size(max_media), media_dir=Path(media_dir).absolute() if media_dir else None,
+                        allow_remote=allow_remote_media)
     if use_ray:
         from ..server.ray_serve import RaySettings, serve_on_ray
         settings = RaySettings(model=model, ctx=ctx, parallel=parallel, queue=queue, backend=backend, threads=threads,
-                               precision=precision, load_options=load_options,
+                               precision=precision, load_options=load_options, media=media,
                                api_key=api_key, timeout_s=timeout, truncate=truncate, max_body=parse_size(max_body),
                                cors_origins=cors_origins, aliases=aliases, replicas=replicas, autoscale=autoscale,
                                routing=ray_routing or "prefix")
@@ -100,9 +102,7 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
         raise ServeError(f"{', '.join(ray_only)} only apply with --ray")
     config = ServerConfig(model_id=Path(model).stem, aliases=tuple(aliases) + (Path(model).name,),
                           api_key=api_key or None, max_body=parse_size(max_body), cors_origins=tuple(cors_origins),
-                          truncate=truncate, timeout_s=timeout, queue=queue,
-                          media=MediaPolicy(max_bytes=parse_size(max_media), media_dir=Path(media_dir) if media_dir else None,
-                                            allow_remote=allow_remote_media))
+                          truncate=truncate, timeout_s=timeout, queue=queue, media=media)
     state = ServerState(config, ServerMetrics(parallel))
 
 

@@ -96,8 +96,40 @@ class MediaPrompter:
 
     def plan(self, ids: Sequence[int], images: Sequence = (), audio: Sequence = ()) -> MediaPlan:
         """Decode and count every item and expand the prompt's markers (no encoder runs)."""
-        prepared = {IMAGE: [self.prepare_image(s, k) for k, s in enumerate(images)],
-                    AUDIO: [self.prepare_audio(s, k) for k, s in enumerate(audio)]}
+        return self._plan(ids, self._prepare(images, audio))
+
+    def plan_many(self, prompts: Sequence[Sequence[int]], images: Sequence = (), audio: Sequence = ()
+                  ) -> list[MediaPlan]:
+        """The same images / audio for every prompt (`g4rt run --batch --image ...`): each item is
+        decoded once and placed in each prompt as `plan` places it (at the prompt's markers, or
+        before its text); an error names the prompt (1-based)."""
+        prepared = self._prepare(images, audio)
+        plans = []
+        for i, ids in enumerate(prompts):
+            try:
+                plans.append(self._plan(ids, prepared))
+            except MediaInputError as e:
+                raise type(e)(f"prompt {i + 1}: {e}") from None
+        return plans
+
+    def encode_many(self, plans: Sequence[MediaPlan]) -> list[MediaRows]:
+        """The MediaRows of plans that share their items (plan_many): each item encoded once."""
+        done: dict[int, SoftTokens] = {}
+        out = []
+        for plan in plans:
+            items = []
+            for it in plan.items:
+                if id(it) not in done:
+                    done[id(it)] = self.soft_tokens(it)
+                items.append(done[id(it)])
+            out.append(media_rows(plan.ids, items, self.tokens, self.n_embd, self.bidirectional))
+        return out
+
+    def _prepare(self, images: Sequence, audio: Sequence) -> dict[str, list[PreparedItem]]:
+        return {IMAGE: [self.prepare_image(s, k) for k, s in enumerate(images)],
+                AUDIO: [self.prepare_audio(s, k) for k, s in enumerate(audio)]}
+
+    def _plan(self, ids: Sequence[int], prepared: dict[str, list[PreparedItem]]) -> MediaPlan:
         counts = {kind: [it.n_tokens for it in its] for kind, its in prepared.items() if its}
         expanded = expand_prompt(ids, counts, self.tokens, self.bos)
         placeholders = {t.placeholder: kind for kind, t in self.tokens.items() if kind in counts}

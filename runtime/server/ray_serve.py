@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import G4rtError
+from .media_input import MediaPolicy
 from .state import DEFAULT_MAX_BODY, ServerConfig, load_served_model
 
 APP_NAME = "g4rt"
@@ -81,6 +82,9 @@ class RaySettings:
     max_body: int = DEFAULT_MAX_BODY
     cors_origins: tuple = ()
     aliases: tuple = ()
+    #: what a request's image / audio references may name (--media-dir, --allow-remote-media,
+    #: --max-media): each replica parses the media with it, as `g4rt serve` does
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     replicas: Optional[int] = None                        # default 1 (without autoscale)
     autoscale: Optional[tuple] = None                     # (min, max) replicas
     routing: str = "prefix"
@@ -116,7 +120,7 @@ class RaySettings:
         name = Path(self.model).name
         return ServerConfig(model_id=Path(self.model).stem, aliases=tuple(self.aliases) + (name,),
                             api_key=self.api_key or None, max_body=self.max_body, cors_origins=tuple(self.cors_origins),
-                            truncate=self.truncate, timeout_s=self.timeout_s,
+                            truncate=self.truncate, timeout_s=self.timeout_s, media=self.media,
                             # Ray sends a replica at most max_ongoing requests: its own FIFO holds the
                             # ones past its slots, never more, so it never answers "busy" itself
                             queue=self.max_ongoing - self.parallel)
@@ -204,6 +208,10 @@ _LOAD_ARGS = {"gpu_layers": int, "cpu_moe": _flag, "n_cpu_moe": int, "draft": st
               "draft_min": int, "draft_backend": str, "draft_p_min": float, "ngram_n": int, "mmproj": str,
               "image_min_tokens": int, "image_max_tokens": int}
 _RENAMED = {"timeout": "timeout_s", "cors_origin": "cors_origins", "alias": "aliases"}
+#: the media policy's arguments (as serve's --media-dir, --allow-remote-media, --max-media)
+_MEDIA_ARGS = {"media_dir": lambda v: Path(str(v)).expanduser().absolute(), "allow_remote_media": _flag,
+               "max_media": _size}
+_MEDIA_FIELDS = {"media_dir": "media_dir", "allow_remote_media": "allow_remote", "max_media": "max_bytes"}
 
 
 def settings_from_args(args: dict) -> RaySettings:
@@ -212,18 +220,21 @@ def settings_from_args(args: dict) -> RaySettings:
     args = {str(k).replace("-", "_"): v for k, v in dict(args or {}).items()}
     if not args.get("model"):
         raise RayServeError("the g4rt application needs model=PATH (the GGUF file, at that path on every node)")
-    kw, load = {"model": str(args.pop("model"))}, {}
+    kw, load, media = {"model": str(args.pop("model"))}, {}, {}
     for key, value in args.items():
-        convert = _ARGS.get(key) or _LOAD_ARGS.get(key)
+        convert = _ARGS.get(key) or _LOAD_ARGS.get(key) or _MEDIA_ARGS.get(key)
         if convert is None:
             raise RayServeError(f"unknown argument {key!r}; known: model, "
-                                f"{', '.join(sorted([*_ARGS, *_LOAD_ARGS]))}")
+                                f"{', '.join(sorted([*_ARGS, *_LOAD_ARGS, *_MEDIA_ARGS]))}")
         try:
             value = convert(value)
         except (ValueError, TypeError, G4rtError) as e:
             raise RayServeError(f"argument {key}={value!r}: {e}") from None
-        (load if key in _LOAD_ARGS else kw)[_RENAMED.get(key, key)] = value
-    return RaySettings(**kw, load_options=load)
+        if key in _MEDIA_ARGS:
+            media[_MEDIA_FIELDS[key]] = value
+        else:
+            (load if key in _LOAD_ARGS else kw)[_RENAMED.get(key, key)] = value
+    return RaySettings(**kw, load_options=load, media=MediaPolicy(**media))
 
 
 def app(args: dict):
