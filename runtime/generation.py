@@ -23,7 +23,7 @@ from .gguf.reader import GGUFFile
 from .memory_plan import expert_layers_on_host
 from .model.config import load_config
 from .sampling import Sampler
-from .slots import BatchResult, BatchStats, SlotRequest, generate_batch, media_key
+from .slots import BatchResult, BatchStats, SlotRequest, generate_batch, media_from, media_key, reusable_with_media
 from .speculative import DEFAULT_DRAFT_MAX, DEFAULT_NGRAM_N, SpecStats, Speculator, create_speculator
 from .text.tokenizer import StreamDecoder, load_tokenizer
 from .mmproj.errors import MediaInputError
@@ -155,16 +155,19 @@ class Model:
     def _prefill(self, ids: list[int], media: Optional[MediaRows] = None) -> tuple[np.ndarray, int]:
         """Bring the KV cache to `ids`, keeping the prefix it shares with what is cached (the next
         chat turn) when moving back there is exact (Engine.prefix_to_keep: sliding rings longer
-        than the window allow it past a wrap). A prompt with media is prefilled from its start."""
+        than the window allow it past a wrap). Media rows are keyed by their soft tokens
+        (slots.media_key, as the server's slots), so the next chat turn with the same images keeps
+        them; a kept prefix never ends inside an image block."""
         if len(ids) > self.engine.ctx:
             raise ContextOverflowError(f"the prompt has {len(ids)} tokens but the context holds "
                                        f"{self.engine.ctx}; use a larger --ctx or a shorter prompt")
-        n_cached = 0 if media is not None else self.engine.prefix_to_keep(self._cached, ids)
+        n_cached = reusable_with_media(self.engine.prefix_to_keep(self._cached, media_key(ids, media)), media)
         self.engine.truncate(n_cached)
         self._cached = self._cached[:n_cached]
         new = ids[n_cached:]
         try:
-            logits = self.engine.forward(np.asarray(new, dtype=np.int32), media=media)[-1]
+            logits = self.engine.forward(np.asarray(new, dtype=np.int32),
+                                         media=media_from(media, n_cached) if media is not None else None)[-1]
         except BaseException:
             # Interrupted or failed part way: the cache no longer matches any known sequence.
             self.engine.reset()
@@ -371,7 +374,7 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
          draft_max: int = DEFAULT_DRAFT_MAX, draft_min: int = 0, draft_backend: Optional[str] = None,
          draft_p_min: float = 0.0, ngram_n: int = DEFAULT_NGRAM_N, precision: str = "auto",
          mmproj=None, image_min_tokens: Optional[int] = None, image_max_tokens: Optional[int] = None,
-         **backend_options) -> Model:
+         mmproj_offload: bool = True, **backend_options) -> Model:
     """Load a GGUF model (default: the bundled Gemma 3 270M) on a backend ("auto" picks one).
 
     gpu_layers: put only the first N layers on the GPU backend and the rest on the native CPU
@@ -386,7 +389,9 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     "auto" (the fastest path that passes the quality gates here), "exact" (float32 activations)
     or "q8" (int8 blocks of 32, as llama.cpp); the draft model gets the same. mmproj: a
     projector GGUF (images / audio, Model.generate(images=, audio=)); image_min_tokens /
-    image_max_tokens: the image token budget (g4rt.media.budget)."""
+    image_max_tokens: the image token budget (g4rt.media.budget); mmproj_offload=False runs the
+    projector's encoder on the native CPU whatever the backend (llama.cpp's --no-mmproj-offload;
+    see encoder_placement)."""
     if path is None:
         from .model.bundled import default_model_path
         path = default_model_path()
@@ -425,11 +430,11 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
     if projector is not None:
         try:
             media = _media_prompter(projector, engine, backend, threads, precision, image_min_tokens,
-                                    image_max_tokens)
+                                    image_max_tokens, mmproj_offload, backend_options)
         except BaseException:
             engine.close()
             raise
-        reason += f"; media: {projector.describe()}"
+        reason += f"; media: {projector.describe()}, encoded on {media.encoder.backend.name}"
     speculator = None
     if speculating:
         try:
@@ -448,9 +453,26 @@ def load(path=None, backend: str = "auto", ctx: Optional[int] = None,
 
 #: Backends whose op lists run media prompts (soft tokens, image blocks) so far.
 MEDIA_BACKENDS = ("cpu", "numpy", "vulkan", "cuda")
-#: Backends that run the projector's embedders (LayerNorm, GatherAdd, ...); the others' models
-#: get their soft tokens from the native CPU (a few small matmuls per image).
-ENCODER_BACKENDS = ("cpu", "numpy")
+#: Backends with every encoder op (docs/ops-support.md): the projector runs on the text model's
+#: backend (its own instance, on the same device), as llama.cpp offloads the mmproj.
+ENCODER_BACKENDS = ("cpu", "numpy", "vulkan", "cuda")
+
+
+def encoder_placement(backend: str, engine: Engine, threads, precision: str, offload: bool = True,
+                      backend_options: Optional[dict] = None) -> tuple[str, dict]:
+    """(backend, options) for the projector's encoder: the text model's GPU backend (the GPU half
+    of a layer split) on the same device, unless offload is off (llama.cpp's --no-mmproj-offload)
+    or the Vulkan device is itself a CPU (lavapipe: the native CPU kernels are many times faster
+    there); the native CPU otherwise; numpy for the numpy reference."""
+    on_cpu = dict(threads=threads, precision=precision)
+    if backend == "numpy":
+        return "numpy", {}
+    if backend not in ENCODER_BACKENDS or backend == "cpu" or not offload:
+        return "cpu", on_cpu
+    gpu = getattr(engine.backend, "front", engine.backend)      # a hybrid's device half
+    if backend == "vulkan" and getattr(getattr(gpu, "info", None), "is_cpu", False):
+        return "cpu", on_cpu
+    return backend, {k: v for k, v in (backend_options or {}).items() if k == "device"}
 
 
 def _open_projector(mmproj, model_path, backend: str):
@@ -466,10 +488,9 @@ def _open_projector(mmproj, model_path, backend: str):
 
 
 def _media_prompter(projector, engine: Engine, backend: str, threads, precision: str, image_min_tokens,
-                    image_max_tokens) -> MediaPrompter:
+                    image_max_tokens, offload: bool = True, backend_options: Optional[dict] = None) -> MediaPrompter:
     from .mmproj.encoder import MediaEncoder
-    encoder_backend = backend if backend in ENCODER_BACKENDS else "cpu"
-    options = dict(threads=threads, precision=precision) if encoder_backend == "cpu" else {}
+    encoder_backend, options = encoder_placement(backend, engine, threads, precision, offload, backend_options)
     tok = load_tokenizer(engine.file)
     encoder = MediaEncoder(projector, encoder_backend, **options)
     return MediaPrompter(projector, encoder, tok.token_to_id, engine.config.n_embd, tok.bos_id,

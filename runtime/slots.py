@@ -90,7 +90,7 @@ def reusable_with_media(keep: int, media) -> int:
     return keep
 
 
-def _media_from(media, start: int):
+def media_from(media, start: int):
     """The MediaRows of rows [start, n) of a prompt (after a reused prefix, never inside a block)."""
     if start == 0:
         return media
@@ -208,7 +208,7 @@ class SlotLoop:
         ids = list(request.pending)
         t0 = time.perf_counter()
         try:
-            logits = self.engine.forward(ids, slot=slot.index, media=_media_from(request.media, start))[-1]
+            logits = self.engine.forward(ids, slot=slot.index, media=media_from(request.media, start))[-1]
         except BaseException:
             self._reset(slot)
             raise
@@ -347,7 +347,7 @@ class SlotLoop:
             t0 = time.perf_counter()
             try:
                 request.logits = engine.forward(list(request.pending), slot=slot.index,
-                                                media=_media_from(request.media, start))[-1]
+                                                media=media_from(request.media, start))[-1]
             except BaseException:
                 self._reset(slot)
                 raise

@@ -287,6 +287,7 @@ export -f info warmup bench_fixtures synth bench_synth g4rt_bench bench_ops
 stage info 40 info
 stage warmup 90 warmup
 stage ops 120 "$PY" -m pytest tests/test_backend_ops.py -k "cuda and not cuda-emulated and not cuda-sim" -v -p no:cacheprovider -o addopts="" --tb=short --maxfail=30
+stage media 60 "$PY" -m pytest tests/test_cuda_media_ops.py tests/test_vit_ops.py tests/test_mmproj_gemma4a.py -k "cuda and not cuda-emulated and not cuda-sim and not simulator" -v -p no:cacheprovider -o addopts="" --tb=short --maxfail=30
 stage model 170 "$PY" -m pytest tests/test_cuda_model.py -v -p no:cacheprovider -o addopts="" --tb=short
 stage bench_fixtures 40 bench_fixtures
 stage synth 60 synth

@@ -559,15 +559,17 @@ def test_kernels_under_address_and_undefined_sanitizers(tmp_path):
 
 
 # ==== media ops: the encoders' LayerNorm / bias / position lookup, soft tokens, image blocks =====
-# (numpy and the native CPU; Vulkan and CUDA run TakeRows and Attention.ahead, the text model's
-# part; their models' encoders run on the native CPU)
+# (numpy, the native CPU, Vulkan and CUDA: LayerNorm, AddVector, GatherAdd, TakeRows; Vulkan and
+# CUDA also Attention.ahead, the text model's part)
 @on("rows,cols,with_weight,with_bias,options",
-    (CPU, [(*case, t) for case in LAYERNORM_CASES for t in threads(1, 3)]))
+    (CPU, [(*case, t) for case in LAYERNORM_CASES for t in threads(1, 3)]),
+    ([VULKAN], [(*case, {}) for case in LAYERNORM_CASES]),
+    ([CUDA, CUDA_EMULATED, CUDA_SIM], [(*case, {}) for case in LAYERNORM_CASES]))
 def test_seeded_layernorm(target, rows, cols, with_weight, with_bias, options):
     check_layernorm(target.maker(**options), rows, cols, with_weight, with_bias)
 
 
-@on("options", (CPU, threads(1, 2, 3)))
+@on("options", (CPU, threads(1, 2, 3)), ([VULKAN], [{}]), ([CUDA, CUDA_EMULATED, CUDA_SIM], [{}]))
 def test_seeded_add_vector_gather_add_take_rows(target, options):
     check_add_vector_gather_take(target.maker(**options))
 

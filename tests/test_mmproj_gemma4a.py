@@ -28,6 +28,8 @@ from g4rt.mmproj.errors import MediaInputError, ProjectorMismatchError
 from g4rt.mmproj.reader import ConformerConfig, load_projector
 from g4rt.tools.parity import compare, worst
 from gguf_edit import rewrite_gguf
+from cuda_targets import CUDA_PARAMS, cuda_backend
+from conftest import vulkan_skip_reason
 
 DATA = Path(__file__).resolve().parent / "data" / "gemma4a"
 MODEL, MMPROJ, REF = DATA / "g4a-F32.gguf", DATA / "mmproj-g4a-F32.gguf", DATA / "g4a-F32.exact.npz"
@@ -46,6 +48,11 @@ def ref():
 def make_backend(name: str, threads: int = 2):
     if name == "numpy":
         return NumpyBackend()
+    if threads == "vulkan":             # the Vulkan kernels (shaders/glsl/conv.comp, chunked_attention.comp, ...)
+        from g4rt.backends.vulkan import VulkanBackend
+        return VulkanBackend(kv_dtype="f32")
+    if isinstance(threads, str):        # a CUDA target (tests/cuda_targets.py): conformer.cu
+        return cuda_backend(threads)
     from g4rt.backends.cpu import CpuBackend
     return CpuBackend(threads=threads, kv_dtype="f32", precision="exact")
 
@@ -144,7 +151,11 @@ def run_op(backend, op, bufs, out_shape, weights, inputs, n_tokens):
 def both(op, bufs, out_shape, weights=None, inputs=None, n_tokens=None, threads=2):
     n = n_tokens or out_shape[0]
     want = run_op(NumpyBackend(), op, bufs, out_shape, weights or {}, inputs or {}, n)
-    got = run_op(make_backend("cpu", threads), op, bufs, out_shape, weights or {}, inputs or {}, n)
+    be = make_backend("cpu", threads)
+    try:
+        got = run_op(be, op, bufs, out_shape, weights or {}, inputs or {}, n)
+    finally:
+        be.close()
     return want, got
 
 
@@ -156,10 +167,14 @@ def _close(want, got, tol=2e-6):
 R = np.random.default_rng(24)
 
 cpu_only = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: no native CPU backend")
+VK_SKIP = vulkan_skip_reason()
+VULKAN = pytest.param("vulkan", marks=pytest.mark.skipif(VK_SKIP is not None, reason=VK_SKIP or ""))
+#: the op tests' backends: the native CPU at 1-3 threads, Vulkan, then the CUDA targets
+OP_TARGETS = [1, 2, 3, VULKAN, *CUDA_PARAMS]
 
 
 @cpu_only
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", OP_TARGETS)
 def test_silu_and_glu(threads):
     x = (R.standard_normal((7, 22)) * 4).astype(np.float32)
     _close(*both(ops.Silu("o", "x"), {"x": x}, (7, 22), threads=threads))
@@ -169,7 +184,7 @@ def test_silu_and_glu(threads):
 
 
 @cpu_only
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", OP_TARGETS)
 @pytest.mark.parametrize("T, F, ci, co, masked", [(9, 11, 1, 5, 2), (13, 6, 3, 4, 0), (2, 3, 2, 3, 1)])
 def test_conv2d_norm_relu(threads, T, F, ci, co, masked):
     x = R.standard_normal((T, F * ci)).astype(np.float32)
@@ -199,7 +214,7 @@ def test_conv2d_norm_relu(threads, T, F, ci, co, masked):
 
 
 @cpu_only
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", OP_TARGETS)
 def test_depthwise_conv1d(threads):
     x = R.standard_normal((13, 7)).astype(np.float32)
     w = R.standard_normal((7, 5)).astype(np.float32)
@@ -210,7 +225,7 @@ def test_depthwise_conv1d(threads):
 
 
 @cpu_only
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", OP_TARGETS)
 @pytest.mark.parametrize("T, H, D, valid, per_dim", [(29, 3, 6, 25, True), (5, 2, 4, 5, False), (14, 1, 8, 13, True)])
 def test_chunked_attention(threads, T, H, D, valid, per_dim):
     q, k, v = (R.standard_normal((T, H * D)).astype(np.float32) * 3 for _ in range(3))
@@ -232,6 +247,55 @@ def test_chunked_attention(threads, T, H, D, valid, per_dim):
         p = np.exp(s - s.max())
         p /= p.sum()
         np.testing.assert_allclose(want[t, h * D:(h + 1) * D], p @ v[us, h * D:(h + 1) * D], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(VK_SKIP is not None, reason=VK_SKIP or "")
+def test_vulkan_conv2d_output_split_into_row_bands():
+    """4 KiB storage buffers: the conv's [20, 128] output spans 3 bands (8 rows each) while its
+    input and mask fit one; each band reads the input rows 2t-1 .. 2t+1 it needs."""
+    from g4rt.backends.vulkan import VulkanBackend
+    T, F, ci, co = 40, 16, 1, 16
+    x = R.standard_normal((T, F * ci)).astype(np.float32)
+    mask = np.ones((T, 1), np.float32)
+    mask[-3:] = 0
+    w = (R.standard_normal((co * ci * 3, 3)) / 3).astype(np.float32)
+    norm = (1 + 0.3 * R.standard_normal((1, co))).astype(np.float32)
+    op = ops.Conv2dNormRelu("o", "x", "m", "w", "n", ci, co, 1e-6)
+    shape = ((T + 1) // 2, (F + 1) // 2 * co)
+    want = run_op(NumpyBackend(), op, {"x": x}, shape, {"w": w, "n": norm}, {"m": mask}, T)
+    be = VulkanBackend(kv_dtype="f32", max_buffer_bytes=4096)
+    try:
+        got = run_op(be, op, {"x": x}, shape, {"w": w, "n": norm}, {"m": mask}, T)
+    finally:
+        be.close()
+    _close(want, got, 2e-6)
+
+
+@pytest.mark.skipif(VK_SKIP is not None, reason=VK_SKIP or "")
+@pytest.mark.parametrize("which", ["depthwise", "chunked"])
+def test_vulkan_windowed_ops_refuse_inputs_split_across_buffers(which):
+    """A row band of the output would need key / input rows of two storage buffers: refused, named."""
+    from g4rt.backends.vulkan import VulkanBackend
+    T, C = 40, 64
+    weights = {"w": R.standard_normal((C, 5)).astype(np.float32), "rel": R.standard_normal((C, 8)).astype(np.float32),
+               "pw": R.standard_normal((C, 8)).astype(np.float32)}
+    if which == "depthwise":
+        op = ops.DepthwiseConv1d("o", "h", "w")
+    else:
+        op = ops.ChunkedAttention("o", "h", "h", "h", "rel", None, 2, 32, 0.7, 1.3, 50.0, 12, T)
+    wspecs = _Weights(weights)
+    buffers = {"tokens": ops.Buffer("tokens", T, 1, "i32"), "h": ops.Buffer("h", T, C), "o": ops.Buffer("o", T, C)}
+    graph = ops.Graph(n_tokens=T, buffers=buffers, caches={}, weights=wspecs.specs(),
+                      ops=[ops.MatMul("h", "g", "pw"), op], output="o", labels=["matmul", op.kind],
+                      inputs={"g": ops.Buffer("g", T, 8)})
+    be = VulkanBackend(kv_dtype="f32", max_buffer_bytes=4096)
+    try:
+        be.load_weights(wspecs.specs(), wspecs)
+        be.declare_inputs({"g": (T, 8)})
+        with pytest.raises(G4rtError, match="split across two Vulkan storage buffers"):
+            be.compile(graph)
+    finally:
+        be.close()
 
 
 # ---- the encoder: soft tokens vs transformers --------------------------------------------------

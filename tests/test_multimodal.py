@@ -66,8 +66,7 @@ def prompter(eng: Engine, spec: str, bidirectional: bool = True):
     from g4rt.mmproj.reader import load_projector
     from g4rt.text.tokenizer import load_tokenizer
     proj = load_projector(MMPROJ, eng.config.n_embd)
-    # Vulkan's and CUDA's models encode on the native CPU
-    name, opts = make_backend("cpu" if spec in ("vulkan", "cuda") else spec)
+    name, opts = make_backend(spec)          # the encoder on the model's own backend kind
     tok = load_tokenizer(eng.file)
     p = MediaPrompter(proj, MediaEncoder(proj, name, **opts), tok.token_to_id, eng.config.n_embd, tok.bos_id)
     p.bidirectional = bidirectional
@@ -233,6 +232,33 @@ def test_media_prompts_on_the_cuda_stand_ins(monkeypatch, driver):
     assert w["top1"] >= 0.99 and w["max_dlogit"] <= 0.05 and w["greedy"] == 8, w
 
 
+def test_the_encoder_runs_on_the_models_gpu_backend_unless_told_or_on_a_cpu_driver(monkeypatch):
+    """load(): the projector's encoder on the text model's backend kind (CUDA here on the emulated
+    driver), on the native CPU with mmproj_offload=False (--no-mmproj-offload) and for a Vulkan
+    device that is a CPU (lavapipe); the soft tokens agree either way."""
+    import g4rt
+    monkeypatch.setenv("G4RT_CUDA_EMULATE", "numpy")
+    img = MM / "media" / "img_a.png"
+    soft = {}
+    for backend, offload, want in (("cuda", True, "cuda"), ("cuda", False, "cpu")):
+        m = g4rt.load(model_path("g4u-mm-F32"), backend=backend, ctx=256, mmproj=MMPROJ, mmproj_offload=offload)
+        try:
+            assert m.media.encoder.backend.name == want
+            assert f"encoded on {want}" in m.backend_reason
+            plan = m.media.plan(m.encode_prompt("<|image|>x"), images=[img])
+            soft[want] = m.media.soft_tokens(plan.items[0]).embd
+        finally:
+            m.close()
+    np.testing.assert_allclose(soft["cuda"], soft["cpu"], rtol=0, atol=1e-5 * max(1.0, np.abs(soft["cpu"]).max()))
+    if vulkan_skip_reason() is None:
+        m = g4rt.load(model_path("g4u-mm-F32"), backend="vulkan", ctx=256, mmproj=MMPROJ)
+        try:
+            gpu = m.engine.backend
+            assert m.media.encoder.backend.name == ("cpu" if gpu.info.is_cpu else "vulkan")
+        finally:
+            m.close()
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_media_prompts_at_the_default_precision(model):
     rows, _ = replay(model, "cpu-auto")
@@ -326,6 +352,40 @@ def test_a_text_prompt_after_a_media_prompt_reuses_nothing_it_should_not(mm_mode
     assert mm_model.last_stats.reused_tokens == 0
     again = "".join(mm_model.generate("<|image|>Describe.", 6, images=[MM / "media" / "img_a.png"]))
     assert again == a and a != b
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    """As `g4rt chat` loads it: sliding rings a prefill chunk longer, so a turn can move back."""
+    import g4rt
+    from g4rt.engine import CHAT_RING_SLACK
+    m = g4rt.load(model_path("g4u-mm-F32"), backend="cpu", ctx=256, mmproj=MMPROJ, image_min_tokens=1,
+                  precision="exact", ring_slack=CHAT_RING_SLACK)
+    yield m
+    m.close()
+
+
+def test_a_chat_turn_after_an_image_keeps_the_image_rows_and_answers_as_a_cold_start(chat_model):
+    """`g4rt chat`'s session sends every earlier image with each turn: its soft tokens come from
+    the prompter's cache (not encoded again) and the KV rows of the image and the earlier turns
+    are kept (keyed by the soft tokens, as the server's slots); the answer is a cold start's."""
+    from g4rt.generation import ChatSession
+    mm_model = chat_model
+    img = MM / "media" / "img_a.png"
+    chat = ChatSession(mm_model)
+    list(chat.send("What is it?", images=[img], max_tokens=6))
+    first = mm_model.last_stats
+    hits = mm_model.media.cache_hits
+    second = "".join(chat.send("And the colour?", max_tokens=6))
+    st = mm_model.last_stats
+    assert mm_model.media.cache_hits == hits + 1            # the image was not encoded again
+    assert st.reused_tokens > first.media_tokens, (st.reused_tokens, first.media_tokens)
+    assert st.reused_tokens <= first.prompt_tokens + first.generated_tokens
+    msgs = list(chat.messages[:-1])
+    mm_model.engine.reset()
+    mm_model._cached = []
+    cold = "".join(mm_model.generate(msgs, 6, chat=True, images=[img]))
+    assert mm_model.last_stats.reused_tokens == 0 and cold == second
 
 
 def test_more_media_than_markers_and_the_reverse(mm_model):

@@ -187,7 +187,7 @@ def _run_batch(model, batch_file, parallel, chat, system, kw, media=None, images
 @MMPROJ_OPTION
 @budget_options
 @sampling_options
-def chat(model, system, show_thinking, mmproj, image_min_tokens, image_max_tokens, **kw):
+def chat(model, system, show_thinking, mmproj, image_min_tokens, image_max_tokens, mmproj_offload, **kw):
     """Interactive multi-turn chat. /reset clears the history, /exit (or Ctrl-D) leaves;
     Ctrl-C stops a reply without ending the session. With --mmproj, /image PATH and /audio PATH
     attach media to the next message."""
@@ -198,7 +198,7 @@ def chat(model, system, show_thinking, mmproj, image_min_tokens, image_max_token
     m = _load(model, kw["backend"], kw["ctx"], kw["quiet"], placement(kw), kw["threads"],
               ring_slack=CHAT_RING_SLACK, spec=speculation(kw), precision=kw["precision"],
               media=dict(mmproj=resolve_mmproj(model, mmproj, False, kw["quiet"]), image_min_tokens=image_min_tokens,
-                         image_max_tokens=image_max_tokens))
+                         image_max_tokens=image_max_tokens, mmproj_offload=mmproj_offload))
     session = ChatSession(m, system=system, show_thinking=show_thinking)
     pending: dict[str, list] = {"image": [], "audio": []}
     _base_model_notice(m)

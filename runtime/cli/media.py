@@ -32,8 +32,12 @@ def media_options(f):
 
 
 def budget_options(f):
-    """The image token budget (as llama.cpp's --image-min-tokens / --image-max-tokens)."""
+    """The image token budget (as llama.cpp's --image-min-tokens / --image-max-tokens) and where
+    the projector runs (--no-mmproj-offload, as llama.cpp's)."""
     for opt in reversed([
+        click.option("--no-mmproj-offload", "mmproj_offload", is_flag=True, default=True, flag_value=False,
+                     help="Run the projector's encoder on the native CPU, not on the model's GPU backend "
+                          "(default: the GPU; a CPU Vulkan driver such as lavapipe always uses the native CPU)."),
         click.option("--image-min-tokens", type=click.IntRange(1), default=None,
                      help="Image token budget as llama.cpp's: resize only to keep between this and "
                           "--image-max-tokens soft tokens (default: fill the budget as transformers)."),
@@ -72,4 +76,4 @@ def media_load_options(kw, model_path) -> dict:
     """Pops media_options' values for g4rt.load (the images / audio stay in kw)."""
     mmproj = resolve_mmproj(model_path, kw.pop("mmproj"), bool(kw["images"] or kw["audio"]), kw["quiet"])
     return dict(mmproj=mmproj, image_min_tokens=kw.pop("image_min_tokens"),
-                image_max_tokens=kw.pop("image_max_tokens"))
+                image_max_tokens=kw.pop("image_max_tokens"), mmproj_offload=kw.pop("mmproj_offload"))

@@ -66,7 +66,7 @@ class ServeError(G4rtError):
               help="With --ray: prefix (a conversation stays on the replica with its prompt cache; "
                    "default) or pow2 (Ray's power of two choices).")
 def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, precision, timeout, truncate,
-          max_body, cors_origins, aliases, quiet, mmproj, image_min_tokens, image_max_tokens, media_dir, allow_remote_media, max_media, use_ray, replicas,
+          max_body, cors_origins, aliases, quiet, mmproj, image_min_tokens, image_max_tokens, mmproj_offload, media_dir, allow_remote_media, max_media, use_ray, replicas,
           autoscale, ray_address, ray_routing, **place):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...).
 
@@ -85,7 +85,8 @@ def serve(model, host, port, api_key, parallel, queue, ctx, backend, threads, pr
     if not Path(model).is_file():
         raise ServeError(f"{model}: no such file")
     load_options = {**placement(place), **speculation(place), "mmproj": mmproj,
-                    "image_min_tokens": image_min_tokens, "image_max_tokens": image_max_tokens}
+                    "image_min_tokens": image_min_tokens, "image_max_tokens": image_max_tokens,
+                    "mmproj_offload": mmproj_offload}
     media = MediaPolicy(max_bytes=parse_size(max_media), media_dir=Path(media_dir).absolute() if media_dir else None,
                         allow_remote=allow_remote_media)
     if use_ray:

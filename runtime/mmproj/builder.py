@@ -40,8 +40,8 @@ class GraphBuilder:
         lo, hi, olo, ohi = bounds
         src = x
         if math.isfinite(lo) or math.isfinite(hi):
-            xb = self.buffers[x]
-            src = self.emit(f"{label}.clamp_in", Clamp(self.buf(f"{out}.in", xb.cols, xb.rows), x, lo, hi))
+            xb = self.buffers[x]     # the clamped copy is x's shape: one buffer per input x
+            src = self.emit(f"{label}.clamp_in", Clamp(self.buf(f"{x}.clamped", xb.cols, xb.rows), x, lo, hi))
         self.emit(label, MatMul(out, src, self.w(weight)))
         if math.isfinite(olo) or math.isfinite(ohi):
             self.emit(f"{label}.clamp_out", Clamp(out, out, olo, ohi))

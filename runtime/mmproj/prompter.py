@@ -10,7 +10,9 @@ so a prompt too long for the context is refused before any encoder runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -48,6 +50,26 @@ class MediaPlan:
         return ", ".join(parts)
 
 
+#: Soft tokens kept for items seen again (a 12B image of 280 tokens is 4.3 MB).
+SOFT_TOKEN_CACHE_BYTES = 256 << 20
+
+
+def _item_key(item: PreparedItem) -> bytes:
+    """A digest of what the encoder reads for the item (so equal inputs give equal soft tokens)."""
+    h = hashlib.blake2b(item.kind.encode(), digest_size=20)
+    if item.kind == IMAGE:
+        parts = (item.image.pixel_values, item.image.positions)
+    elif isinstance(item.frames, np.ndarray):
+        parts = (item.frames,)
+    else:                                   # gemma4a's AudioFeatures
+        parts = (item.frames.features, item.frames.mask, np.array([item.frames.n_tokens]))
+    for a in parts:
+        a = np.ascontiguousarray(a)
+        h.update(repr((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
 def _label(source, kind: str, k: int) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
@@ -63,6 +85,8 @@ class MediaPrompter:
         self.image_min_tokens, self.image_max_tokens = image_min_tokens, image_max_tokens
         v = projector.vision
         self.bidirectional = bool(v) and images_bidirectional(v.projector, n_embd)
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()    # item key -> soft tokens
+        self.cache_hits = 0
 
     def has_markers(self, ids: Sequence[int]) -> bool:
         """Whether the ids hold an image / audio marker (which then needs its media)."""
@@ -141,10 +165,22 @@ class MediaPrompter:
 
     # ---- encoding --------------------------------------------------------------------------
     def soft_tokens(self, item: PreparedItem) -> SoftTokens:
+        """The item's soft tokens; an item encoded recently (the same prepared pixels or audio
+        features: a chat's earlier image, sent again with every turn) comes from the cache."""
+        key = _item_key(item)
+        embd = self._cache.get(key)
+        if embd is not None:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
+            return SoftTokens(item.kind, embd, item.label)
         if item.kind == IMAGE:
             embd = self.encoder.encode_image(item.image.pixel_values, item.image.positions)
         else:
             embd = self.encoder.encode_audio(item.frames)
+        embd.setflags(write=False)          # shared by every prompt that holds the item
+        self._cache[key] = embd
+        while sum(e.nbytes for e in self._cache.values()) > SOFT_TOKEN_CACHE_BYTES and len(self._cache) > 1:
+            self._cache.popitem(last=False)
         return SoftTokens(item.kind, embd, item.label)
 
     def encode(self, plan: MediaPlan, ids: Optional[Sequence[int]] = None) -> MediaRows:

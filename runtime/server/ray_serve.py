@@ -206,7 +206,7 @@ _ARGS = {"ctx": int, "parallel": int, "queue": int, "backend": str, "threads": i
          "replica_cpus": float, "replica_gpus": float, "ingress_replicas": int}
 _LOAD_ARGS = {"gpu_layers": int, "cpu_moe": _flag, "n_cpu_moe": int, "draft": str, "spec": str, "draft_max": int,
               "draft_min": int, "draft_backend": str, "draft_p_min": float, "ngram_n": int, "mmproj": str,
-              "image_min_tokens": int, "image_max_tokens": int}
+              "image_min_tokens": int, "image_max_tokens": int, "mmproj_offload": _flag}
 _RENAMED = {"timeout": "timeout_s", "cors_origin": "cors_origins", "alias": "aliases"}
 #: the media policy's arguments (as serve's --media-dir, --allow-remote-media, --max-media)
 _MEDIA_ARGS = {"media_dir": lambda v: Path(str(v)).expanduser().absolute(), "allow_remote_media": _flag,

@@ -63,6 +63,23 @@ PLAIN_KERNELS: dict[str, tuple[str, str]] = {
     "slice": ("elementwise.cu", "PPiiiii"),             # x, out, rows, cols, xcols, row0, col0
     "moe_route": ("moe.cu", "PPPiii"),                  # logits, out, scale, rows, n_exp, k
     "moe_sum": ("moe.cu", "PPPiii"),                    # y, route, out, rows, cols, k
+    # the media encoders (media.cu: gemma4uv / gemma4v; conformer.cu: gemma4a)
+    "layernorm": ("media.cu", "PPPPid"),                # x, out, w, b, cols, eps (grid: rows)
+    "add_vector": ("media.cu", "PPPii"),                # x, w, out, rows, cols
+    "gather_add": ("media.cu", "PPPPiiii"),             # x, table, index, out, rows, cols, J, table_rows
+    "clamp": ("media.cu", "PPiff"),                     # x, out, n, lo, hi
+    "standardize": ("media.cu", "PPPPii"),              # x, bias, w, out, rows, cols
+    "pool_rows": ("media.cu", "PPiiif"),                # x, out, rows, cols, group, scale
+    "rope2d": ("media.cu", "PPPiiid"),                  # x, pos, out, rows, cols, head_dim, base
+    "full_attention": ("media.cu", "PPPPiiiif"),        # q, k, v, out, n, H, Hkv, D, scale
+    "silu": ("conformer.cu", "PPi"),                    # x, out, n
+    "glu": ("conformer.cu", "PPii"),                    # x, out, rows, cols
+    "depthwise_conv1d": ("conformer.cu", "PPPiii"),     # x, w, out, rows, cols, K
+    # x, mask, w, norm, out, T, F, ci, co, mask_cols, eps (grid: Fo, out rows)
+    "conv2d_norm_relu": ("conformer.cu", "PPPPPiiiiid"),
+    "chunked_rel": ("conformer.cu", "PPiiif"),          # w, rel, HD, width, window, c
+    # q, k, v, rel, by, out, rows, H, D, q_scale, k_scale, cap, window, valid
+    "chunked_attention": ("conformer.cu", "PPPPPPiiifffii"),
 }
 for _kv in ("f16", "f32"):
     for _d in ATTN_HEAD_DIMS:
@@ -79,6 +96,9 @@ Q8_GROUPS_PER_BLOCK = 4   # matvec8.cu quantize_q8: one warp per 32-value group
 EMBED_THREADS = 128
 EW_THREADS = 256
 EW_MAX_BLOCKS = 16384  # element-wise kernels are grid-stride loops
+FA_ROWS, FA_THREADS, FA_DMAX = 16, 128, 128   # media.cu full_attention: query rows a block, head dims
+CV_MAX_CI, CV_MAX_CO = 512, 1024              # conformer.cu conv2d_norm_relu: channels
+CA_WARPS, CA_DMAX, CA_MAXW = 4, 512, 64       # conformer.cu chunked_attention: warps, head dim, window
 
 
 def kernel_file(name: str) -> tuple[str, Optional[QT]]:

@@ -13,7 +13,6 @@ shapes against the graph and raises a G4rtError saying what does not fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ... import ops
@@ -24,17 +23,7 @@ from .plan import align
 if TYPE_CHECKING:
     from .backend import CudaBackend, DeviceWeight
 
-NULL = ("NULL",)
-PARAMS = ("PARAMS",)
-
-
-@dataclass
-class Launch:
-    kernel: str
-    grid: tuple[int, int, int]
-    block: int
-    args: list                      # [(code, value)]; value: number or a symbolic reference
-    smem: int = 0
+from .launch import NULL, PARAMS, Launch, copy_launch  # noqa: F401 - Launch is this module's currency
 
 
 def rows_below(ref: tuple, row0: int, cols: int) -> tuple:
@@ -113,9 +102,12 @@ class GraphLowering:
 
     def shape(self, name: str) -> tuple[int, int]:
         g = self.graph
-        if name in g.caches or name in g.inputs:
-            c = g.caches.get(name) or g.inputs[name]
+        if name in g.caches:
+            c = g.caches[name]
             return c.rows, c.cols
+        if name in g.inputs:                 # ops read an input's first n_tokens rows (ops.Graph)
+            c = g.inputs[name]
+            return min(c.rows, self.n), c.cols
         b = g.buffers[name]
         return b.rows, b.cols
 
@@ -154,11 +146,6 @@ class GraphLowering:
                                    32 * kernels.Q8_GROUPS_PER_BLOCK, [x, q, ds, cols, rows]))
             self._q8[name] = (q, ds)
         return self._q8[name]
-
-
-def copy_launch(src: tuple, dst: tuple, rows: int, cols: int) -> Launch:
-    n = rows * cols
-    return Launch("slice", (kernels.ew_grid(n), 1, 1), kernels.EW_THREADS, [src, dst, rows, cols, cols, 0, 0])
 
 
 # ---- one function per op kind ---------------------------------------------------------------
@@ -452,5 +439,10 @@ def lower_moe_sum(lw: GraphLowering, op: ops.MoeSum) -> list[Launch]:
     return [Launch("moe_sum", (kernels.ew_grid(rows * cols), 1, 1), kernels.EW_THREADS,
                    [lw.ref(op.y), lw.ref(op.route), out, rows, cols, k])]
 
+
+from .media_lowering import (lower_add_vector, lower_chunked_attention, lower_clamp,  # noqa: E402,F401
+                             lower_conv2d_norm_relu, lower_depthwise_conv1d, lower_full_attention,
+                             lower_gather_add, lower_glu, lower_layernorm, lower_pool_rows, lower_rope2d,
+                             lower_silu, lower_standardize)
 
 LOWERINGS: dict[type, Callable[[GraphLowering, ops.Op], list[Launch]]] = ops.table_by_kind(globals(), "lower_")

@@ -361,5 +361,7 @@ def lower_moe_matmul(ctx, op: ops.MoeMatMul):
     return res
 
 
+from .media_lowering import *  # noqa: E402,F401,F403 - the encoders' ops (lower_layernorm .. lower_chunked_attention)
+
 #: op class -> its lowering
 LOWERINGS: dict[type, Callable[[LoweringContext, ops.Op], list[Dispatch]]] = ops.table_by_kind(globals(), "lower_")

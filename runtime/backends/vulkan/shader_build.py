@@ -90,6 +90,10 @@ def all_variants() -> list[Variant]:
     for name in ("rmsnorm", "rope", "gelu_mul", "gelu", "add", "mul", "scale", "softcap", "slice", "copy",
                  "moe_route", "moe_sum", "take_rows"):
         out.append(variant(name))
+    # the encoders' kernels (media_lowering.py)
+    out += [variant("media_elem", OP=i) for i in range(1, 8)] + [variant("conv", MODE=m) for m in (1, 2)]
+    out += [variant(n) for n in ("layernorm", "rope2d", "full_attention", "chunked_attention")]
+    out += [variant("full_attention", HEAD_DIM=d) for d in (32, 64, 128)]
     return out
 
 

@@ -32,6 +32,7 @@ from ...backends.cuda.kernels import MV_MAXN, kernel_file, signature, typed_fami
 from ...backends.numpy_ref.backend import gelu_tanh, moe_route, moe_sum, rms_norm, rope
 from ...gguf.quant_types import dequantize_rows
 from .simulator import shared_kernels
+from .emulated_media import MediaKernels
 
 OK = 0
 
@@ -52,7 +53,7 @@ class _Fn:
         self.name = name
 
 
-class EmulatedDriver:
+class EmulatedDriver(MediaKernels):      # the media encoders' numpy kernels: emulated_media.py
     """Drop-in for `cuda.bindings.driver` in CudaBackend(driver=...)."""
 
     EMULATED = True
