@@ -524,3 +524,31 @@ def test_cli_plan_counts_a_draft_models_cache_per_slot_and_refuses_what_does_not
 def test_cli_draft_only_applies_with_plan(capsys):
     code, _, err = _plan_cli(capsys, ASSISTANT, "--draft", ASSISTANT)
     assert code != 0 and "--draft only apply with --plan" in err
+
+
+MM_DIR = FIXTURES.parent / "fixtures-mm" / "models"
+
+
+@pytest.mark.skipif(not (MM_DIR / "mmproj-g4u-mm-F32.gguf").is_file(), reason="../shared/fixtures-mm is absent")
+def test_cli_plan_counts_an_offloaded_projector_in_the_gpu_budget(capsys):
+    """On a GPU backend the projector's weights and largest encoder graph live beside the model
+    (offloaded, as run / serve do): a budget the model fits alone but not with them is refused;
+    --no-mmproj-offload keeps them in host memory."""
+    from g4rt.mmproj.plan import projector_bytes
+    from g4rt.mmproj.reader import load_projector
+    model_file, mm = MM_DIR / "g4u-mm-F32.gguf", MM_DIR / "mmproj-g4u-mm-F32.gguf"
+    f = GGUFFile(model_file)
+    cfg = load_config(f)
+    specs = weight_specs(f)
+    alone = memory_plan.make_plan(cfg, specs, 256, check=False).device_total
+    w, bufs = projector_bytes(load_projector(mm, cfg.n_embd))
+    assert w == sum(t.nbytes for t in GGUFFile(mm).tensors.values()) and bufs > 0
+    budget = alone + (w + bufs) // 2
+    code, out, err = _plan_cli(capsys, model_file, "--plan", "--backend", "vulkan", "--budget", budget, "--ctx", 256,
+                               "--mmproj", mm)
+    assert code != 0 and "uploaded to the GPU (vulkan)" in out and "does NOT fit" in out
+    assert f"Model + projector on the GPU (vulkan): {memory_plan.human(alone + w + bufs)}" in out
+    assert "with the projector mmproj-g4u-mm-F32.gguf" in err
+    code, out, _ = _plan_cli(capsys, model_file, "--plan", "--backend", "vulkan", "--budget", budget, "--ctx", 256,
+                             "--mmproj", mm, "--no-mmproj-offload")
+    assert code == 0 and "memory-mapped, read by the native CPU encoder" in out

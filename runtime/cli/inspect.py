@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -39,6 +40,8 @@ from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION
 @PRECISION_OPTION
 @click.option("--mmproj", type=click.Path(dir_okay=False), default=None, metavar="MMPROJ.gguf",
               help="[--plan] A projector: its weights and what images / audio cost.")
+@click.option("--no-mmproj-offload", "mmproj_offload", is_flag=True, default=True, flag_value=False,
+              help="[--plan] The projector's encoder on the native CPU (as run / serve --no-mmproj-offload).")
 @click.option("--draft", type=click.Path(dir_okay=False, exists=True), default=None, metavar="DRAFT.gguf",
               help="[--plan] A speculative draft (a draft model or an MTP assistant): its weights, KV cache and "
                    "scratch, counted with the target's where they share memory.")
@@ -46,14 +49,14 @@ from .options import BACKEND_CHOICE, KV_DTYPE_CHOICE, PRECISION_OPTION
               help="[--plan] Where a separate draft model would run (an MTP assistant runs with the target).")
 @click.pass_context
 def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch, cpu_moe, n_cpu_moe, host_budget,
-         parallel, draft_max, precision, mmproj, draft, draft_backend):
+         parallel, draft_max, precision, mmproj, mmproj_offload, draft, draft_backend):
     """Print a GGUF file's header, layers and tensors as Markdown (or, with --plan, its memory plan)."""
     if not show_plan:
         given = [o for name, o in (("plan_ctx", "--ctx"), ("plan_backend", "--backend"), ("budget", "--budget"),
                                    ("kv_dtype", "--kv-dtype"), ("batch", "--batch"), ("cpu_moe", "--cpu-moe"),
                                    ("n_cpu_moe", "--n-cpu-moe"), ("host_budget", "--host-budget"),
                                    ("parallel", "--parallel"), ("draft_max", "--draft-max"),
-                                   ("precision", "--precision"), ("mmproj", "--mmproj"), ("draft", "--draft"),
+                                   ("precision", "--precision"), ("mmproj", "--mmproj"), ("mmproj_offload", "--no-mmproj-offload"), ("draft", "--draft"),
                                    ("draft_backend", "--draft-backend"))
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
@@ -121,24 +124,46 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
                                  check=False, cpu_moe_layers=moe_layers, host_budget=host_bytes, **layout)
     click.echo(plan.markdown())
     click.echo(precision_text, nl=False)
+    on_device = 0              # what else lives in the target's memory: an offloaded projector
     if mmproj is not None:
-        from ..mmproj.plan import projector_markdown
+        from ..mmproj.plan import projector_bytes, projector_markdown
         from ..mmproj.reader import load_projector
-        click.echo(projector_markdown(load_projector(mmproj, cfg.n_embd, Path(model).name), n_ctx), nl=False)
+        projector = load_projector(mmproj, cfg.n_embd, Path(model).name)
+        offloaded = not on_cpu and mmproj_offload
+        click.echo(projector_markdown(projector, n_ctx, where=device if offloaded else "CPU"), nl=False)
+        if offloaded:
+            on_device = sum(projector_bytes(projector))
+            _check_shared(plan.device_total + on_device, budget_bytes, f"Model + projector on the {device}",
+                          f"{plan.model} with the projector {Path(mmproj).name}", plan.fits)
     if not plan.fits:
         raise plan.error()
     if draft_cost is not None:
-        _check_with_draft(plan, draft_cost(n_ctx), budget_bytes, on_cpu)
+        _check_with_draft(plan, draft_cost(n_ctx), budget_bytes, on_device)
 
 
-def _check_with_draft(plan, cost, budget_bytes: int, target_on_cpu: bool) -> None:
+def _check_shared(total: int, limit: Optional[int], what: str, who: str, print_only: bool = True) -> None:
+    """Print whether `total` fits `limit`; refuse it (InsufficientMemoryError) when not."""
+    from ..memory_plan import InsufficientMemoryError, human
+    if limit is None:
+        return
+    ok = total <= limit
+    click.echo(f"{what}: {human(total)}; limit {human(limit)}: "
+               f"{'fits' if ok else 'does NOT fit'} ({human(abs(limit - total))} {'to spare' if ok else 'over'}).\n")
+    if not ok and print_only:
+        raise InsufficientMemoryError(f"{who} needs {human(total)}, more than {human(limit)}; use a smaller "
+                                      f"--ctx, fewer --parallel slots, fewer --gpu-layers or --no-mmproj-offload")
+
+
+def _check_with_draft(plan, cost, budget_bytes: int, on_device: int = 0) -> None:
     """Print the draft's section and whether target + draft fit the memory they share (the budget
-    when the draft lives with the target; else host RAM); refuse what does not fit."""
+    when the draft lives with the target, with `on_device` more there; else host RAM); refuse what
+    does not fit."""
     from .. import memory_plan
     from ..memory_plan import InsufficientMemoryError, human
     click.echo(cost.markdown(), nl=False)
     if cost.where == plan.device:
-        shared, limit, label = plan.device_total + cost.total, budget_bytes, f"the budget of {human(budget_bytes)}"
+        shared, limit = plan.device_total + on_device + cost.total, budget_bytes
+        label = f"the budget of {human(budget_bytes)}"
     elif cost.where == "CPU":       # a GPU target with a CPU draft: host RAM, beside a split's host part
         shared, limit = cost.total + plan.host_total, memory_plan.available_ram()
         label = f"the available RAM of {human(limit)}" if limit is not None else ""

@@ -17,12 +17,12 @@ def _buffer_bytes(graph) -> int:
                if b.dtype == "f32")
 
 
-def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
-                       audio_seconds: float = 30.0) -> str:
+def encoder_graphs(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKENS,
+                   audio_seconds: float = 30.0) -> dict:
+    """The encoder graphs for an image at `image_tokens` soft tokens and a clip of audio_seconds
+    ({"image": (graph, soft tokens), "audio": ...}, for the kinds the projector has)."""
     specs = projector_weight_specs(projector.file)
-    weights = sum(t.nbytes for t in projector.file.tensors.values())
-    lines = ["", f"## Projector {projector.path.name}", "",
-             f"- weights: {human(weights)} (memory-mapped; the encoder runs on the host)"]
+    out = {}
     if projector.vision:
         n = image_tokens
         if projector.vision.vit is not None:        # gemma4v: the ViT over the image's n x 9 patches
@@ -30,8 +30,7 @@ def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAU
             graph = vit_graph(projector.vision, vit_weight_specs(projector.file, projector.vision), n)
         else:
             graph = image_graph(projector.vision, specs, n)
-        lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "
-                     f"encoder buffers {human(_buffer_bytes(graph))}")
+        out["image"] = (graph, n)
     if projector.audio:
         a = projector.audio
         n = int(audio_seconds * a.sample_rate) // a.frame
@@ -41,6 +40,34 @@ def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAU
             graph = conformer_graph(a, specs, t0, n)
         else:
             graph = audio_graph(a, specs, n)
+        out["audio"] = (graph, n)
+    return out
+
+
+def projector_bytes(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKENS,
+                    audio_seconds: float = 30.0) -> tuple[int, int]:
+    """(weights, the largest encoder graph's buffers): what the encoder needs where it runs."""
+    weights = sum(t.nbytes for t in projector.file.tensors.values())
+    graphs = encoder_graphs(projector, image_tokens, audio_seconds)
+    return weights, max((_buffer_bytes(g) for g, _ in graphs.values()), default=0)
+
+
+def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
+                       audio_seconds: float = 30.0, where: str = "CPU") -> str:
+    """where: the memory the encoder runs in (the model's GPU backend, as generation.encoder_placement
+    puts it; "CPU": memory-mapped, read in place)."""
+    weights = sum(t.nbytes for t in projector.file.tensors.values())
+    held = "memory-mapped, read by the native CPU encoder" if where == "CPU" else \
+        f"uploaded to the {where}, where the encoder runs (--no-mmproj-offload: the native CPU)"
+    lines = ["", f"## Projector {projector.path.name}", "",
+             f"- weights: {human(weights)} ({held})"]
+    graphs = encoder_graphs(projector, image_tokens, audio_seconds)
+    if "image" in graphs:
+        graph, n = graphs["image"]
+        lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "
+                     f"encoder buffers {human(_buffer_bytes(graph))}")
+    if "audio" in graphs:
+        graph, n = graphs["audio"]
         lines.append(f"- {audio_seconds:g} s of audio: {n} soft tokens, {n + 2} context tokens, encoder buffers "
                      f"{human(_buffer_bytes(graph))}")
     if projector.vision:
