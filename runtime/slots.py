@@ -300,18 +300,32 @@ class SlotLoop:
         slot's token and proposals are verified in one batched pass (Speculator.verify_many), as
         llama-server verifies its slots' drafts in one decode. Returns the rows verified."""
         spec = self.speculator
-        turns: list[tuple[Slot, object, list[int], float]] = []      # slot, SpecTurn, proposals, t0
+        ready: list[tuple[Slot, object]] = []
         for slot in busy:
             try:
                 turn = self._speculation_turn(slot)
-                if turn is None:
-                    continue
-                t0 = time.perf_counter()
-                turns.append((slot, turn, spec.draft(turn), t0))
+                if turn is not None:
+                    ready.append((slot, turn))
             except Exception as e:       # a failed turn fails its request, never the loop
                 self._reset(slot)
                 if not self.isolate_errors:
                     raise
+                self._end(slot, "error", e)
+        if not ready:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            drafts = spec.draft_many([t for _, t in ready])     # the slots' drafts in one batch
+        except Exception:
+            if not self.isolate_errors:
+                raise
+            drafts = None                # draft slot by slot, so only a failing one fails
+        turns: list[tuple[Slot, object, list[int], float]] = []      # slot, SpecTurn, proposals, t0
+        for k, (slot, turn) in enumerate(ready):
+            try:
+                turns.append((slot, turn, drafts[k] if drafts is not None else spec.draft(turn), t0))
+            except Exception as e:
+                self._reset(slot)
                 self._end(slot, "error", e)
         if not turns:
             return 0

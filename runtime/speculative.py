@@ -218,7 +218,7 @@ class Speculator:
         row-exact: each slot's rows get the bits they get alone, so the tokens are `step`'s).
         Afterwards last_drafted / last_logits describe the last turn; drafted_of / logits_of
         each slot's."""
-        return self.verify_many(turns, [self.draft(t) for t in turns])
+        return self.verify_many(turns, self.draft_many(turns))
 
     def verify_many(self, turns: Sequence["SpecTurn"], proposals: Sequence[list[int]]) -> list[list[int]]:
         """The verification half of step_many, for proposals drafted by `draft`."""
@@ -242,13 +242,25 @@ class Speculator:
 
     def draft(self, turn: "SpecTurn") -> list[int]:
         """The drafter's proposals for one slot's turn (none when too few would be drafted)."""
+        return self.draft_many([turn])[0]
+
+    def draft_many(self, turns: Sequence["SpecTurn"]) -> list[list[int]]:
+        """Proposals for several slots' turns: in one batch where the drafter drafts several slots
+        together (propose_many: the MTP assistant), else slot by slot."""
         eng = self.target
         t0 = time.perf_counter()
-        room = min(self.draft_max, eng.ctx - eng.position(turn.slot) - 1, turn.budget - 1)
-        proposals = self.drafter.propose(turn.history, room, turn.slot) if room >= max(1, self.draft_min) else []
-        proposals = proposals[:max(room, 0)]
+        rooms = [min(self.draft_max, eng.ctx - eng.position(t.slot) - 1, t.budget - 1) for t in turns]
+        asks = [(i, (t.history, room, t.slot)) for i, (t, room) in enumerate(zip(turns, rooms))
+                if room >= max(1, self.draft_min)]
+        many = getattr(self.drafter, "propose_many", None)
+        got = many([a for _, a in asks]) if many is not None and len(asks) > 1 else \
+            [self.drafter.propose(*a) for _, a in asks]
+        out: list[list[int]] = [[] for _ in turns]
+        for (i, _), proposals in zip(asks, got):
+            proposals = proposals[:max(rooms[i], 0)]
+            out[i] = proposals if len(proposals) >= self.draft_min else []
         self.stats.draft_s += time.perf_counter() - t0
-        return proposals if len(proposals) >= self.draft_min else []
+        return out
 
     def _settle(self, turn: "SpecTurn", proposals: list[int], rows: np.ndarray) -> list[int]:
         """Accept or replace each proposal by the target's rows; the cache keeps tok + the kept ones."""

@@ -181,7 +181,8 @@ class AssistantDrafter:
                 raise AssistantBackendError(f"the target's backend ({tb.device_name}) already holds an MTP "
                                             "drafter's weights: one assistant per target")
             have = embd in loaded
-            graph = namespaced(graph, {TARGET_EMBD: embd} if have else {})
+            self._rename = {TARGET_EMBD: embd} if have else {}
+            graph = namespaced(graph, self._rename)
             self.backend.load_weights({n: w for n, w in graph.weights.items() if n.startswith(MTP_PREFIX)},
                                       DrafterSource(tb.source, self.weights))
         else:
@@ -191,11 +192,22 @@ class AssistantDrafter:
             self.backend.caches.update({name: caches[name] for name in graph.caches})   # the target's own
         self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
         self.graph = self.backend.compile(graph)
+        self._graphs = {1: self.graph}      # one compiled step per row count (slots drafting together)
         target.keep_hidden = True          # the target keeps its hidden rows for propose
 
     def _build(self, n_rows: int):
         t = self.target
         return build_assistant_graph(self.config, t.config, self.weights.specs, n_rows, t.ctx, t.ring_slack, t.slots)
+
+    def _graph_for(self, n_rows: int):
+        g = self._graphs.get(n_rows)
+        if g is None:
+            graph = self._build(n_rows)
+            if self.shared:
+                graph = namespaced(graph, self._rename)
+            self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
+            g = self._graphs[n_rows] = self.backend.compile(graph)
+        return g
 
     def step(self, token: int, hidden: np.ndarray, pos: int, slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """One draft step: (logits [n_vocab], next hidden [H_target]) for `token` at `pos` with the
@@ -205,19 +217,45 @@ class AssistantDrafter:
         logits = np.array(logits[0], np.float32, copy=True)
         return logits, self.graph.read_buffers([NEXT_HIDDEN])[NEXT_HIDDEN][0]
 
+    def step_many(self, tokens: Sequence[int], hiddens: np.ndarray, positions: Sequence[int],
+                  slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """`step` for several slots in one graph call (row-exact: each row's bits are its one-row
+        step's): logits [n, n_vocab] and next hidden states [n, H_target]."""
+        n = len(tokens)
+        g = self._graph_for(n)
+        self.backend.write_inputs({hidden_input_name(n): np.asarray(hiddens, np.float32).reshape(n, -1)})
+        segs = tuple(Segment(i, 1, int(p), int(s)) for i, (p, s) in enumerate(zip(positions, slots)))
+        logits = np.array(g.run(np.asarray(tokens, np.int32), segs), np.float32, copy=True)
+        return logits.reshape(n, -1), np.array(g.read_buffers([NEXT_HIDDEN])[NEXT_HIDDEN][:n], np.float32)
+
     def propose(self, history: Sequence[int], k: int, slot: int = 0) -> list[int]:
-        pos = self.target.position(slot)
-        hidden = self.target.hidden_state(slot)
-        if k < 1 or pos < 1 or hidden is None or len(history) != pos + 1:
-            return []          # no hidden state of the last position at hand: a plain step makes one
-        tok, out = int(history[-1]), []
-        while len(out) < k:
-            logits, hidden = self.step(tok, hidden, pos, slot)
-            tok = int(np.argmax(logits))
-            if self.p_min > 0.0 and _top_probability(logits) < self.p_min:
-                break
-            out.append(tok)
-        return out
+        return self.propose_many([(history, k, slot)])[0]
+
+    def propose_many(self, asks: Sequence[tuple[Sequence[int], int, int]]) -> list[list[int]]:
+        """Proposals for several slots ((history, k, slot) each): the slots still drafting step
+        together, one graph call per draft step (the weights read once for all of them)."""
+        outs: list[list[int]] = [[] for _ in asks]
+        live = []                                  # [index, token, hidden, pos, slot, k]
+        for i, (history, k, slot) in enumerate(asks):
+            pos = self.target.position(slot)
+            hidden = self.target.hidden_state(slot)
+            if k < 1 or pos < 1 or hidden is None or len(history) != pos + 1:
+                continue       # no hidden state of the last position at hand: a plain step makes one
+            live.append([i, int(history[-1]), hidden, pos, slot, k])
+        while live:
+            logits, hidden = self.step_many([r[1] for r in live], np.stack([r[2] for r in live]),
+                                            [r[3] for r in live], [r[4] for r in live])
+            still = []
+            for r, row, h in zip(live, logits, hidden):
+                tok = int(np.argmax(row))
+                if self.p_min > 0.0 and _top_probability(row) < self.p_min:
+                    continue
+                outs[r[0]].append(tok)
+                if len(outs[r[0]]) < r[5]:
+                    r[1], r[2] = tok, h
+                    still.append(r)
+            live = still
+        return outs
 
     def close(self) -> None:
         if not self.shared:            # a shared backend is the target's: it closes with the target

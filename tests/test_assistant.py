@@ -182,6 +182,14 @@ def test_slots_verified_together_give_each_prompt_its_plain_output(backend):
         segments.append(len(items))
         return real(items, all_logits)
     eng._forward_segments = counted
+    drafter = m.speculator.drafter
+    rows_per_step = []
+    real_step = drafter.step_many
+
+    def step_counted(tokens, *a):
+        rows_per_step.append(len(tokens))
+        return real_step(tokens, *a)
+    drafter.step_many = step_counted
     got = {}
     try:
         loop = SlotLoop(eng, m.tokenizer.is_eog, lambda req, tok, logits: False,
@@ -195,8 +203,17 @@ def test_slots_verified_together_give_each_prompt_its_plain_output(backend):
         for req, p, w in zip(reqs, prompts, want):
             assert got[id(req)][1] is None
             assert req.history[len(p):] == w
-        assert segments.count(2) >= 5, segments          # both slots' drafts in one pass
+        assert segments.count(2) >= 5, segments          # both slots' drafts verified in one pass
+        assert rows_per_step.count(2) >= 5, rows_per_step  # ... and drafted in one drafter call a step
         assert sum(req.draft_n for req in reqs) > 0
+        # a batched draft proposes what each slot's draft alone proposes (row-exact drafter)
+        hist = []
+        for slot, p in enumerate(prompts):
+            eng.reset(slot)
+            hist.append(p + [int(np.argmax(eng.forward(p, slot=slot)[-1]))])
+        together = drafter.propose_many([(hist[0], 3, 0), (hist[1], 3, 1)])
+        assert together == [drafter.propose(hist[0], 3, 0), drafter.propose(hist[1], 3, 1)]
+        assert [len(x) for x in together] == [3, 3]
     finally:
         m.close()
 
