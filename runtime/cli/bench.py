@@ -51,9 +51,13 @@ from .options import (KV_DTYPE_CHOICE, PRECISION_OPTION, placement_options, runs
 @click.option("--llama-bench", "llama_bench", default="auto", show_default=True, metavar="PATH|auto|off",
               help="also run llama.cpp's llama-bench on the same model and lengths and compare "
                    "(auto: $G4RT_LLAMA_BENCH or llama-bench on PATH, when installed)")
+@click.option("--llama-mtmd", "llama_mtmd", default="off", show_default=True, metavar="PATH|auto|off",
+              help="with --mmproj: also run llama.cpp's llama-mtmd-cli on the same model, projector and media and "
+                   "compare encode times and prefill (auto: $G4RT_LLAMA_MTMD, llama-mtmd-cli on PATH, or the build "
+                   "of scripts/build_llama_mtmd.sh)")
 def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps, no_warmup, device, kv_dtype,
           threads, precision, int8, llama_bench, text, verify_cost, parallel, mmproj, images, audio,
-          image_max_tokens, **place):
+          image_max_tokens, llama_mtmd, **place):
     """Prefill / decode throughput of MODEL on a backend, or (--ops) per-kernel timings."""
     from ..tools.bench import bench_model, bench_ops, is_hybrid
     from ..tools.llama_compare import find_llama_bench, run_llama_bench, summary_lines
@@ -87,7 +91,11 @@ def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps,
             if model is None or not (images or audio):
                 raise click.UsageError("--mmproj benchmarks a MODEL with --image / --audio files")
             media_opts = {k: v for k, v in opts.items() if k in ("threads", "precision")}
+            # --gpu-layers / --cpu-moe / --n-cpu-moe: the text side as placed (the encoders as without)
+            media_opts.update({k: place[k] for k in ("gpu_layers", "cpu_moe", "n_cpu_moe") if k in place})
             res = bench_media(model, mmproj, backend, images, audio, media_opts, reps, image_max_tokens, echo)
+            _compare_llama_mtmd(res, llama_mtmd, model, mmproj, backend, images, audio, threads, image_max_tokens,
+                                echo)
         elif ops_mode:
             res = bench_ops(backend, opts, reps, only, echo)
         elif parallel:
@@ -135,6 +143,25 @@ def bench(model, backend, n_prompt, n_gen, depth, as_json, ops_mode, only, reps,
         raise click.ClickException(str(e))
     if as_json:
         click.echo(json.dumps(res, indent=1))
+
+
+def _compare_llama_mtmd(res, choice, model, mmproj, backend, images, audio, threads, image_max_tokens, echo):
+    """--llama-mtmd: llama-mtmd-cli on the same files, threads and image budget (res["llama_cpp"])."""
+    from ..tools.llama_compare import find_llama_mtmd, mtmd_summary_lines, run_llama_mtmd
+    exe = find_llama_mtmd(choice)
+    if exe is None:
+        if choice == "auto" and echo:
+            echo("  llama.cpp: llama-mtmd-cli not found (scripts/build_llama_mtmd.sh builds it; or set "
+                 "G4RT_LLAMA_MTMD / --llama-mtmd PATH)")
+        return
+    from ..media.budget import DEFAULT_MAX_TOKENS
+    on_cpu = runs_on_cpu(backend)
+    n_threads = threads or (_cpu_threads() if on_cpu else None)
+    res["llama_cpp"] = run_llama_mtmd(exe, model, mmproj, images, audio, threads=n_threads,
+                                      image_max_tokens=image_max_tokens or DEFAULT_MAX_TOKENS, gpu=not on_cpu)
+    if echo:
+        for line in mtmd_summary_lines(res, res["llama_cpp"]):
+            echo(line)
 
 
 def _cpu_threads() -> int:
