@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from ..errors import G4rtError
-from . import bench, checks, generate, inspect, serve
+from . import bench, checks, generate, inspect, serve, synth
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,5 +55,5 @@ def entry() -> None:
 
 
 for command in (generate.run, generate.chat, inspect.tokenize, serve.serve, inspect.info, checks.parity,
-                bench.bench, bench.synth, checks.conformance, checks.perplexity):
+                bench.bench, synth.synth, checks.conformance, checks.perplexity):
     main.add_command(command)

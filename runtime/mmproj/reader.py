@@ -281,7 +281,10 @@ def _audio_gemma4a(f: GGUFFile) -> ConformerConfig:
     _shape(f, "a.conv1d.1.norm.weight", (ch1,), why)
     _shape(f, "a.input_projection.weight", ((n_mel // 4) * ch1, D), why)
     out = f.tensor("a.pre_encode.out.weight")
-    out_dims = int(out.shape[1]) if len(out.shape) == 2 else 0
+    if len(out.shape) != 2:
+        raise MmprojError(f"{f.path.name}: tensor a.pre_encode.out.weight has shape {list(out.shape)}; the output "
+                          f"projection is 2-D [{D}, output_proj_dims]")
+    out_dims = int(out.shape[1])
     _shape(f, "a.pre_encode.out.weight", (D, out_dims), why)
     _shape(f, "a.pre_encode.out.bias", (out_dims,), why)
     _shape(f, "mm.a.input_projection.weight", (out_dims, n_out), why)
@@ -307,6 +310,8 @@ def _audio_gemma4a(f: GGUFFile) -> ConformerConfig:
             clamps[p + n] = bounds
         if f.has_tensor(p + "per_dim_k_scale.weight"):
             raise MmprojError(f"{f.path.name}: {p}per_dim_k_scale.weight is not a tensor Gemma 4's conformer has")
+    if any(n.startswith(f"a.blk.{L}.") for n in f.tensors):
+        raise MmprojError(f"{f.path.name}: the file holds more conformer blocks than clip.audio.block_count {L}")
     return ConformerConfig("gemma4a", n_mel, (ch0, ch1), D, H, L, ffn, out_dims, n_out,
                            _eps(f, "clip.audio.attention.layer_norm_epsilon"), clamps)
 
