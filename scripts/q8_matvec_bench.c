@@ -34,6 +34,6 @@ int main(int argc,char**argv){
   double best=1e9;
   int NIT=getenv("NIT")?atoi(getenv("NIT")):5; for(int it=0;it<NIT;it++){ double t0=now(); for(int m=0;m<NM;m++){ c.w=w[m]; if(R==1) g4_matvec(&c,x,ws[0],y,0,rows); else g4_matvec_rows(&c,R,xs,(void*const*)ws,ys,0,rows);} double t=(now()-t0)/NM; if(t<best)best=t; }
   if(getenv("DUMP")){FILE*f=fopen(getenv("DUMP"),"wb");fwrite(y,sizeof(float),(size_t)rows*R,f);fclose(f);}
-  printf("qtype %d act %d R %d: %.3f ms per %dx%d, %.2f GB/s (gguf bytes)\n",qtype,act,R,best*1e3,rows,K,(double)rows*rb/best/1e9);
+  printf("qtype %d act %d R %d: %.4f ms per %dx%d, %.2f GB/s (gguf bytes)\n",qtype,act,R,best*1e3,rows,K,(double)rows*rb/best/1e9);
   return 0;
 }

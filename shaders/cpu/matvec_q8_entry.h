@@ -13,6 +13,9 @@
 #else
 #define Q8_HAS_REPACKED 1
 #endif
+#ifndef Q8R_ROWS_G                    /* the most activation rows of one repacked call */
+#define Q8R_ROWS_G Q8_ROWS_G
+#endif
 
 static inline int q8_active(const g4_cmd *c) {
     const int mode = c->act & G4_ACT_MODE;
@@ -47,7 +50,9 @@ static void q8_prepare(const g4_cmd *c, const float *x, void *ws) {
  * the range), the rows asked for stored. K goes in spans of Q8_SPAN values for up to 8 groups
  * at a time, each group's per-row state carried from span to span (the same operations in the
  * same order as one pass), so that R activation rows' span stays in L1 while the groups stream. */
+#ifndef Q8_SPAN
 #define Q8_SPAN 1024
+#endif
 static void q8_repacked_rows(const g4_cmd *c, int R, const q8_row *xs, float *const *y, int64_t o0, int64_t o1) {
     const uint8_t *W = (const uint8_t *)c->w;
     const int64_t gb = g4_repack8_group_bytes(c->qtype, c->in_cols);
@@ -57,11 +62,18 @@ static void q8_repacked_rows(const g4_cmd *c, int R, const q8_row *xs, float *co
     const int64_t ga = o0 / 8, ge = (o1 + 7) / 8;
     for (int64_t g0 = ga; g0 < ge; g0 += 8) {
         const int ng = (int)(ge - g0 < 8 ? ge - g0 : 8);
-        float st[8][Q8_ROWS_G][16];
-        memset(st, 0, sizeof st);
+        float st[8][Q8R_ROWS_G][16];
+        for (int j = 0; j < ng; j++) memset(st[j], 0, sizeof st[0][0] * (size_t)R);   /* the rows in use */
         for (int64_t u0 = 0; u0 < nu; u0 += span) {
             const int64_t u1 = u0 + span < nu ? u0 + span : nu;
-            for (int j = 0; j < ng; j++) q8_repacked_span(c, R, W + (g0 + j) * gb, xs, u0, u1, st[j]);
+            int j = 0;
+#ifdef Q8R_PAIR
+            /* several rows: two groups at once where the build and the type have it (the same
+             * bits); one row streams a group at a time (two streams measured 1.2x slower from DRAM) */
+            for (; R > 1 && j + 1 < ng; j += 2)
+                if (!q8_repacked_span2(c, R, W + (g0 + j) * gb, gb, xs, u0, u1, st[j], st[j + 1])) break;
+#endif
+            for (; j < ng; j++) q8_repacked_span(c, R, W + (g0 + j) * gb, xs, u0, u1, st[j]);
         }
         for (int j = 0; j < ng; j++) {
             const int64_t g = g0 + j;
@@ -96,16 +108,21 @@ static void q8_matvec(const g4_cmd *c, const void *ws, float *y, int64_t o0, int
 static void q8_matvec_rows(const g4_cmd *c, int R, void *const *ws, float *const *y, int64_t o0, int64_t o1) {
     const uint8_t *W = (const uint8_t *)c->w;
     g4_f16tab_ready();
+#ifdef Q8_HAS_REPACKED
+    if (c->act & G4_ACT_REPACKED) {          /* up to Q8R_ROWS_G rows per pass over the weights */
+        for (int r0 = 0; r0 < R; r0 += Q8R_ROWS_G) {
+            const int g = R - r0 < Q8R_ROWS_G ? R - r0 : Q8R_ROWS_G;
+            q8_row xs[Q8R_ROWS_G];
+            for (int r = 0; r < g; r++) xs[r] = q8_row_at(ws[r0 + r], c->in_cols);
+            q8_repacked_rows(c, g, xs, y + r0, o0, o1);
+        }
+        return;
+    }
+#endif
     for (int r0 = 0; r0 < R; r0 += Q8_ROWS_G) {
         const int g = R - r0 < Q8_ROWS_G ? R - r0 : Q8_ROWS_G;
         q8_row xs[Q8_ROWS_G];
         for (int r = 0; r < g; r++) xs[r] = q8_row_at(ws[r0 + r], c->in_cols);
-#ifdef Q8_HAS_REPACKED
-        if (c->act & G4_ACT_REPACKED) {
-            q8_repacked_rows(c, g, xs, y + r0, o0, o1);
-            continue;
-        }
-#endif
         for (int64_t o = o0; o < o1; o++) {
             float v[Q8_ROWS_G];
             q8_weight_row(c, g, W + o * c->w_row_bytes, xs, v);
