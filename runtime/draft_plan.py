@@ -16,7 +16,7 @@ from pathlib import Path
 from .gguf.reader import GGUFFile
 from .memory_plan import human, make_plan
 from .model.config import ModelConfig
-from .ops import WeightSpec
+from .ops import WeightSpec, activation_bytes
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,6 @@ class DraftCost:
         return "\n".join(lines)
 
 
-def _f32_buffer_bytes(graph) -> int:
-    return sum(b.rows * b.cols * 4 for b in list(graph.buffers.values()) + list(graph.inputs.values())
-               if b.dtype == "f32")
-
-
 def assistant_cost(f: GGUFFile, target: ModelConfig, target_specs: dict[str, WeightSpec], ctx: int, *,
                    where: str, slots: int = 1, ring_slack: int = 0) -> DraftCost:
     """An MTP assistant checked against `target` (a mismatch raises as at load time)."""
@@ -64,7 +59,7 @@ def assistant_cost(f: GGUFFile, target: ModelConfig, target_specs: dict[str, Wei
     note = "Its input embedding is the target's own table (not copied)."
     if cfg.has_centroids:
         note += f" Note: {cfg.head_note}."
-    return DraftCost(f.path.name, "MTP assistant", where, own, 0, _f32_buffer_bytes(graph), note)
+    return DraftCost(f.path.name, "MTP assistant", where, own, 0, activation_bytes(graph), note)
 
 
 def draft_model_cost(f: GGUFFile, ctx: int, *, where: str, kv_bytes: int, slots: int = 1,

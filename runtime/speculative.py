@@ -199,9 +199,8 @@ class Speculator:
         self.target, self.drafter = target, drafter
         self.draft_max, self.draft_min = int(draft_max), int(draft_min)
         self.stats = SpecStats()
-        self.last_drafted = 0                       # proposals in the last step
-        self.last_logits: np.ndarray = np.zeros((0, 0), np.float32)   # its rows, one per returned token
-        self.drafted_of: dict[int, int] = {}        # the same per slot of the last step_many
+        # per slot of the last step_many: proposals drafted, and the target's rows (one per fed token)
+        self.drafted_of: dict[int, int] = {}
         self.logits_of: dict[int, np.ndarray] = {}
 
     def step(self, tok: int, history: list[int], sampler: Sampler, slot: int = 0, budget: int = 1 << 30) -> list[int]:
@@ -216,8 +215,7 @@ class Speculator:
         """`step` for several slots at once (distinct slots): each drafts, then every slot's token
         and proposals are verified together in one batched target pass (Engine.forward_batch,
         row-exact: each slot's rows get the bits they get alone, so the tokens are `step`'s).
-        Afterwards last_drafted / last_logits describe the last turn; drafted_of / logits_of
-        each slot's."""
+        Afterwards drafted_of / logits_of describe each slot's turn."""
         return self.verify_many(turns, self.draft_many(turns))
 
     def verify_many(self, turns: Sequence["SpecTurn"], proposals: Sequence[list[int]]) -> list[list[int]]:
@@ -229,7 +227,6 @@ class Speculator:
         outs = [self._settle(t, p, r) for t, p, r in zip(turns, proposals, rows)]
         self.drafted_of = {t.slot: len(p) for t, p in zip(turns, proposals)}
         self.logits_of = {t.slot: r for t, r in zip(turns, rows)}
-        self.last_drafted, self.last_logits = len(proposals[-1]), rows[-1]
         st = self.stats
         st.verify_s += t2 - t1
         for p, out in zip(proposals, outs):

@@ -191,13 +191,17 @@ class AssistantDrafter:
             self.backend.allocate_caches(graph.caches)      # its bookkeeping; the arrays are then
             self.backend.caches.update({name: caches[name] for name in graph.caches})   # the target's own
         self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
-        self.graph = self.backend.compile(graph)
-        self._graphs = {1: self.graph}      # one compiled step per row count (slots drafting together)
+        self._graphs = {1: self.backend.compile(graph)}    # one compiled step per row count (slots together)
         target.keep_hidden = True          # the target keeps its hidden rows for propose
 
     def _build(self, n_rows: int):
         t = self.target
         return build_assistant_graph(self.config, t.config, self.weights.specs, n_rows, t.ctx, t.ring_slack, t.slots)
+
+    @property
+    def graph(self):
+        """The compiled one-row draft step."""
+        return self._graphs[1]
 
     def _graph_for(self, n_rows: int):
         g = self._graphs.get(n_rows)
@@ -212,10 +216,8 @@ class AssistantDrafter:
     def step(self, token: int, hidden: np.ndarray, pos: int, slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """One draft step: (logits [n_vocab], next hidden [H_target]) for `token` at `pos` with the
         previous hidden state (the target's, or the last step's projection)."""
-        self.backend.write_inputs({hidden_input_name(1): np.asarray(hidden, np.float32).reshape(1, -1)})
-        logits = self.graph.run(np.array([token], np.int32), (Segment(0, 1, pos, slot),))
-        logits = np.array(logits[0], np.float32, copy=True)
-        return logits, self.graph.read_buffers([NEXT_HIDDEN])[NEXT_HIDDEN][0]
+        logits, nxt = self.step_many([token], np.asarray(hidden, np.float32).reshape(1, -1), [pos], [slot])
+        return logits[0], nxt[0]
 
     def step_many(self, tokens: Sequence[int], hiddens: np.ndarray, positions: Sequence[int],
                   slots: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

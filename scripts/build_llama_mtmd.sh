@@ -17,24 +17,10 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO_ROOT=$(pwd)
-VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
-CACHE_DIR=${LLAMA_BENCH_CACHE:-.cache/llama-bench}
-case "$CACHE_DIR" in /*) ;; *) CACHE_DIR="$REPO_ROOT/$CACHE_DIR" ;; esac
-export LLAMA_BENCH_JOBS=${LLAMA_BENCH_JOBS:-2}
-
-log() { printf '[build_llama_mtmd] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-scripts/build_llama_bench.sh >/dev/null
-
-TAG="$VERSION"
-grep -qw amx_tile /proc/cpuinfo 2>/dev/null && [[ "${LLAMA_BENCH_AMX:-0}" != 1 ]] && TAG="$VERSION-noamx"
-BUILD_DIR="$CACHE_DIR/build/$TAG"
-SRC="$CACHE_DIR/src/$VERSION/vendor/llama.cpp"
+LOG_TAG=build_llama_mtmd
+. scripts/llama_tree.sh      # REPO_ROOT, VERSION, CACHE_DIR, TAG, BUILD_DIR, SRC, log, die
 BIN_DIR="$CACHE_DIR/bin"
 BIN="$BIN_DIR/llama-mtmd-cli"
-[[ -f "$BUILD_DIR/CMakeCache.txt" ]] || die "no configured build tree at $BUILD_DIR"
 [[ -f "$SRC/tools/mtmd/mtmd-cli.cpp" ]] || die "this llama.cpp ($SRC) has no tools/mtmd/mtmd-cli.cpp"
 if ! cmake --build "$BUILD_DIR" --target help 2>/dev/null | grep -Eq '(^|[ :.])llama-mtmd-cli([ :]|$)'; then
     die "the build tree $BUILD_DIR has no llama-mtmd-cli target (configured with LLAMA_BUILD_TOOLS=OFF?)"

@@ -22,22 +22,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO_ROOT=$(pwd)
-VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
-CACHE_DIR=${LLAMA_BENCH_CACHE:-.cache/llama-bench}
-case "$CACHE_DIR" in /*) ;; *) CACHE_DIR="$REPO_ROOT/$CACHE_DIR" ;; esac
-export LLAMA_BENCH_JOBS=${LLAMA_BENCH_JOBS:-2}
-
-log() { printf '[build_llama_mtp] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-scripts/build_llama_bench.sh >/dev/null
-
-TAG="$VERSION"
-grep -qw amx_tile /proc/cpuinfo 2>/dev/null && [[ "${LLAMA_BENCH_AMX:-0}" != 1 ]] && TAG="$VERSION-noamx"
-BUILD_DIR="$CACHE_DIR/build/$TAG"
-SRC="$CACHE_DIR/src/$VERSION/vendor/llama.cpp"
-[[ -f "$BUILD_DIR/CMakeCache.txt" ]] || die "no configured build tree at $BUILD_DIR"
+LOG_TAG=build_llama_mtp
+. scripts/llama_tree.sh      # REPO_ROOT, VERSION, CACHE_DIR, TAG, BUILD_DIR, SRC, log, die
 grep -q 'gemma4-assistant' "$SRC/src/llama-arch.cpp" || die "this llama.cpp ($SRC) has no gemma4-assistant"
 
 log "building llama-common and llama (incremental, $LLAMA_BENCH_JOBS jobs)"

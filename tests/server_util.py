@@ -165,3 +165,18 @@ def assert_error_body(r: httpx.Response, what: str = "") -> dict:
     assert isinstance(body, dict) and isinstance(body.get("error"), dict), f"{what}: {body!r}"
     assert isinstance(body["error"].get("message"), str) and body["error"]["message"], f"{what}: {body!r}"
     return body["error"]
+
+
+def wait_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    """Until GET /health answers 200 (a `g4rt serve` started by hand, e.g. with --ray); fails
+    with the server's log when it exits or does not come up in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"not serving after {timeout:g} s:\n" + log.read_text()
+        time.sleep(0.5)

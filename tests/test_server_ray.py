@@ -24,7 +24,7 @@ from g4rt.server import ray_serve
 from g4rt.server.ray_forward import ForwardedRequest, play, routing_text
 from g4rt.server.ray_ingress import IngressApp, Unavailable
 from g4rt.server.ray_metrics import MetricsBoard, merge_pages, sample_sum
-from server_util import MODEL, free_port, need_fixture
+from server_util import MODEL, free_port, need_fixture, wait_serving
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 NO_RAY = "ray is not installed (pip install 'g4rt[ray]')"
@@ -286,16 +286,7 @@ def cluster(tmp_path_factory):
                                  "--replicas", "2", "--parallel", "2", "--ctx", str(CTX), "--threads", "1",
                                  "--port", str(port), "-q"], stdout=env_log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (logs / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not serving after 180 s:\n" + (logs / "serve.log").read_text()
-            time.sleep(0.5)
+        wait_serving(proc, url, logs / "serve.log")
         ray.init(address=address, log_to_driver=False)
         yield url, proc
         proc.terminate()                          # SIGTERM: the command takes its application down, exit 0

@@ -27,7 +27,7 @@ import pytest
 
 from g4rt.cli import run
 from g4rt.server import ray_serve
-from server_util import ServerProcess, free_port
+from server_util import ServerProcess, free_port, wait_serving
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 MM = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures-mm"
@@ -129,16 +129,7 @@ def ray_url(tmp_path_factory, media_dir):
                                  f"127.0.0.1:{gcs}", "--replicas", "1", *_flags(media_dir), "--port", str(port), "-q"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (logs / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not serving after 180 s:\n" + (logs / "serve.log").read_text()
-            time.sleep(0.5)
+        wait_serving(proc, url, logs / "serve.log")
         yield url
         proc.terminate()                # SIGTERM: the command takes its application down, exit 0
         assert proc.wait(60) == 0, (logs / "serve.log").read_text()

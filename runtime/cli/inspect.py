@@ -96,22 +96,20 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
     layout = dict(slots=parallel, ring_slack=draft_max)      # the caches the engine would allocate
     device = "CPU" if on_cpu else f"GPU ({plan_backend})"
     draft_cost = None
+    target_budget = budget_bytes           # what the default context may use of the budget
     if draft is not None:
         from ..draft_plan import draft_cost as cost_of
         draft_on_cpu = not backend_info(draft_backend).has_device_memory
         draft_cost = lambda c: cost_of(draft, cfg, specs, c, target_where=device,       # noqa: E731
                                        draft_where="CPU" if draft_on_cpu else f"GPU ({draft_backend})",
                                        kv_bytes=kv_value_bytes(draft_backend, kv_dtype), **layout)
-        if plan_ctx is None and draft_cost(1).where == device:
-            budget_bytes_for_target = budget_bytes - draft_cost(1).weights   # the draft's fixed part first
-            if budget_bytes_for_target <= 0:
-                raise G4rtError(f"the draft {Path(draft).name} alone ({memory_plan.human(draft_cost(1).weights)} "
+        fixed = draft_cost(1)              # the draft's ctx-independent part comes out of the budget first
+        if plan_ctx is None and fixed.where == device:
+            target_budget = budget_bytes - fixed.weights
+            if target_budget <= 0:
+                raise G4rtError(f"the draft {Path(draft).name} alone ({memory_plan.human(fixed.weights)} "
                                 f"of weights) exceeds the budget of {memory_plan.human(budget_bytes)}")
-        else:
-            budget_bytes_for_target = budget_bytes
-    else:
-        budget_bytes_for_target = budget_bytes
-    n_ctx = plan_ctx or memory_plan.default_context(cfg, specs, budget_bytes_for_target, kv_bytes=kv_bytes, batch=batch,
+    n_ctx = plan_ctx or memory_plan.default_context(cfg, specs, target_budget, kv_bytes=kv_bytes, batch=batch,
                                                     materialized_attention=materialized, cpu_moe_layers=moe_layers,
                                                     **layout)
     # what stays in host RAM must fit there too (only expert placement puts anything there)

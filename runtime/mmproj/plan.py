@@ -5,16 +5,12 @@ image / clip, and what media cost in context tokens."""
 from __future__ import annotations
 
 from ..memory_plan import human
+from ..ops import activation_bytes
 from .graphs import audio_graph, image_graph, projector_weight_specs
 from .reader import ConformerConfig, Projector
 
 #: Gemma 4's processor default (g4rt.media.budget.DEFAULT_MAX_TOKENS)
 DEFAULT_IMAGE_TOKENS = 280
-
-
-def _buffer_bytes(graph) -> int:
-    return sum(b.rows * b.cols * 4 for b in list(graph.buffers.values()) + list(graph.inputs.values())
-               if b.dtype == "f32")
 
 
 def encoder_graphs(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKENS,
@@ -49,7 +45,7 @@ def projector_bytes(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKE
     """(weights, the largest encoder graph's buffers): what the encoder needs where it runs."""
     weights = sum(t.nbytes for t in projector.file.tensors.values())
     graphs = encoder_graphs(projector, image_tokens, audio_seconds)
-    return weights, max((_buffer_bytes(g) for g, _ in graphs.values()), default=0)
+    return weights, max((activation_bytes(g) for g, _ in graphs.values()), default=0)
 
 
 def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
@@ -65,11 +61,11 @@ def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAU
     if "image" in graphs:
         graph, n = graphs["image"]
         lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "
-                     f"encoder buffers {human(_buffer_bytes(graph))}")
+                     f"encoder buffers {human(activation_bytes(graph))}")
     if "audio" in graphs:
         graph, n = graphs["audio"]
         lines.append(f"- {audio_seconds:g} s of audio: {n} soft tokens, {n + 2} context tokens, encoder buffers "
-                     f"{human(_buffer_bytes(graph))}")
+                     f"{human(activation_bytes(graph))}")
     if projector.vision:
         per = image_tokens + 2
         lines.append(f"- the context of {ctx} tokens holds at most {ctx // per} such image(s) with no text")

@@ -149,6 +149,13 @@ def input_rows(n_tokens: int) -> int:
     return max(16, 1 << (max(1, n_tokens) - 1).bit_length())
 
 
+def activation_bytes(graph: "Graph") -> int:
+    """Bytes of a graph's f32 buffers and per-call inputs (what a backend allocates to run it)."""
+    return sum(b.rows * b.cols * 4 for b in list(graph.buffers.values()) + list(graph.inputs.values())
+               if b.dtype == "f32")
+
+
 __all__ = ["Buffer", "KvCache", "Segment", "one_sequence", "placement", "write_row_words",
            "segment_positions", "WeightSpec", "Op", "ROW_EXACT_MAX", "WEIGHT_FIELDS", "op_weights", "Graph",
-           "input_rows"]
+           "input_rows", "activation_bytes"]
+

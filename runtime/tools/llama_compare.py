@@ -16,21 +16,26 @@ from pathlib import Path
 from typing import Optional
 
 
-def find_llama_bench(choice: str = "auto") -> Optional[str]:
-    """The llama-bench executable: an explicit path, or (auto) $G4RT_LLAMA_BENCH, then PATH, then
-    the build of scripts/build_llama_bench.sh in this checkout; None when absent or "off"."""
+def find_llama_tool(name: str, env_var: str, choice: str = "auto") -> Optional[str]:
+    """A llama.cpp executable: an explicit path, or (auto) $env_var, then PATH, then the build of
+    scripts/build_<tool>.sh in this checkout (.cache/llama-bench/bin); None when absent or "off"."""
     if choice == "off":
         return None
     if choice != "auto":
         return choice
-    env = os.environ.get("G4RT_LLAMA_BENCH")
+    env = os.environ.get(env_var)
     if env:
         return env
-    found = shutil.which("llama-bench")
+    found = shutil.which(name)
     if found:
         return found
-    local = Path(__file__).resolve().parents[2] / ".cache" / "llama-bench" / "bin" / "llama-bench"
+    local = Path(__file__).resolve().parents[2] / ".cache" / "llama-bench" / "bin" / name
     return str(local) if local.is_file() and os.access(local, os.X_OK) else None
+
+
+def find_llama_bench(choice: str = "auto") -> Optional[str]:
+    """llama-bench ($G4RT_LLAMA_BENCH; scripts/build_llama_bench.sh)."""
+    return find_llama_tool("llama-bench", "G4RT_LLAMA_BENCH", choice)
 
 
 def run_llama_bench(exe: str, model: str, n_prompt: int, n_gen: int, gpu: bool, reps: int = 3,
@@ -198,20 +203,8 @@ def parse_llama_mtmd_output(text: str) -> dict:
 
 
 def find_llama_mtmd(choice: str = "auto") -> Optional[str]:
-    """llama-mtmd-cli: an explicit path, or (auto) $G4RT_LLAMA_MTMD, then PATH, then the build of
-    scripts/build_llama_mtmd.sh in this checkout; None when absent or "off"."""
-    if choice == "off":
-        return None
-    if choice != "auto":
-        return choice
-    env = os.environ.get("G4RT_LLAMA_MTMD")
-    if env:
-        return env
-    found = shutil.which("llama-mtmd-cli")
-    if found:
-        return found
-    local = Path(__file__).resolve().parents[2] / ".cache" / "llama-bench" / "bin" / "llama-mtmd-cli"
-    return str(local) if local.is_file() and os.access(local, os.X_OK) else None
+    """llama-mtmd-cli ($G4RT_LLAMA_MTMD; scripts/build_llama_mtmd.sh)."""
+    return find_llama_tool("llama-mtmd-cli", "G4RT_LLAMA_MTMD", choice)
 
 
 def llama_mtmd_command(exe: str, model, mmproj, images=(), audio=(), threads: Optional[int] = None,
