@@ -148,6 +148,10 @@ class Engine:
             return self.derived[name].view(np.uint8)
         return self.file.tensor(name).raw
 
+    def release_weight(self, name: str) -> int:
+        """A backend has its own copy of this weight: the file's mapped pages of it may go."""
+        return 0 if name in self.derived else self.file.release_pages(name)
+
     def graph(self, n_tokens: int, all_logits: bool = False, media: bool = False) -> CompiledGraph:
         """The recorded graph for a batch of n_tokens rows (of any slots: the segments of a call
         place them); media: the variant that takes soft tokens and image blocks (MediaRows)."""

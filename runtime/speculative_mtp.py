@@ -120,6 +120,11 @@ class DrafterSource:
             return self.drafter.weight_bytes(name[len(MTP_PREFIX):])
         return self.target.weight_bytes(name)
 
+    def release_weight(self, name: str) -> int:
+        """The target's mapped pages of a weight the backend copied (the drafter's stay)."""
+        release = getattr(self.target, "release_weight", None)
+        return 0 if name.startswith(MTP_PREFIX) or release is None else release(name)
+
 
 def namespaced(graph: Graph, rename: dict[str, str]) -> Graph:
     """The graph with its weights renamed: `rename[name]` where given, else MTP_PREFIX + name."""

@@ -126,3 +126,21 @@ class GGUFFile:
 
     def has_tensor(self, name: str) -> bool:
         return name in self.tensors
+
+    def release_pages(self, name: str) -> int:
+        """Drop this process's mapped pages of a tensor whose bytes a backend has copied (the CPU's
+        repacked weights), so that the copy replaces them in RAM instead of doubling it; a later
+        read faults them back in from the page cache or the file, unchanged (the map is a shared
+        read-only file mapping, so MADV_DONTNEED never loses data). Only whole pages inside the
+        tensor are dropped. Returns the bytes released (0 where madvise is unavailable)."""
+        t = self.tensor(name)
+        page = mmap.PAGESIZE
+        start = -(-t.offset // page) * page
+        end = (t.offset + t.raw.nbytes) // page * page
+        if end <= start or not hasattr(mmap, "MADV_DONTNEED"):
+            return 0
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            return 0
+        return end - start

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..backends.registry import check_precision, hybrid_precision
-from ..gguf.quant_types import QT
+from ..gguf.quant_types import QT, row_bytes
 from ..model.config import layer_index
 from ..ops import WeightSpec
 
@@ -59,19 +59,23 @@ def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: st
              "| runs on | weight type | matrices | activations |", "|---|---|---|---|"]
     for (side, qname, path), n in sorted(counts.items()):
         lines.append(f"| {side} | {qname} | {n} | {path} |")
-    repacked = _repacked_bytes(specs, halves, backend)
+    repacked, mapped = _repacked_bytes(specs, halves, backend)
     if repacked:
         lines += ["", f"Repacked weights (the integer kernels' 8-row layout, shaders/cpu/repack.c): "
-                      f"{repacked / 2**20:.1f} MiB of RAM beyond the memory map (G4RT_CPU_REPACK=0: none)."]
+                      f"{repacked / 2**20:.1f} MiB, made in place of {mapped / 2**20:.1f} MiB of memory-mapped "
+                      f"rows (their pages are released once copied): {(repacked - mapped) / 2**20:+.1f} MiB of "
+                      "RAM beyond the weights above (G4RT_CPU_REPACK=0: no copies)."]
     return "\n".join(lines) + "\n"
 
 
-def _repacked_bytes(specs, halves, backend: str) -> int:
-    """RAM the native CPU backend's repacked copies would take (a hybrid's CPU half runs only
-    experts, which are not repacked)."""
+def _repacked_bytes(specs, halves, backend: str) -> tuple[int, int]:
+    """RAM the native CPU backend's repacked copies would take, and the GGUF bytes of the rows
+    they replace (a hybrid's CPU half runs only experts, which are not repacked)."""
     from ..backends.cpu.backend import repack_enabled, repacked_size
     if backend != "cpu" or not repack_enabled():
-        return 0
+        return 0, 0
     rule = halves["cpu"][0]
-    return sum(repacked_size(s.qtype, s.rows, s.cols) for _, s in _matrices(specs)
-               if not s.experts and rule(QT(s.qtype), s.cols) != "exact")
+    copied = [s for _, s in _matrices(specs) if not s.experts and rule(QT(s.qtype), s.cols) != "exact"
+              and repacked_size(s.qtype, s.rows, s.cols)]
+    return (sum(repacked_size(s.qtype, s.rows, s.cols) for s in copied),
+            sum(s.rows * row_bytes(s.qtype, s.cols) for s in copied))

@@ -141,6 +141,7 @@ class CpuBackend(Backend):
         self._raw: dict[str, np.ndarray] = {}
         self._vectors: dict[str, np.ndarray] = {}
         self._repacked: dict[str, np.ndarray] = {}
+        self.released_bytes = 0             # mapped weight pages dropped for their repacked copies
         self._wide = True                   # is_wide() of the loaded weights
 
     @property
@@ -162,6 +163,12 @@ class CpuBackend(Backend):
         w = self._repacked.get(name)
         if w is None:
             w = self._repacked[name] = self.lib.repack8(spec.qtype, self.weight_raw(name))
+            # the copy takes the mapped rows' place in RAM (llama.cpp's repack buffer does the
+            # same); a later reader of the rows (an embedding lookup of a tied head) faults
+            # in only the pages it reads
+            release = getattr(self.source, "release_weight", None)
+            if release is not None:
+                self.released_bytes += release(name)
         return w
 
     def precision_summary(self) -> str:
@@ -188,6 +195,7 @@ class CpuBackend(Backend):
         self._raw.clear()               # a new source: compiled graphs keep their own references
         self._vectors.clear()
         self._repacked.clear()
+        self.released_bytes = 0
         for name in specs:
             raw = self.weight_raw(name)
             if raw.size:
