@@ -536,16 +536,20 @@ def test_backend_threads_and_batches_are_row_exact(precision):
 
 
 @NEED_CC
+@pytest.mark.parametrize("N", [40, 44], ids=["repacked", "gguf-rows"])
 @pytest.mark.parametrize("qtype", [M.Q4_0, M.Q8_0, M.Q4_K, M.Q6_K], ids=["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
-def test_backend_moe_expert_matmul_is_row_exact(qtype):
+def test_backend_moe_expert_matmul_is_row_exact(qtype, N):
     """MoeMatMul in q8 for 1 and 20 tokens (20: the gathered batch path) on 1..4 threads: each
     selection's output row the bits of that token's one-token run, and within the model's bound
-    of its expert's product."""
+    of its expert's product. N = 40: the experts repacked 8 rows at a time (Q4_0, Q4_K, Q6_K);
+    44 rows per expert cannot be (a group would span two experts): the GGUF rows."""
     from g4rt import ops
+    from g4rt.backends.cpu.backend import repackable_experts
     from g4rt.backends.numpy_ref.backend import moe_route
     from op_cases import Src
     rng = np.random.default_rng(88 + qtype)
-    n_max, k, E, K, N = 20, 2, 8, 256, 40
+    n_max, k, E, K = 20, 2, 8, 256
+    assert repackable_experts(ops.WeightSpec("w", qtype, E * N, K, experts=E)) == (N % 8 == 0)
     src = Src()
     lg = rng.standard_normal((n_max, E)).astype(np.float32)
     X = (rng.standard_normal((n_max, K)) + 0.5).astype(np.float32)

@@ -59,7 +59,7 @@ def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: st
              "| runs on | weight type | matrices | activations |", "|---|---|---|---|"]
     for (side, qname, path), n in sorted(counts.items()):
         lines.append(f"| {side} | {qname} | {n} | {path} |")
-    repacked, mapped = _repacked_bytes(specs, halves, backend)
+    repacked, mapped = _repacked_bytes(specs, halves, backend, cpu_moe_layers)
     if repacked:
         lines += ["", f"Repacked weights (the integer kernels' 8-row layout, shaders/cpu/repack.c): "
                       f"{repacked / 2**20:.1f} MiB, made in place of {mapped / 2**20:.1f} MiB of memory-mapped "
@@ -68,14 +68,21 @@ def precision_markdown(specs: dict[str, WeightSpec], backend: str, precision: st
     return "\n".join(lines) + "\n"
 
 
-def _repacked_bytes(specs, halves, backend: str) -> tuple[int, int]:
+def _repacked_bytes(specs, halves, backend: str, cpu_moe_layers: int = 0) -> tuple[int, int]:
     """RAM the native CPU backend's repacked copies would take, and the GGUF bytes of the rows
-    they replace (a hybrid's CPU half runs only experts, which are not repacked)."""
-    from ..backends.cpu.backend import repack_enabled, repacked_size
-    if backend != "cpu" or not repack_enabled():
+    they replace: every integer-path matrix on a CPU run, the host-side experts of a hybrid."""
+    from ..backends.cpu.backend import repack_enabled, repackable_experts, repacked_size
+    if "cpu" not in halves or not repack_enabled():
         return 0, 0
     rule = halves["cpu"][0]
-    copied = [s for _, s in _matrices(specs) if not s.experts and rule(QT(s.qtype), s.cols) != "exact"
-              and repacked_size(s.qtype, s.rows, s.cols)]
+
+    def on_cpu(name, s):
+        if backend == "cpu":
+            return True
+        layer = layer_index(name)
+        return bool(s.experts) and layer is not None and layer < cpu_moe_layers
+
+    copied = [s for name, s in _matrices(specs) if on_cpu(name, s) and rule(QT(s.qtype), s.cols) != "exact"
+              and repackable_experts(s) and repacked_size(s.qtype, s.rows, s.cols)]
     return (sum(repacked_size(s.qtype, s.rows, s.cols) for s in copied),
             sum(s.rows * row_bytes(s.qtype, s.cols) for s in copied))

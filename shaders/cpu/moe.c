@@ -15,7 +15,8 @@
  * each thread claims whole experts, gathers the expert's selections' input rows into its scratch
  * and runs gemm.c's tiled product on them, so each used expert's weights are decoded once per
  * batch, then scatters the rows back to their selections. On an integer path (c->act) a batch
- * runs the multi-row matvec kernels per expert instead (moe_matmul_rows), row-exact.
+ * runs the multi-row matvec kernels per expert instead (moe_matmul_rows), row-exact; there the
+ * experts are repacked 8 rows at a time like a dense matrix (moe_expert), decode and batch alike.
  */
 #include <math.h>
 
@@ -70,6 +71,15 @@ void g4_k_moe_sum(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     }
 }
 
+/* Expert e's matrix: GGUF rows one expert after another, or on an integer path with repacked
+ * weights (c->act & G4_ACT_REPACKED; cols % 8 == 0, so no 8-row group spans two experts) its
+ * cols / 8 groups of repack.c's layout. */
+static const uint8_t *moe_expert(const g4_cmd *c, int64_t e) {
+    if (c->act & G4_ACT_REPACKED)
+        return (const uint8_t *)c->w + (size_t)e * (size_t)(c->cols / 8) * (size_t)g4_repack8_group_bytes(c->qtype, c->in_cols);
+    return (const uint8_t *)c->w + (size_t)e * (size_t)c->cols * (size_t)c->w_row_bytes;
+}
+
 static int64_t moe_chunk(const g4_cmd *c, int nth) {
     int64_t cs = c->cols / (8 * (int64_t)nth);
     return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
@@ -120,7 +130,7 @@ static void moe_matmul_gemm(const g4_cmd *c, g4_exec *ex, int ith) {
                     sel[m++] = s;
                 }
         if (m == 0) continue;
-        sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
+        sub.w = moe_expert(c, e);
         sub.rows = (int32_t)m;
         for (int64_t pb = 0; pb < np; pb += tp)
             g4_gemm_block(&sub, pb, pb + tp < np ? pb + tp : np, 0, m, gw);
@@ -141,7 +151,7 @@ static void moe_matmul_rows(const g4_cmd *c, g4_exec *ex, int ith) {
     for (;;) {
         const int64_t e = g4_chunk(ex);
         if (e >= E) break;
-        sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
+        sub.w = moe_expert(c, e);
         const float *xs[G4_ROW_EXACT_MAX];
         void *wss[G4_ROW_EXACT_MAX];
         float *ys[G4_ROW_EXACT_MAX];
@@ -184,7 +194,7 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
         const int64_t t = g4_chunk(ex);
         if (t >= E * nchunk) break;
         const int64_t e = t / nchunk, o0 = (t % nchunk) * cs, o1 = o0 + cs < N ? o0 + cs : N;
-        sub.w = (const uint8_t *)c->w + (size_t)e * (size_t)N * (size_t)c->w_row_bytes;
+        sub.w = moe_expert(c, e);
         for (int64_t r = 0; r < R; r++) {
             const float *route = c->b + r * 2 * k;
             for (int64_t j = 0; j < k; j++) {

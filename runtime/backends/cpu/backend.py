@@ -108,6 +108,11 @@ def repacked_size(qtype: int, rows: int, cols: int) -> int:
     return (rows + 7) // 8 * per * cols // 256
 
 
+def repackable_experts(spec: ops.WeightSpec) -> bool:
+    """A 3-D expert tensor repacks as one matrix when no 8-row group spans two experts."""
+    return not spec.experts or (spec.rows // spec.experts) % 8 == 0
+
+
 def repack_enabled() -> bool:
     """$G4RT_CPU_REPACK=0 keeps the integer paths on the GGUF rows (no copy, less RAM)."""
     return os.environ.get("G4RT_CPU_REPACK", "1") != "0"
@@ -158,7 +163,7 @@ class CpuBackend(Backend):
         the rest (embedding lookups, the exact path)."""
         spec = self.specs[name]
         if (self.act_for(spec) == N.ACT_EXACT or not self.lib.repacks(spec.qtype) or not repack_enabled()
-                or repacked_size(spec.qtype, spec.rows, spec.cols) == 0):
+                or repacked_size(spec.qtype, spec.rows, spec.cols) == 0 or not repackable_experts(spec)):
             return None
         w = self._repacked.get(name)
         if w is None:

@@ -195,6 +195,10 @@ def lower_moe_matmul(lw: _Lowering, c, op: ops.MoeMatMul) -> None:
     c.op, c.in_cols, c.rows, c.act = N.OP_MOE_MATMUL, spec.cols, route.shape[0], lw.act_for(spec)
     c.group, c.n_head, c.row0 = k, op.n_expert, int(x.shape[0] == route.shape[0] * k and k > 1)
     c.a, c.b = _ptr(x), _ptr(route)
+    packed = lw.repacked(op.weight) if c.act != N.ACT_EXACT else None
+    if packed is not None:                   # every expert's rows in 8-row groups (moe.c: moe_expert)
+        c.w, c.act = _ptr(packed), c.act | N.ACT_REPACKED
+        lw.keep.append(packed)
 
 
 def lower_moe_sum(lw: _Lowering, c, op: ops.MoeSum) -> None:
