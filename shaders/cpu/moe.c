@@ -190,10 +190,19 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     const size_t mw = A64(g4_matvec_scratch(&sub));
     const int64_t n_in = moe_inputs(c);
     for (int64_t i = 0; i < n_in; i++) g4_matvec_prepare(&sub, c->a + i * K, ws + (size_t)i * mw);
+    /* the work items are the used experts' output chunks only (every thread lists the same
+     * experts: a token's k selections, R < MOE_GEMM_MIN_ROWS tokens), not all E experts' */
+    int64_t used[R * k > 0 ? R * k : 1], nu = 0;
+    for (int64_t s = 0; s < R * k; s++) {
+        const int64_t e = (int64_t)c->b[(s / k) * 2 * k + k + s % k];
+        int seen = 0;
+        for (int64_t i = 0; i < nu; i++) seen |= used[i] == e;
+        if (!seen && e >= 0 && e < E) used[nu++] = e;
+    }
     for (;;) {
         const int64_t t = g4_chunk(ex);
-        if (t >= E * nchunk) break;
-        const int64_t e = t / nchunk, o0 = (t % nchunk) * cs, o1 = o0 + cs < N ? o0 + cs : N;
+        if (t >= nu * nchunk) break;
+        const int64_t e = used[t / nchunk], o0 = (t % nchunk) * cs, o1 = o0 + cs < N ? o0 + cs : N;
         sub.w = moe_expert(c, e);
         for (int64_t r = 0; r < R; r++) {
             const float *route = c->b + r * 2 * k;
