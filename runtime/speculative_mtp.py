@@ -195,8 +195,7 @@ class AssistantDrafter:
             self.backend.load_weights(graph.weights, self.weights)
             self.backend.allocate_caches(graph.caches)      # its bookkeeping; the arrays are then
             self.backend.caches.update({name: caches[name] for name in graph.caches})   # the target's own
-        self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
-        self._graphs = {1: self.backend.compile(graph)}    # one compiled step per row count (slots together)
+        self._graphs = {1: self._compile(graph)}      # one compiled step per row count (slots together)
         target.keep_hidden = True          # the target keeps its hidden rows for propose
 
     def _build(self, n_rows: int):
@@ -214,9 +213,12 @@ class AssistantDrafter:
             graph = self._build(n_rows)
             if self.shared:
                 graph = namespaced(graph, self._rename)
-            self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
-            g = self._graphs[n_rows] = self.backend.compile(graph)
+            g = self._graphs[n_rows] = self._compile(graph)
         return g
+
+    def _compile(self, graph):
+        self.backend.declare_inputs({n: (b.rows, b.cols) for n, b in graph.inputs.items()})
+        return self.backend.compile(graph)
 
     def step(self, token: int, hidden: np.ndarray, pos: int, slot: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """One draft step: (logits [n_vocab], next hidden [H_target]) for `token` at `pos` with the

@@ -98,8 +98,8 @@ def test_released_pages_change_nothing(monkeypatch):
         m.close()
 
 
-def test_release_needs_a_file_mapping():
-    """Only a GGUF file's own tensors are released; a derived weight (made in memory) is not."""
+def test_released_pages_read_back_unchanged():
+    """A released tensor's bytes are the file's when read again (a shared read-only map)."""
     from g4rt.gguf.reader import GGUFFile
     f = GGUFFile(MODEL)
     name = max(f.tensors, key=lambda n: f.tensors[n].raw.nbytes)
@@ -107,6 +107,23 @@ def test_release_needs_a_file_mapping():
     want = bytes(t.raw.reshape(-1)[:4096 * 3])
     assert f.release_pages(name) > 0
     assert bytes(t.raw.reshape(-1)[:4096 * 3]) == want
+
+
+def test_a_derived_weight_is_never_released():
+    """Weights the engine made in memory (the MoE router's norm) are not the file's to release."""
+    import glob
+    import g4rt
+    moe = sorted(glob.glob(str(FIXTURES.parent / "fixtures-moe" / "models" / "*Q4_0*.gguf")))
+    if not moe:
+        pytest.skip("../shared/fixtures-moe is absent")
+    m = g4rt.load(moe[0], backend="cpu", ctx=64)
+    try:
+        name = next(iter(m.engine.derived))
+        before = m.engine.weight_bytes(name).copy()
+        assert m.engine.release_weight(name) == 0
+        np.testing.assert_array_equal(m.engine.weight_bytes(name), before)
+    finally:
+        m.close()
 
 
 @pytest.mark.usefixtures("needs_repack")

@@ -124,30 +124,32 @@ def info(ctx, model, show_plan, plan_ctx, plan_backend, budget, kv_dtype, batch,
     click.echo(precision_text, nl=False)
     on_device = 0              # what else lives in the target's memory: an offloaded projector
     if mmproj is not None:
-        from ..mmproj.plan import projector_bytes, projector_markdown
+        from ..mmproj.plan import encoder_graphs, projector_bytes, projector_markdown
         from ..mmproj.reader import load_projector
         projector = load_projector(mmproj, cfg.n_embd, Path(model).name)
         offloaded = not on_cpu and mmproj_offload
-        click.echo(projector_markdown(projector, n_ctx, where=device if offloaded else "CPU"), nl=False)
+        graphs = encoder_graphs(projector)            # built once for the section and the budget
+        click.echo(projector_markdown(projector, n_ctx, where=device if offloaded else "CPU", graphs=graphs), nl=False)
         if offloaded:
-            on_device = sum(projector_bytes(projector))
+            on_device = sum(projector_bytes(projector, graphs=graphs))
             _check_shared(plan.device_total + on_device, budget_bytes, f"Model + projector on the {device}",
-                          f"{plan.model} with the projector {Path(mmproj).name}", plan.fits)
+                          f"{plan.model} with the projector {Path(mmproj).name}", refuse=plan.fits)
     if not plan.fits:
         raise plan.error()
     if draft_cost is not None:
         _check_with_draft(plan, draft_cost(n_ctx), budget_bytes, on_device)
 
 
-def _check_shared(total: int, limit: Optional[int], what: str, who: str, print_only: bool = True) -> None:
-    """Print whether `total` fits `limit`; refuse it (InsufficientMemoryError) when not."""
+def _check_shared(total: int, limit: Optional[int], what: str, who: str, refuse: bool = True) -> None:
+    """Print whether `total` fits `limit`; when not, and `refuse` (False: the plan's own error
+    follows), raise InsufficientMemoryError."""
     from ..memory_plan import InsufficientMemoryError, human
     if limit is None:
         return
     ok = total <= limit
     click.echo(f"{what}: {human(total)}; limit {human(limit)}: "
                f"{'fits' if ok else 'does NOT fit'} ({human(abs(limit - total))} {'to spare' if ok else 'over'}).\n")
-    if not ok and print_only:
+    if not ok and refuse:
         raise InsufficientMemoryError(f"{who} needs {human(total)}, more than {human(limit)}; use a smaller "
                                       f"--ctx, fewer --parallel slots, fewer --gpu-layers or --no-mmproj-offload")
 

@@ -4,6 +4,8 @@ image / clip, and what media cost in context tokens."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..memory_plan import human
 from ..ops import activation_bytes
 from .graphs import audio_graph, image_graph, projector_weight_specs
@@ -40,24 +42,28 @@ def encoder_graphs(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKEN
     return out
 
 
+def _weight_bytes(projector: Projector) -> int:
+    return sum(t.nbytes for t in projector.file.tensors.values())
+
+
 def projector_bytes(projector: Projector, image_tokens: int = DEFAULT_IMAGE_TOKENS,
-                    audio_seconds: float = 30.0) -> tuple[int, int]:
-    """(weights, the largest encoder graph's buffers): what the encoder needs where it runs."""
-    weights = sum(t.nbytes for t in projector.file.tensors.values())
-    graphs = encoder_graphs(projector, image_tokens, audio_seconds)
-    return weights, max((activation_bytes(g) for g, _ in graphs.values()), default=0)
+                    audio_seconds: float = 30.0, graphs: Optional[dict] = None) -> tuple[int, int]:
+    """(weights, the largest encoder graph's buffers): what the encoder needs where it runs.
+    graphs: encoder_graphs' result when the caller has it already."""
+    graphs = graphs if graphs is not None else encoder_graphs(projector, image_tokens, audio_seconds)
+    return _weight_bytes(projector), max((activation_bytes(g) for g, _ in graphs.values()), default=0)
 
 
 def projector_markdown(projector: Projector, ctx: int, image_tokens: int = DEFAULT_IMAGE_TOKENS,
-                       audio_seconds: float = 30.0, where: str = "CPU") -> str:
+                       audio_seconds: float = 30.0, where: str = "CPU", graphs: Optional[dict] = None) -> str:
     """where: the memory the encoder runs in (the model's GPU backend, as generation.encoder_placement
-    puts it; "CPU": memory-mapped, read in place)."""
-    weights = sum(t.nbytes for t in projector.file.tensors.values())
+    puts it; "CPU": memory-mapped, read in place). graphs: as projector_bytes."""
+    weights = _weight_bytes(projector)
     held = "memory-mapped, read by the native CPU encoder" if where == "CPU" else \
         f"uploaded to the {where}, where the encoder runs (--no-mmproj-offload: the native CPU)"
     lines = ["", f"## Projector {projector.path.name}", "",
              f"- weights: {human(weights)} ({held})"]
-    graphs = encoder_graphs(projector, image_tokens, audio_seconds)
+    graphs = graphs if graphs is not None else encoder_graphs(projector, image_tokens, audio_seconds)
     if "image" in graphs:
         graph, n = graphs["image"]
         lines.append(f"- an image at {n} soft tokens: {n + 2} context tokens (with <|image>, <image|>), "

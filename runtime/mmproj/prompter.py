@@ -86,6 +86,7 @@ class MediaPrompter:
         v = projector.vision
         self.bidirectional = bool(v) and images_bidirectional(v.projector, n_embd)
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()    # item key -> soft tokens
+        self._cache_bytes = 0
         self.cache_hits = 0
 
     def has_markers(self, ids: Sequence[int]) -> bool:
@@ -179,8 +180,9 @@ class MediaPrompter:
             embd = self.encoder.encode_audio(item.frames)
         embd.setflags(write=False)          # shared by every prompt that holds the item
         self._cache[key] = embd
-        while sum(e.nbytes for e in self._cache.values()) > SOFT_TOKEN_CACHE_BYTES and len(self._cache) > 1:
-            self._cache.popitem(last=False)
+        self._cache_bytes += embd.nbytes
+        while self._cache_bytes > SOFT_TOKEN_CACHE_BYTES and len(self._cache) > 1:
+            self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return SoftTokens(item.kind, embd, item.label)
 
     def encode(self, plan: MediaPlan, ids: Optional[Sequence[int]] = None) -> MediaRows:

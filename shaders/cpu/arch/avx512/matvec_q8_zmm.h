@@ -225,36 +225,25 @@ Q8_AI void q8r2_span_q4_0_n(const int n, const int two, const uint8_t *wg, int64
 #define Q8R_ROWS_SWITCH8(R, CALL) switch (R) { case 1: CALL(1); break; case 2: CALL(2); break; \
     case 3: CALL(3); break; case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break; \
     case 7: CALL(7); break; default: CALL(8); break; }
-#define q8r2_q4_0_n_1(n) q8r2_span_q4_0_n(n, 1, wg, gb, x, u0, u1, st0, st1)
-#define q8r2_q4_0_n_0(n) q8r2_span_q4_0_n(n, 0, wg, gb, x, u0, u1, st0, st1)
-static __attribute__((noinline)) void q8r2_span_q4_0(int R, int two, const uint8_t *wg, int64_t gb, const q8_row *x,
-                                                     int64_t u0, int64_t u1, float (*st0)[16], float (*st1)[16]) {
-    if (two) {
-        Q8R_ROWS_SWITCH(R, q8r2_q4_0_n_1)
-    } else {
-        Q8R_ROWS_SWITCH(R, q8r2_q4_0_n_0)
+/* one span function per type: the row count and the mode as literals for the inlined kernel */
+#define Q8R2_SPAN(NAME, KN, SWITCH)                                                                        \
+    static __attribute__((noinline)) void NAME(int R, int two, const uint8_t *wg, int64_t gb, const q8_row *x, \
+                                               int64_t u0, int64_t u1, float (*st0)[16], float (*st1)[16]) { \
+        if (two) {                                                                                          \
+            SWITCH(R, KN##_1)                                                                               \
+        } else {                                                                                            \
+            SWITCH(R, KN##_0)                                                                               \
+        }                                                                                                   \
     }
-}
-#define q8r2_q4_k_n_1(n) q8r2_span_q4_k_n(n, 1, wg, gb, x, u0, u1, st0, st1)
-#define q8r2_q4_k_n_0(n) q8r2_span_q4_k_n(n, 0, wg, gb, x, u0, u1, st0, st1)
-static __attribute__((noinline)) void q8r2_span_q4_k(int R, int two, const uint8_t *wg, int64_t gb, const q8_row *x,
-                                                     int64_t u0, int64_t u1, float (*st0)[16], float (*st1)[16]) {
-    if (two) {
-        Q8R_ROWS_SWITCH(R, q8r2_q4_k_n_1)
-    } else {
-        Q8R_ROWS_SWITCH(R, q8r2_q4_k_n_0)
-    }
-}
-#define q8r2_q6_k_n_1(n) q8r2_span_q6_k_n(n, 1, wg, gb, x, u0, u1, st0, st1)
-#define q8r2_q6_k_n_0(n) q8r2_span_q6_k_n(n, 0, wg, gb, x, u0, u1, st0, st1)
-static __attribute__((noinline)) void q8r2_span_q6_k(int R, int two, const uint8_t *wg, int64_t gb, const q8_row *x,
-                                                     int64_t u0, int64_t u1, float (*st0)[16], float (*st1)[16]) {
-    if (two) {
-        Q8R_ROWS_SWITCH8(R, q8r2_q6_k_n_1)
-    } else {
-        Q8R_ROWS_SWITCH8(R, q8r2_q6_k_n_0)
-    }
-}
+#define q8r2_span_q4_0_n_1(n) q8r2_span_q4_0_n(n, 1, wg, gb, x, u0, u1, st0, st1)
+#define q8r2_span_q4_0_n_0(n) q8r2_span_q4_0_n(n, 0, wg, gb, x, u0, u1, st0, st1)
+#define q8r2_span_q4_k_n_1(n) q8r2_span_q4_k_n(n, 1, wg, gb, x, u0, u1, st0, st1)
+#define q8r2_span_q4_k_n_0(n) q8r2_span_q4_k_n(n, 0, wg, gb, x, u0, u1, st0, st1)
+#define q8r2_span_q6_k_n_1(n) q8r2_span_q6_k_n(n, 1, wg, gb, x, u0, u1, st0, st1)
+#define q8r2_span_q6_k_n_0(n) q8r2_span_q6_k_n(n, 0, wg, gb, x, u0, u1, st0, st1)
+Q8R2_SPAN(q8r2_span_q4_0, q8r2_span_q4_0_n, Q8R_ROWS_SWITCH)
+Q8R2_SPAN(q8r2_span_q4_k, q8r2_span_q4_k_n, Q8R_ROWS_SWITCH)
+Q8R2_SPAN(q8r2_span_q6_k, q8r2_span_q6_k_n, Q8R_ROWS_SWITCH8)
 
 /* Units [u0, u1) of groups wg and wg + gb together (R <= Q8R_ROWS_G rows): 0 where this type has
  * no pair kernel (the driver then runs the groups one at a time). */
