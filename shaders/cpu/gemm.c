@@ -144,8 +144,19 @@ size_t g4_matmul_shared(const g4_cmd *c, int nth) {
     return q8_batch(c) ? matvec_ws(c) * (size_t)c->rows : 0;
 }
 
-/* chunks of 16..64 features, ~8 per thread at least */
+/* Feature chunks claimed with g4_chunk. One row (decode) streams its weights once: ~2 chunks
+ * per thread (a multiple of 16), so that each thread reads long runs and its prefetches do not
+ * fall into the other threads' ranges (64-feature chunks streamed 12-15 % slower from two threads
+ * on a Sapphire Rapids VM, docs/benchmarks/cpu-native.md). Several rows reuse each weight block
+ * from L1: chunks of 16..64 features, ~8 per thread, for the balance. */
+#ifndef G4_DECODE_CHUNKS
+#define G4_DECODE_CHUNKS 2
+#endif
 static int64_t feature_chunk(const g4_cmd *c, int nth) {
+    if (c->rows == 1) {
+        const int64_t cs = c->cols / (G4_DECODE_CHUNKS * (int64_t)nth);
+        return cs < 16 ? 16 : (cs + 15) & ~(int64_t)15;
+    }
     int64_t cs = c->cols / (8 * (int64_t)nth);
     return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
 }

@@ -314,7 +314,7 @@ Q8_AI void q8r_q4_0_rows(const int R, const int two, const uint8_t *w, const q8_
     (void)aux;
     for (int64_t b = b0; b < b1; b++) {
         const uint8_t *p = w + b * 144;
-        PF(p); PF(p + 64); PF(p + 128);
+        PFR(p); PFR(p + 64); PFR(p + 128);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         __m256i u[8];            /* chunk c's low nibbles are values 4c.., its high ones 16 + 4c.. */
         for (int c = 0; c < 4; c++) {
@@ -342,7 +342,7 @@ Q8_AI void q8r_q4_k_rows(const int R, const int two, const uint8_t *w, const q8_
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *p = w + i * 1184;
-        PF(p); PF(p + 64); PF(p + 128);       /* the rest spread over the loop below: a burst of 19
+        PFR(p); PFR(p + 64); PFR(p + 128);       /* the rest spread over the loop below: a burst of 19
                                                 * prefetches per super-block streamed 25-35 % slower */
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
@@ -350,7 +350,7 @@ Q8_AI void q8r_q4_k_rows(const int R, const int two, const uint8_t *w, const q8_
          * with a literal nibble choice (a runtime one per sub-block measured 12 % slower) */
         for (int j = 0; j < 4; j++) {
             const uint8_t *q = p + 160 + 256 * j;
-            PF(q + 32); PF(q + 96); PF(q + 160); PF(q + 224);
+            PFR(q + 32); PFR(q + 96); PFR(q + 160); PFR(q + 224);
             __m256i ul[8], uh[8];
             for (int c = 0; c < 8; c++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(q + 32 * c));
@@ -410,7 +410,7 @@ Q8_AI void q8r_q6_k_rows(const int R, const int two, const uint8_t *w, const q8_
                          __m256 *acc, __m256 *cr) {
     for (int64_t i = i0; i < i1; i++) {
         const uint8_t *p = w + i * 1680;
-        for (int o = 0; o < 1680; o += 64) PF(p + o);     /* spread over the sub-blocks measured 2x slower */
+        for (int o = 0; o < 1680; o += 64) PFR(p + o);     /* spread over the sub-blocks measured 2x slower */
         const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         for (int h = 0; h < 2; h++) {
             q8r_q6_k_sub(R, two, p, x, i, h, 0, d8, acc, cr);
