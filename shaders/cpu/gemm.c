@@ -144,30 +144,13 @@ size_t g4_matmul_shared(const g4_cmd *c, int nth) {
     return q8_batch(c) ? matvec_ws(c) * (size_t)c->rows : 0;
 }
 
-/* Feature chunks claimed with g4_chunk. One row (decode) streams its weights once: ~2 chunks
- * per thread (a multiple of 16), so that each thread reads long runs and its prefetches do not
- * fall into the other threads' ranges (64-feature chunks streamed 12-15 % slower from two threads
- * on a Sapphire Rapids VM, docs/benchmarks/cpu-native.md). Several rows reuse each weight block
- * from L1: chunks of 16..64 features, ~8 per thread, for the balance. */
-#ifndef G4_DECODE_CHUNKS
-#define G4_DECODE_CHUNKS 2
-#endif
-static int64_t feature_chunk(const g4_cmd *c, int nth) {
-    if (c->rows == 1) {
-        const int64_t cs = c->cols / (G4_DECODE_CHUNKS * (int64_t)nth);
-        return cs < 16 ? 16 : (cs + 15) & ~(int64_t)15;
-    }
-    int64_t cs = c->cols / (8 * (int64_t)nth);
-    return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
-}
-
 static void matmul_q8_batch(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     const int64_t K = c->in_cols, N = c->cols, R = c->rows;
     const size_t mw = matvec_ws(c);
     uint8_t *sh = ex->shared;
     for (int64_t r = ith; r < R; r += nth) g4_matvec_prepare(c, c->a + r * K, sh + (size_t)r * mw);
     g4_barrier(ex);
-    const int64_t cs = feature_chunk(c, nth), RB = G4_ROW_EXACT_MAX;
+    const int64_t cs = g4_feature_chunk(c->cols, c->rows, nth, 1), RB = G4_ROW_EXACT_MAX;
     const int64_t nrb = (R + RB - 1) / RB, nch = (N + cs - 1) / cs;
     for (;;) {
         const int64_t t = g4_chunk(ex);
@@ -196,7 +179,7 @@ static void matmul_matvec(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
     const float *xs[G4_ROW_EXACT_MAX];
     void *wss[G4_ROW_EXACT_MAX];
     float *ys[G4_ROW_EXACT_MAX];
-    const int64_t cs = feature_chunk(c, nth), nch = (N + cs - 1) / cs;
+    const int64_t cs = g4_feature_chunk(c->cols, c->rows, nth, 1), nch = (N + cs - 1) / cs;
     const int64_t ngr = (R + G4_ROW_EXACT_MAX - 1) / G4_ROW_EXACT_MAX;
     int64_t have = -1;                   /* the row group whose rows this thread has prepared */
     int n = 0;

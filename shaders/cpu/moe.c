@@ -80,18 +80,6 @@ static const uint8_t *moe_expert(const g4_cmd *c, int64_t e) {
     return (const uint8_t *)c->w + (size_t)e * (size_t)c->cols * (size_t)c->w_row_bytes;
 }
 
-/* Output chunk of the used experts' matrices (nu of them). One token (decode) streams each
- * expert once: whole experts, or as many pieces as make ~2 items per thread (long runs per
- * thread, as gemm.c's feature_chunk; 64-row chunks streamed slower); several tokens: 16..64. */
-static int64_t moe_chunk(const g4_cmd *c, int nth, int64_t nu) {
-    if (c->rows == 1 && nu > 0) {
-        const int64_t pieces = (2 * (int64_t)nth + nu - 1) / nu, cs = c->cols / pieces;
-        return cs < 16 ? 16 : (cs + 15) & ~(int64_t)15;
-    }
-    int64_t cs = c->cols / (8 * (int64_t)nth);
-    return cs < 16 ? 16 : cs > 64 ? 64 : (cs + 15) & ~(int64_t)15;
-}
-
 #define MOE_GEMM_MIN_ROWS (G4_ROW_EXACT_MAX + 1)   /* tokens from which a batch goes through the tiled product */
 #define A64(n) (((size_t)(n) + 63) / 64 * 64)
 
@@ -205,7 +193,7 @@ void g4_k_moe_matmul(const g4_cmd *c, g4_exec *ex, int ith, int nth) {
         for (int64_t i = 0; i < nu; i++) seen |= used[i] == e;
         if (!seen && e >= 0 && e < E) used[nu++] = e;
     }
-    const int64_t cs = moe_chunk(c, nth, nu), nchunk = (N + cs - 1) / cs;
+    const int64_t cs = g4_feature_chunk(c->cols, c->rows, nth, nu), nchunk = (N + cs - 1) / cs;
     for (;;) {
         const int64_t t = g4_chunk(ex);
         if (t >= nu * nchunk) break;
